@@ -1,0 +1,66 @@
+"""Shared fixtures: the optional ``../shared`` data, devices and dtype tolerances."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+#: ``../shared`` beside the checkout (test data and references, never committed).
+SHARED = Path(os.environ.get("EFUSION_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+BURSTS = SHARED / "data" / "bursts"
+REFERENCE = SHARED / "reference"
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
+
+#: absolute tolerances per dtype for checks that compare two computations of the same quantity
+TOLERANCES = {
+    torch.float64: 1e-10,
+    torch.float32: 1e-5,
+    torch.float16: 2e-2,
+    torch.bfloat16: 5e-2,
+}
+
+
+def requires_shared(path: Path = SHARED):
+    """Skip marker for tests that read ``../shared`` (absent in a user's fresh clone)."""
+    return pytest.mark.skipif(not path.exists(), reason=f"{path} not found (shared test data absent)")
+
+
+def burst_dir(name: str) -> Path:
+    """Map a reference name (``seed_house``, ``mef_ma_Balloons``, ...) to its folder of frames."""
+    if name.startswith("mef_ma_"):
+        return BURSTS / "mef_ma" / name[len("mef_ma_"):]
+    return BURSTS / name
+
+
+def burst_frames(folder: Path) -> list[Path]:
+    """Image files of a burst folder, sorted by name (the order the references used)."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_burst_uint8(folder: Path):
+    """Frames of a burst as one uint8 numpy array ``[N, H, W, 3]`` (Pillow decode, RGB)."""
+    import numpy as np
+    from PIL import Image
+
+    frames = []
+    for path in burst_frames(folder):
+        with Image.open(path) as im:
+            frames.append(np.asarray(im.convert("RGB")))
+    return np.stack(frames)
+
+
+def devices() -> list[str]:
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=devices())
+def device(request) -> torch.device:
+    return torch.device(request.param)
+
+
+@pytest.fixture(params=[torch.float32, torch.float64], ids=["f32", "f64"])
+def dtype(request) -> torch.dtype:
+    return request.param
