@@ -1,2 +1,41 @@
-"""efusion: differentiable Mertens exposure fusion for PyTorch."""
+"""efusion: differentiable Mertens exposure fusion for PyTorch.
+
+Mertens, Kautz & Van Reeth, "Exposure Fusion", Pacific Graphics 2007, doi:10.1109/PG.2007.17.
+
+>>> import torch, efusion
+>>> stack = torch.rand(3, 3, 64, 96)       # N=3 RGB frames, float in [0, 1]
+>>> efusion.exposure_fusion(stack).shape     # [C, H, W]
+torch.Size([3, 64, 96])
+"""
+from .fusion import LEARNABLE_DEFAULT, Fusion, blend, exposure_fusion
+from .presets import PRESETS, Preset, get_preset
+from .pyramid import (
+    collapse_laplacian_pyramid,
+    gaussian_pyramid,
+    laplacian_pyramid,
+    pyr_down,
+    pyr_up,
+)
+from .weights import contrast, luma, mertens_weights, saturation, well_exposedness
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "exposure_fusion",
+    "mertens_weights",
+    "blend",
+    "Fusion",
+    "LEARNABLE_DEFAULT",
+    "Preset",
+    "PRESETS",
+    "get_preset",
+    "pyr_down",
+    "pyr_up",
+    "gaussian_pyramid",
+    "laplacian_pyramid",
+    "collapse_laplacian_pyramid",
+    "luma",
+    "contrast",
+    "saturation",
+    "well_exposedness",
+]

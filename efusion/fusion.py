@@ -1,0 +1,383 @@
+"""Exposure fusion: Laplacian-pyramid blending of frames by weight maps, and the Mertens layer.
+
+Mertens, Kautz & Van Reeth, "Exposure Fusion", Pacific Graphics 2007, Section 3.2
+(multiresolution blending), doi:10.1109/PG.2007.17; reference code ``exposure_fusion.m``.
+
+Pyramid depth
+-------------
+``levels`` counts pyramid levels in total, the last being the Gaussian residual (Mertens'
+convention): 1 is a plain per-pixel weighted average, the automatic depth is the preset's
+maximum, ``floor(log2(min(H, W)))`` for ``"mertens"``. A depth larger than an image allows is
+clamped to that image's maximum. A negative depth counts from the maximum, as enfuse does
+(-1 = the maximum, -2 = one level fewer), so a learned relative depth carries over to images of
+other sizes as "so many levels short of full depth"; a positive one as an absolute count.
+
+A non-integer depth ``L = k + t`` interpolates linearly between the results at depths ``k`` and
+``k + 1``: ``(1 - t) R(k) + t R(k + 1)``. Both share their first ``k - 1`` band-pass levels, so
+this costs one pyramid: level ``k - 1`` contributes ``t`` times its band plus ``1 - t`` times its
+Gaussian residual, and level ``k`` ``t`` times its residual. An integer reproduces the discrete
+result exactly. The gradient with respect to a tensor depth is ``R(k + 1) - R(k)``, one-sided at
+integers (from above, and from below at the maximum), so a learnable depth sitting on an integer
+still moves; outside ``[1, max]`` the value is clamped but the gradient of the nearest valid
+segment is kept, so an optimiser can bring it back.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from . import _checks
+from .presets import Preset, get_preset
+from .pyramid import pyr_down, pyr_up
+from .weights import ParamLike, check_params, weights_5d
+
+__all__ = ["blend", "exposure_fusion", "Fusion", "LEARNABLE_DEFAULT"]
+
+Coefficient = float | Tensor
+
+
+def _depth_plan(
+    levels, height: int, width: int, preset: Preset, dtype: torch.dtype, device: torch.device, relative: bool | None
+) -> tuple[list[Coefficient], list[Coefficient]]:
+    """Per-level coefficients ``(band, residual)`` of the collapse (see module docstring).
+
+    The result is ``sum_l up^l(band_l * B_l + residual_l * G_l)`` where ``B_l`` is the blended
+    band-pass level and ``G_l`` the blended Gaussian level. Python zeros mark skipped terms.
+    """
+    maximum = preset.max_levels(height, width)
+    if levels is None:
+        levels = maximum
+    if isinstance(levels, numbers.Real):
+        depth = float(levels) if levels >= 1 else maximum + 1 + float(levels)
+        depth = min(max(depth, 1.0), float(maximum))
+        k = int(math.floor(depth))
+        t = depth - k
+        top = k + 1 if t > 0 else k
+        band: list[Coefficient] = [1.0 if l < k - 1 else 0.0 for l in range(top)]
+        residual: list[Coefficient] = [0.0] * top
+        if t > 0:
+            band[k - 1], residual[k - 1], residual[k] = t, 1.0 - t, t
+        else:
+            residual[k - 1] = 1.0
+        return band, residual
+    if maximum == 1:  # a single level: the depth has nothing to choose
+        return [0.0], [1.0]
+    value = levels.to(device=device, dtype=dtype)
+    if relative is None:
+        depth = torch.where(value < 0, value + (maximum + 1), value)
+    else:
+        depth = value + (maximum + 1) if relative else value
+    k = depth.detach().floor().clamp(1, maximum - 1)
+    t = depth - k
+    t = t + (t.clamp(0.0, 1.0) - t).detach()  # clamped value, gradient of the nearest segment
+    level = torch.arange(maximum, device=device, dtype=dtype)
+    at_k_minus_1 = (level == k - 1).to(dtype)
+    band_t = (level < k - 1).to(dtype) + t * at_k_minus_1
+    residual_t = (1.0 - t) * at_k_minus_1 + t * (level == k).to(dtype)
+    band_list: list[Coefficient] = [band_t[l] for l in range(maximum - 1)] + [0.0]
+    return band_list, [residual_t[l] for l in range(maximum)]
+
+
+def _is_zero(coefficient: Coefficient) -> bool:
+    return not isinstance(coefficient, Tensor) and coefficient == 0.0
+
+
+def _scaled(coefficient: Coefficient, x: Tensor) -> Tensor:
+    if not isinstance(coefficient, Tensor) and coefficient == 1.0:
+        return x
+    return coefficient * x
+
+
+def _blend_5d(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool | None = None) -> Tensor:
+    """Blend a validated ``[B, N, C, H, W]`` stack by ``[B, N, 1, H, W]`` weights -> ``[B, C, H, W]``.
+
+    Streams over frames: one frame's pyramids exist at a time, added into the blended pyramid.
+    """
+    _, frames, _, height, width = stack.shape
+    band_coef, residual_coef = _depth_plan(levels, height, width, preset, stack.dtype, stack.device, relative)
+    top = len(band_coef)
+    bands: list[Tensor | None] = [None] * top
+    residuals: list[Tensor | None] = [None] * top
+
+    def add(acc: list[Tensor | None], level: int, value: Tensor) -> None:
+        acc[level] = value if acc[level] is None else acc[level] + value
+
+    for n in range(frames):
+        image, weight = stack[:, n], weights[:, n]
+        for level in range(top):
+            needs_band = not _is_zero(band_coef[level])
+            coarser = pyr_down(image, preset) if level < top - 1 else None
+            if needs_band:
+                add(bands, level, weight * (image - pyr_up(coarser, image.shape[-2:], preset)))
+            if not _is_zero(residual_coef[level]):
+                add(residuals, level, weight * image)
+            if coarser is not None:
+                image, weight = coarser, pyr_down(weight, preset)
+
+    def level_sum(level: int) -> Tensor | None:
+        terms = []
+        if bands[level] is not None:
+            terms.append(_scaled(band_coef[level], bands[level]))
+        if residuals[level] is not None:
+            terms.append(_scaled(residual_coef[level], residuals[level]))
+        return None if not terms else terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
+    result = level_sum(top - 1)
+    sizes = [(height, width)]
+    for _ in range(top - 1):
+        sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
+    for level in reversed(range(top - 1)):
+        upsampled = pyr_up(result, sizes[level], preset) if result is not None else None
+        here = level_sum(level)
+        result = here if upsampled is None else upsampled if here is None else here + upsampled
+    return result
+
+
+def blend(
+    stack: Tensor | Sequence[Tensor],
+    weights: Tensor,
+    *,
+    levels: float | Tensor | None = None,
+    preset: str | Preset = "mertens",
+) -> Tensor:
+    """Blend frames with weight maps in a Laplacian pyramid (Mertens et al. 2007, Section 3.2).
+
+    Each frame's Laplacian pyramid is multiplied by the Gaussian pyramid of its weight map, the
+    products are summed over frames and the result collapsed. Weights are used as given: pass
+    maps that sum to 1 over frames (e.g. :func:`mertens_weights` or a softmax) for a convex blend.
+
+    Args:
+        stack: frames ``[N, C, H, W]`` or ``[B, N, C, H, W]`` (or a list of ``[C, H, W]``), float.
+        weights: ``[N, 1, H, W]`` or ``[B, N, 1, H, W]``, matching the stack.
+        levels: pyramid depth: ``None`` (the preset's maximum), a number >= 1, a number <= -1
+            (counted from the maximum), or a 0-dim tensor (differentiable); non-integers
+            interpolate between depths (see the module docstring).
+        preset: ``"mertens"`` (default) or ``"opencv"``: pyramid borders and maximum depth.
+
+    Returns:
+        the blended image ``[C, H, W]`` or ``[B, C, H, W]``, not clamped.
+    """
+    stack5, unbatched = _checks.as_stack(stack)
+    weights5 = _checks.as_weights(weights, stack5, unbatched).to(stack5.dtype)
+    _checks.check_levels(levels)
+    result = _blend_5d(stack5, weights5, levels, get_preset(preset))
+    return result.squeeze(0) if unbatched else result
+
+
+def exposure_fusion(
+    stack: Tensor | Sequence[Tensor],
+    *,
+    contrast: ParamLike = 1.0,
+    saturation: ParamLike = 1.0,
+    exposure: ParamLike = 1.0,
+    mu: ParamLike = 0.5,
+    sigma: ParamLike = 0.2,
+    levels: float | Tensor | None = None,
+    preset: str | Preset = "mertens",
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Fuse differently exposed frames into one image (Mertens, Kautz & Van Reeth 2007).
+
+    ``blend(stack, mertens_weights(stack, ...), levels=levels)``. With the defaults it
+    reproduces Mertens' ``exposure_fusion(I, [1 1 1])``; ``preset="opencv"`` reproduces
+    ``cv2.createMergeMertens(contrast, saturation, exposure).process``.
+
+    Args:
+        stack: frames ``[N, C, H, W]`` or ``[B, N, C, H, W]`` (or a list of ``[C, H, W]``),
+            float in [0, 1]; C = 3 (RGB) or 1 (gray: the saturation measure is off). Frame
+            order does not matter. Non-finite values are not checked (that would need a
+            host-device sync): they propagate to the output through the pyramid.
+        contrast, saturation, exposure: exponents >= 0 of the three measures (0 switches a
+            measure off), numbers or 0-dim tensors (tensors carry gradients).
+        mu, sigma: centre and width (> 0) of the well-exposedness Gaussian, per channel and
+            multiplied over channels; numbers or tensors (0-dim or one value per channel).
+        levels: pyramid depth, see :func:`blend`.
+        preset: ``"mertens"`` (default) or ``"opencv"``.
+        mask: optional, broadcastable to ``[..., N, 1, H, W]``: multiplies the weights before
+            normalisation (0 excludes a frame at a pixel: padding frames, alpha, ghost masks).
+
+    Returns:
+        fused image ``[C, H, W]`` or ``[B, C, H, W]``, not clamped (Mertens fusion can leave
+        [0, 1] slightly; clamp or normalise for display).
+
+    Example:
+        >>> stack = torch.rand(3, 3, 32, 48)      # N=3 RGB frames in [0, 1]
+        >>> exposure_fusion(stack).shape            # [C, H, W]
+        torch.Size([3, 32, 48])
+    """
+    stack5, unbatched = _checks.as_stack(stack)
+    preset = get_preset(preset)
+    check_params(contrast, saturation, exposure, mu, sigma, stack5.shape[2])
+    _checks.check_levels(levels)
+    mask5 = _checks.as_mask(mask, stack5, unbatched)
+    result = _fuse_5d(stack5, mask5, contrast, saturation, exposure, mu, sigma, levels, preset, None)
+    return result.squeeze(0) if unbatched else result
+
+
+def _fuse_5d(stack5, mask5, contrast, saturation, exposure, mu, sigma, levels, preset, relative) -> Tensor:
+    if stack5.shape[1] == 1 and mask5 is None:
+        return stack5[:, 0].clone()  # one frame: its weight is exactly 1 everywhere
+    weights5 = weights_5d(stack5, mask5, contrast, saturation, exposure, mu, sigma, preset)
+    return _blend_5d(stack5, weights5, levels, preset, relative)
+
+
+# ----------------------------------------------------------------------------------------------
+# The layer
+
+PARAMETER_NAMES = ("contrast", "saturation", "exposure", "mu", "sigma", "levels")
+#: ``learnable=True``: every identifiable parameter. ``sigma`` is left out because
+#: ``E^e = exp(-e * sum_c (I_c - mu)^2 / (2 sigma^2))`` depends on ``e / sigma^2`` only.
+LEARNABLE_DEFAULT = ("contrast", "saturation", "exposure", "mu", "levels")
+_POSITIVE = ("contrast", "saturation", "exposure", "sigma")
+
+
+class _Softplus(nn.Module):
+    """Parametrisation keeping a parameter positive: ``value = softplus(raw)``."""
+
+    def forward(self, raw: Tensor) -> Tensor:
+        return F.softplus(raw)
+
+    def right_inverse(self, value: Tensor) -> Tensor:
+        if not bool((value > 0).all()):
+            raise ValueError(f"a learnable exponent or sigma must start > 0, got {value.tolist()}")
+        return value + torch.log(-torch.expm1(-value))
+
+
+class Fusion(nn.Module):
+    """Mertens exposure fusion as a layer, with optionally learnable parameters.
+
+    ``forward(stack, mask=None)`` is :func:`exposure_fusion` with the layer's parameters.
+
+    Learnable parameters are ``nn.Parameter``; the others are buffers, so ``.to()``,
+    ``state_dict()`` and ``load_state_dict()`` carry all of them. Constraints during training:
+    the exponents and sigma are parametrised as ``softplus(raw)`` with
+    :mod:`torch.nn.utils.parametrize` (so they stay > 0; reading ``layer.contrast`` gives the
+    constrained value, assigning to it sets the raw one; a learnable exponent therefore has to
+    start > 0); ``mu`` is unconstrained; ``levels`` is unconstrained and clamped to the valid
+    range in the forward pass with a gradient that keeps pointing back inside (see
+    :mod:`efusion.fusion`). A learnable depth given as ``None`` starts at -1 (the automatic
+    maximum) and stays relative to the maximum: its sign at construction decides whether it
+    counts absolute levels or levels from the maximum.
+
+    Args:
+        contrast, saturation, exposure, mu, sigma, levels, preset: as in :func:`exposure_fusion`.
+        learnable: names among ``contrast, saturation, exposure, mu, sigma, levels``, or
+            ``True`` for ``contrast, saturation, exposure, mu, levels`` (sigma is redundant with
+            the exposure exponent: only ``exposure / sigma^2`` is identifiable; asking for both
+            warns).
+
+    Shape:
+        ``[N, C, H, W]`` -> ``[C, H, W]``; ``[B, N, C, H, W]`` -> ``[B, C, H, W]``.
+
+    Example:
+        >>> layer = Fusion(learnable=True)
+        >>> out = layer(torch.rand(2, 3, 3, 32, 32))   # B=2 bursts of N=3 frames
+        >>> out.mean().backward()
+        >>> sorted(n for n, p in layer.named_parameters())
+        ['levels', 'mu', 'parametrizations.contrast.original', 'parametrizations.exposure.original', 'parametrizations.saturation.original']
+    """
+
+    def __init__(
+        self,
+        contrast: float = 1.0,
+        saturation: float = 1.0,
+        exposure: float = 1.0,
+        mu: float | Sequence[float] = 0.5,
+        sigma: float | Sequence[float] = 0.2,
+        levels: float | None = None,
+        preset: str = "mertens",
+        learnable: bool | Iterable[str] = (),
+    ) -> None:
+        super().__init__()
+        self.preset = get_preset(preset).name
+        self.learnable = _parse_learnable(learnable)
+        values = {"contrast": contrast, "saturation": saturation, "exposure": exposure, "mu": mu, "sigma": sigma}
+        for name, value in values.items():
+            tensor = torch.as_tensor(value, dtype=torch.get_default_dtype()).clone()
+            if tensor.dim() > 1 or (tensor.dim() == 1 and name not in ("mu", "sigma")):
+                raise ValueError(f"{name} must be a number{' or one value per channel' if name in ('mu', 'sigma') else ''}, got {value!r}")
+            _checks.check_scalar(tensor, name, minimum=0.0 if name in _POSITIVE else None, strict=name == "sigma", size=3)
+            if name in self.learnable:
+                if name in _POSITIVE and not bool((tensor > 0).all()):
+                    raise ValueError(
+                        f"learnable {name} must start > 0, got {value!r}: an exponent of 0 switches its measure "
+                        "off, which a gradient cannot undo; start from a small positive value or keep it fixed"
+                    )
+                self.register_parameter(name, nn.Parameter(tensor))
+                if name in _POSITIVE:
+                    parametrize.register_parametrization(self, name, _Softplus())
+            else:
+                self.register_buffer(name, tensor)
+        _checks.check_levels(levels)
+        if "levels" in self.learnable:
+            start = -1.0 if levels is None else float(levels)
+            self.relative_levels = start < 0
+            self.levels = nn.Parameter(torch.tensor(start))
+        else:
+            self.relative_levels = None if levels is None else float(levels) < 0
+            self.register_buffer("levels", None if levels is None else torch.tensor(float(levels)))
+
+    def forward(self, stack: Tensor | Sequence[Tensor], mask: Tensor | None = None) -> Tensor:
+        stack5, unbatched = _checks.as_stack(stack)
+        mask5 = _checks.as_mask(mask, stack5, unbatched)
+        preset = get_preset(self.preset)
+        result = _fuse_5d(
+            stack5, mask5, self.contrast, self.saturation, self.exposure, self.mu, self.sigma,
+            self.levels, preset, self.relative_levels,
+        )
+        return result.squeeze(0) if unbatched else result
+
+    def weights(self, stack: Tensor | Sequence[Tensor], mask: Tensor | None = None) -> Tensor:
+        """The normalised weight maps the layer blends with (``[..., N, 1, H, W]``)."""
+        stack5, unbatched = _checks.as_stack(stack)
+        mask5 = _checks.as_mask(mask, stack5, unbatched)
+        weights = weights_5d(
+            stack5, mask5, self.contrast, self.saturation, self.exposure, self.mu, self.sigma, get_preset(self.preset)
+        )
+        return weights.squeeze(0) if unbatched else weights
+
+    def export(self) -> dict:
+        """Current values as plain numbers, ready for ``efusion fuse --params`` (JSON/YAML)."""
+        out: dict = {}
+        for name in PARAMETER_NAMES:
+            value = getattr(self, name)
+            if value is None:
+                out[name] = None
+                continue
+            value = value.detach().cpu()
+            out[name] = value.item() if value.dim() == 0 else value.tolist()
+        out["preset"] = self.preset
+        return out
+
+    def extra_repr(self) -> str:
+        values = ", ".join(f"{k}={v!r}" if not isinstance(v, float) else f"{k}={v:.4g}" for k, v in self.export().items())
+        return f"{values}, learnable={list(self.learnable)}"
+
+
+def _parse_learnable(learnable: bool | Iterable[str]) -> tuple[str, ...]:
+    if learnable is True:
+        return LEARNABLE_DEFAULT
+    if learnable is False or learnable is None:
+        return ()
+    if isinstance(learnable, str):
+        learnable = [learnable]
+    names = tuple(dict.fromkeys(learnable))
+    unknown = [n for n in names if n not in PARAMETER_NAMES]
+    if unknown:
+        raise ValueError(f"unknown learnable parameter(s) {unknown}; choose among {list(PARAMETER_NAMES)} or True")
+    if "exposure" in names and "sigma" in names:
+        warnings.warn(
+            "learning both 'exposure' and 'sigma' is redundant: the well-exposedness weight "
+            "exp(-exposure * sum_c (I_c - mu)^2 / (2 sigma^2)) depends only on exposure / sigma^2, "
+            "so the two drift along a flat valley; learn one of them",
+            UserWarning,
+            stacklevel=3,
+        )
+    return names

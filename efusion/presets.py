@@ -1,0 +1,120 @@
+"""The two reference implementations efusion reproduces, as data.
+
+Each :class:`Preset` pins every convention that differs between Tom Mertens' original MATLAB code
+(``exposure_fusion.m``, 2007, the default) and OpenCV's ``MergeMertens`` (``modules/photo/src/
+merge.cpp``): the luma weights, border modes, the saturation scale and how deep the pyramid goes.
+The formulas themselves are shared (Mertens, Kautz & Van Reeth, "Exposure Fusion", Pacific
+Graphics 2007, Sections 3.1-3.2).
+"""
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+
+__all__ = ["Preset", "PRESETS", "get_preset"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Conventions of one reference implementation.
+
+    Attributes:
+        name: the preset's name.
+        luma_weights: R, G, B weights of the gray image the contrast measure filters.
+        laplacian_border: border of the 3x3 contrast Laplacian, ``"replicate"`` (MATLAB
+            ``imfilter(..., 'replicate')``) or ``"reflect101"`` (OpenCV ``BORDER_DEFAULT``).
+        luma_form: ``"sum"`` (``r*wr + g*wg + b*wb``) or ``"opencv_fma"``: in float32, OpenCV's
+            vectorised ``cvtColor`` (x86-64 with FMA) rounds as ``fma(b, wb, fma(r, wr, g*wg))``;
+            which gray pixels have an exactly zero Laplacian, and so OpenCV's weights in flat
+            areas, depend on that rounding.
+        saturation_form: ``"pairwise"``: the population standard deviation of R, G, B computed as
+            ``sqrt(((r-g)^2 + (g-b)^2 + (b-r)^2) / 9)``, which is exactly 0 on gray pixels in any
+            precision (MATLAB's value); ``"opencv"``: ``sqrt(sum_c (c - mean)^2)`` with OpenCV's
+            order of float operations (it does not divide by 3, and its rounding decides which
+            gray pixels get a tiny non-zero saturation).
+        laplacian_form: ``"differences"``: the 3x3 Laplacian as a sum of neighbour differences,
+            exactly 0 on flat and on symmetric patterns; ``"opencv"``: ``filter2D``'s order of
+            accumulation, whose float32 rounding OpenCV's weights inherit.
+        down_border: border of the 5-tap pyramid filter before decimation, ``"symmetric"``
+            (half-sample mirror, MATLAB ``'symmetric'``: x[-1] = x[0]) or ``"reflect101"``
+            (whole-sample mirror, OpenCV ``pyrDown``: x[-1] = x[1]).
+        up_borders: (left, right) border of the coarse image in the upsampling step:
+            MATLAB's ``upsample.m`` replicates both sides, OpenCV's ``pyrUp`` mirrors the first
+            row/column (reflect-101) and replicates the last.
+        extra_level: OpenCV's ``buildPyramid(maxlevel)`` keeps ``maxlevel + 1`` levels where
+            MATLAB keeps ``floor(log2(min(H, W)))``.
+        float32_depth: OpenCV computes ``log2`` with single-precision ``logf`` (which makes
+            8192 and 32768 one level short); MATLAB uses double precision.
+    """
+
+    name: str
+    luma_weights: tuple[float, float, float]
+    laplacian_border: str
+    luma_form: str
+    saturation_form: str
+    laplacian_form: str
+    down_border: str
+    up_borders: tuple[str, str]
+    extra_level: bool
+    float32_depth: bool
+
+    def max_levels(self, height: int, width: int) -> int:
+        """Automatic pyramid depth (levels in total, the last being the Gaussian residual), >= 1.
+
+        MATLAB: ``floor(log(min(r, c)) / log(2))`` (``gaussian_pyramid.m``); OpenCV:
+        ``(int)(logf(min) / logf(2)) + 1`` (``merge.cpp``). Both are computed the same way as
+        the originals, rounding included, and clamped to at least one level.
+        """
+        side = min(int(height), int(width))
+        if self.float32_depth:
+            ratio = _f32(_f32(math.log(side)) / _f32(math.log(2.0)))
+        else:
+            ratio = math.log(side) / math.log(2.0)
+        return max(1, int(math.floor(ratio)) + (1 if self.extra_level else 0))
+
+
+def _f32(value: float) -> float:
+    """Round a double to the nearest single-precision float (to mimic C ``logf`` arithmetic)."""
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+PRESETS: dict[str, Preset] = {
+    # exposure_fusion.m, contrast.m, saturation.m, well_exposedness.m, downsample.m, upsample.m;
+    # rgb2gray weights are MATLAB's documented exact coefficients.
+    "mertens": Preset(
+        name="mertens",
+        luma_weights=(0.298936021293775, 0.587043074451121, 0.114020904255103),
+        laplacian_border="replicate",
+        luma_form="sum",
+        saturation_form="pairwise",
+        laplacian_form="differences",
+        down_border="symmetric",
+        up_borders=("replicate", "replicate"),
+        extra_level=False,
+        float32_depth=False,
+    ),
+    # OpenCV merge.cpp (MergeMertensImpl::process): cvtColor RGB2GRAY, Laplacian(ksize=1),
+    # pyrDown / pyrUp; borders probed on opencv-python-headless 4.x/5.x with unit impulses.
+    "opencv": Preset(
+        name="opencv",
+        luma_weights=(0.299, 0.587, 0.114),
+        laplacian_border="reflect101",
+        luma_form="opencv_fma",
+        saturation_form="opencv",
+        laplacian_form="opencv",
+        down_border="reflect101",
+        up_borders=("reflect101", "replicate"),
+        extra_level=True,
+        float32_depth=True,
+    ),
+}
+
+
+def get_preset(preset: str | Preset) -> Preset:
+    """Look a preset up by name (``"mertens"`` or ``"opencv"``) or pass a :class:`Preset` through."""
+    if isinstance(preset, Preset):
+        return preset
+    if not isinstance(preset, str) or preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    return PRESETS[preset]
