@@ -1,0 +1,800 @@
+"""Image files in and out: brackets from disk, results to disk, and parameter files.
+
+Reading: JPEG, PNG (8 and 16 bit) and TIFF (8, 16 bit and float). Integer samples are scaled by
+their own maximum (uint8 / 255, uint16 / 65535, so 16-bit data keeps its precision); float TIFF
+samples are taken as they are. EXIF orientation is applied, so a portrait phone frame comes out
+upright. Gray frames stay one channel unless the bracket mixes gray and colour frames; an alpha
+channel becomes the per-frame ``mask`` of :func:`efusion.exposure_fusion`.
+
+Writing: PNG 8/16 bit, JPEG (8 bit, quality option), TIFF 8/16 bit and float32. Integer formats
+are clipped to [0, 1] (optionally after :func:`robust_normalize`); float32 TIFF keeps the
+unclamped values for HDR pipelines. Every write goes to a temporary file in the destination
+folder that is renamed into place once complete, so an interrupted run never leaves a
+half-written image, and an existing file is only replaced when asked to (``overwrite=True``).
+
+Codecs are maintained libraries, imported when a function needs them (``import efusion`` needs
+only torch): Pillow for JPEG and 8-bit PNG, tifffile for TIFF, and OpenCV for 16-bit colour PNG,
+which Pillow cannot decode or encode without dropping to 8 bit.
+
+Every problem with a file raises :class:`ImageIOError`; its message names the file.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from numbers import Real
+from pathlib import Path
+from typing import IO, Any, Iterator, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "PARAM_NAMES",
+    "Bracket",
+    "ImageIOError",
+    "ParamsError",
+    "default_bit_depth",
+    "list_frames",
+    "read_bracket",
+    "read_image",
+    "read_params",
+    "robust_normalize",
+    "validate_params",
+    "write_image",
+    "write_params",
+]
+
+#: file suffixes read as frames (case-insensitive)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+#: keys a parameter file may hold: the keyword arguments of :func:`efusion.exposure_fusion`
+PARAM_NAMES = ("contrast", "saturation", "exposure", "mu", "sigma", "levels", "preset")
+
+_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}
+#: bit depths each output format can hold (32 = float32)
+_DEPTHS = {"JPEG": (8,), "PNG": (8, 16), "TIFF": (8, 16, 32)}
+_EXIF_ORIENTATION = 0x0112
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class ImageIOError(ValueError):
+    """An image file cannot be read or written; the message names the file and says why."""
+
+
+class ParamsError(ValueError):
+    """A parameter file or value is not usable; the message names the file (or flag) and key."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass
+class Bracket:
+    """Frames of one bracket, read from files.
+
+    Attributes:
+        frames: ``[N, C, H, W]`` float, integer samples scaled to [0, 1]; C = 1 (every frame
+            gray) or 3.
+        mask: ``[N, 1, H, W]`` alpha of the frames (1 where a frame has no alpha channel), or
+            ``None`` when no frame has one. Pass it as ``mask=`` to the fusion.
+        paths: the frame files, in stack order.
+        bit_depth: deepest sample type among the files: 8, 16 or 32 (float).
+    """
+
+    frames: Tensor
+    mask: Tensor | None
+    paths: tuple[Path, ...]
+    bit_depth: int
+
+
+@dataclass(frozen=True)
+class _FrameInfo:
+    """What a file's header says, before any pixel is decoded."""
+
+    path: Path
+    codec: str  # "pillow", "png16" (OpenCV) or "tiff"
+    height: int  # upright, after the EXIF orientation
+    width: int
+    channels: int  # colour channels: 1 or 3
+    alpha: bool
+    bit_depth: int  # 8, 16 or 32 (float)
+    orientation: int  # EXIF orientation, 1 = upright as stored
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+def list_frames(folder: str | os.PathLike) -> list[Path]:
+    """Image files of a bracket folder (:data:`IMAGE_SUFFIXES`), sorted by name.
+
+    Hidden files (names starting with ``.``, such as unfinished writes) are skipped.
+
+    Raises:
+        ImageIOError: the folder does not exist, is not a folder, or holds no image file.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise ImageIOError(f"{folder}: no such folder")
+    if not folder.is_dir():
+        raise ImageIOError(f"{folder}: not a folder")
+    try:
+        frames = sorted(
+            p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+        )
+    except OSError as error:
+        raise ImageIOError(f"{folder}: cannot list the folder ({error.strerror or error})") from None
+    if not frames:
+        raise ImageIOError(f"{folder}: no image files in the folder (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return frames
+
+
+def read_image(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device=None) -> tuple[Tensor, Tensor | None]:
+    """Read one image file as float.
+
+    Args:
+        path: a JPEG, PNG or TIFF file.
+        dtype, device: of the returned tensors.
+
+    Returns:
+        ``(image, alpha)``: image ``[C, H, W]`` with C = 1 (gray) or 3 (RGB), integer samples
+        scaled to [0, 1] and float samples as stored; alpha ``[1, H, W]`` in [0, 1], or ``None``.
+    """
+    bracket = read_bracket([path], dtype=dtype, device=device)
+    alpha = None if bracket.mask is None else bracket.mask[0]
+    return bracket.frames[0], alpha
+
+
+def read_bracket(paths: Sequence[str | os.PathLike], *, dtype: torch.dtype = torch.float32, device=None) -> Bracket:
+    """Read the frames of one bracket into one stack.
+
+    Every header is checked first (format, size after EXIF orientation), so a bracket with a
+    missing file or frames of different sizes fails before any pixel is decoded. Frames are then
+    decoded one at a time straight into a stack allocated once on ``device``: memory holds the
+    float stack plus one decoded frame, never all frames twice.
+
+    Args:
+        paths: frame files (at least one); the stack keeps their order.
+        dtype: floating dtype of the stack.
+        device: where the stack lives (default CPU).
+
+    Returns:
+        a :class:`Bracket`.
+
+    Raises:
+        ImageIOError: a file is missing, unreadable, truncated, of an unsupported format, or
+            the frames differ in size.
+    """
+    if not torch.empty((), dtype=dtype).is_floating_point():
+        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ImageIOError("a bracket needs at least one frame, got none")
+    infos = [_probe(p) for p in paths]
+    first = infos[0]
+    for info in infos[1:]:
+        if (info.height, info.width) != (first.height, first.width):
+            raise ImageIOError(
+                f"{info.path}: frame is {info.size} but {first.path} is {first.size} "
+                "(all frames of a bracket must have the same size)"
+            )
+    channels = 3 if any(i.channels == 3 for i in infos) else 1
+    shape = (len(paths), channels, first.height, first.width)
+    frames = torch.empty(shape, dtype=dtype, device=device)
+    mask = None
+    if any(i.alpha for i in infos):
+        mask = torch.ones((len(paths), 1, first.height, first.width), dtype=dtype, device=device)
+    for index, info in enumerate(infos):
+        _decode_into(info, frames[index], None if mask is None else mask[index])
+    return Bracket(frames, mask, tuple(paths), max(i.bit_depth for i in infos))
+
+
+def _probe(path: Path) -> _FrameInfo:
+    """Read a frame's header: size, channels, alpha, sample depth, orientation."""
+    if not path.exists():
+        raise ImageIOError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageIOError(f"{path}: is a folder, not an image file")
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ImageIOError(f"{path}: unsupported format {path.suffix or '(no suffix)'!r} (expected {', '.join(IMAGE_SUFFIXES)})")
+    try:
+        if fmt == "TIFF":
+            return _probe_tiff(path)
+        return _probe_pillow(path, fmt)
+    except ImageIOError:
+        raise
+    except OSError as error:
+        if error.filename is not None or isinstance(error, PermissionError):
+            raise ImageIOError(f"{path}: cannot open ({error.strerror or error})") from None
+        if type(error).__name__ == "UnidentifiedImageError":
+            raise ImageIOError(f"{path}: not a {fmt} image, or a damaged one") from None
+        raise ImageIOError(f"{path}: not a readable {fmt} image ({_one_line(error)})") from None
+    except Exception as error:  # codecs raise SyntaxError, ValueError, struct.error, ... on bad data
+        raise ImageIOError(f"{path}: not a readable {fmt} image ({_one_line(error)})") from None
+
+
+def _probe_pillow(path: Path, fmt: str) -> _FrameInfo:
+    from PIL import Image
+
+    with Image.open(path, formats=["JPEG", "PNG"]) as image:  # a mislabelled suffix still reads
+        fmt = image.format
+        orientation = _valid_orientation(image.getexif().get(_EXIF_ORIENTATION, 1))
+        width, height = image.size
+        mode = image.mode
+        transparency = "transparency" in image.info
+    codec, bit_depth = "pillow", 8
+    if fmt == "PNG":
+        png_depth, colour_type = _png_header(path)
+        if png_depth == 16:
+            codec, bit_depth = "png16", 16
+            channels, alpha = (1 if colour_type in (0, 4) else 3), colour_type in (4, 6)
+            if colour_type == 4:  # OpenCV expands gray + alpha to BGRA
+                channels = 3
+            return _FrameInfo(path, codec, *_upright(height, width, orientation), channels, alpha, bit_depth, orientation)
+    if mode in ("L", "1", "I;16", "I;16B", "I;16L", "I", "F"):
+        channels, alpha = 1, transparency
+    elif mode in ("LA", "La"):
+        channels, alpha = 1, True
+    elif mode in ("RGBA", "RGBa", "PA"):
+        channels, alpha = 3, True
+    else:  # RGB, P, CMYK, YCbCr, LAB, HSV: converted to RGB
+        channels, alpha = 3, transparency
+    if mode.startswith("I;16") or mode == "I":
+        bit_depth = 16
+    elif mode == "F":
+        bit_depth = 32
+    return _FrameInfo(path, codec, *_upright(height, width, orientation), channels, alpha, bit_depth, orientation)
+
+
+def _png_header(path: Path) -> tuple[int, int]:
+    """Bit depth and colour type from the PNG's IHDR chunk (Pillow hides 16-bit colour)."""
+    with open(path, "rb") as fh:
+        head = fh.read(26)
+    if len(head) < 26 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        raise ImageIOError(f"{path}: not a readable PNG image (no PNG header)")
+    return head[24], head[25]
+
+
+def _probe_tiff(path: Path) -> _FrameInfo:
+    import numpy as np
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        tag = page.tags.get("Orientation")
+        orientation = _valid_orientation(tag.value if tag is not None else 1)
+        height, width = page.imagelength, page.imagewidth
+        samples, photometric, dtype = page.samplesperpixel, int(page.photometric), page.dtype
+        extras = len(page.extrasamples) if page.extrasamples else 0
+        bits = page.bitspersample
+    if photometric not in (1, 2, 6):  # MINISBLACK, RGB, YCBCR (decoded to RGB)
+        raise ImageIOError(f"{path}: unsupported TIFF photometric interpretation {photometric} (expected gray or RGB)")
+    colour = 1 if photometric == 1 else 3
+    if samples < colour or (samples > colour and not extras):
+        raise ImageIOError(f"{path}: unsupported TIFF layout ({samples} samples per pixel, photometric {photometric})")
+    alpha = samples > colour  # the first extra sample; any further ones are ignored
+    dtype = np.dtype(dtype) if dtype is not None else None
+    if dtype == np.uint8:
+        bit_depth = 8
+    elif dtype == np.uint16:
+        bit_depth = 16
+    elif dtype is not None and dtype.kind == "f":
+        bit_depth = 32
+    else:
+        kind = dtype if dtype is not None else f"{bits}-bit"
+        raise ImageIOError(f"{path}: unsupported TIFF sample type {kind} (expected 8- or 16-bit unsigned, or float)")
+    return _FrameInfo(path, "tiff", *_upright(height, width, orientation), colour, alpha, bit_depth, orientation)
+
+
+def _valid_orientation(value) -> int:
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        return 1
+    return value if 1 <= value <= 8 else 1  # an out-of-range tag is ignored, as Pillow does
+
+
+def _upright(height: int, width: int, orientation: int) -> tuple[int, int]:
+    return (width, height) if orientation >= 5 else (height, width)
+
+
+def _decode_into(info: _FrameInfo, frame: Tensor, alpha: Tensor | None) -> None:
+    """Decode one file into its slot of the stack (``[C, H, W]``) and of the mask."""
+    try:
+        array, associated = _decode(info)
+    except ImageIOError:
+        raise
+    except MemoryError:
+        raise
+    except OSError as error:
+        if error.filename is not None or isinstance(error, PermissionError):
+            raise ImageIOError(f"{info.path}: cannot read ({error.strerror or error})") from None
+        raise ImageIOError(f"{info.path}: cannot decode the image ({_one_line(error)})") from None
+    except Exception as error:
+        raise ImageIOError(f"{info.path}: cannot decode the image ({_one_line(error)})") from None
+    array = _orient(array, info.orientation)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    height, width, samples = array.shape
+    if (height, width) != tuple(frame.shape[-2:]):
+        raise ImageIOError(f"{info.path}: decoded {width}x{height}, header said {info.size}")
+    colour = samples - 1 if info.alpha else samples
+    with warnings.catch_warnings():  # decoders hand out read-only buffers; we only read them
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        source = torch.from_numpy(array).permute(2, 0, 1)
+    scale = {8: 255.0, 16: 65535.0}.get(info.bit_depth)
+    # copy_ converts the integer samples exactly; one in-place division then scales them, which
+    # gives bit-identical values to ``frames.float() / 255`` computed in memory
+    if colour == frame.shape[0]:
+        frame.copy_(source[:colour])
+    else:  # a gray frame in a colour bracket
+        frame.copy_(source[:1].expand(frame.shape[0], -1, -1))
+    if scale is not None:
+        frame.div_(scale)
+    if info.alpha and alpha is not None:
+        alpha.copy_(source[colour:colour + 1])
+        if scale is not None:
+            alpha.div_(scale)
+        if associated:  # premultiplied colour (TIFF ASSOCALPHA): recover straight colour
+            frame.div_(torch.where(alpha > 0, alpha, torch.ones_like(alpha)))
+
+
+def _decode(info: _FrameInfo):
+    """Decoded samples ``[H, W]`` or ``[H, W, S]`` as stored (before orientation), and whether
+    the alpha channel is premultiplied."""
+    import numpy as np
+
+    if info.codec == "tiff":
+        import tifffile
+
+        with tifffile.TiffFile(info.path) as tif:
+            page = tif.pages[0]
+            array = page.asarray()
+            associated = bool(page.extrasamples) and int(page.extrasamples[0]) == 1
+            if array.ndim == 3 and page.planarconfig == 2 and array.shape[0] == page.samplesperpixel:
+                array = np.moveaxis(array, 0, -1)  # planar (SYX) to interleaved (YXS)
+        if array.dtype.kind == "f" and array.dtype != np.float32:
+            array = array.astype(np.float32)
+        if array.ndim == 3:
+            array = array[..., : info.channels + int(info.alpha)]
+        return array, associated
+    if info.codec == "png16":
+        import cv2
+
+        from PIL import Image
+
+        with Image.open(info.path, formats=["PNG"]) as image:
+            image.verify()  # checks every chunk's CRC and the end marker: catches truncation
+        data = np.fromfile(info.path, dtype=np.uint8)
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        try:
+            array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        finally:
+            cv2.utils.logging.setLogLevel(level)
+        del data
+        if array is None:
+            raise ImageIOError(f"{info.path}: cannot decode the PNG image")
+        if array.ndim == 3:  # OpenCV's BGR(A) order to RGB(A)
+            order = [2, 1, 0, 3][: array.shape[2]]
+            array = array[:, :, order]
+        return array, False
+    from PIL import Image
+
+    with Image.open(info.path, formats=["JPEG", "PNG"]) as image:
+        image.load()
+        mode = image.mode
+        if mode == "1":
+            image = image.convert("L")
+        elif mode in ("I;16B", "I;16L"):
+            return np.asarray(image).astype(np.uint16), False
+        elif mode == "I":
+            return np.clip(np.asarray(image), 0, 65535).astype(np.uint16), False
+        elif mode in ("La", "RGBa"):
+            image = image.convert(mode.upper())
+        elif mode in ("L", "RGB") and info.alpha:  # a tRNS colour key
+            image = image.convert(mode + "A")
+        elif mode not in ("L", "LA", "RGB", "RGBA", "I;16", "F"):
+            image = image.convert("RGBA" if info.alpha else "RGB")
+        return np.asarray(image), False
+
+
+def _orient(array, orientation: int):
+    """Apply an EXIF orientation (the transforms of Pillow's ``ImageOps.exif_transpose``)."""
+    import numpy as np
+
+    if orientation == 1:
+        return array
+    transforms = {
+        2: lambda a: a[:, ::-1],  # mirrored horizontally
+        3: lambda a: a[::-1, ::-1],  # rotated 180
+        4: lambda a: a[::-1],  # mirrored vertically
+        5: lambda a: np.swapaxes(a, 0, 1),  # transposed
+        6: lambda a: np.rot90(a, -1),  # rotated 90 counter-clockwise when stored: turn clockwise
+        7: lambda a: np.swapaxes(a[::-1, ::-1], 0, 1),  # transversed
+        8: lambda a: np.rot90(a, 1),
+    }
+    return np.ascontiguousarray(transforms[orientation](array))
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def default_bit_depth(path: str | os.PathLike, source_bit_depth: int = 8) -> int:
+    """Bit depth an output gets when none is asked for: 8 for JPEG; for PNG 16 when the
+    inputs had 16 bits or more; for TIFF the inputs' depth (float inputs give float32)."""
+    fmt = _output_format(Path(path))
+    if fmt == "JPEG":
+        return 8
+    if fmt == "PNG":
+        return 16 if source_bit_depth >= 16 else 8
+    return source_bit_depth if source_bit_depth in (8, 16, 32) else 8
+
+
+def _output_format(path: Path) -> str:
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ImageIOError(f"{path}: unsupported output format {path.suffix or '(no suffix)'!r} (use .png, .jpg or .tif)")
+    return fmt
+
+
+def check_output(path: str | os.PathLike, bit_depth: int | None = None) -> int:
+    """Check that ``path`` names a format that can hold ``bit_depth``; returns the depth used.
+
+    Raises:
+        ImageIOError: unsupported suffix, or a depth the format cannot hold.
+    """
+    path = Path(path)
+    fmt = _output_format(path)
+    depth = default_bit_depth(path) if bit_depth is None else bit_depth
+    if depth not in _DEPTHS[fmt]:
+        kinds = {8: "8-bit", 16: "16-bit", 32: "float32"}
+        can = " or ".join(kinds[d] for d in _DEPTHS[fmt])
+        hint = "; use .png or .tif for 16 bit, .tif for float32" if fmt != "TIFF" else ""
+        raise ImageIOError(f"{path}: {fmt} holds {can} samples, not {kinds.get(depth, depth)}{hint}")
+    return depth
+
+
+def write_image(
+    path: str | os.PathLike,
+    image: Tensor,
+    *,
+    bit_depth: int | None = None,
+    quality: int = 95,
+    overwrite: bool = False,
+) -> Path:
+    """Write an image atomically; the format follows the suffix (.png, .jpg/.jpeg, .tif/.tiff).
+
+    Integer depths clip to [0, 1] and round to the nearest code value (NaN becomes 0); float32
+    (TIFF only) stores the values as they are, unclamped. The file appears complete or not at
+    all: it is written to a hidden temporary file in the same folder and renamed into place.
+
+    Args:
+        path: output file; its folder must exist.
+        image: ``[C, H, W]`` (C = 1 or 3) or ``[H, W]``, float.
+        bit_depth: 8, 16 or 32 (float32); default :func:`default_bit_depth` of the path.
+        quality: JPEG quality, 1 to 100.
+        overwrite: replace an existing file; without it an existing file is an error.
+
+    Returns:
+        the path written.
+
+    Raises:
+        ImageIOError: unsupported format or depth, the file exists (and not ``overwrite``), or
+            the folder is not writable.
+    """
+    import numpy as np
+
+    path = Path(path)
+    depth = check_output(path, bit_depth)
+    fmt = _FORMATS[path.suffix.lower()]
+    if not isinstance(image, Tensor) or not image.is_floating_point():
+        raise TypeError(f"image must be a floating-point tensor, got {getattr(image, 'dtype', type(image).__name__)}")
+    if image.dim() == 2:
+        image = image.unsqueeze(0)
+    if image.dim() != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"image must be [C, H, W] with C = 1 or 3, or [H, W], got shape {list(image.shape)}")
+    if fmt == "JPEG" and not 1 <= int(quality) <= 100:
+        raise ValueError(f"JPEG quality must be between 1 and 100, got {quality}")
+    if path.exists() and not overwrite:
+        raise ImageIOError(f"{path}: already exists (pass --force / overwrite=True to replace it)")
+
+    pixels = image.detach().to("cpu", torch.float32)
+    if depth == 32:
+        array = pixels.permute(1, 2, 0).contiguous().numpy()
+    else:
+        top = 255.0 if depth == 8 else 65535.0
+        quantised = torch.nan_to_num(pixels, nan=0.0).clamp_(0.0, 1.0).mul_(top).round_()
+        array = quantised.permute(1, 2, 0).numpy().astype(np.uint8 if depth == 8 else np.uint16)
+        del quantised
+    gray = array.shape[2] == 1
+    if gray:
+        array = array[:, :, 0]
+
+    with _atomic_file(path, overwrite=overwrite) as fh:
+        if fmt == "TIFF":
+            import tifffile
+
+            tifffile.imwrite(fh, array, photometric="minisblack" if gray else "rgb", compression="zlib")
+        elif fmt == "PNG" and depth == 16:
+            import cv2
+
+            ok, encoded = cv2.imencode(".png", array if gray else np.ascontiguousarray(array[:, :, ::-1]))
+            if not ok:
+                raise ImageIOError(f"{path}: OpenCV could not encode a 16-bit PNG")
+            fh.write(encoded.tobytes())
+        else:
+            from PIL import Image
+
+            options = {"quality": int(quality)} if fmt == "JPEG" else {}
+            Image.fromarray(array).save(fh, format=fmt, **options)
+    return path
+
+
+def robust_normalize(image: Tensor, *, black: float = 1.0, white: float = 1.0) -> Tensor:
+    """Map an image into [0, 1] by one affine map for all channels, saturating a few pixels.
+
+    The simplest colour balance (Limare, Lisani, Morel, Petro, Sbert, "Simplest Color Balance",
+    IPOL 1, 2011, doi:10.5201/ipol.2011.llmps-scb) in the form C. Hessel uses against Mertens
+    fusion's out-of-range values ("An Implementation of the Exposure Fusion Algorithm", IPOL 8,
+    2018, pp. 369-387, doi:10.5201/ipol.2018.230, ``robustNormalization.m``): ``v_min`` is the
+    ``black`` percentile of the per-pixel minimum channel, ``v_max`` the ``100 - white``
+    percentile of the per-pixel maximum channel, and ``(u - v_min) / (v_max - v_min)`` is
+    clipped to [0, 1], so a pixel saturates when any of its channels does and hues are kept.
+    A flat image (``v_max <= v_min``) becomes the constant ``v_max``, clipped.
+
+    Args:
+        image: ``[C, H, W]`` float, any range.
+        black, white: percent of pixels allowed to saturate to 0 and to 1 (0 <= each < 100,
+            sum < 100).
+
+    Returns:
+        ``[C, H, W]`` in [0, 1], same dtype as the input.
+    """
+    if image.dim() != 3:
+        raise ValueError(f"image must be [C, H, W], got shape {list(image.shape)}")
+    for name, value in (("black", black), ("white", white)):
+        if not (isinstance(value, Real) and 0 <= value < 100):
+            raise ValueError(f"{name} must be a percentage in [0, 100), got {value!r}")
+    if black + white >= 100:
+        raise ValueError(f"black + white must be below 100 percent, got {black} + {white}")
+    work = image if image.dtype in (torch.float32, torch.float64) else image.float()
+    n = work.shape[-1] * work.shape[-2]
+    if work.shape[0] > 1:  # 1-based ranks as in robustNormalization.m
+        high_rank = math.ceil(n - white * n / 100)
+        low_rank = math.floor(1 + black * n / 100)
+    else:
+        high_rank = math.floor(n - white * n / 100 + 0.5)
+        low_rank = math.floor(1 + black * n / 100 + 0.5)
+    high_rank, low_rank = min(max(high_rank, 1), n), min(max(low_rank, 1), n)
+    v_max = work.amax(0).flatten().kthvalue(high_rank).values
+    v_min = work.amin(0).flatten().kthvalue(low_rank).values
+    if v_max <= v_min:
+        out = torch.full_like(work, float(v_max)).clamp_(0, 1)
+    else:
+        out = ((work - v_min) / (v_max - v_min)).clamp_(0, 1)
+    return out.to(image.dtype)
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path, *, overwrite: bool) -> Iterator[IO[bytes]]:
+    """A binary file handle whose content appears at ``path`` only once complete.
+
+    The data goes to a hidden ``.<name>.<random>.part`` in the same folder (so the final rename
+    stays on one file system), is flushed to disk, then renamed. Without ``overwrite`` the
+    rename is a hard link, which fails rather than replace a file that appeared meanwhile.
+    Any error, including KeyboardInterrupt, removes the temporary file.
+    """
+    folder = path.parent
+    try:
+        fd, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".part")
+    except FileNotFoundError:
+        raise ImageIOError(f"{path}: cannot write, folder {folder} does not exist") from None
+    except OSError as error:
+        raise ImageIOError(f"{path}: cannot write into {folder} ({error.strerror or error})") from None
+    os.close(fd)  # reopened by name: some writers (tifffile) want a handle with a file name
+    temp = Path(temp_name)
+    try:
+        with open(temp, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
+        if overwrite:
+            os.replace(temp, path)
+        else:
+            _rename_no_clobber(temp, path)
+        _fsync_folder(folder)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        if isinstance(error, OSError) and not isinstance(error, ImageIOError):
+            raise ImageIOError(f"{path}: cannot write ({error.strerror or _one_line(error)})") from None
+        raise
+
+
+def _rename_no_clobber(temp: Path, path: Path) -> None:
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        raise ImageIOError(f"{path}: already exists (pass --force / overwrite=True to replace it)") from None
+    except OSError:  # no hard links here (some network or FAT file systems): check, then rename
+        if path.exists():
+            raise ImageIOError(f"{path}: already exists (pass --force / overwrite=True to replace it)") from None
+        os.replace(temp, path)
+        return
+    temp.unlink()
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable where the platform allows it."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+_UMASK: int | None = None
+
+
+def _umask() -> int:
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return _UMASK
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameter files
+
+
+def read_params(path: str | os.PathLike) -> dict[str, Any]:
+    """Read fusion parameters from a JSON or YAML file (e.g. exported by the training).
+
+    The file holds a mapping whose keys are among :data:`PARAM_NAMES`, for example::
+
+        contrast: 0.4
+        saturation: 1.7
+        exposure: 2.5
+        mu: 0.55
+        levels: 4.5      # or -1 (deepest), or null (the preset's automatic depth)
+        preset: mertens
+
+    ``.json`` files are parsed as JSON; anything else as YAML (which also reads JSON; needs
+    PyYAML). The result can be passed as keyword arguments to :func:`efusion.exposure_fusion`.
+
+    Raises:
+        ParamsError: missing or unparsable file, not a mapping, an unknown key or a bad value;
+            the message names the file and the key.
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".ckpt", ".pt", ".pth"):
+        raise ParamsError(f"{path}: checkpoints are not read directly; export the tuned parameters to a .yaml or .json file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ParamsError(f"{path}: is a folder, not a parameter file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ParamsError(f"{path}: cannot read ({getattr(error, 'strerror', None) or _one_line(error)})") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ParamsError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})") from None
+    else:
+        try:
+            import yaml
+        except ImportError:
+            raise ParamsError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use a .json file") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or _one_line(error)
+            raise ParamsError(f"{path}: not valid YAML ({problem}{where})") from None
+    if not isinstance(data, Mapping):
+        kind = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise ParamsError(f"{path}: expected a mapping of parameter names to values, found {kind}")
+    return validate_params(data, source=str(path))
+
+
+def validate_params(params: Mapping[str, Any], *, source: str = "params") -> dict[str, Any]:
+    """Check fusion parameters and return them as plain Python values.
+
+    Exponents (contrast, saturation, exposure) must be numbers >= 0, ``mu`` a number, ``sigma``
+    a number > 0, ``levels`` ``None`` or a number >= 1 or <= -1, ``preset`` one of
+    :data:`efusion.PRESETS`. 0-dim tensors and numpy scalars are accepted (converted with
+    ``.item()``), so a trained module's values can be passed directly.
+
+    Raises:
+        ParamsError: naming ``source`` and the offending key.
+    """
+    from .presets import PRESETS
+
+    checked: dict[str, Any] = {}
+    for key, value in params.items():
+        if key not in PARAM_NAMES:
+            raise ParamsError(f"{source}: unknown parameter {key!r} (expected some of: {', '.join(PARAM_NAMES)})")
+        if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+            try:
+                value = value.item()
+            except (ValueError, RuntimeError):
+                raise ParamsError(f"{source}: {key!r} must be a single number, got {value!r}") from None
+        checked[key] = _check_param(key, value, source, sorted(PRESETS))
+    return checked
+
+
+def _check_param(key: str, value, source: str, presets: list[str]):
+    if key == "preset":
+        if not isinstance(value, str) or value not in presets:
+            raise ParamsError(f"{source}: 'preset' must be one of {', '.join(presets)}, got {value!r}")
+        return value
+    if key == "levels" and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        raise ParamsError(f"{source}: {key!r} must be a finite number, got {value!r}")
+    if key in ("contrast", "saturation", "exposure") and value < 0:
+        raise ParamsError(f"{source}: {key!r} must be >= 0 (0 switches the measure off), got {value!r}")
+    if key == "sigma" and value <= 0:
+        raise ParamsError(f"{source}: 'sigma' must be > 0, got {value!r}")
+    if key == "levels":
+        if not (value >= 1 or value <= -1):
+            raise ParamsError(f"{source}: 'levels' must be >= 1, or <= -1 to count from the deepest (-1), got {value!r}")
+        return int(value) if isinstance(value, int) else float(value)
+    return float(value)
+
+
+def write_params(path: str | os.PathLike, params: Mapping[str, Any]) -> Path:
+    """Write fusion parameters for :func:`read_params` (and ``efusion fuse --params``).
+
+    The values are validated first (tensors become plain numbers); ``.json`` writes JSON,
+    ``.yaml``/``.yml`` writes YAML (needs PyYAML). The file is replaced atomically.
+
+    Raises:
+        ParamsError: an unknown key, a bad value, or an unsupported suffix.
+    """
+    path = Path(path)
+    checked = validate_params(params, source=str(path))
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        text = json.dumps(checked, indent=2) + "\n"
+    elif suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ParamsError(f"{path}: writing YAML needs PyYAML (pip install pyyaml), or use a .json file") from None
+        text = yaml.safe_dump(checked, sort_keys=False)
+    else:
+        raise ParamsError(f"{path}: unsupported parameter file suffix {suffix or '(none)'!r} (use .json, .yaml or .yml)")
+    try:
+        with _atomic_file(path, overwrite=True) as fh:
+            fh.write(text.encode("utf-8"))
+    except ImageIOError as error:
+        raise ParamsError(str(error)) from None
+    return path
