@@ -1,0 +1,481 @@
+"""efusion.io: reading frames, writing results atomically, robust range, parameter files."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from efusion.io import (
+    ImageIOError,
+    ParamsError,
+    check_output,
+    default_bit_depth,
+    list_frames,
+    read_bracket,
+    read_image,
+    read_params,
+    robust_normalize,
+    validate_params,
+    write_image,
+    write_params,
+)
+
+
+def scene(height: int = 24, width: int = 32, n: int = 3, seed: int = 0) -> np.ndarray:
+    """A small bracket ``[N, H, W, 3]`` in [0, 1]: a smooth radiance ramp with texture, 2 EV apart."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    radiance = 2.0 ** (8 * x / width - 4) * (1 + 0.3 * np.sin(y / 2.0))
+    radiance = radiance[..., None] * np.array([1.0, 0.8, 0.6]) * (1 + 0.05 * rng.random((height, width, 3)))
+    evs = [2.0 * (i - (n - 1) / 2) for i in range(n)]
+    return np.stack([np.clip(radiance * 2.0**ev, 0, 1) ** (1 / 2.2) for ev in evs])
+
+
+def leftovers(folder) -> list[str]:
+    """Temporary files a write may have left behind."""
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".part"))
+
+
+def save_png16(path, array: np.ndarray) -> None:
+    import cv2
+
+    if array.ndim == 3:  # RGB(A) to OpenCV's BGR(A)
+        array = np.ascontiguousarray(array[..., [2, 1, 0, 3][: array.shape[2]]])
+    ok, data = cv2.imencode(".png", array)
+    assert ok
+    path.write_bytes(data.tobytes())
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+
+
+class TestReadImage:
+    def test_png8_rgb(self, tmp_path):
+        pixels = (scene()[1] * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "a.png")
+        image, alpha = read_image(tmp_path / "a.png")
+        assert image.shape == (3, 24, 32) and image.dtype == torch.float32 and alpha is None
+        assert torch.equal(image, torch.from_numpy(pixels).permute(2, 0, 1).float() / 255)
+
+    def test_jpeg_matches_pillow(self, tmp_path):
+        Image.fromarray((scene()[1] * 255).astype(np.uint8)).save(tmp_path / "a.jpg", quality=90)
+        image, _ = read_image(tmp_path / "a.jpg", dtype=torch.float64)
+        expected = np.asarray(Image.open(tmp_path / "a.jpg").convert("RGB"))
+        assert image.dtype == torch.float64
+        assert torch.equal(image, torch.from_numpy(expected).permute(2, 0, 1).double() / 255)
+
+    def test_png16_keeps_precision(self, tmp_path):
+        pixels = np.random.default_rng(1).integers(0, 65536, (24, 32, 3), dtype=np.uint16)
+        save_png16(tmp_path / "a.png", pixels)
+        bracket = read_bracket([tmp_path / "a.png"], dtype=torch.float64)
+        assert bracket.bit_depth == 16
+        expected = torch.from_numpy(pixels.astype(np.int64)).permute(2, 0, 1).double() / 65535
+        assert torch.equal(bracket.frames[0], expected)
+        assert len(torch.unique(bracket.frames)) > 2000  # far more levels than 8 bits hold
+
+    def test_png16_gray_and_rgba(self, tmp_path):
+        gray = np.arange(24 * 32, dtype=np.uint16).reshape(24, 32) * 80
+        save_png16(tmp_path / "g.png", gray)
+        image, alpha = read_image(tmp_path / "g.png", dtype=torch.float64)
+        assert image.shape == (1, 24, 32) and alpha is None
+        assert torch.equal(image[0], torch.from_numpy(gray.astype(np.int64)).double() / 65535)
+        rgba = np.random.default_rng(2).integers(0, 65536, (24, 32, 4), dtype=np.uint16)
+        save_png16(tmp_path / "c.png", rgba)
+        image, alpha = read_image(tmp_path / "c.png", dtype=torch.float64)
+        assert torch.equal(alpha[0], torch.from_numpy(rgba[..., 3].astype(np.int64)).double() / 65535)
+        assert torch.equal(image, torch.from_numpy(rgba[..., :3].astype(np.int64)).permute(2, 0, 1).double() / 65535)
+
+    def test_gray_png(self, tmp_path):
+        pixels = (scene()[1, ..., 0] * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "g.png")
+        image, alpha = read_image(tmp_path / "g.png")
+        assert image.shape == (1, 24, 32) and alpha is None
+        assert torch.equal(image[0], torch.from_numpy(pixels).float() / 255)
+
+    def test_rgba_alpha_becomes_mask(self, tmp_path):
+        rgba = np.zeros((24, 32, 4), np.uint8)
+        rgba[..., :3] = 200
+        rgba[:, :16, 3] = 255
+        Image.fromarray(rgba).save(tmp_path / "a.png")
+        Image.fromarray(rgba[..., :3]).save(tmp_path / "b.png")
+        bracket = read_bracket([tmp_path / "a.png", tmp_path / "b.png"])
+        assert bracket.frames.shape == (2, 3, 24, 32)
+        assert bracket.mask.shape == (2, 1, 24, 32)
+        assert bracket.mask[0, 0, :, :16].eq(1).all() and bracket.mask[0, 0, :, 16:].eq(0).all()
+        assert bracket.mask[1].eq(1).all()  # no alpha channel: fully opaque
+        assert torch.allclose(bracket.frames, torch.full_like(bracket.frames, 200 / 255))  # straight colour
+
+    def test_gray_alpha_png(self, tmp_path):
+        la = np.stack([np.full((24, 32), 90, np.uint8), np.full((24, 32), 51, np.uint8)], -1)
+        Image.fromarray(la, "LA").save(tmp_path / "a.png")
+        image, alpha = read_image(tmp_path / "a.png")
+        assert image.shape == (1, 24, 32) and torch.allclose(image, torch.tensor(90 / 255))
+        assert torch.allclose(alpha, torch.tensor(51 / 255))
+
+    def test_palette_png(self, tmp_path):
+        Image.fromarray((scene()[1] * 255).astype(np.uint8)).convert("P").save(tmp_path / "p.png")
+        image, alpha = read_image(tmp_path / "p.png")
+        expected = np.asarray(Image.open(tmp_path / "p.png").convert("RGB"))
+        assert alpha is None and torch.equal(image, torch.from_numpy(expected).permute(2, 0, 1).float() / 255)
+
+    @pytest.mark.parametrize("orientation", range(1, 9))
+    def test_exif_orientation_like_pillow(self, tmp_path, orientation):
+        pixels = (scene(16, 24)[1] * 255).astype(np.uint8)
+        pixels[:4, :6] = (255, 0, 0)  # mark a corner
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(pixels).save(tmp_path / "a.jpg", exif=exif, quality=95)
+        image, _ = read_image(tmp_path / "a.jpg")
+        upright = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "a.jpg")).convert("RGB"))
+        assert image.shape[1:] == upright.shape[:2]
+        assert torch.equal(image, torch.from_numpy(upright.copy()).permute(2, 0, 1).float() / 255)
+
+    def test_tiff_orientation(self, tmp_path):
+        import tifffile
+
+        pixels = np.arange(4 * 6, dtype=np.uint16).reshape(4, 6) * 1000
+        tifffile.imwrite(tmp_path / "a.tif", pixels, extratags=[(274, "H", 1, 6, True)])
+        image, _ = read_image(tmp_path / "a.tif", dtype=torch.float64)
+        assert torch.equal(image[0], torch.from_numpy(np.rot90(pixels, -1).astype(np.int64)).double() / 65535)
+
+    @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+    def test_tiff_depths(self, tmp_path, dtype):
+        import tifffile
+
+        rng = np.random.default_rng(3)
+        if dtype == np.float32:
+            pixels = rng.uniform(-0.2, 1.5, (24, 32, 3)).astype(np.float32)  # kept as stored
+            expected = torch.from_numpy(pixels).permute(2, 0, 1)
+        else:
+            top = np.iinfo(dtype).max
+            pixels = rng.integers(0, top + 1, (24, 32, 3)).astype(dtype)
+            expected = torch.from_numpy(pixels.astype(np.int64)).permute(2, 0, 1).float() / top
+        tifffile.imwrite(tmp_path / "a.tif", pixels, photometric="rgb")
+        bracket = read_bracket([tmp_path / "a.tif"])
+        assert bracket.bit_depth == {np.uint8: 8, np.uint16: 16, np.float32: 32}[dtype]
+        assert torch.equal(bracket.frames[0], expected)
+
+    def test_tiff_planar_and_alpha(self, tmp_path):
+        import tifffile
+
+        rgba = np.random.default_rng(4).random((24, 32, 4)).astype(np.float32)
+        tifffile.imwrite(tmp_path / "a.tif", np.moveaxis(rgba, -1, 0), photometric="rgb", planarconfig="separate",
+                         extrasamples=["unassalpha"])
+        image, alpha = read_image(tmp_path / "a.tif")
+        assert torch.equal(image, torch.from_numpy(rgba[..., :3]).permute(2, 0, 1))
+        assert torch.equal(alpha[0], torch.from_numpy(rgba[..., 3]))
+
+    def test_mixed_gray_and_colour_frames(self, tmp_path):
+        frames = (scene() * 255).astype(np.uint8)
+        Image.fromarray(frames[0, ..., 1]).save(tmp_path / "0.png")
+        Image.fromarray(frames[1]).save(tmp_path / "1.png")
+        bracket = read_bracket([tmp_path / "0.png", tmp_path / "1.png"])
+        assert bracket.frames.shape == (2, 3, 24, 32)
+        assert torch.equal(bracket.frames[0], (torch.from_numpy(frames[0, ..., 1]).float() / 255).expand(3, -1, -1))
+
+    def test_all_gray_stays_one_channel(self, tmp_path):
+        for i, frame in enumerate((scene() * 255).astype(np.uint8)):
+            Image.fromarray(frame[..., 0]).save(tmp_path / f"{i}.png")
+        assert read_bracket(list_frames(tmp_path)).frames.shape == (3, 1, 24, 32)
+
+
+class TestListFrames:
+    def test_sorted_images_only(self, tmp_path):
+        for name in ["b.PNG", "a.jpg", "c.tiff", "notes.txt", ".a.png.x1.part", "d.gif"]:
+            (tmp_path / name).write_bytes(b"")
+        (tmp_path / "sub.png").mkdir()
+        assert [p.name for p in list_frames(tmp_path)] == ["a.jpg", "b.PNG", "c.tiff"]
+
+    def test_errors(self, tmp_path):
+        with pytest.raises(ImageIOError, match="no image files"):
+            list_frames(tmp_path)
+        with pytest.raises(ImageIOError, match="no such folder"):
+            list_frames(tmp_path / "missing")
+        (tmp_path / "f.png").write_bytes(b"")
+        with pytest.raises(ImageIOError, match="not a folder"):
+            list_frames(tmp_path / "f.png")
+
+
+class TestReadErrors:
+    def test_missing(self, tmp_path):
+        with pytest.raises(ImageIOError, match=r"missing\.png: no such file"):
+            read_bracket([tmp_path / "missing.png"])
+
+    @pytest.mark.parametrize("name", ["a.gif", "a.bmp", "a"])
+    def test_unsupported_format(self, tmp_path, name):
+        Image.new("RGB", (4, 4)).save(tmp_path / name, format="PNG")
+        with pytest.raises(ImageIOError, match="unsupported format"):
+            read_bracket([tmp_path / name])
+
+    def test_not_an_image(self, tmp_path):
+        (tmp_path / "a.png").write_text("hello")
+        with pytest.raises(ImageIOError, match=r"a\.png: not a PNG image"):
+            read_bracket([tmp_path / "a.png"])
+
+    @pytest.mark.parametrize("suffix", [".jpg", ".png", ".tif"])
+    def test_truncated(self, tmp_path, suffix):
+        path = tmp_path / f"a{suffix}"
+        Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        with pytest.raises(ImageIOError, match=rf"a\{suffix}: "):
+            read_bracket([path])
+
+    def test_truncated_png16_is_quiet(self, tmp_path, capfd):
+        save_png16(tmp_path / "a.png", np.random.default_rng(0).integers(0, 65536, (64, 64, 3), dtype=np.uint16))
+        data = (tmp_path / "a.png").read_bytes()
+        (tmp_path / "a.png").write_bytes(data[: len(data) // 2])
+        with pytest.raises(ImageIOError, match=r"a\.png: "):
+            read_bracket([tmp_path / "a.png"])
+        assert capfd.readouterr().err == ""  # no codec chatter on stderr
+
+    def test_sizes_differ_names_both(self, tmp_path):
+        Image.new("RGB", (32, 24)).save(tmp_path / "a.png")
+        Image.new("RGB", (30, 24)).save(tmp_path / "b.png")
+        with pytest.raises(ImageIOError) as error:
+            read_bracket([tmp_path / "a.png", tmp_path / "b.png"])
+        message = str(error.value)
+        assert "b.png" in message and "30x24" in message and "a.png" in message and "32x24" in message
+
+    def test_unsupported_tiff_sample_type(self, tmp_path):
+        import tifffile
+
+        tifffile.imwrite(tmp_path / "a.tif", np.zeros((4, 4), np.int16))
+        with pytest.raises(ImageIOError, match="unsupported TIFF sample type int16"):
+            read_bracket([tmp_path / "a.tif"])
+
+    def test_empty_and_integer_dtype(self, tmp_path):
+        with pytest.raises(ImageIOError, match="at least one frame"):
+            read_bracket([])
+        Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+        with pytest.raises(TypeError, match="floating"):
+            read_bracket([tmp_path / "a.png"], dtype=torch.uint8)
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+class TestWriteImage:
+    @pytest.mark.parametrize("name, depth", [("a.png", 8), ("a.png", 16), ("a.tif", 8), ("a.tif", 16)])
+    def test_integer_round_trip(self, tmp_path, name, depth):
+        top = 2**depth - 1
+        image = torch.from_numpy(scene()[1]).permute(2, 0, 1).float()
+        write_image(tmp_path / name, image, bit_depth=depth)
+        back = read_bracket([tmp_path / name])
+        assert back.bit_depth == depth
+        assert torch.equal(back.frames[0], (image * top).round() / top)
+        assert leftovers(tmp_path) == []
+
+    def test_float32_tiff_unclamped(self, tmp_path):
+        image = torch.tensor([[-0.4, 0.25], [1.0, 1.8]]).expand(3, 2, 2).contiguous()
+        write_image(tmp_path / "a.tif", image, bit_depth=32)
+        back, _ = read_image(tmp_path / "a.tif")
+        assert torch.equal(back, image)
+
+    def test_integer_depths_clip_and_nan(self, tmp_path):
+        image = torch.tensor([[-0.4, float("nan")], [0.5, 1.8]]).unsqueeze(0)
+        write_image(tmp_path / "a.png", image)
+        assert np.asarray(Image.open(tmp_path / "a.png")).tolist() == [[0, 0], [128, 255]]
+
+    def test_jpeg_quality(self, tmp_path):
+        image = torch.from_numpy(scene(64, 64)[1]).permute(2, 0, 1).float()
+        write_image(tmp_path / "hi.jpg", image, quality=98)
+        write_image(tmp_path / "lo.jpg", image, quality=20)
+        assert (tmp_path / "lo.jpg").stat().st_size < (tmp_path / "hi.jpg").stat().st_size
+        back, _ = read_image(tmp_path / "hi.jpg")
+        assert (back - image).abs().mean() < 0.02
+
+    def test_gray(self, tmp_path):
+        write_image(tmp_path / "g.png", torch.full((1, 4, 5), 0.5), bit_depth=16)
+        back, _ = read_image(tmp_path / "g.png")
+        assert back.shape == (1, 4, 5)
+
+    def test_never_overwrites_unless_asked(self, tmp_path):
+        path = tmp_path / "a.png"
+        path.write_bytes(b"precious")
+        with pytest.raises(ImageIOError, match="already exists"):
+            write_image(path, torch.zeros(3, 4, 4))
+        assert path.read_bytes() == b"precious" and leftovers(tmp_path) == []
+        write_image(path, torch.zeros(3, 4, 4), overwrite=True)
+        assert read_image(path)[0].eq(0).all()
+
+    def test_failed_encode_leaves_nothing(self, tmp_path, monkeypatch):
+        import tifffile
+
+        def broken(fh, *args, **kwargs):
+            fh.write(b"half an image")
+            raise KeyboardInterrupt  # interrupted mid-write
+
+        monkeypatch.setattr(tifffile, "imwrite", broken)
+        with pytest.raises(KeyboardInterrupt):
+            write_image(tmp_path / "a.tif", torch.zeros(3, 4, 4))
+        assert list(tmp_path.iterdir()) == []
+
+    def test_permissions_follow_umask(self, tmp_path):
+        write_image(tmp_path / "a.png", torch.zeros(3, 4, 4))
+        umask = os.umask(0)
+        os.umask(umask)
+        assert (tmp_path / "a.png").stat().st_mode & 0o777 == 0o666 & ~umask
+
+    def test_errors(self, tmp_path):
+        image = torch.zeros(3, 4, 4)
+        with pytest.raises(ImageIOError, match="JPEG holds 8-bit"):
+            write_image(tmp_path / "a.jpg", image, bit_depth=16)
+        with pytest.raises(ImageIOError, match="PNG holds 8-bit or 16-bit"):
+            write_image(tmp_path / "a.png", image, bit_depth=32)
+        with pytest.raises(ImageIOError, match="unsupported output format '.bmp'"):
+            write_image(tmp_path / "a.bmp", image)
+        with pytest.raises(ImageIOError, match="does not exist"):
+            write_image(tmp_path / "missing" / "a.png", image)
+        with pytest.raises(ValueError, match="C = 1 or 3"):
+            write_image(tmp_path / "a.png", torch.zeros(2, 4, 4))
+        with pytest.raises(TypeError, match="floating"):
+            write_image(tmp_path / "a.png", torch.zeros(3, 4, 4, dtype=torch.uint8))
+        assert list(tmp_path.iterdir()) == []
+
+    def test_default_bit_depth(self):
+        assert default_bit_depth("a.jpg", 16) == 8
+        assert default_bit_depth("a.png", 8) == 8 and default_bit_depth("a.png", 16) == 16
+        assert default_bit_depth("a.png", 32) == 16
+        assert default_bit_depth("a.tif", 8) == 8 and default_bit_depth("a.TIFF", 32) == 32
+        assert check_output("a.tif", 32) == 32
+
+
+# ----------------------------------------------------------------------------------------------
+# Robust range
+
+
+def robust_reference(u: np.ndarray, w_sat: float, b_sat: float) -> np.ndarray:
+    """Hessel's robustNormalization.m (colour branch, dyn = 1), line by line in numpy."""
+    h, w, _ = u.shape
+    n = h * w
+    vmax = np.sort(u.max(2).ravel())[int(np.ceil(n - w_sat * n / 100)) - 1]
+    vmin = np.sort(u.min(2).ravel())[int(np.floor(1 + b_sat * n / 100)) - 1]
+    v = (u - vmin) * (1 / (vmax - vmin))
+    v[u > vmax] = 1
+    v[u < vmin] = 0
+    return v
+
+
+class TestRobustNormalize:
+    @pytest.mark.parametrize("black, white", [(1.0, 1.0), (0.0, 0.0), (0.5, 3.0)])
+    def test_matches_reference(self, black, white):
+        u = np.random.default_rng(5).normal(0.5, 0.4, (37, 41, 3))
+        out = robust_normalize(torch.from_numpy(u).permute(2, 0, 1), black=black, white=white)
+        assert torch.allclose(out, torch.from_numpy(robust_reference(u, white, black)).permute(2, 0, 1), atol=1e-12)
+
+    def test_one_map_for_all_channels(self):
+        image = torch.rand(3, 20, 30, dtype=torch.float64) * 2 - 0.3
+        out = robust_normalize(image, black=0, white=0)  # min/max channel extremes: no pixel clipped
+        scale = (out[:, 0, 0] - out[:, 0, 1]) / (image[:, 0, 0] - image[:, 0, 1])
+        assert torch.allclose(scale, scale[0].expand(3)) and out.min() == 0 and out.max() == 1
+
+    def test_saturates_the_requested_share(self):
+        image = torch.rand(1, 100, 100) * 3 - 1
+        out = robust_normalize(image, black=2, white=5)
+        assert 0.015 < out.eq(0).float().mean() < 0.025 and 0.045 < out.eq(1).float().mean() < 0.055
+
+    def test_flat_and_dtype(self):
+        out = robust_normalize(torch.full((3, 4, 4), 1.3, dtype=torch.float16))
+        assert out.dtype == torch.float16 and out.eq(1).all()
+
+    def test_errors(self):
+        with pytest.raises(ValueError, match="percentage"):
+            robust_normalize(torch.zeros(3, 4, 4), black=-1)
+        with pytest.raises(ValueError, match="below 100"):
+            robust_normalize(torch.zeros(3, 4, 4), black=60, white=40)
+        with pytest.raises(ValueError, match=r"\[C, H, W\]"):
+            robust_normalize(torch.zeros(4, 4))
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameter files
+
+
+class TestParams:
+    PARAMS = {"contrast": 0.4, "saturation": 1.7, "exposure": 2.5, "mu": 0.55, "sigma": 0.2, "levels": 4.5, "preset": "opencv"}
+
+    @pytest.mark.parametrize("name", ["p.yaml", "p.yml", "p.json"])
+    def test_round_trip(self, tmp_path, name):
+        write_params(tmp_path / name, self.PARAMS)
+        assert read_params(tmp_path / name) == self.PARAMS
+        assert leftovers(tmp_path) == []
+
+    def test_tensors_and_null_levels(self, tmp_path):
+        write_params(tmp_path / "p.json", {"contrast": torch.tensor(0.25), "levels": None, "mu": np.float32(0.5)})
+        assert json.loads((tmp_path / "p.json").read_text()) == {"contrast": 0.25, "levels": None, "mu": 0.5}
+        assert read_params(tmp_path / "p.json")["levels"] is None
+
+    def test_integer_levels_stay_integer(self, tmp_path):
+        (tmp_path / "p.yaml").write_text("levels: -1\ncontrast: 1\n")
+        params = read_params(tmp_path / "p.yaml")
+        assert params == {"levels": -1, "contrast": 1.0} and isinstance(params["levels"], int)
+
+    def test_unknown_key_named(self, tmp_path):
+        (tmp_path / "p.yaml").write_text("contrast: 1\ngamma: 2\n")
+        with pytest.raises(ParamsError, match=r"p\.yaml: unknown parameter 'gamma'"):
+            read_params(tmp_path / "p.yaml")
+
+    @pytest.mark.parametrize(
+        "key, value, message",
+        [
+            ("sigma", 0, "'sigma' must be > 0"),
+            ("contrast", -1, "'contrast' must be >= 0"),
+            ("levels", 0.5, "'levels' must be >= 1"),
+            ("preset", "matlab", "'preset' must be one of mertens, opencv"),
+            ("mu", "half", "'mu' must be a finite number"),
+            ("exposure", True, "'exposure' must be a finite number"),
+            ("saturation", float("nan"), "'saturation' must be a finite number"),
+            ("mu", [0.5, 0.5], "'mu' must be a finite number"),
+        ],
+    )
+    def test_bad_values_named(self, tmp_path, key, value, message):
+        (tmp_path / "p.json").write_text(json.dumps({key: value}))
+        with pytest.raises(ParamsError, match=rf"p\.json: {message}"):
+            read_params(tmp_path / "p.json")
+
+    @pytest.mark.parametrize(
+        "name, text, message",
+        [
+            ("p.yaml", "[1, 2]", "expected a mapping .* found a list"),
+            ("p.yaml", "", "found an empty file"),
+            ("p.yaml", "contrast: [1\n", "not valid YAML"),
+            ("p.json", "{'contrast': 1}", "not valid JSON"),
+            ("p.ckpt", "", "checkpoints are not read directly"),
+        ],
+    )
+    def test_bad_files(self, tmp_path, name, text, message):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ParamsError, match=message):
+            read_params(tmp_path / name)
+
+    def test_missing_file_and_bad_suffix(self, tmp_path):
+        with pytest.raises(ParamsError, match="no such file"):
+            read_params(tmp_path / "missing.yaml")
+        with pytest.raises(ParamsError, match="unsupported parameter file suffix"):
+            write_params(tmp_path / "p.txt", {})
+        with pytest.raises(ParamsError, match="unknown parameter 'gamma'"):
+            write_params(tmp_path / "p.json", {"gamma": 1})
+        assert list(tmp_path.iterdir()) == []
+
+    def test_validate_is_usable_directly(self):
+        assert validate_params({"levels": 3}, source="x") == {"levels": 3}
+        with pytest.raises(ParamsError, match="^x: 'sigma'"):
+            validate_params({"sigma": -1}, source="x")
+
+
+def test_import_needs_only_torch():
+    code = (
+        "import sys, efusion, efusion.io, efusion.cli; "
+        "loaded = [m for m in ('PIL', 'tifffile', 'yaml', 'cv2') if m in sys.modules]; "
+        "assert not loaded, loaded"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
