@@ -223,9 +223,9 @@ def _cast_param(value: ParamLike, dtype: torch.dtype, device: torch.device) -> P
 def check_params(contrast, saturation, exposure, mu, sigma, channels: int) -> None:
     """Validate the weight parameters (numbers or tensors); see :func:`mertens_weights`."""
     for name, value in (("contrast", contrast), ("saturation", saturation), ("exposure", exposure)):
-        _checks.check_scalar(value, name, minimum=0.0)
         if isinstance(value, Tensor) and value.dim() != 0:
             raise ValueError(f"{name} must be a number or a 0-dim tensor, got shape {list(value.shape)}")
+        _checks.check_scalar(value, name, minimum=0.0)
     _checks.check_scalar(mu, "mu", size=channels)
     _checks.check_scalar(sigma, "sigma", minimum=0.0, strict=True, size=channels)
 
