@@ -56,6 +56,13 @@ class CommandError(Exception):
 # Command line
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line that points to --help, instead of the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def _levels(text: str):
     if text.lower() in ("auto", "none"):
         return "auto"
@@ -155,7 +162,7 @@ def _add_output_options(parser: argparse.ArgumentParser, *, batch: bool) -> None
 def build_parser() -> argparse.ArgumentParser:
     """The ``efusion`` argument parser (subcommands ``fuse`` and ``demo``)."""
     formatter = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Mertens exposure fusion: blend differently exposed photos of one scene into one well-exposed image.",
         epilog=(
@@ -368,10 +375,10 @@ def _fuse_one(args, params, device, dtype) -> int:
     for frame in frames:
         if _same_file(frame, out):
             raise CommandError(f"{out}: is one of the input frames; inputs are never overwritten")
-    if out.exists() and not args.force:
-        raise CommandError(f"{out}: already exists (pass --force to overwrite it)")
     if out.is_dir():
         raise CommandError(f"{out}: is a folder; -o takes a file name (use --out-dir for a folder)")
+    if out.exists() and not args.force:
+        raise CommandError(f"{out}: already exists (pass --force to overwrite it)")
     _check_writable(out.parent)
     start = time.perf_counter()
     count, shape = _fuse_files(frames, out, args, params, device, dtype)
@@ -421,12 +428,15 @@ def _fuse_many(args, params, device, dtype) -> int:
                 try:
                     _fuse_files(list_frames(folder), out, args, params, device, dtype)
                     done += 1
-                except (ImageIOError, ParamsError, CommandError) as error:
+                except Exception as error:  # one bad bracket must not stop the batch
                     failed += 1
-                    tqdm.write(f"{PROG}: error: {error}", file=sys.stderr)
-                except (ValueError, TypeError, RuntimeError, OSError, MemoryError) as error:
-                    failed += 1
-                    tqdm.write(f"{PROG}: error: {folder}: {_one_line(error)}", file=sys.stderr)
+                    if isinstance(error, (ImageIOError, ParamsError, CommandError)):
+                        message = str(error)  # already names the file
+                    elif isinstance(error, (ValueError, TypeError, RuntimeError, OSError)):
+                        message = f"{folder}: {_one_line(error)}"
+                    else:
+                        message = f"{folder}: unexpected {type(error).__name__}: {_one_line(error)}"
+                    tqdm.write(f"{PROG}: error: {message}", file=sys.stderr)
             bar.update(1)
     except KeyboardInterrupt:
         bar.close()

@@ -236,8 +236,6 @@ def _probe_pillow(path: Path, fmt: str) -> _FrameInfo:
         if png_depth == 16:
             codec, bit_depth = "png16", 16
             channels, alpha = (1 if colour_type in (0, 4) else 3), colour_type in (4, 6)
-            if colour_type == 4:  # OpenCV expands gray + alpha to BGRA
-                channels = 3
             return _FrameInfo(path, codec, *_upright(height, width, orientation), channels, alpha, bit_depth, orientation)
     if mode in ("L", "1", "I;16", "I;16B", "I;16L", "I", "F"):
         channels, alpha = 1, transparency
@@ -335,8 +333,10 @@ def _decode_into(info: _FrameInfo, frame: Tensor, alpha: Tensor | None) -> None:
     # gives bit-identical values to ``frames.float() / 255`` computed in memory
     if colour == frame.shape[0]:
         frame.copy_(source[:colour])
-    else:  # a gray frame in a colour bracket
+    elif colour == 1:  # a gray frame in a colour bracket
         frame.copy_(source[:1].expand(frame.shape[0], -1, -1))
+    else:  # gray that the decoder expanded to RGB (OpenCV does so for 16-bit gray + alpha)
+        frame.copy_(source[:1])
     if scale is not None:
         frame.div_(scale)
     if info.alpha and alpha is not None:

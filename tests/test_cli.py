@@ -164,6 +164,11 @@ class TestFuse:
         )
         assert torch.equal(read_tiff(out), expected)
 
+    def test_negative_levels_count_from_the_deepest(self, tmp_path, capsys, bracket8, frames8):
+        out = tmp_path / "fused.tif"
+        assert run(["fuse", *bracket8, "-o", out, "--bit-depth", "32", "--levels", "-2"], capsys)[0] == 0
+        assert torch.equal(read_tiff(out), efusion.exposure_fusion(as_stack(frames8), levels=-2))
+
     @pytest.mark.parametrize("name", ["tuned.yaml", "tuned.json"])
     def test_params_file_and_flags_override(self, tmp_path, capsys, bracket8, frames8, name):
         efusion.io.write_params(tmp_path / name, {"contrast": 0.0, "saturation": 0.5, "levels": -2, "preset": "mertens"})
@@ -425,12 +430,17 @@ class TestBadInput:
         self.check(capsys, ["fuse", *bracket8, "-o", out, "--device", "cuda"], out, "--device cuda", "no CUDA device")
 
     def test_usage_errors_exit_2(self, tmp_path, capsys, bracket8):
+        out = tmp_path / "f.png"
         status, _, err = run(["fuse", *bracket8], capsys)  # neither -o nor --out-dir
-        assert status == 2 and "one of the arguments -o/--output --out-dir is required" in err
-        status, _, err = run(["fuse", *bracket8, "-o", tmp_path / "f.png", "--sigma", "wide"], capsys)
-        assert status == 2 and "invalid float value: 'wide'" in err
-        assert run([], capsys)[0] == 2
-        assert not (tmp_path / "f.png").exists()
+        assert status == 2
+        assert err.strip() == (
+            "efusion fuse: error: one of the arguments -o/--output --out-dir is required (see 'efusion fuse --help')"
+        )
+        status, _, err = run(["fuse", *bracket8, "-o", out, "--sigma", "wide"], capsys)
+        assert status == 2 and len(err.strip().splitlines()) == 1 and "invalid float value: 'wide'" in err
+        status, _, err = run([], capsys)
+        assert status == 2 and "required: COMMAND" in err
+        assert not out.exists()
 
 
 # ----------------------------------------------------------------------------------------------
