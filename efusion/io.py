@@ -39,7 +39,9 @@ __all__ = [
     "PARAM_NAMES",
     "Bracket",
     "ImageIOError",
+    "OutputExistsError",
     "ParamsError",
+    "check_output",
     "default_bit_depth",
     "list_frames",
     "read_bracket",
@@ -65,6 +67,10 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 class ImageIOError(ValueError):
     """An image file cannot be read or written; the message names the file and says why."""
+
+
+class OutputExistsError(ImageIOError):
+    """The output file exists and overwriting was not asked for."""
 
 
 class ParamsError(ValueError):
@@ -477,6 +483,9 @@ def write_image(
     Integer depths clip to [0, 1] and round to the nearest code value (NaN becomes 0); float32
     (TIFF only) stores the values as they are, unclamped. The file appears complete or not at
     all: it is written to a hidden temporary file in the same folder and renamed into place.
+    Without ``overwrite`` that last step is a no-clobber hard link, so when several processes
+    (e.g. distributed ranks) write the same path, exactly one succeeds and the others get
+    :class:`OutputExistsError`.
 
     Args:
         path: output file; its folder must exist.
@@ -489,8 +498,8 @@ def write_image(
         the path written.
 
     Raises:
-        ImageIOError: unsupported format or depth, the file exists (and not ``overwrite``), or
-            the folder is not writable.
+        OutputExistsError: the file exists and ``overwrite`` is false.
+        ImageIOError: unsupported format or depth, or the folder is not writable.
     """
     import numpy as np
 
@@ -506,7 +515,7 @@ def write_image(
     if fmt == "JPEG" and not 1 <= int(quality) <= 100:
         raise ValueError(f"JPEG quality must be between 1 and 100, got {quality}")
     if path.exists() and not overwrite:
-        raise ImageIOError(f"{path}: already exists (pass --force / overwrite=True to replace it)")
+        raise OutputExistsError(f"{path}: already exists (pass --force / overwrite=True to replace it)")
 
     pixels = image.detach().to("cpu", torch.float32)
     if depth == 32:
@@ -626,10 +635,10 @@ def _rename_no_clobber(temp: Path, path: Path) -> None:
     try:
         os.link(temp, path)
     except FileExistsError:
-        raise ImageIOError(f"{path}: already exists (pass --force / overwrite=True to replace it)") from None
+        raise OutputExistsError(f"{path}: already exists (pass --force / overwrite=True to replace it)") from None
     except OSError:  # no hard links here (some network or FAT file systems): check, then rename
         if path.exists():
-            raise ImageIOError(f"{path}: already exists (pass --force / overwrite=True to replace it)") from None
+            raise OutputExistsError(f"{path}: already exists (pass --force / overwrite=True to replace it)") from None
         os.replace(temp, path)
         return
     temp.unlink()

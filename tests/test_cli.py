@@ -14,7 +14,7 @@ from PIL import Image
 
 import efusion
 from efusion.cli import main
-from efusion.io import read_image, robust_normalize, write_image
+from efusion.io import read_image, robust_normalize
 
 from conftest import BURSTS, burst_frames, load_burst_uint8, requires_shared
 from test_io import leftovers, save_png16, scene

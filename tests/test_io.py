@@ -13,6 +13,7 @@ from PIL import Image, ImageOps
 
 from efusion.io import (
     ImageIOError,
+    OutputExistsError,
     ParamsError,
     check_output,
     default_bit_depth,
@@ -301,11 +302,26 @@ class TestWriteImage:
     def test_never_overwrites_unless_asked(self, tmp_path):
         path = tmp_path / "a.png"
         path.write_bytes(b"precious")
-        with pytest.raises(ImageIOError, match="already exists"):
+        with pytest.raises(OutputExistsError, match="already exists"):
             write_image(path, torch.zeros(3, 4, 4))
         assert path.read_bytes() == b"precious" and leftovers(tmp_path) == []
         write_image(path, torch.zeros(3, 4, 4), overwrite=True)
         assert read_image(path)[0].eq(0).all()
+
+    def test_concurrent_writers_write_once(self, tmp_path):
+        from concurrent.futures import ThreadPoolExecutor
+
+        def attempt(value: float) -> str:
+            try:
+                write_image(tmp_path / "a.png", torch.full((3, 8, 8), value))
+                return "written"
+            except OutputExistsError:
+                return "refused"
+
+        with ThreadPoolExecutor(4) as pool:
+            outcomes = list(pool.map(attempt, [0.1, 0.3, 0.5, 0.7, 0.9, 0.2, 0.4, 0.6]))
+        assert outcomes.count("written") == 1 and outcomes.count("refused") == 7
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
 
     def test_failed_encode_leaves_nothing(self, tmp_path, monkeypatch):
         import tifffile
