@@ -362,6 +362,7 @@ def _fuse_one(args, params, device, dtype) -> int:
     out = Path(args.output)
     if len(inputs) == 1 and inputs[0].is_dir():
         frames = list_frames(inputs[0])
+        label = str(inputs[0])
     else:
         folders = [str(p) for p in inputs if p.is_dir()]
         if folders:
@@ -371,6 +372,7 @@ def _fuse_one(args, params, device, dtype) -> int:
                 code=2,
             )
         frames = inputs
+        label = str(frames[0]) if len(frames) == 1 else f"{frames[0]} (and {len(frames) - 1} more frames)"
     check_output(out, args.bit_depth)
     for frame in frames:
         if _same_file(frame, out):
@@ -381,7 +383,12 @@ def _fuse_one(args, params, device, dtype) -> int:
         raise CommandError(f"{out}: already exists (pass --force to overwrite it)")
     _check_writable(out.parent)
     start = time.perf_counter()
-    count, shape = _fuse_files(frames, out, args, params, device, dtype)
+    try:
+        count, shape = _fuse_files(frames, out, args, params, device, dtype)
+    except (ImageIOError, ParamsError):
+        raise  # their messages already name the file
+    except (ValueError, TypeError, RuntimeError, MemoryError) as error:  # from the fusion itself
+        raise CommandError(f"{label}: {_one_line(error)}") from None
     if not args.quiet:
         print(f"{PROG}: wrote {out} ({count} frames, {shape[-1]}x{shape[-2]}, {time.perf_counter() - start:.1f} s)")
     return 0
@@ -498,7 +505,7 @@ def _demo(args: argparse.Namespace) -> int:
     write_image(fused_path, image, bit_depth=8, overwrite=args.force)
     write_image(sheet_path, sheet, bit_depth=8, overwrite=args.force)
     print(
-        f"{PROG} demo: fused a generated {args.frames}-frame bracket ({args.width}x{args.height}, "
+        f"{PROG} demo: generated and fused a {args.frames}-frame bracket ({args.width}x{args.height}, "
         f"{args.ev_step:g} EV apart) in {seconds:.2f} s on {device.type}\n"
         f"  frames:        {frame_paths[0].parent}{os.sep} ({len(frame_paths)} PNG files)\n"
         f"  result:        {fused_path}\n"

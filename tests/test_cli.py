@@ -424,6 +424,17 @@ class TestBadInput:
         out = tmp_path / "outs"
         self.check(capsys, ["fuse", *bracket8, "--out-dir", out], out, "is a file", "-o OUT", code=2)
 
+    def test_fusion_failure_names_the_bracket(self, tmp_path, capsys, bracket8, monkeypatch):
+        def out_of_memory(*args, **kwargs):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+        monkeypatch.setattr(efusion, "exposure_fusion", out_of_memory)
+        out = tmp_path / "fused.png"
+        self.check(capsys, ["fuse", bracket8[0].parent, "-o", out], out, "bracket", "out of memory")
+        status, stdout, err = run(["fuse", bracket8[0].parent, "--out-dir", tmp_path / "outs"], capsys)
+        assert status == 1 and "1 failed" in stdout
+        assert_one_error_line(err, "bracket", "out of memory")
+
     @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
     def test_cuda_unavailable(self, tmp_path, capsys, bracket8):
         out = tmp_path / "fused.png"
