@@ -13,8 +13,8 @@ folder that is renamed into place once complete, so an interrupted run never lea
 half-written image, and an existing file is only replaced when asked to (``overwrite=True``).
 
 Codecs are maintained libraries, imported when a function needs them (``import efusion`` needs
-only torch): Pillow for JPEG and 8-bit PNG, tifffile for TIFF, and OpenCV for 16-bit colour PNG,
-which Pillow cannot decode or encode without dropping to 8 bit.
+only torch): Pillow for JPEG and 8-bit PNG, tifffile for TIFF, and OpenCV for 16-bit PNG (Pillow
+cannot decode or encode 16-bit colour PNG without dropping to 8 bit).
 
 Every problem with a file raises :class:`ImageIOError`; its message names the file.
 """
