@@ -239,15 +239,28 @@ _POSITIVE = ("contrast", "saturation", "exposure", "sigma")
 
 
 class _Softplus(nn.Module):
-    """Parametrisation keeping a parameter positive: ``value = softplus(raw)``."""
+    """Parametrisation keeping a parameter above a floor: ``value = floor + softplus(raw)``.
+
+    Exponents use floor 0 (an exponent that underflows to 0 just switches its measure off);
+    sigma uses :data:`SIGMA_FLOOR`, below which ``1 / sigma^2`` overflows in float32.
+    """
+
+    def __init__(self, floor: float = 0.0) -> None:
+        super().__init__()
+        self.floor = floor
 
     def forward(self, raw: Tensor) -> Tensor:
-        return F.softplus(raw)
+        return F.softplus(raw) + self.floor if self.floor else F.softplus(raw)
 
     def right_inverse(self, value: Tensor) -> Tensor:
-        if not bool((value > 0).all()):
-            raise ValueError(f"a learnable exponent or sigma must start > 0, got {value.tolist()}")
-        return value + torch.log(-torch.expm1(-value))
+        excess = value - self.floor
+        if not bool((excess > 0).all()):
+            raise ValueError(f"a learnable exponent or sigma must start > {self.floor}, got {value.tolist()}")
+        return excess + torch.log(-torch.expm1(-excess))
+
+
+#: smallest sigma a learnable sigma can reach (``1 / sigma^2`` stays finite in float32 inputs)
+SIGMA_FLOOR = 1e-3
 
 
 class Fusion(nn.Module):
@@ -260,7 +273,7 @@ class Fusion(nn.Module):
     the exponents and sigma are parametrised as ``softplus(raw)`` with
     :mod:`torch.nn.utils.parametrize` (so they stay > 0; reading ``layer.contrast`` gives the
     constrained value, assigning to it sets the raw one; a learnable exponent therefore has to
-    start > 0); ``mu`` is unconstrained; ``levels`` is unconstrained and clamped to the valid
+    start > 0; a learnable sigma stays >= 1e-3); ``mu`` is unconstrained; ``levels`` is unconstrained and clamped to the valid
     range in the forward pass with a gradient that keeps pointing back inside (see
     :mod:`efusion.fusion`). A learnable depth given as ``None`` starts at -1 (the automatic
     maximum) and stays relative to the maximum: its sign at construction decides whether it
@@ -312,7 +325,8 @@ class Fusion(nn.Module):
                     )
                 self.register_parameter(name, nn.Parameter(tensor))
                 if name in _POSITIVE:
-                    parametrize.register_parametrization(self, name, _Softplus())
+                    floor = SIGMA_FLOOR if name == "sigma" else 0.0
+                    parametrize.register_parametrization(self, name, _Softplus(floor))
             else:
                 self.register_buffer(name, tensor)
         _checks.check_levels(levels)

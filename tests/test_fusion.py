@@ -1,0 +1,403 @@
+"""exposure_fusion, blend and the Fusion layer: shapes, errors, invariants, depth, gradients."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import TOLERANCES, gradcheck_stack
+from efusion import (
+    Fusion,
+    blend,
+    collapse_laplacian_pyramid,
+    exposure_fusion,
+    gaussian_pyramid,
+    get_preset,
+    laplacian_pyramid,
+    mertens_weights,
+)
+
+
+def scene(b=None, n=3, c=3, h=20, w=24, seed=0, dtype=torch.float64):
+    """A small bracket: one smooth scene at n exposures (clipped), so weights differ meaningfully."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (c, h, w) if b is None else (b, 1, c, h, w)
+    radiance = torch.rand(shape, generator=g, dtype=dtype) * 4
+    gains = torch.logspace(-2, 2, n, base=2, dtype=dtype).view(n, 1, 1, 1)
+    stack = (radiance.unsqueeze(-4) if b is None else radiance) * gains
+    return stack.clamp(0, 1)
+
+
+class TestExposureFusion:
+    def test_smoke(self, device, dtype):
+        out = exposure_fusion(scene(dtype=dtype).to(device))
+        assert out.shape == (3, 20, 24) and out.dtype == dtype and out.device.type == device.type
+
+    @pytest.mark.parametrize("shape, expected", [((4, 3, 9, 11), (3, 9, 11)), ((2, 4, 3, 9, 11), (2, 3, 9, 11)),
+                                                 ((3, 1, 9, 11), (1, 9, 11)), ((2, 3, 1, 9, 11), (2, 1, 9, 11))])
+    def test_cardinality(self, shape, expected):
+        assert exposure_fusion(torch.rand(shape)).shape == expected
+
+    def test_list_of_frames(self):
+        x = scene()
+        torch.testing.assert_close(exposure_fusion(list(x)), exposure_fusion(x))
+
+    def test_equals_blend_of_weights(self):
+        x = scene()
+        kwargs = dict(contrast=0.5, saturation=2.0, exposure=1.5, mu=0.4, sigma=0.3)
+        expected = blend(x, mertens_weights(x, **kwargs), levels=3)
+        torch.testing.assert_close(exposure_fusion(x, levels=3, **kwargs), expected, rtol=0, atol=0)
+
+    def test_equals_explicit_pyramid_blend(self):
+        # Mertens' exposure_fusion.m loop written with the public pyramid functions
+        x, levels = scene(n=4), 4
+        w = mertens_weights(x)
+        acc = None
+        for frame, weight in zip(x, w):
+            lap, gw = laplacian_pyramid(frame, levels), gaussian_pyramid(weight, levels)
+            terms = [g * l for g, l in zip(gw, lap)]
+            acc = terms if acc is None else [a + t for a, t in zip(acc, terms)]
+        torch.testing.assert_close(exposure_fusion(x, levels=levels), collapse_laplacian_pyramid(acc), atol=1e-14, rtol=0)
+
+    def test_single_frame_is_returned(self):
+        x = scene(n=1)
+        assert torch.equal(exposure_fusion(x), x[0])
+
+    @pytest.mark.parametrize("size", [(1, 1), (2, 3), (1, 7), (3, 2)])
+    def test_tiny_images(self, size):
+        x = torch.rand(3, 3, *size, dtype=torch.float64)
+        out = exposure_fusion(x)
+        assert out.shape == (3, *size) and torch.isfinite(out).all()
+        # depth clamps to one level: a per-pixel weighted average
+        torch.testing.assert_close(out, (mertens_weights(x) * x).sum(0))
+
+    def test_non_finite_input_propagates(self):
+        # documented: no check (it would need a host-device sync); NaN spreads through the pyramid
+        x = scene()
+        x[1, 0, 5, 5] = float("nan")
+        out = exposure_fusion(x)
+        assert torch.isnan(out[:, 5, 5]).all()
+        assert torch.isfinite(exposure_fusion(x, levels=1)[:, 0, 0]).all()
+
+    @pytest.mark.parametrize(
+        "stack, kwargs, error, match",
+        [
+            (torch.rand(3, 9, 11), {}, ValueError, "must be \\[N, C, H, W\\] or \\[B, N, C, H, W\\], got 3 dimensions"),
+            (torch.rand(1, 1, 3, 3, 9, 11), {}, ValueError, "got 6 dimensions"),
+            (torch.randint(0, 255, (3, 3, 9, 11), dtype=torch.uint8), {}, TypeError, "stack.float\\(\\) / 255"),
+            (torch.rand(0, 3, 9, 11), {}, ValueError, "N = 0"),
+            (torch.rand(3, 2, 9, 11), {}, ValueError, "C = 1 \\(gray\\) or 3 \\(RGB\\) channels, got C = 2"),
+            (torch.rand(3, 3, 0, 11), {}, ValueError, "frames are empty"),
+            ([torch.rand(3, 9, 11), torch.rand(3, 9, 12)], {}, ValueError, "frames differ in size: stack\\[0\\] is 3 x 9 x 11 but stack\\[1\\] is 3 x 9 x 12"),
+            ([], {}, ValueError, "no frames"),
+            ("frames", {}, TypeError, "must be a torch.Tensor"),
+            (torch.rand(3, 3, 9, 11), {"mask": torch.ones(2, 1, 9, 11)}, ValueError, "does not broadcast"),
+            (torch.rand(3, 3, 9, 11), {"mask": [1, 1, 1]}, TypeError, "mask must be a torch.Tensor"),
+            (torch.rand(3, 3, 9, 11), {"contrast": -1}, ValueError, "contrast must be >= 0"),
+            (torch.rand(3, 3, 9, 11), {"sigma": 0}, ValueError, "sigma must be > 0"),
+            (torch.rand(3, 3, 9, 11), {"levels": 0.5}, ValueError, "levels must be >= 1"),
+            (torch.rand(3, 3, 9, 11), {"levels": 0}, ValueError, "levels must be >= 1"),
+            (torch.rand(3, 3, 9, 11), {"levels": "3"}, TypeError, "levels must be None, a number"),
+            (torch.rand(3, 3, 9, 11), {"levels": torch.ones(2)}, ValueError, "0-dim tensor"),
+            (torch.rand(3, 3, 9, 11), {"preset": "photoshop"}, ValueError, "preset must be one of"),
+        ],
+    )
+    def test_exception(self, stack, kwargs, error, match):
+        with pytest.raises(error, match=match):
+            exposure_fusion(stack, **kwargs)
+
+    def test_blend_weight_shape_error(self):
+        with pytest.raises(ValueError, match="weights must have shape \\[3, 1, 9, 11\\]"):
+            blend(torch.rand(3, 3, 9, 11), torch.rand(3, 3, 9, 11))
+
+
+class TestInvariants:
+    @settings(max_examples=20, deadline=None)
+    @given(n=st.integers(1, 4), c=st.sampled_from([1, 3]), h=st.integers(1, 19), w=st.integers(1, 19),
+           seed=st.integers(0, 2**16), preset=st.sampled_from(["mertens", "opencv"]))
+    def test_identical_frames_give_the_frame(self, n, c, h, w, seed, preset):
+        frame = torch.rand(c, h, w, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        out = exposure_fusion(frame.expand(n, c, h, w), preset=preset)
+        torch.testing.assert_close(out, frame, atol=1e-6, rtol=0)
+
+    @settings(max_examples=20, deadline=None)
+    @given(n=st.integers(2, 5), seed=st.integers(0, 2**16), levels=st.sampled_from([None, 1, 2, 2.5, -2]))
+    def test_permutation_invariance(self, n, seed, levels):
+        x = scene(n=n, seed=seed, h=13, w=17)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(exposure_fusion(x[perm], levels=levels), exposure_fusion(x, levels=levels),
+                                   atol=1e-12, rtol=0)
+
+    @settings(max_examples=20, deadline=None)
+    @given(value=st.floats(0, 1), n=st.integers(1, 4), h=st.integers(1, 16), w=st.integers(1, 16))
+    def test_constant_stack_gives_constant(self, value, n, h, w):
+        out = exposure_fusion(torch.full((n, 3, h, w), value, dtype=torch.float64))
+        torch.testing.assert_close(out, torch.full((3, h, w), value, dtype=torch.float64), atol=1e-12, rtol=0)
+
+    @settings(max_examples=15, deadline=None)
+    @given(b=st.integers(1, 3), n=st.integers(2, 4), seed=st.integers(0, 2**16))
+    def test_batch_equals_one_by_one(self, b, n, seed):
+        x = scene(b=b, n=n, seed=seed, h=11, w=14)
+        batched = exposure_fusion(x, contrast=0.7, levels=2.5)
+        for i in range(b):
+            torch.testing.assert_close(batched[i], exposure_fusion(x[i], contrast=0.7, levels=2.5), atol=1e-14, rtol=0)
+
+    def test_masked_padding_frames_change_nothing(self):
+        # burst 0 has 4 frames, burst 1 has 2 frames padded with 2 garbage frames
+        x = scene(b=2, n=4)
+        mask = torch.ones(2, 4, 1, 1, 1, dtype=torch.float64)
+        mask[1, 2:] = 0
+        padded = x.clone()
+        padded[1, 2:] = torch.rand(2, 3, 20, 24, dtype=torch.float64)
+        out = exposure_fusion(padded, mask=mask)
+        torch.testing.assert_close(out[0], exposure_fusion(x[0]), atol=1e-14, rtol=0)
+        torch.testing.assert_close(out[1], exposure_fusion(x[1, :2]), atol=1e-14, rtol=0)
+
+    def test_weights_sum_to_one(self):
+        w = mertens_weights(scene(b=2, n=5))
+        torch.testing.assert_close(w.sum(1), torch.ones(2, 1, 20, 24, dtype=torch.float64))
+
+
+class TestDepth:
+    def test_automatic_depth(self):
+        x = scene(h=20, w=40)  # floor(log2(20)) = 4
+        assert get_preset("mertens").max_levels(20, 40) == 4
+        torch.testing.assert_close(exposure_fusion(x), exposure_fusion(x, levels=4), rtol=0, atol=0)
+
+    def test_relative_depth(self):
+        x = scene()
+        torch.testing.assert_close(exposure_fusion(x, levels=-1), exposure_fusion(x), rtol=0, atol=0)
+        torch.testing.assert_close(exposure_fusion(x, levels=-2), exposure_fusion(x, levels=3), rtol=0, atol=0)
+
+    def test_depth_beyond_maximum_is_clamped(self):
+        x = scene()
+        torch.testing.assert_close(exposure_fusion(x, levels=50), exposure_fusion(x), rtol=0, atol=0)
+
+    def test_integer_float_and_tensor_are_the_discrete_result(self):
+        x = scene()
+        discrete = exposure_fusion(x, levels=3)
+        assert torch.equal(exposure_fusion(x, levels=3.0), discrete)
+        torch.testing.assert_close(exposure_fusion(x, levels=torch.tensor(3.0)), discrete, atol=1e-15, rtol=0)
+
+    @pytest.mark.parametrize("depth", [1.25, 2.5, 3.75])
+    def test_fractional_depth_interpolates(self, depth):
+        x = scene()
+        k, t = int(depth), depth - int(depth)
+        expected = (1 - t) * exposure_fusion(x, levels=k) + t * exposure_fusion(x, levels=k + 1)
+        torch.testing.assert_close(exposure_fusion(x, levels=depth), expected, atol=1e-14, rtol=0)
+        torch.testing.assert_close(exposure_fusion(x, levels=torch.tensor(depth, dtype=torch.float64)), expected,
+                                   atol=1e-14, rtol=0)
+
+    @pytest.mark.parametrize("depth, lower, upper", [(2.0, 2, 3), (1.0, 1, 2), (4.0, 3, 4), (2.4, 2, 3), (9.0, 3, 4)])
+    def test_gradient_is_one_sided_at_integers(self, depth, lower, upper):
+        # maximum depth for 20 x 24 is 4: at 4 (and beyond) the slope is the last segment's
+        x = scene()
+        levels = torch.tensor(depth, dtype=torch.float64, requires_grad=True)
+        probe = torch.rand(3, 20, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        (exposure_fusion(x, levels=levels) * probe).sum().backward()
+        slope = ((exposure_fusion(x, levels=upper) - exposure_fusion(x, levels=lower)) * probe).sum()
+        torch.testing.assert_close(levels.grad, slope)
+
+    def test_gradcheck_depth(self):
+        x = gradcheck_stack(2, 3, 3, 9, 11)
+        levels = torch.tensor(2.3, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda lv: exposure_fusion(x, levels=lv), (levels,))
+
+
+def _params(requires_grad=True, **values):
+    defaults = dict(contrast=0.8, saturation=1.2, exposure=1.5, mu=0.45, sigma=0.22)
+    defaults.update(values)
+    return {k: torch.tensor(v, dtype=torch.float64, requires_grad=requires_grad) for k, v in defaults.items()}
+
+
+class TestGradients:
+    @pytest.mark.parametrize("preset", ["mertens", "opencv"])
+    def test_gradcheck_stack(self, preset):
+        # 2 bursts x 3 frames x 3 x 9 x 11: 3 pyramid levels, flat, achromatic, 0 and 1 pixels.
+        # At a flat pixel the contrast |Laplacian| and at a gray pixel the saturation (a standard
+        # deviation) have |x|-type kinks: with exponents <= 1 the fusion is not differentiable
+        # there (autograd returns the symmetric subgradient), so the hard pixels are checked with
+        # exponents 2, where C^2 and S^2 are smooth. Default exponents are checked on generic input.
+        x = gradcheck_stack(2, 3, 3, 9, 11).requires_grad_()
+        params = _params(requires_grad=False, contrast=2.0, saturation=2.0, exposure=1.5)
+        assert get_preset(preset).max_levels(9, 11) >= 3
+        assert torch.autograd.gradcheck(lambda s: exposure_fusion(s, preset=preset, **params), (x,))
+
+    @pytest.mark.parametrize("preset", ["mertens", "opencv"])
+    def test_gradcheck_stack_default_exponents(self, preset):
+        x = torch.rand(2, 3, 3, 9, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+        x.requires_grad_()
+        assert torch.autograd.gradcheck(lambda s: exposure_fusion(s, preset=preset), (x,))
+
+    @pytest.mark.parametrize("name", ["contrast", "saturation", "exposure", "mu", "sigma"])
+    def test_gradcheck_parameter(self, name):
+        x = gradcheck_stack(2, 3, 3, 9, 11)
+        params = _params(requires_grad=False)
+        params[name].requires_grad_()
+
+        def fn(value):
+            return exposure_fusion(x, levels=2.6, **{**params, name: value})
+
+        assert torch.autograd.gradcheck(fn, (params[name],))
+
+    def test_gradients_finite_everywhere(self):
+        # includes pixels where every frame sits on the 1e-12 floor (flat and gray in all frames)
+        x = torch.full((2, 3, 3, 9, 11), 0.5, dtype=torch.float64)
+        x[:, 1] = 0.0
+        x[:, 2, :, 4:, 5:] = torch.rand(2, 3, 5, 6, dtype=torch.float64)
+        x.requires_grad_()
+        params = _params(contrast=0.5, saturation=0.5, exposure=0.5)
+        levels = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+        out = exposure_fusion(x, levels=levels, **params)
+        (out * torch.rand_like(out)).sum().backward()
+        for t in [x, levels, *params.values()]:
+            assert t.grad is not None and torch.isfinite(t.grad).all()
+
+
+class TestDtypes:
+    @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+    def test_half_precision_runs(self, half):
+        x = scene(dtype=torch.float32)
+        out = exposure_fusion(x.to(half))
+        assert out.dtype == half and torch.isfinite(out).all()
+        torch.testing.assert_close(out.float(), exposure_fusion(x.to(half).float()), atol=TOLERANCES[half], rtol=0)
+
+    def test_float32_close_to_float64(self):
+        x = scene()
+        torch.testing.assert_close(exposure_fusion(x.float()).double(), exposure_fusion(x), atol=1e-5, rtol=0)
+
+    def test_kernels_follow_the_input(self):
+        x = scene(dtype=torch.float32)
+        out = exposure_fusion(x, contrast=torch.tensor(1.0, dtype=torch.float64), levels=torch.tensor(2.5))
+        assert out.dtype == torch.float32
+
+
+class TestFusionModule:
+    @staticmethod
+    def functional(layer, x):
+        """The functional op with the layer's own (float32-stored) values."""
+        values = layer.export()
+        return exposure_fusion(x, **values) if not layer.relative_levels else exposure_fusion(x, **values)
+
+    def test_smoke_equals_functional(self):
+        x = scene(b=2)
+        kwargs = dict(contrast=0.7, saturation=1.1, exposure=1.3, mu=0.45, sigma=0.25, levels=3)
+        for learnable in ((), True):
+            layer = Fusion(**kwargs, learnable=learnable).double()
+            torch.testing.assert_close(layer(x), self.functional(layer, x), atol=1e-12, rtol=0)
+            # float32 storage of 0.7, 0.25, ... is the only difference to the exact numbers
+            torch.testing.assert_close(layer(x), exposure_fusion(x, **kwargs), atol=1e-6, rtol=0)
+
+    def test_default_equals_functional(self):
+        x = scene()
+        for learnable in ((), True):
+            layer = Fusion(learnable=learnable).double()
+            torch.testing.assert_close(layer(x), self.functional(layer, x), atol=1e-12, rtol=0)
+
+    def test_learnable_sets(self):
+        assert Fusion(learnable=True).learnable == ("contrast", "saturation", "exposure", "mu", "levels")
+        layer = Fusion(learnable=["contrast", "mu"])
+        assert {n for n, _ in layer.named_parameters()} == {"parametrizations.contrast.original", "mu"}
+        assert {n for n, _ in layer.named_buffers()} == {"saturation", "exposure", "sigma"}
+        assert isinstance(layer.mu, torch.nn.Parameter) and not isinstance(layer.saturation, torch.nn.Parameter)
+
+    def test_every_learnable_parameter_gets_a_gradient(self):
+        with pytest.warns(UserWarning, match="redundant"):
+            layer = Fusion(learnable=["contrast", "saturation", "exposure", "mu", "sigma", "levels"], levels=3).double()
+        out = layer(scene())
+        (out * torch.rand_like(out)).sum().backward()
+        for name, p in layer.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs() > 0, name
+
+    def test_exposure_and_sigma_warns(self):
+        with pytest.warns(UserWarning, match="depends only on exposure / sigma\\^2"):
+            Fusion(learnable=["exposure", "sigma"])
+
+    def test_state_dict_round_trip(self):
+        layer = Fusion(contrast=0.5, levels=-2, learnable=True)
+        with torch.no_grad():
+            layer.contrast = torch.tensor(0.3)
+            layer.mu.fill_(0.6)
+            layer.levels.fill_(-1.5)
+        clone = Fusion(learnable=True)
+        clone.load_state_dict(layer.state_dict())
+        assert clone.export() == layer.export()
+        assert abs(clone.export()["contrast"] - 0.3) < 1e-6
+        x = scene(dtype=torch.float32)
+        torch.testing.assert_close(clone(x), layer(x))
+        fixed = Fusion(contrast=2.0, levels=3)
+        other = Fusion(levels=3)
+        other.load_state_dict(fixed.state_dict())
+        assert other.export() == fixed.export()
+
+    def test_constraints_hold_under_training(self):
+        with pytest.warns(UserWarning):
+            layer = Fusion(learnable=["contrast", "saturation", "exposure", "sigma"])
+        opt = torch.optim.SGD(layer.parameters(), lr=1000.0)
+        x = scene(dtype=torch.float32)
+        for _ in range(5):
+            opt.zero_grad()
+            # a loss that pushes every exponent and sigma down hard
+            (layer.contrast + layer.saturation + layer.exposure + layer.sigma + layer(x).mean()).backward()
+            opt.step()
+            assert all(torch.isfinite(p).all() for p in layer.parameters())
+        assert layer.contrast >= 0 and layer.saturation >= 0 and layer.exposure >= 0 and layer.sigma >= 1e-3
+        assert torch.isfinite(layer(x)).all()
+
+    def test_learnable_depth_moves_from_an_integer(self):
+        layer = Fusion(levels=3, learnable=["levels"]).double()
+        out = layer(scene())
+        (out * torch.rand_like(out)).sum().backward()
+        assert layer.levels.grad != 0
+
+    def test_relative_learnable_depth_starts_at_maximum(self):
+        layer = Fusion(learnable=["levels"]).double()
+        assert layer.levels.item() == -1.0
+        x = scene()
+        torch.testing.assert_close(layer(x), exposure_fusion(x, **{**layer.export(), "levels": None}), atol=1e-14, rtol=0)
+
+    @pytest.mark.parametrize(
+        "kwargs, error, match",
+        [
+            (dict(contrast=0.0, learnable=["contrast"]), ValueError, "learnable contrast must start > 0"),
+            (dict(learnable=["gamma"]), ValueError, "unknown learnable parameter"),
+            (dict(sigma=-1.0), ValueError, "sigma must be > 0"),
+            (dict(exposure=-1.0), ValueError, "exposure must be >= 0"),
+            (dict(levels=0.5), ValueError, "levels must be >= 1"),
+            (dict(preset="gimp"), ValueError, "preset must be one of"),
+            (dict(contrast=[1.0, 2.0]), ValueError, "contrast must be a number"),
+        ],
+    )
+    def test_exception(self, kwargs, error, match):
+        with pytest.raises(error, match=match):
+            Fusion(**kwargs)
+
+    def test_gradcheck_module_parameters(self):
+        layer = Fusion(learnable=True, levels=2.5).double()
+        x = gradcheck_stack(1, 3, 3, 9, 11)
+        names = [n for n, _ in layer.named_parameters()]
+        values = [p.detach().clone().requires_grad_() for _, p in layer.named_parameters()]
+
+        def fn(*tensors):
+            return torch.func.functional_call(layer, dict(zip(names, tensors)), (x,))
+
+        assert torch.autograd.gradcheck(fn, tuple(values))
+
+
+@pytest.mark.slow
+class TestCompile:
+    def test_dynamo_functional(self):
+        x = scene(b=2, dtype=torch.float32)
+        compiled = torch.compile(exposure_fusion, fullgraph=True)
+        torch.testing.assert_close(compiled(x, contrast=0.8, levels=3), exposure_fusion(x, contrast=0.8, levels=3),
+                                   atol=1e-5, rtol=0)
+
+    def test_dynamo_module(self):
+        x = scene(b=2, dtype=torch.float32)
+        layer = Fusion(learnable=True)
+        compiled = torch.compile(layer, fullgraph=True)
+        out = compiled(x)
+        torch.testing.assert_close(out, layer(x), atol=1e-5, rtol=0)
+        out.mean().backward()
+        assert all(p.grad is not None for p in layer.parameters())
