@@ -215,7 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
             "into the output folder. Needs no data and takes seconds on a CPU."
         ),
     )
-    demo.add_argument("--out-dir", default="efusion-demo", metavar="DIR", help="output folder (default ./efusion-demo)")
+    demo.add_argument(
+        "--out-dir", default=DEMO_DIR, metavar="DIR",
+        help=f"output folder (default ./{DEMO_DIR}, refreshed on every run; another folder needs --force to overwrite)",
+    )
     demo.add_argument("--frames", type=_positive_int, default=3, metavar="N", help="number of exposures (default 3)")
     demo.add_argument("--ev-step", type=float, default=2.0, metavar="EV", help="exposure step between frames in stops (default 2)")
     demo.add_argument("--height", type=_positive_int, default=320, metavar="H", help="frame height in pixels (default 320)")
@@ -471,6 +474,9 @@ def _fuse_many(args, params, device, dtype) -> int:
 # efusion demo
 
 
+DEMO_DIR = "efusion-demo"
+
+
 def _demo(args: argparse.Namespace) -> int:
     import efusion
     from efusion import synthetic
@@ -483,7 +489,9 @@ def _demo(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
     frame_paths = [out_dir / "frames" / f"frame-{i}.png" for i in range(args.frames)]
     fused_path, sheet_path = out_dir / "fused.png", out_dir / "contact-sheet.png"
-    if not args.force:
+    # the default folder holds nothing but an earlier demo's output: re-running refreshes it
+    overwrite = args.force or args.out_dir == DEMO_DIR
+    if not overwrite:
         for path in [fused_path, sheet_path, *frame_paths]:
             if path.exists():
                 raise CommandError(f"{path}: already exists (pass --force to overwrite, or --out-dir to write elsewhere)")
@@ -501,9 +509,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     _make_folder(frame_paths[0].parent)
     for path, frame in zip(frame_paths, stack):
-        write_image(path, frame, bit_depth=8, overwrite=args.force)
-    write_image(fused_path, image, bit_depth=8, overwrite=args.force)
-    write_image(sheet_path, sheet, bit_depth=8, overwrite=args.force)
+        write_image(path, frame, bit_depth=8, overwrite=overwrite)
+    write_image(fused_path, image, bit_depth=8, overwrite=overwrite)
+    write_image(sheet_path, sheet, bit_depth=8, overwrite=overwrite)
     print(
         f"{PROG} demo: generated and fused a {args.frames}-frame bracket ({args.width}x{args.height}, "
         f"{args.ev_step:g} EV apart) in {seconds:.2f} s on {device.type}\n"
