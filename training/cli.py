@@ -1,0 +1,67 @@
+"""Command line: ``python -m training {fit,validate,test,predict,export} ...``.
+
+``fit`` / ``validate`` / ``test`` / ``predict`` are Lightning's own (:class:`LightningCLI` around
+:class:`training.module.FusionModule` and :class:`training.data.FusionDataModule`): configs
+compose (``--config base.yaml --config overlay.yaml``, later files and flags win), the resolved
+config is saved into each run's log folder, and ``--ckpt_path last`` resumes a stopped run.
+``export`` writes the parameters of a checkpoint in the format of ``efusion fuse --params``::
+
+    python -m training fit --config configs/synthetic.yaml
+    python -m training test --config configs/synthetic.yaml --ckpt_path last
+    python -m training export runs/synthetic/checkpoints/last.ckpt -o tuned.yaml
+    efusion fuse bracket/ -o fused.png --params tuned.yaml
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from pytorch_lightning.cli import LightningCLI
+
+from .data import FusionDataModule
+from .module import FusionModule, export_checkpoint
+
+__all__ = ["main", "FusionCLI"]
+
+
+class FusionCLI(LightningCLI):
+    """LightningCLI for exposure-fusion tuning (no extra options; everything lives in configs)."""
+
+
+def _export(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m training export",
+        description="Write the fusion parameters of a training checkpoint for `efusion fuse --params`.",
+    )
+    parser.add_argument("checkpoint", help="a checkpoint (.ckpt) written by `python -m training fit`")
+    parser.add_argument("-o", "--output", required=True, help="parameter file to write (.yaml, .yml or .json)")
+    args = parser.parse_args(list(argv))
+    try:
+        params = export_checkpoint(args.checkpoint, args.output)
+    except (OSError, ValueError) as error:
+        print(f"python -m training export: error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output}: " + ", ".join(f"{k}={v}" for k, v in params.items()))
+    return 0
+
+
+def main(args: Sequence[str] | None = None, run: bool = True):
+    """Run the command line; returns the :class:`FusionCLI` (or the exit status of ``export``).
+
+    Args:
+        args: arguments without the program name (default ``sys.argv[1:]``).
+        run: run the subcommand (``False``: only parse and instantiate, for inspection).
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] == "export":
+        return _export(argv[1:])
+    return FusionCLI(
+        FusionModule,
+        FusionDataModule,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        args=None if args is None else argv,  # None: LightningCLI reads sys.argv itself
+        run=run,
+    )
