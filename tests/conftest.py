@@ -7,6 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
+# This suite runs on 2-core machines that are often shared: OpenMP threads spinning while another
+# process holds the other core made torch 5-30x slower here. One thread per process keeps the
+# suite's time predictable; subprocesses (CLI, DDP ranks, the notebook kernel) inherit it through
+# the environment. Export OMP_NUM_THREADS to choose otherwise.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+
 #: ``../shared`` beside the checkout (test data and references, never committed).
 SHARED = Path(os.environ.get("EFUSION_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 BURSTS = SHARED / "data" / "bursts"
