@@ -1,10 +1,11 @@
-"""The ``efusion`` command: fuse exposure brackets from image files, or run the demo.
+"""The ``efusion`` command: fuse exposure brackets from image files, score fusions, or run the demo.
 
 ::
 
     efusion demo                                   # generated bracket -> ./efusion-demo/
     efusion fuse a.jpg b.jpg c.jpg -o fused.png    # one bracket
     efusion fuse shoot/*/ --out-dir fused/         # one result per folder, resumable
+    efusion eval bracket/ --fused other.jpg        # MEF-SSIM of efusion's result and of other.jpg
 
 ``main(argv)`` returns the exit status (0 success, 1 failure, 2 bad command line) and never
 lets a traceback out for bad input: each problem is one ``efusion: error: ...`` line on stderr
@@ -13,6 +14,8 @@ naming the file. Set ``EFUSION_DEBUG=1`` to get the traceback of an unexpected e
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import sys
 import time
@@ -22,6 +25,7 @@ from typing import Any, Sequence
 import torch
 
 from . import __version__
+from .metrics import RGB_TO_GRAY_WEIGHTS
 from .io import (
     IMAGE_SUFFIXES,
     PARAM_NAMES,
@@ -159,8 +163,69 @@ def _add_output_options(parser: argparse.ArgumentParser, *, batch: bool) -> None
     out.add_argument("--force", action="store_true", help="overwrite existing outputs (default: never overwrite)")
 
 
+def _add_eval_parser(commands, formatter) -> None:
+    evaluate = commands.add_parser(
+        "eval",
+        formatter_class=formatter,
+        help="score fusions with MEF-SSIM (no reference needed), and PSNR/SSIM against a reference",
+        description=(
+            "Score the fusion of each bracket with MEF-SSIM (Ma, Zeng & Wang, IEEE TIP 24(11), 2015), the standard\n"
+            "no-reference measure of multi-exposure fusion: how well a fused image keeps the structure and contrast its\n"
+            "frames offer, 1 at best; printed over 3 scales (the paper's score) and at full resolution only. Each bracket\n"
+            "is fused by efusion with the fusion parameters below; --fused scores another fused image beside it (or\n"
+            "alone, with --fused-only), --baselines adds the mean of the frames and the best single frame, and\n"
+            "--reference adds PSNR and SSIM against a ground truth.\n"
+            "\n"
+            "How images are scored (the protocol of the metric's published reference scores):\n"
+            "  files         frames and --fused: clipped to [0, 1] and converted to gray as MATLAB's rgb2gray does on\n"
+            "                their stored samples, so 8-bit files give whole gray levels, 16-bit files 16-bit levels and\n"
+            "                float TIFFs unrounded gray\n"
+            "  computed      efusion's result and the mean of the frames: clipped to [0, 1], gray with the same weights,\n"
+            "                not rounded; efusion's result is scored as computed, not quantised as a file would be (pass\n"
+            "                a written file as --fused to score that)\n"
+            "  PSNR          over R, G, B of the clipped images, peak 1 (over gray when either image is gray); inf when\n"
+            "                the images are identical\n"
+            "  SSIM          Wang, Bovik, Sheikh & Simoncelli (IEEE TIP 13(4), 2004): 11x11 Gaussian window, sigma 1.5,\n"
+            "                K1 0.01, K2 0.03, on luma (rgb2gray weights) of the clipped images\n"
+            "Scores are computed in float64 whatever --dtype (which applies to the fusion). An alpha channel masks the\n"
+            "fusion only. Frames need at least 44 pixels on each side (an 11-pixel window at 3 scales)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  efusion eval bracket/\n"
+            "  efusion eval dark.jpg mid.jpg bright.jpg --fused other-tool.jpg --baselines\n"
+            "  efusion eval bracket/ --fused fused.png --fused-only\n"
+            "  efusion eval scene/ --reference ground-truth.tif --preset opencv --levels -1\n"
+            "  efusion eval shoot/*/ --params tuned.yaml --json > scores.jsonl\n"
+            "\n"
+            "--json prints one JSON object per bracket and line, with the keys\n"
+            "  bracket, frames, width, height, params (the fusion parameters used; null with --fused-only),\n"
+            "  reference (its path, or null) and results: one object per scored image, in the table's order, with\n"
+            "  image (efusion, fused, mean or best_frame), path (null for efusion and mean), mef_ssim,\n"
+            "  mef_ssim_single_scale, mef_ssim_per_scale (finest first), psnr and ssim (null without --reference;\n"
+            "  psnr is also null for an image identical to the reference, whose PSNR is infinite).\n"
+            "Several folders are scored one after the other; a bad one is reported and skipped (exit status 1)."
+        ),
+    )
+    evaluate.add_argument("inputs", nargs="+", metavar="INPUT", help="frame files of one bracket, or folders (one bracket each)")
+    images = evaluate.add_argument_group("what to score")
+    images.add_argument(
+        "--fused", metavar="IMAGE", help="also score this fused image of the bracket (e.g. from another tool); one bracket only"
+    )
+    images.add_argument("--fused-only", action="store_true", help="score only --fused, without fusing the bracket with efusion")
+    images.add_argument(
+        "--baselines", action="store_true", help="also score the mean of the frames and the best single frame (as the fused image)"
+    )
+    images.add_argument(
+        "--reference", metavar="IMAGE", help="ground-truth image of the scene: adds PSNR and SSIM against it; one bracket only"
+    )
+    out = evaluate.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="print one JSON object per bracket and line instead of the table")
+    _add_fusion_options(evaluate)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``efusion`` argument parser (subcommands ``fuse`` and ``demo``)."""
+    """The ``efusion`` argument parser (subcommands ``fuse``, ``eval`` and ``demo``)."""
     formatter = argparse.RawDescriptionHelpFormatter
     parser = _Parser(
         prog=PROG,
@@ -170,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  efusion demo                                  fuse a generated bracket, write ./efusion-demo/\n"
             "  efusion fuse dark.jpg mid.jpg bright.jpg -o fused.png\n"
             "  efusion fuse shoot/*/ --out-dir fused/        one result per folder; re-run to finish an interrupted batch\n"
+            "  efusion eval bracket/ --fused other.jpg       MEF-SSIM of efusion's result and of another fusion\n"
             "\nRun 'efusion COMMAND --help' for the options of a command."
         ),
         formatter_class=formatter,
@@ -205,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_options(fuse, batch=True)
     _add_fusion_options(fuse)
 
+    _add_eval_parser(commands, formatter)
+
     demo = commands.add_parser(
         "demo",
         formatter_class=formatter,
@@ -239,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "fuse":
             return _fuse(args)
+        if args.command == "eval":
+            return _eval(args)
         return _demo(args)
     except CommandError as error:
         _error(str(error))
@@ -468,6 +538,256 @@ def _fuse_many(args, params, device, dtype) -> int:
             f"{time.perf_counter() - start:.1f} s -> {out_dir}"
         )
     return 1 if failed else 0
+
+
+# ----------------------------------------------------------------------------------------------
+# efusion eval
+
+#: settings of ``mef_ssim`` used here: its defaults, the reference code's
+_MEF_SCALES = 3
+_MEF_WINDOW = 11
+#: the reference needs the window to fit at the coarsest scale: 11 * 2^2 = 44 pixels
+_MEF_MIN_SIZE = _MEF_WINDOW * 2 ** (_MEF_SCALES - 1)
+#: code values per sample of integer files; rgb2gray rounds the gray of such frames to them
+_CODE_VALUES = {8: 255, 16: 65535}
+_IMAGE_LABELS = {"efusion": "efusion", "mean": "mean of frames"}
+
+
+def _eval(args: argparse.Namespace) -> int:
+    if args.fused_only and args.fused is None:
+        raise CommandError("--fused-only needs --fused IMAGE, the image to score instead of efusion's result", code=2)
+    brackets = _eval_brackets([Path(p) for p in args.inputs])
+    if len(brackets) > 1:
+        for option, value in (("--fused", args.fused), ("--reference", args.reference)):
+            if value is not None:
+                raise CommandError(
+                    f"{option} belongs to one bracket, but {len(brackets)} folders were given (evaluate them one at a time)",
+                    code=2,
+                )
+    params = None if args.fused_only else _fusion_params(args)
+    device = _device(args.device)
+    dtype = _DTYPES[args.dtype]
+    fused = _read_scored_image(Path(args.fused)) if args.fused is not None else None
+    reference = _read_scored_image(Path(args.reference))[0] if args.reference is not None else None
+
+    reports, failed = [], 0
+    try:
+        for label, source in brackets:
+            try:
+                report = _eval_bracket(label, source, args, params, device, dtype, fused, reference)
+            except Exception as error:
+                if len(brackets) > 1:  # one bad bracket must not stop the others
+                    failed += 1
+                    _error(_bracket_error(label, error))
+                    continue
+                if isinstance(error, (ImageIOError, ParamsError, CommandError)):
+                    raise  # already names the file
+                if isinstance(error, (ValueError, TypeError, RuntimeError, MemoryError)):  # from the fusion or metric
+                    raise CommandError(f"{label}: {_one_line(error)}") from None
+                raise
+            reports.append(report)
+            if args.json:
+                print(json.dumps(report, allow_nan=False), flush=True)
+    except KeyboardInterrupt:
+        _error(f"interrupted after scoring {len(reports)} of {len(brackets)} brackets")
+        return 130
+    if not args.json and reports:
+        print(_eval_table(reports))
+    return 1 if failed else 0
+
+
+def _eval_brackets(paths: list[Path]) -> list[tuple[str, Path | list[Path]]]:
+    """(label, folder or frame files) of each bracket on the command line."""
+    folders = [p for p in paths if p.is_dir()]
+    if folders and len(folders) < len(paths):
+        raise CommandError(
+            f"{folders[0]}: is a folder; give the frame files of one bracket, or folders only (one bracket each)", code=2
+        )
+    if folders:
+        unique: list[Path] = []
+        for folder in folders:
+            if not any(_same_file(folder, seen) for seen in unique):
+                unique.append(folder)
+        return [(str(folder), folder) for folder in unique]
+    label = str(paths[0]) if len(paths) == 1 else f"{paths[0]} (and {len(paths) - 1} more frames)"
+    return [(label, paths)]
+
+
+def _bracket_error(label: str, error: BaseException) -> str:
+    """The one-line message for a bracket of a batch that failed."""
+    if isinstance(error, (ImageIOError, ParamsError, CommandError)):
+        return str(error)  # already names the file
+    if isinstance(error, (ValueError, TypeError, RuntimeError, MemoryError, OSError)):
+        return f"{label}: {_one_line(error)}"
+    return f"{label}: unexpected {type(error).__name__}: {_one_line(error)}"
+
+
+def _read_scored_image(path: Path) -> tuple[torch.Tensor, int | None]:
+    """A fused or reference image as float64 ``[C, H, W]`` clipped to [0, 1] as the metrics expect,
+    and its code values per sample (255, 65535, or None for float)."""
+    image = read_bracket([path], dtype=torch.float64)
+    if torch.isnan(image.frames).any():
+        raise CommandError(f"{path}: has NaN samples; cannot score it")
+    return image.frames[0].clamp_(0, 1), _CODE_VALUES.get(image.bit_depth)
+
+
+def _mef_gray(images: torch.Tensor, levels: int | None) -> torch.Tensor:
+    """Gray ``[..., 1, H, W]`` on the 0-255 scale as the reference scores prepare images: MATLAB's
+    ``rgb2gray`` of [0, 1] images, which rounds integer images' gray to their code values."""
+    gray = _to_gray(images)
+    if levels is not None:
+        gray = torch.round(gray * levels) / levels
+    return gray * 255.0
+
+
+def _to_gray(images: torch.Tensor) -> torch.Tensor:
+    """``[..., C, H, W]`` -> ``[..., 1, H, W]`` with MATLAB's rgb2gray weights (C = 1 passes through)."""
+    if images.shape[-3] == 1:
+        return images
+    weights = torch.tensor(RGB_TO_GRAY_WEIGHTS, dtype=images.dtype, device=images.device).view(3, 1, 1)
+    return (images * weights).sum(dim=-3, keepdim=True)
+
+
+def _eval_bracket(label, source, args, params, device, dtype, fused, reference) -> dict[str, Any]:
+    """Fuse (unless --fused-only) and score one bracket; returns its JSON report."""
+    import efusion
+    from .metrics import mef_ssim
+    from .quality import psnr, ssim
+
+    paths = list_frames(source) if isinstance(source, Path) else source
+    bracket = read_bracket(paths, dtype=torch.float64)
+    count, _, height, width = bracket.frames.shape
+    if count < 2:
+        where = f"{label}: holds one frame ({paths[0]})" if isinstance(source, Path) else f"{paths[0]}: one frame"
+        raise CommandError(f"{where}; MEF-SSIM scores a fusion against its bracket and needs at least 2 frames")
+    if bracket.bit_depth == 32:
+        for path, frame in zip(paths, bracket.frames):
+            if torch.isnan(frame).any():
+                raise CommandError(f"{path}: has NaN samples; cannot score the bracket")
+    if min(height, width) < _MEF_MIN_SIZE:
+        raise CommandError(
+            f"{label}: frames are {width}x{height}, too small for MEF-SSIM: it needs at least {_MEF_MIN_SIZE} pixels on "
+            f"each side (an {_MEF_WINDOW}-pixel window at {_MEF_SCALES} scales)"
+        )
+    fused_levels = None
+    if fused is not None:
+        fused, fused_levels = fused
+    for option, path, image in (("--fused", args.fused, fused), ("--reference", args.reference, reference)):
+        if image is not None and tuple(image.shape[-2:]) != (height, width):
+            raise CommandError(
+                f"{path}: {option} image is {image.shape[-1]}x{image.shape[-2]} but the bracket's frames are "
+                f"{width}x{height} ({paths[0]})"
+            )
+
+    # (kind, path, image [C, H, W] in [0, 1], float64 on device, code values of its file or None)
+    candidates: list[tuple[str, str | None, torch.Tensor, int | None]] = []
+    if not args.fused_only:
+        with torch.inference_mode():
+            mask = None if bracket.mask is None else bracket.mask.to(device=device, dtype=dtype)
+            result = efusion.exposure_fusion(bracket.frames.to(device=device, dtype=dtype), mask=mask, **params)
+        candidates.append(("efusion", None, result.to(torch.float64).clamp(0, 1), None))
+        del result, mask
+    if fused is not None:
+        candidates.append(("fused", str(args.fused), fused.to(device), fused_levels))
+    frames = bracket.frames.to(device).clamp_(0, 1)  # after the fusion, which takes float frames as they are
+    if args.baselines:
+        candidates.append(("mean", None, frames.mean(dim=0), None))
+
+    # as the metric's published reference scores were made: MATLAB imread + rgb2gray (MEFB's wrapper)
+    stack_gray = _mef_gray(frames, _CODE_VALUES.get(bracket.bit_depth))
+    fused_gray = [_mef_gray(image, levels) for _, _, image, levels in candidates]
+    if args.baselines:
+        fused_gray.extend(stack_gray)  # every frame scored as the fused image: the best one is a baseline
+    score, per_scale = mef_ssim(
+        torch.stack(fused_gray), stack_gray.unsqueeze(0), scales=_MEF_SCALES, window_size=_MEF_WINDOW, data_range=255.0,
+        return_per_scale=True,
+    )
+    score, per_scale = score.cpu().tolist(), per_scale.cpu().tolist()
+    rows = [(kind, path, image, score[i], per_scale[i]) for i, (kind, path, image, _) in enumerate(candidates)]
+    if args.baselines:
+        best = max(range(count), key=lambda i: score[len(candidates) + i])
+        at = len(candidates) + best
+        rows.append(("best_frame", str(paths[best]), frames[best], score[at], per_scale[at]))
+
+    if reference is not None:
+        reference = reference.to(device)
+    results = []
+    for kind, path, image, multi, scales in rows:
+        entry = {
+            "image": kind,
+            "path": path,
+            "mef_ssim": multi,
+            "mef_ssim_single_scale": scales[0],
+            "mef_ssim_per_scale": scales,
+            "psnr": None,
+            "ssim": None,
+        }
+        if reference is not None:
+            target = reference
+            if image.shape[0] != target.shape[0]:  # gray against colour: compare gray
+                image, target = _to_gray(image), _to_gray(target)
+            ratio = psnr(image, target).item()
+            entry["psnr"] = None if math.isinf(ratio) else ratio  # identical images; JSON has no infinity
+            entry["ssim"] = ssim(image, target).item()
+        results.append(entry)
+    return {
+        "bracket": label,
+        "frames": [str(p) for p in paths],
+        "width": width,
+        "height": height,
+        "params": None if params is None else _effective_params(params),
+        "reference": None if args.reference is None else str(args.reference),
+        "results": results,
+    }
+
+
+def _effective_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Every fusion parameter: the given ones over :func:`efusion.exposure_fusion`'s defaults."""
+    import inspect
+
+    from .fusion import exposure_fusion
+
+    signature = inspect.signature(exposure_fusion).parameters
+    return {name: params.get(name, signature[name].default) for name in PARAM_NAMES}
+
+
+def _eval_table(reports: list[dict[str, Any]]) -> str:
+    """The reports as an aligned text table, with a few lines saying what the numbers are."""
+    with_reference = any(report["reference"] is not None for report in reports)
+    header = ["bracket", "image", "MEF-SSIM", "single-scale"] + (["PSNR (dB)", "SSIM"] if with_reference else [])
+    rows = []
+    for report in reports:
+        for i, result in enumerate(report["results"]):
+            kind = result["image"]
+            if kind == "best_frame":
+                name = f"best frame: {Path(result['path']).name}"
+            else:
+                name = result["path"] if kind == "fused" else _IMAGE_LABELS[kind]
+            row = [report["bracket"] if i == 0 else "", name]
+            row += [f"{result['mef_ssim']:.6f}", f"{result['mef_ssim_single_scale']:.6f}"]
+            if with_reference:
+                row += ["inf" if result["psnr"] is None else f"{result['psnr']:.2f}", f"{result['ssim']:.6f}"]
+            rows.append(row)
+    widths = [max(len(line[j]) for line in [header, *rows]) for j in range(len(header))]
+
+    def fmt(line: list[str]) -> str:
+        cells = [cell.ljust(width) if j < 2 else cell.rjust(width) for j, (cell, width) in enumerate(zip(line, widths))]
+        return "  ".join(cells).rstrip()
+
+    lines = [fmt(header), *(fmt(row) for row in rows), ""]
+    params = reports[0]["params"]  # the same for every bracket
+    if params is not None:
+        shown = {name: "auto" if value is None else value if isinstance(value, str) else f"{value:g}" for name, value in params.items()}
+        order = ("preset", "contrast", "saturation", "exposure", "mu", "sigma", "levels")
+        settings = ", ".join(f"{name} {shown[name]}" for name in order)
+        lines.append(f"efusion: {settings}; its result is scored as computed, clipped to [0, 1]")
+    lines.append(
+        f"MEF-SSIM: Ma, Zeng & Wang (IEEE TIP 2015) on gray, over {_MEF_SCALES} scales and at full resolution only; 1 is best"
+    )
+    if with_reference:
+        references = ", ".join(sorted({report["reference"] for report in reports if report["reference"] is not None}))
+        lines.append(f"PSNR over R, G, B and SSIM (Wang et al., IEEE TIP 2004) on luma, against {references}")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------
