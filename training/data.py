@@ -4,7 +4,8 @@ Every dataset yields dictionaries
 
 - ``frames``: ``[N, C, H, W]`` float in [0, 1], the bracket;
 - ``target``: ``[C, H, W]`` float in [0, 1], the reference image (absent when there is none,
-  e.g. for prediction or with the target-free ``mef_ssim`` loss);
+  e.g. for prediction or with the target-free ``mef_ssim`` loss); a target made by the fusion
+  (``target_params``) is the raw fusion, which can overshoot [0, 1] slightly;
 - ``mask``: ``[N, 1, H, W]`` (only when frames have ignored pixels: alpha, marked borders);
 - ``name``: a string naming the scene (and crop).
 
@@ -272,8 +273,8 @@ def _target_from(
     frames: Tensor, radiance: Tensor | None, operator: str, options: Mapping[str, Any], target_params: Mapping[str, Any] | None
 ) -> Tensor:
     if target_params is not None:
-        with torch.no_grad():  # a display image, like a tone-mapped target
-            return efusion.exposure_fusion(frames, **dict(target_params)).clamp(0.0, 1.0)
+        with torch.no_grad():  # unclipped, so the hidden parameters reproduce it exactly
+            return efusion.exposure_fusion(frames, **dict(target_params))
     return tonemap(radiance, operator, **dict(options))
 
 

@@ -59,6 +59,10 @@ class FusionModule(pl.LightningModule):
         scheduler: ``None`` or ``cosine`` (cosine decay to 0 over the run, per step).
         nonfinite: ``raise`` or ``skip`` on a non-finite loss or gradient.
         baseline: also score Mertens' defaults in validation and test.
+        clamp_output: compare the displayed image, the fusion clipped to [0, 1], with the target
+            (Mertens fusion overshoots slightly near strong edges). ``False`` compares the raw
+            fusion: a smooth objective, which L-BFGS needs to converge tightly, and the right one
+            for targets made by the fusion itself (they keep the overshoot).
         export_path: where ``fit`` writes the tuned parameters (relative paths are inside the
             run's log folder); ``None`` to skip.
     """
@@ -84,6 +88,7 @@ class FusionModule(pl.LightningModule):
         scheduler: str | None = None,
         nonfinite: str = "raise",
         baseline: bool = True,
+        clamp_output: bool = True,
         export_path: str | None = "params.yaml",
     ) -> None:
         super().__init__()
@@ -152,9 +157,7 @@ class FusionModule(pl.LightningModule):
         frames, target, mask = batch["frames"], batch.get("target"), batch.get("mask")
         batch_size = frames.shape[0]
         valid = None if mask is None else mask.amax(dim=1)
-        # scores and loss compare what would be displayed: Mertens fusion can overshoot [0, 1]
-        # slightly near strong edges, and the clipped result is what a file or screen shows
-        fused = self.fusion(frames, mask=mask).clamp(0.0, 1.0)
+        fused = self._display(self.fusion(frames, mask=mask))
         loss = self.criterion(fused, target, frames, valid)
         train = stage == "train"
         self.log(f"{stage}/loss", loss, batch_size=batch_size, prog_bar=True, sync_dist=not train)
@@ -166,11 +169,15 @@ class FusionModule(pl.LightningModule):
                     f"{stage}/ssim": ssim(shown, target, valid).mean(),
                 }
                 if not train and self.hparams.baseline:
-                    default = efusion.exposure_fusion(frames, mask=mask, preset=self.fusion.preset).clamp(0.0, 1.0)
+                    default = self._display(efusion.exposure_fusion(frames, mask=mask, preset=self.fusion.preset))
                     scores[f"{stage}/psnr_mertens"] = psnr(default, target, valid).mean()
                     scores[f"{stage}/ssim_mertens"] = ssim(default, target, valid).mean()
             self.log_dict(scores, batch_size=batch_size, sync_dist=not train, prog_bar=not train)
         return loss
+
+    def _display(self, image: Tensor) -> Tensor:
+        # the clipped result is what a file or a screen shows
+        return image.clamp(0.0, 1.0) if self.hparams.clamp_output else image
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         self.log_dict({f"param/{k}": v for k, v in self.parameter_values().items()}, on_step=True, on_epoch=False)
