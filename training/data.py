@@ -370,14 +370,20 @@ class SyntheticScenes(SceneDataset):
     def _length(self) -> int:
         return self.length
 
-    def render(self, scene_seed: int) -> dict[str, Any]:
-        """Frames and target of the scene with this seed (before crops)."""
+    def radiance(self, scene_seed: int) -> Tensor:
+        """The radiance map ``[3, H, W]`` of the scene with this seed (index ``k``: ``seed + k``)."""
         from efusion import synthetic
 
         generator = torch.Generator().manual_seed(scene_seed)
         low, high = self.dynamic_range
         dynamic_range = low + (high - low) * float(torch.rand((), generator=generator))
-        radiance = synthetic.hdr_scene(*self.size, seed=scene_seed, dynamic_range_ev=dynamic_range)
+        return synthetic.hdr_scene(*self.size, seed=scene_seed, dynamic_range_ev=dynamic_range)
+
+    def render(self, scene_seed: int) -> dict[str, Any]:
+        """Frames and target of the scene with this seed (before crops)."""
+        from efusion import synthetic
+
+        radiance = self.radiance(scene_seed)
         frames = synthetic.render_exposures(
             radiance, self.ev, response=self.response, bit_depth=self.bit_depth, noise_std=self.noise_std, seed=scene_seed
         )
