@@ -243,6 +243,12 @@ class TestSceneFolders:
         torch.testing.assert_close(item["frames"], stack, atol=0.5 / 255, rtol=0)
         assert item["target"].shape == (3, 16, 20) and "mask" not in item
 
+    def test_crops_per_scene(self, tmp_path):
+        _write_bracket(tmp_path / "s", size=(24, 32))
+        ds = SceneFolders(root=str(tmp_path), crops_per_scene=3, crop=16).setup()
+        assert len(ds) == 3 and [ds[i]["name"] for i in range(3)] == ["s_0", "s_1", "s_2"]
+        assert ds[2]["frames"].shape == (3, 3, 16, 16)
+
     def test_reference_dir_layout(self, tmp_path):
         _write_bracket(tmp_path / "Dataset" / "1", reference=False)
         (tmp_path / "Dataset" / "Label").mkdir()

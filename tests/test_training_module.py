@@ -21,6 +21,8 @@ from training.module import FusionModule, export, export_checkpoint
 pl = pytest.importorskip("pytorch_lightning")
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+#: configs that only make sense on top of another (or, predict.yaml, for another subcommand)
+OVERLAYS = ("debug.yaml", "ddp.yaml", "learn-depth.yaml", "predict.yaml")
 
 
 def _trainer(**kwargs) -> "pl.Trainer":
@@ -265,7 +267,7 @@ class TestCLI:
         results = main(["test", "--config", str(config), "--ckpt_path", str(next((run / "checkpoints").glob("*.ckpt")))])
         assert "test/psnr_mertens" in results.trainer.callback_metrics
 
-    @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name not in ("debug.yaml", "ddp.yaml", "learn-depth.yaml")))
+    @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name not in OVERLAYS))
     def test_configs_parse(self, name):
         cli = main(["--config", str(CONFIGS / name), "--config", str(CONFIGS / "learn-depth.yaml"),
                     "--config", str(CONFIGS / "debug.yaml")], run=False)
@@ -284,3 +286,12 @@ class TestCLI:
         with pytest.raises(DatasetError, match="s1: no reference image"):
             main(["fit", "--config", str(config), "--data.train", "training.data.SceneFolders",
                   "--data.train.root", str(tmp_path / "scenes")])
+
+    def test_predict_subcommand(self, tmp_path):
+        for seed in range(2):
+            _write_scene(tmp_path / "in" / f"b{seed}", seed)
+        efusion_io.write_params(tmp_path / "p.yaml", {"contrast": 0.5})
+        main(["predict", "--config", str(CONFIGS / "predict.yaml"), "--model.init_params", str(tmp_path / "p.yaml"),
+              "--data.predict.init_args.root", str(tmp_path / "in"), "--trainer.enable_progress_bar", "false",
+              "--trainer.callbacks.init_args.output_dir", str(tmp_path / "out")])
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b0.png", "b1.png"]

@@ -122,3 +122,22 @@ def test_ddp_two_cpu_processes_end_identical(tmp_path):
         assert not first & second and len(first | second) == 6
     exported = efusion_io.read_params(tmp_path / "params.yaml")
     assert exported["contrast"] == pytest.approx(ranks[0]["params"]["contrast"])
+
+
+@pytest.mark.slow
+def test_ddp_predict_writes_each_bracket_once(tmp_path):
+    from efusion import synthetic
+
+    for seed in range(3):
+        folder = tmp_path / "in" / f"b{seed}"
+        folder.mkdir(parents=True)
+        for n, frame in enumerate(synthetic.bracket(24, 32, seed=seed)):
+            efusion_io.write_image(folder / f"{n}.png", frame)
+    done = _run(["predict", "--config", str(ROOT / "configs" / "predict.yaml"), "--trainer.accelerator", "cpu",
+                 "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.enable_progress_bar", "false",
+                 "--data.predict.init_args.root", str(tmp_path / "in"),
+                 "--trainer.callbacks.init_args.output_dir", str(tmp_path / "out")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b0.png", "b1.png", "b2.png"]
+    counts = [int(line.split("wrote ")[1].split()[0]) for line in done.stdout.splitlines() if "fused image(s)" in line]
+    assert sorted(counts) == [1, 2]  # three brackets split over two ranks, none written twice

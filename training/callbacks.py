@@ -61,9 +61,10 @@ class FusedImageWriter(BasePredictionWriter):
             self.written.append(out)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pl_module.print(
+        print(  # every process reports its own share
             f"rank {trainer.global_rank}: wrote {len(self.written)} fused image(s) to {self.output_dir}, "
-            f"skipped {len(self.skipped)} already there"
+            f"skipped {len(self.skipped)} already there",
+            flush=True,
         )
 
 

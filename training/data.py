@@ -553,6 +553,7 @@ class SceneFolders(SceneDataset):
             shifted borders of Debevec's memorial frames); they get mask 0.
         tonemap, tonemap_options: operator for scenes whose target is a radiance map.
         cache: keep decoded scenes in memory (training); ``False`` decodes on demand.
+        crops_per_scene: items per scene (with ``crop``: that many crops of each scene).
         crop, flip, seed: see :class:`SceneDataset`.
     """
 
@@ -568,11 +569,15 @@ class SceneFolders(SceneDataset):
         tonemap: str = "reinhard",
         tonemap_options: dict[str, Any] | None = None,
         cache: bool = True,
+        crops_per_scene: int = 1,
         crop: int | Sequence[int] | None = None,
         flip: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__(crop=crop, flip=flip, seed=seed)
+        if isinstance(crops_per_scene, bool) or not isinstance(crops_per_scene, int) or crops_per_scene < 1:
+            raise ValueError(f"crops_per_scene must be an int >= 1, got {crops_per_scene!r}")
+        self.crops_per_scene = crops_per_scene
         if root is None and not scenes:
             raise ValueError("SceneFolders needs root (a folder of scene folders) or scenes (a list of folders)")
         self.root = root
@@ -689,7 +694,7 @@ class SceneFolders(SceneDataset):
                 self._items[index] = self._decode(index)
 
     def _length(self) -> int:
-        return len(self._scenes)
+        return len(self._scenes) * self.crops_per_scene
 
     # -- decoding -----------------------------------------------------------------------------
     def _decode(self, index: int) -> dict[str, Any]:
@@ -722,9 +727,11 @@ class SceneFolders(SceneDataset):
         return item
 
     def _load(self, index: int, rng: torch.Generator) -> dict[str, Any]:
-        if index in self._items:
-            return dict(self._items[index])
-        return self._decode(index)
+        scene = index // self.crops_per_scene
+        item = dict(self._items[scene]) if scene in self._items else self._decode(scene)
+        if self.crops_per_scene > 1:
+            item["name"] = f"{item['name']}_{index % self.crops_per_scene}"
+        return item
 
 
 # ----------------------------------------------------------------------------------------------
