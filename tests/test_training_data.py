@@ -210,6 +210,8 @@ class TestRadianceMaps:
         _write_hdr(tmp_path / "a.hdr", _scene(1))
         ds = RadianceMaps([str(tmp_path / "*.hdr")], crop=None, scale=0.5).setup()
         assert len(ds) == 1 and ds[0]["frames"].shape == (3, 3, 10, 14)
+        ds = RadianceMaps([str(tmp_path / "a.hdr")], crop=None, max_size=14).setup()
+        assert ds[0]["target"].shape == (3, 10, 14)
 
     def test_errors(self, tmp_path):
         _write_hdr(tmp_path / "small.hdr", _scene(1, size=(8, 8)))

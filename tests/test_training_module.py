@@ -22,7 +22,7 @@ pl = pytest.importorskip("pytorch_lightning")
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 #: configs that only make sense on top of another (or, predict.yaml, for another subcommand)
-OVERLAYS = ("debug.yaml", "ddp.yaml", "learn-depth.yaml", "predict.yaml")
+OVERLAYS = ("debug.yaml", "ddp.yaml", "learn-depth.yaml", "mef-ssim.yaml", "predict.yaml")
 
 
 def _trainer(**kwargs) -> "pl.Trainer":

@@ -444,6 +444,8 @@ class RadianceMaps(SceneDataset):
         files: radiance maps (``.hdr``, ``.exr``), folders of them, or glob patterns.
         crops_per_map: items per map.
         scale: resize factor applied to the maps first (area averaging when shrinking).
+        max_size: then shrink maps whose longer side exceeds this many pixels (``None``: no
+            limit), so maps of very different sizes can share one crop size.
         exposure: base exposure multiplier, or ``None`` to put the median luminance at mid grey.
         ev, response, bit_depth, noise_std, tonemap, tonemap_options, target_params: as in
             :class:`SyntheticScenes`.
@@ -455,6 +457,7 @@ class RadianceMaps(SceneDataset):
         files: Sequence[str],
         crops_per_map: int = 16,
         scale: float = 1.0,
+        max_size: int | None = None,
         exposure: float | None = None,
         ev: Sequence[float] = (-2.0, 0.0, 2.0),
         response: str = "srgb",
@@ -479,6 +482,9 @@ class RadianceMaps(SceneDataset):
         if not scale > 0:
             raise ValueError(f"scale must be > 0, got {scale!r}")
         self.scale = float(scale)
+        if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1):
+            raise ValueError(f"max_size must be an int >= 1 or None, got {max_size!r}")
+        self.max_size = max_size
         self.exposure = exposure
         self.ev = tuple(float(e) for e in ev)
         self.response = response
@@ -495,10 +501,13 @@ class RadianceMaps(SceneDataset):
         paths = _expand_files(self.files, RADIANCE_SUFFIXES)
         for number, path in enumerate(paths):
             radiance = read_radiance(path)
-            if self.scale != 1.0:
-                height = max(1, round(radiance.shape[-2] * self.scale))
-                width = max(1, round(radiance.shape[-1] * self.scale))
-                mode = "area" if self.scale < 1 else "bilinear"
+            factor = self.scale
+            if self.max_size is not None:
+                factor = min(factor, self.max_size / max(radiance.shape[-2:]))
+            if factor != 1.0:
+                height = max(1, round(radiance.shape[-2] * factor))
+                width = max(1, round(radiance.shape[-1] * factor))
+                mode = "area" if factor < 1 else "bilinear"
                 radiance = F.interpolate(radiance[None], size=(height, width), mode=mode)[0].clamp_(min=0.0)
             self._check_crop(*radiance.shape[-2:], source=str(path))
             try:
@@ -811,10 +820,11 @@ class FusionDataModule(pl.LightningDataModule):
     _STAGES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
 
     def setup(self, stage: str | None = None) -> None:
-        names = self._STAGES.get(stage or "fit", ("train", "val", "test", "predict"))
+        stage = str(getattr(stage, "value", stage) or "fit")  # Lightning passes a str enum
+        names = self._STAGES.get(stage, ("train", "val", "test", "predict"))
         required = names[0]
         if self.datasets[required] is None:
-            raise DatasetError(f"the {stage or 'fit'} stage needs data: set data.{required} in the config")
+            raise DatasetError(f"the {stage} stage needs data: set data.{required} in the config")
         for name in names:
             dataset = self.datasets[name]
             if dataset is not None:

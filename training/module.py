@@ -237,6 +237,12 @@ class FusionModule(pl.LightningModule):
         if bad:
             raise FloatingPointError(f"parameters {bad} became non-finite at step {self.global_step}: {self.parameter_values()}")
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["skipped_steps"] = self.skipped_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.skipped_steps = int(checkpoint.get("skipped_steps", 0))
+
     # -- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self):
         scale = dict(self.hparams.lr_scale or {})
