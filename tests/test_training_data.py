@@ -136,6 +136,19 @@ class TestDataModule:
         assert next(iter(dm.val_dataloader()))["target"].shape == (2, 3, 16, 16)
         assert dm.test_dataloader() == []
 
+    def test_worker_processes_see_the_same_items(self):
+        def first_batch(workers):
+            dm = FusionDataModule(train=SyntheticScenes(length=4, size=24, crop=16, flip=True), batch_size=4,
+                                  num_workers=workers)
+            dm.setup("fit")
+            loader = dm.train_dataloader()
+            loader.sampler.set_epoch(2)
+            return next(iter(loader))
+
+        in_process, in_worker = first_batch(0), first_batch(1)
+        assert in_process["name"] == in_worker["name"]
+        assert torch.equal(in_process["frames"], in_worker["frames"])
+
     def test_missing_stage_data(self):
         with pytest.raises(DatasetError, match="data.train"):
             FusionDataModule(val=SyntheticScenes(length=1, size=16)).setup("fit")

@@ -145,7 +145,7 @@ class TestNonFinite:
 
     def test_raise_names_the_step_and_scene(self):
         module = FusionModule(lr=0.05, export_path=None)
-        with pytest.raises(FloatingPointError, match=r"non-finite the loss and the gradient.*scene1.*nonfinite=skip"):
+        with pytest.raises(FloatingPointError, match=r"non-finite value in the loss and the gradient of .*scene1.*nonfinite=skip"):
             _trainer(max_epochs=1).fit(module, self._data())
         assert all(math.isfinite(v) for v in module.parameter_values().values())
 

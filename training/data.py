@@ -317,7 +317,8 @@ class SyntheticScenes(SceneDataset):
         target_params: fusion parameters (keys of ``efusion fuse --params``) making the target
             instead of the tone mapper.
         resample: draw a new scene per ``(epoch, index)`` (training) instead of per index.
-        cache: keep rendered items in memory (ignored with ``resample``).
+        cache: render every item at :meth:`setup` and keep it in memory (ignored with
+            ``resample``); ``False`` renders on demand.
         crop, flip, seed: see :class:`SceneDataset`.
     """
 
@@ -366,6 +367,9 @@ class SyntheticScenes(SceneDataset):
 
     def _prepare(self) -> None:
         self._check_crop(*self.size, source=type(self).__name__)
+        if self.cache:  # render now, in the main process: DataLoader workers then inherit the items
+            for index in range(self.length):
+                self._items[index] = self.render(self.seed + index)
 
     def _length(self) -> int:
         return self.length
@@ -395,10 +399,7 @@ class SyntheticScenes(SceneDataset):
             return self.render(int(torch.randint(0, 2**31 - 1, (), generator=rng)))
         if index in self._items:
             return dict(self._items[index])
-        item = self.render(self.seed + index)
-        if self.cache:
-            self._items[index] = item
-        return dict(item)
+        return self.render(self.seed + index)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -222,14 +222,14 @@ class FusionModule(pl.LightningModule):
         what_text = " and ".join(what) if what else "the loss or gradient on another process"
         if self.hparams.nonfinite == "raise":
             raise FloatingPointError(
-                f"non-finite {what_text} at {where}; parameters are still {self.parameter_values()}. "
+                f"non-finite value in {what_text} at {where}; parameters are still {self.parameter_values()}. "
                 "Check the data (frames must be finite, in [0, 1]) and the learning rate, or set "
                 "model.nonfinite=skip to skip such steps."
             )
         for p in self.parameters():
             p.grad = None  # optimisers leave parameters without a gradient (and their state) alone
         self.skipped_steps += 1
-        self.print(f"skipping optimiser step: non-finite {what_text} at {where}")
+        self.print(f"skipping optimiser step: non-finite value in {what_text} at {where}")
         self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
