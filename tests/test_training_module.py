@@ -293,5 +293,6 @@ class TestCLI:
         efusion_io.write_params(tmp_path / "p.yaml", {"contrast": 0.5})
         main(["predict", "--config", str(CONFIGS / "predict.yaml"), "--model.init_params", str(tmp_path / "p.yaml"),
               "--data.predict.init_args.root", str(tmp_path / "in"), "--trainer.enable_progress_bar", "false",
+              "--trainer.default_root_dir", str(tmp_path),
               "--trainer.callbacks.init_args.output_dir", str(tmp_path / "out")])
         assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b0.png", "b1.png"]

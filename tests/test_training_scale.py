@@ -64,7 +64,7 @@ def _config(path: Path, *, checkpoints: Path | None, export: Path, callbacks=(),
         "trainer": {
             "accelerator": "cpu", "devices": 1, "max_epochs": 4, "logger": False,
             "enable_checkpointing": checkpoints is not None, "enable_progress_bar": False,
-            "enable_model_summary": False, "callbacks": callback_list, **trainer,
+            "enable_model_summary": False, "callbacks": callback_list, "default_root_dir": str(path.parent), **trainer,
         },
         "model": {"learnable": ["contrast", "saturation", "exposure", "mu"], "lr": 0.05, "export_path": str(export)},
         "data": {
@@ -77,11 +77,11 @@ def _config(path: Path, *, checkpoints: Path | None, export: Path, callbacks=(),
     return path
 
 
-def _run(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+def _run(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), env.get("PYTHONPATH", "")])
     env.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.run([sys.executable, "-m", "training", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "training", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -92,7 +92,7 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
 
     kill = {"class_path": "test_training_scale.KillAtEpoch", "init_args": {"epoch": 2}}
     crashing = _config(tmp_path / "crash.yaml", checkpoints=tmp_path / "ckpt_b", export=tmp_path / "b.yaml", callbacks=[kill])
-    killed = _run(["fit", "--config", str(crashing)])
+    killed = _run(["fit", "--config", str(crashing)], tmp_path)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (tmp_path / "b.yaml").exists()  # it never finished
     assert (tmp_path / "ckpt_b" / "last.ckpt").exists()
@@ -111,7 +111,7 @@ def test_ddp_two_cpu_processes_end_identical(tmp_path):
     dump = {"class_path": "test_training_scale.DumpRank", "init_args": {"folder": str(tmp_path)}}
     config = _config(tmp_path / "ddp.yaml", checkpoints=None, export=tmp_path / "params.yaml", callbacks=[dump],
                      strategy="ddp", devices=2, max_epochs=2)
-    done = _run(["fit", "--config", str(config)])
+    done = _run(["fit", "--config", str(config)], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
@@ -136,7 +136,7 @@ def test_ddp_predict_writes_each_bracket_once(tmp_path):
     done = _run(["predict", "--config", str(ROOT / "configs" / "predict.yaml"), "--trainer.accelerator", "cpu",
                  "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.enable_progress_bar", "false",
                  "--data.predict.init_args.root", str(tmp_path / "in"),
-                 "--trainer.callbacks.init_args.output_dir", str(tmp_path / "out")])
+                 "--trainer.callbacks.init_args.output_dir", str(tmp_path / "out")], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b0.png", "b1.png", "b2.png"]
     counts = [int(line.split("wrote ")[1].split()[0]) for line in done.stdout.splitlines() if "fused image(s)" in line]

@@ -70,7 +70,8 @@ class FusedImageWriter(BasePredictionWriter):
 
 class ParameterTrajectories(Callback):
     """Record the learnable parameters after every optimiser step; at the end of ``fit`` write
-    ``<log dir>/<name>.csv`` and a plot ``<log dir>/<name>.png`` (one panel per parameter).
+    ``<log dir>/<name>.csv`` and a plot ``<log dir>/<name>.png`` (one panel per parameter) when
+    the trainer has a logger (its folder); otherwise keep them in :attr:`steps` / :attr:`values`.
 
     The history is saved in checkpoints, so a resumed run plots the whole trajectory.
 
@@ -108,7 +109,7 @@ class ParameterTrajectories(Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._record(trainer, pl_module)
-        if not trainer.is_global_zero or not self.steps or trainer.fast_dev_run:
+        if not trainer.is_global_zero or not self.steps or trainer.fast_dev_run or trainer.logger is None:
             return
         folder = Path(trainer.log_dir or trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)

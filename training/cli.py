@@ -17,7 +17,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
 from .data import FusionDataModule
 from .module import FusionModule, export_checkpoint
@@ -27,6 +27,16 @@ __all__ = ["main", "FusionCLI"]
 
 class FusionCLI(LightningCLI):
     """LightningCLI for exposure-fusion tuning (no extra options; everything lives in configs)."""
+
+
+class SaveConfigToRun(SaveConfigCallback):
+    """Save the resolved config into the run's log folder; a run without a logger has no folder,
+    so nothing is written (rather than a ``config.yaml`` in the working directory)."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.logger is None:
+            return
+        super().setup(trainer, pl_module, stage)
 
 
 def _export(argv: Sequence[str]) -> int:
@@ -60,6 +70,7 @@ def main(args: Sequence[str] | None = None, run: bool = True):
         FusionModule,
         FusionDataModule,
         seed_everything_default=0,
+        save_config_callback=SaveConfigToRun,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         args=None if args is None else argv,  # None: LightningCLI reads sys.argv itself
