@@ -500,6 +500,7 @@ class RadianceMaps(SceneDataset):
         from efusion import synthetic
 
         paths = _expand_files(self.files, RADIANCE_SUFFIXES)
+        self._maps = []  # a failed earlier attempt may have left some
         for number, path in enumerate(paths):
             radiance = read_radiance(path)
             factor = self.scale
@@ -679,6 +680,7 @@ class SceneFolders(SceneDataset):
         return {"folder": folder, "frames": frames, "reference": candidates[0] if candidates else None}
 
     def _prepare(self) -> None:
+        self._scenes, self._items = [], {}  # a failed earlier attempt may have left some
         for folder in self._scene_folders():
             scene = self._split(folder)
             sizes = [(path, _image_size(path)) for path in scene["frames"]]
