@@ -35,7 +35,7 @@ from torch.nn.utils import parametrize
 
 from . import _checks
 from .presets import Preset, get_preset
-from .pyramid import pyr_down, pyr_up
+from .pyramid import Workspace, accumulate_band_into, add_up_into, band_rows, down_into, pyr_down, pyr_up, use_kernels
 from .weights import ParamLike, check_params, weights_5d
 
 __all__ = ["blend", "exposure_fusion", "Fusion", "LEARNABLE_DEFAULT"]
@@ -167,7 +167,10 @@ def blend(
     stack5, unbatched = _checks.as_stack(stack)
     weights5 = _checks.as_weights(weights, stack5, unbatched).to(stack5.dtype)
     _checks.check_levels(levels)
-    result = _blend_5d(stack5, weights5, levels, get_preset(preset))
+    if use_kernels(stack5, weights5, levels):
+        result = _blend_fast(stack5, weights5, levels, get_preset(preset), None, Workspace(stack5))
+    else:
+        result = _blend_5d(stack5, weights5, levels, get_preset(preset))
     return result.squeeze(0) if unbatched else result
 
 
@@ -225,7 +228,78 @@ def _fuse_5d(stack5, mask5, contrast, saturation, exposure, mu, sigma, levels, p
     if stack5.shape[1] == 1 and mask5 is None:
         return stack5[:, 0].clone()  # one frame: its weight is exactly 1 everywhere
     weights5 = weights_5d(stack5, mask5, contrast, saturation, exposure, mu, sigma, preset)
+    if use_kernels(stack5, weights5, levels):
+        return _blend_fast(stack5, weights5, levels, preset, relative, Workspace(stack5))
     return _blend_5d(stack5, weights5, levels, preset, relative)
+
+
+# ----------------------------------------------------------------------------------------------
+# The fast path: the same computation in preallocated buffers, band by band (efusion.pyramid)
+
+def _blend_fast(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool | None, ws: Workspace) -> Tensor:
+    """:func:`_blend_5d` for a float32/float64 stack, without autograd, one frame at a time.
+
+    Per frame and level: the next Gaussian level of the frame and of its weights (reused
+    buffers), then the weighted Laplacian level added into the blended pyramid. The blended
+    pyramid is collapsed in place; its finest level becomes the result.
+    """
+    _, frames, _, height, width = stack.shape
+    band_coef, residual_coef = _depth_plan(levels, height, width, preset, stack.dtype, stack.device, relative)
+    top = len(band_coef)
+    rows = band_rows(stack[:, 0])
+    bands: list[Tensor | None] = [None] * top
+    residuals: list[Tensor | None] = [None] * top
+    shapes = [stack[:, 0].shape]
+    for _ in range(top - 1):
+        *lead, h, w = shapes[-1]
+        shapes.append(torch.Size([*lead, (h + 1) // 2, (w + 1) // 2]))
+
+    def accumulator(acc: list[Tensor | None], level: int) -> Tensor:
+        if acc[level] is None:
+            acc[level] = torch.zeros(shapes[level], dtype=stack.dtype, device=stack.device)
+        return acc[level]
+
+    for n in range(frames):
+        image, weight = stack[:, n], weights[:, n]
+        for level in range(top):
+            coarser = coarser_weight = None
+            if level < top - 1:
+                shape = shapes[level + 1]
+                coarser = ws.get(f"gauss{level + 1}", shape)
+                coarser_weight = ws.get(f"weight{level + 1}", (*shape[:-3], 1, *shape[-2:]))
+                down_into(image, coarser, preset.down_border, ws, rows)
+                down_into(weight, coarser_weight, preset.down_border, ws, rows)
+                if not _is_zero(band_coef[level]):
+                    accumulate_band_into(accumulator(bands, level), weight, image, coarser, preset, ws, rows)
+            if not _is_zero(residual_coef[level]):
+                accumulator(residuals, level).addcmul_(weight, image)
+            image, weight = coarser, coarser_weight
+
+    def level_sum(level: int) -> Tensor | None:
+        band, residual = bands[level], residuals[level]
+        if band is not None and not _is_one(band_coef[level]):
+            band.mul_(band_coef[level])
+        if residual is not None and not _is_one(residual_coef[level]):
+            residual.mul_(residual_coef[level])
+        if band is None or residual is None:
+            return band if residual is None else residual
+        return band.add_(residual)
+
+    result = level_sum(top - 1)
+    for level in reversed(range(top - 1)):
+        here = level_sum(level)
+        if result is None:
+            result = here
+        elif here is None:
+            result = pyr_up(result, shapes[level][-2:], preset)
+        else:
+            add_up_into(here, result, preset, ws, rows)
+            result = here
+    return result
+
+
+def _is_one(coefficient: Coefficient) -> bool:
+    return not isinstance(coefficient, Tensor) and coefficient == 1.0
 
 
 # ----------------------------------------------------------------------------------------------

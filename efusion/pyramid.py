@@ -190,3 +190,223 @@ def collapse_laplacian_pyramid(pyramid: Sequence[Tensor], preset: str | Preset =
 def _check_levels(levels: int) -> None:
     if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
         raise ValueError(f"levels must be an integer >= 1, got {levels!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# In-place kernels for the fast paths (no autograd; see efusion.fusion)
+#
+# The functions above are the reference: clear, differentiable, and what ``torch.compile`` traces.
+# The kernels below compute the same filters into preallocated buffers. Three things make them
+# fast on a CPU: (1) no fresh large tensors, because the first touch of freshly mapped memory
+# (page faults) costs several times the arithmetic; (2) the image is processed in bands of rows
+# small enough to stay in cache between the successive passes over it; (3) the 1/16 and 1/8 tap
+# normalisations are powers of two, so they are exact and folded into a single scaling per 2-D
+# operation. Sums of taps are accumulated with ``add_(..., alpha=)`` (a fused multiply-add):
+# rounding differs from the reference by an ulp, never structurally (the pyramid is linear).
+
+
+def _axis(x: Tensor, dim: int, start: int, stop: int, step: int = 1) -> Tensor:
+    """``x[..., start:stop:step]`` along ``dim`` (-1: columns, -2: rows), a view."""
+    if dim == -1:
+        return x[..., start:stop:step]
+    return x[..., start:stop:step, :]
+
+
+def _sample(x: Tensor, dim: int, index: int) -> Tensor:
+    return x.narrow(dim, index, 1)
+
+
+def _down_taps_into(x: Tensor, dim: int, centre: int, mode: str, out: Tensor) -> None:
+    """One output sample of the unscaled 5-tap filter at input ``centre``, borders by ``mode``.
+
+    Same order of operations as the interior in :func:`_down_1d_into`, so a sample rounds the
+    same whether it sits at a border or not.
+    """
+    n = x.shape[dim]
+    far_left, left, mid, right, far_right = (
+        _sample(x, dim, _border_index(centre + k, n, mode)) for k in (-2, -1, 0, 1, 2)
+    )
+    torch.add(far_left, far_right, out=out)
+    out.add_(mid, alpha=6.0)
+    out.add_(left, alpha=4.0)
+    out.add_(right, alpha=4.0)
+
+
+def _down_1d_into(x: Tensor, out: Tensor, dim: int, mode: str, start: int = 0) -> None:
+    """``out`` = 16 x (5-tap filter, keep even samples) of ``x`` along ``dim``.
+
+    ``x`` spans the whole axis; ``out`` holds output samples ``start, start + 1, ...`` of the
+    ``ceil(n / 2)`` (a band, when filtering rows band by band).
+    """
+    n = x.shape[dim]
+    m = (n + 1) // 2
+    stop = start + out.shape[dim]
+    # interior: output j reads x[2j - 2 .. 2j + 2], all inside for 1 <= j <= m - 2
+    lo, hi = max(start, 1), min(stop, m - 1)
+    if lo < hi:
+        o = _axis(out, dim, lo - start, hi - start)
+        torch.add(_axis(x, dim, 2 * lo - 2, 2 * hi - 2, 2), _axis(x, dim, 2 * lo + 2, 2 * hi + 2, 2), out=o)
+        o.add_(_axis(x, dim, 2 * lo, 2 * hi, 2), alpha=6.0)
+        o.add_(_axis(x, dim, 2 * lo - 1, 2 * hi - 1, 2), alpha=4.0)
+        o.add_(_axis(x, dim, 2 * lo + 1, 2 * hi + 1, 2), alpha=4.0)
+    for j in sorted({0, m - 1}):
+        if start <= j < stop:
+            _down_taps_into(x, dim, 2 * j, mode, _sample(out, dim, j - start))
+
+
+def _up_taps_into(c: Tensor, dim: int, i: int, odd: bool, modes: tuple[str, str], out: Tensor) -> None:
+    """One fine sample (2i or 2i + 1) of the unscaled upsampling filter, borders by ``modes``."""
+    m = c.shape[dim]
+
+    def tap(k: int) -> Tensor:
+        mode = modes[0] if k < 0 else modes[1]
+        return _sample(c, dim, _border_index(k, m, mode))
+
+    if odd:
+        torch.mul(tap(i + 1), 4.0, out=out)
+        out.add_(tap(i), alpha=4.0)
+    else:
+        torch.add(tap(i - 1), tap(i + 1), out=out)
+        out.add_(tap(i), alpha=6.0)
+
+
+def _up_1d_into(c: Tensor, out: Tensor, dim: int, modes: tuple[str, str]) -> None:
+    """``out`` = 8 x (zero insertion, 5-tap filter times 2) of ``c`` along ``dim``, cropped.
+
+    ``c`` has ``m`` samples along ``dim`` and ``out`` ``2m - 1`` or ``2m``. The two polyphase
+    components: fine sample 2i = c[i-1] + 6 c[i] + c[i+1], fine sample 2i+1 = 4 c[i] + 4 c[i+1].
+    """
+    m, n = c.shape[dim], out.shape[dim]
+    even, odd = _axis(out, dim, 0, n, 2), _axis(out, dim, 1, n, 2)
+    if m > 2:
+        o = _axis(even, dim, 1, m - 1)
+        torch.add(_axis(c, dim, 0, m - 2), _axis(c, dim, 2, m), out=o)
+        o.add_(_axis(c, dim, 1, m - 1), alpha=6.0)
+    if m > 1:
+        o = _axis(odd, dim, 0, m - 1)
+        torch.mul(_axis(c, dim, 1, m), 4.0, out=o)
+        o.add_(_axis(c, dim, 0, m - 1), alpha=4.0)
+    for i in sorted({0, m - 1}):
+        _up_taps_into(c, dim, i, False, modes, _sample(even, dim, i))
+    if n == 2 * m:
+        _up_taps_into(c, dim, m - 1, True, modes, _sample(odd, dim, m - 1))
+
+
+#: set to False to run the reference implementation everywhere (the tests compare the two)
+USE_KERNELS = True
+
+
+def use_kernels(*tensors) -> bool:
+    """Whether the in-place kernels serve a call: eager float32/float64 work that needs no gradient.
+
+    Under ``torch.compile`` the reference code is traced instead (Inductor fuses it into few
+    loops by itself); half precision keeps the reference path's float32 weights. ``tensors``
+    are the call's inputs (non-tensors are ignored); the first one is the stack.
+    """
+    stack = tensors[0]
+    if not USE_KERNELS or torch.compiler.is_compiling() or stack.dtype not in (torch.float32, torch.float64):
+        return False
+    if torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in tensors):
+        return False
+    return True
+
+
+class Workspace:
+    """Named scratch buffers, allocated once and reused (views of the needed shape).
+
+    Reusing memory matters on a CPU: a fresh multi-megabyte tensor is mapped lazily and its first
+    touch page-faults, which costs more than the arithmetic done on it.
+    """
+
+    def __init__(self, like: Tensor) -> None:
+        self.dtype, self.device = like.dtype, like.device
+        self._buffers: dict[str, Tensor] = {}
+
+    def get(self, name: str, shape: Sequence[int], dtype: torch.dtype | None = None) -> Tensor:
+        dtype = dtype or self.dtype
+        numel = 1
+        for s in shape:
+            numel *= int(s)
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.numel() < numel or buffer.dtype != dtype:
+            buffer = torch.empty(max(numel, 1), dtype=dtype, device=self.device)
+            self._buffers[name] = buffer
+        return buffer[:numel].view(tuple(shape))
+
+
+#: float elements per band temporary: a band of rows is processed through all the passes of one
+#: step while its temporaries stay in the CPU's cache (2 MiB of L2 per core here)
+BAND_ELEMENTS = 1 << 20
+
+
+def band_rows(x: Tensor, multiple: int = 2) -> int:
+    """Rows per band for a ``[..., H, W]`` tensor: all rows off the CPU (no cache to block for)."""
+    height = x.shape[-2]
+    if x.device.type != "cpu":
+        return height + height % multiple
+    per_row = max(1, x.numel() // max(height, 1))
+    rows = max(multiple, (BAND_ELEMENTS // per_row) // multiple * multiple)
+    return min(rows, height + height % multiple)
+
+
+def down_into(x: Tensor, out: Tensor, mode: str, ws: Workspace, rows: int) -> None:
+    """``out = pyr_down(x)`` band by band: rows pass into a band buffer, then the columns pass."""
+    m = out.shape[-2]
+    shape = list(x.shape)
+    for i0 in range(0, m, rows):
+        i1 = min(i0 + rows, m)
+        shape[-2] = i1 - i0
+        rows_done = ws.get("down", shape)
+        _down_1d_into(x, rows_done, -2, mode, start=i0)
+        o = out[..., i0:i1, :]
+        _down_1d_into(rows_done, o, -1, mode)
+        o.mul_(1.0 / 256.0)
+
+
+def _up_band(coarse: Tensor, r0: int, r1: int, modes: tuple[str, str], ws: Workspace, width: int) -> Tensor:
+    """Fine rows ``[r0, r1)`` (r0 even) of 64 x ``pyr_up(coarse)`` in a workspace buffer."""
+    m = coarse.shape[-2]
+    # coarse rows the band reads, with one row of border on each side: [first, last)
+    first, last = r0 // 2 - 1, (r1 + 1) // 2 + 1
+    shape = list(coarse.shape)
+    shape[-2], shape[-1] = last - first, width
+    cols = ws.get("up_cols", shape)
+    lo, hi = max(first, 0), min(last, m)
+    _up_1d_into(coarse[..., lo:hi, :], cols[..., lo - first:hi - first, :], -1, modes)
+    if first < 0:  # coarse row -1, by the left border mode
+        cols[..., 0, :].copy_(cols[..., _border_index(-1, m, modes[0]) - first, :])
+    if last > m:  # coarse row m, by the right border mode
+        cols[..., m - first, :].copy_(cols[..., _border_index(m, m, modes[1]) - first, :])
+    # rows pass: band row 2k reads cols rows k, k+1, k+2; band row 2k+1 reads rows k+1, k+2
+    shape[-2] = r1 - r0
+    fine = ws.get("up_rows", shape)
+    n_even, n_odd = (r1 - r0 + 1) // 2, (r1 - r0) // 2
+    even, odd = fine[..., 0::2, :], fine[..., 1::2, :]
+    torch.add(cols[..., 0:n_even, :], cols[..., 2:n_even + 2, :], out=even)
+    even.add_(cols[..., 1:n_even + 1, :], alpha=6.0)
+    if n_odd:
+        torch.mul(cols[..., 2:n_odd + 2, :], 4.0, out=odd)
+        odd.add_(cols[..., 1:n_odd + 1, :], alpha=4.0)
+    return fine
+
+
+def accumulate_band_into(
+    acc: Tensor, weight: Tensor, fine: Tensor, coarse: Tensor, preset: Preset, ws: Workspace, rows: int
+) -> None:
+    """``acc += weight * (fine - pyr_up(coarse))``: one Laplacian level, weighted, band by band."""
+    modes = preset.up_borders
+    height, width = fine.shape[-2:]
+    for r0 in range(0, height, rows):
+        r1 = min(r0 + rows, height)
+        band = _up_band(coarse, r0, r1, modes, ws, width)
+        torch.sub(fine[..., r0:r1, :], band, alpha=1.0 / 64.0, out=band)
+        acc[..., r0:r1, :].addcmul_(weight[..., r0:r1, :], band)
+
+
+def add_up_into(acc: Tensor, coarse: Tensor, preset: Preset, ws: Workspace, rows: int) -> None:
+    """``acc += pyr_up(coarse)`` band by band (one step of collapsing a pyramid, in place)."""
+    modes = preset.up_borders
+    height, width = acc.shape[-2:]
+    for r0 in range(0, height, rows):
+        r1 = min(r0 + rows, height)
+        acc[..., r0:r1, :].add_(_up_band(coarse, r0, r1, modes, ws, width), alpha=1.0 / 64.0)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from . import _checks
 from .presets import Preset, get_preset
-from .pyramid import _pad
+from .pyramid import Workspace, _border_index, _pad, band_rows, use_kernels
 
 __all__ = ["luma", "contrast", "saturation", "well_exposedness", "mertens_weights"]
 
@@ -129,8 +129,16 @@ def _log_well_exposedness(stack: Tensor, mu: ParamLike, sigma: ParamLike) -> Ten
     mu, sigma = _per_channel(mu, stack), _per_channel(sigma, stack)
     deviation = stack - mu
     if isinstance(sigma, Tensor):
-        return (deviation.square() / sigma.square()).sum(dim=-3, keepdim=True) * -0.5
-    return deviation.square().sum(dim=-3, keepdim=True) * (-0.5 / (sigma * sigma))
+        return _channel_sum(deviation.square() / sigma.square()) * -0.5
+    return _channel_sum(deviation.square()) * (-0.5 / (sigma * sigma))
+
+
+def _channel_sum(x: Tensor) -> Tensor:
+    """Sum over channels (dim -3) in a fixed order, ``(x0 + x1) + x2``, which the band kernel repeats."""
+    total = x[..., 0:1, :, :]
+    for c in range(1, x.shape[-3]):
+        total = total + x[..., c:c + 1, :, :]
+    return total
 
 
 def well_exposedness(stack: Tensor, mu: ParamLike = 0.5, sigma: ParamLike = 0.2) -> Tensor:
@@ -241,6 +249,11 @@ def weights_5d(
     preset: Preset,
 ) -> Tensor:
     """Normalised weights of a validated ``[B, N, C, H, W]`` stack -> ``[B, N, 1, H, W]``."""
+    if use_kernels(stack, mask, contrast, saturation, exposure, mu, sigma):
+        out = torch.empty_like(stack[:, :, :1])
+        mask = None if mask is None else mask.to(stack.dtype)
+        weights_into(stack, out, mask, contrast, saturation, exposure, mu, sigma, preset, Workspace(stack), band_rows(stack[:, 0]))
+        return out
     compute = _compute_dtype(stack.dtype)
     x = stack.to(compute)
     params = [_cast_param(p, compute, stack.device) for p in (contrast, saturation, exposure, mu, sigma)]
@@ -291,3 +304,208 @@ def mertens_weights(
     mask5 = _checks.as_mask(mask, stack5, unbatched)
     weights = weights_5d(stack5, mask5, contrast, saturation, exposure, mu, sigma, preset)
     return weights.squeeze(0) if unbatched else weights
+
+
+# ----------------------------------------------------------------------------------------------
+# Band kernel for the fast paths (no autograd)
+#
+# The same operations as ``_raw_weights`` and ``_normalise`` in the same order (so the same bits),
+# written into reusable buffers one band of rows at a time: the ~30 elementwise passes of the
+# three measures then run on data in cache, and the normalisation of a band over all frames
+# happens while the band's weights are still there.
+
+
+def _luma_band_into(frame: Tensor, r0: int, r1: int, out: Tensor, preset: Preset, ws: Workspace) -> None:
+    """Gray rows ``[r0, r1)`` of ``frame [..., C, H, W]`` into ``out [..., 1, r1 - r0, W]``."""
+    x = frame[..., r0:r1, :]
+    if x.shape[-3] == 1:
+        out.copy_(x)
+        return
+    wr, wg, wb = preset.luma_weights
+    r, g, b = x[..., 0:1, :, :], x[..., 1:2, :, :], x[..., 2:3, :, :]
+    if preset.luma_form == "opencv_fma" and x.dtype == torch.float32:
+        # luma()'s float64 emulation of OpenCV's fma(b, wb, fma(r, wr, g * wg))
+        single = ws.get("luma_f32", out.shape)
+        green, acc = ws.get("luma_f64a", out.shape, torch.float64), ws.get("luma_f64b", out.shape, torch.float64)
+        torch.mul(g, wg, out=single)
+        green.copy_(single)
+        acc.copy_(r).mul_(_f32(wr)).add_(green)
+        single.copy_(acc)
+        green.copy_(single)
+        acc.copy_(b).mul_(_f32(wb)).add_(green)
+        out.copy_(acc)
+        return
+    term = ws.get("luma_term", out.shape)
+    torch.mul(r, wr, out=out)
+    out.add_(torch.mul(g, wg, out=term))
+    out.add_(torch.mul(b, wb, out=term))
+
+
+def _contrast_band_into(frame: Tensor, r0: int, r1: int, out: Tensor, preset: Preset, ws: Workspace) -> None:
+    """``|Laplacian(luma)|`` rows ``[r0, r1)`` into ``out [..., 1, r1 - r0, W]``."""
+    height, width = frame.shape[-2:]
+    mode = preset.laplacian_border
+    # gray rows r0 - 1 .. r1 with one column of border on each side
+    shape = list(out.shape)
+    shape[-2], shape[-1] = r1 - r0 + 2, width + 2
+    gray = ws.get("gray", shape)
+    lo, hi = max(r0 - 1, 0), min(r1 + 1, height)
+    _luma_band_into(frame, lo, hi, gray[..., lo - r0 + 1:hi - r0 + 1, 1:width + 1], preset, ws)
+    if r0 == 0:
+        gray[..., 0, 1:width + 1].copy_(gray[..., _border_index(-1, height, mode) + 1, 1:width + 1])
+    if r1 == height:
+        gray[..., -1, 1:width + 1].copy_(gray[..., _border_index(height, height, mode) - r0 + 1, 1:width + 1])
+    gray[..., 0].copy_(gray[..., _border_index(-1, width, mode) + 1])
+    gray[..., -1].copy_(gray[..., _border_index(width, width, mode) + 1])
+    centre = gray[..., 1:-1, 1:-1]
+    up, down = gray[..., :-2, 1:-1], gray[..., 2:, 1:-1]
+    left, right = gray[..., 1:-1, :-2], gray[..., 1:-1, 2:]
+    if preset.laplacian_form == "differences":  # as _laplacian(): exact zeros where neighbours cancel
+        pair, other = ws.get("lap_a", out.shape), ws.get("lap_b", out.shape)
+        torch.sub(up, centre, out=out)
+        out.add_(torch.sub(down, centre, out=pair))
+        torch.sub(left, centre, out=pair)
+        pair.add_(torch.sub(right, centre, out=other))
+        out.add_(pair)
+    else:
+        term = ws.get("lap_a", out.shape)
+        torch.add(up, left, out=out)
+        out.add_(torch.mul(centre, -4.0, out=term))
+        out.add_(right)
+        out.add_(down)
+    out.abs_()
+
+
+def _saturation_squared_band_into(x: Tensor, out: Tensor, preset: Preset, ws: Workspace) -> None:
+    """``_saturation_squared`` of the band ``x [..., 3, k, W]`` into ``out [..., 1, k, W]``."""
+    r, g, b = x[..., 0:1, :, :], x[..., 1:2, :, :], x[..., 2:3, :, :]
+    term = ws.get("sat_term", out.shape)
+    if preset.saturation_form == "pairwise":
+        torch.sub(r, g, out=out).square_()
+        out.add_(torch.sub(g, b, out=term).square_())
+        out.add_(torch.sub(b, r, out=term).square_())
+        out.div_(9.0)
+        return
+    mean = ws.get("sat_mean", out.shape)
+    torch.add(r, g, out=mean).add_(b).mul_(_f32(1.0 / 3.0) if x.dtype == torch.float32 else 1.0 / 3.0)
+    torch.sub(r, mean, out=out).square_()
+    out.add_(torch.sub(g, mean, out=term).square_())
+    out.add_(torch.sub(b, mean, out=term).square_())
+
+
+def _log_well_exposedness_band_into(x: Tensor, out: Tensor, mu: ParamLike, sigma: ParamLike, ws: Workspace) -> None:
+    """``_log_well_exposedness`` of the band ``x [..., C, k, W]`` into ``out [..., 1, k, W]``."""
+    mu, sigma = _per_channel(mu, x), _per_channel(sigma, x)
+    term = ws.get("exp_term", out.shape)
+    for c in range(x.shape[-3]):
+        target = out if c == 0 else term
+        torch.sub(x[..., c:c + 1, :, :], _channel_value(mu, c), out=target).square_()
+        if isinstance(sigma, Tensor):
+            target.div_(_channel_value(sigma, c).square())
+        if c:
+            out.add_(term)
+    out.mul_(-0.5 if isinstance(sigma, Tensor) else -0.5 / (sigma * sigma))
+
+
+def _channel_value(value: ParamLike, channel: int) -> ParamLike:
+    """Channel ``channel``'s entry of a ``_per_channel`` value (a number, 0-dim or ``[C or 1, 1, 1]``)."""
+    if isinstance(value, Tensor) and value.dim() == 3:
+        return value[channel if value.shape[0] > 1 else 0]
+    return value
+
+
+def _power_(measure: Tensor, exponent: ParamLike, log_scale: float, ws: Workspace) -> None:
+    """``_power`` in place: the same operations, on a band buffer."""
+    positive = torch.gt(measure, 0, out=ws.get("positive", measure.shape, torch.bool))
+    dead = torch.logical_not(positive, out=ws.get("dead", measure.shape, torch.bool))
+    measure.masked_fill_(dead, 1.0).log_().mul_(log_scale)
+    measure.mul_(exponent).exp_()
+    if isinstance(exponent, Tensor):  # x ** 0 = 1, also at x = 0
+        torch.logical_and(dead, exponent != 0, out=dead)
+    measure.masked_fill_(dead, 0.0)
+
+
+def _raw_weights_band_into(
+    frame: Tensor, r0: int, r1: int, out: Tensor, contrast_exponent, saturation_exponent, exposure_exponent,
+    mu, sigma, preset: Preset, ws: Workspace,
+) -> None:
+    """``_raw_weights`` of rows ``[r0, r1)`` of ``frame [..., C, H, W]`` into ``out [..., 1, r1 - r0, W]``."""
+
+    def is_off(exponent: ParamLike) -> bool:
+        return not isinstance(exponent, Tensor) and exponent == 0
+
+    x = frame[..., r0:r1, :]
+    started = False
+    factor = ws.get("factor", out.shape)
+    if not is_off(contrast_exponent):
+        _contrast_band_into(frame, r0, r1, out, preset, ws)
+        if not _is_one(contrast_exponent):
+            _power_(out, contrast_exponent, 1.0, ws)
+        started = True
+    if x.shape[-3] == 3 and not is_off(saturation_exponent):
+        target = factor if started else out
+        _saturation_squared_band_into(x, target, preset, ws)
+        if _is_one(saturation_exponent):
+            target.sqrt_()
+        else:
+            _power_(target, saturation_exponent, 0.5, ws)
+        if started:
+            out.mul_(factor)
+        started = True
+    if not is_off(exposure_exponent):
+        target = factor if started else out
+        _log_well_exposedness_band_into(x, target, mu, sigma, ws)
+        if isinstance(exposure_exponent, Tensor):
+            target.mul_(exposure_exponent.to(x.dtype))
+        elif exposure_exponent != 1:
+            target.mul_(exposure_exponent)
+        target.exp_()
+        if started:
+            out.mul_(factor)
+        started = True
+    if not started:
+        out.fill_(1.0)
+    out.add_(WEIGHT_FLOOR)
+
+
+def weights_into(
+    stack: Tensor,
+    out: Tensor,
+    mask: Tensor | None,
+    contrast: ParamLike,
+    saturation: ParamLike,
+    exposure: ParamLike,
+    mu: ParamLike,
+    sigma: ParamLike,
+    preset: Preset,
+    ws: Workspace,
+    rows: int,
+) -> None:
+    """:func:`weights_5d` of a float32/float64 ``[B, N, C, H, W]`` stack into ``out [B, N, 1, H, W]``.
+
+    Band by band: the raw weights of every frame for a band of rows, then their normalisation.
+    """
+    height = stack.shape[-2]
+    params = [_cast_param(p, stack.dtype, stack.device) for p in (contrast, saturation, exposure, mu, sigma)]
+    for r0 in range(0, height, rows):
+        r1 = min(r0 + rows, height)
+        band = out[..., r0:r1, :]
+        for n in range(stack.shape[1]):
+            _raw_weights_band_into(stack[:, n], r0, r1, band[:, n], *params, preset, ws)
+        _normalise_band_(band, None if mask is None else mask[..., r0:r1, :] if mask.shape[-2] > 1 else mask, ws)
+
+
+def _normalise_band_(weight: Tensor, mask: Tensor | None, ws: Workspace) -> None:
+    """``_normalise`` in place on a band ``[B, N, 1, k, W]``."""
+    shape = list(weight.shape)
+    shape[1] = 1
+    total = ws.get("total", shape)
+    if mask is None:
+        weight.div_(torch.sum(weight, dim=1, keepdim=True, out=total))
+        return
+    weight.mul_(mask)
+    torch.sum(weight, dim=1, keepdim=True, out=total)
+    no_weight = torch.logical_not(torch.gt(total, 0, out=ws.get("has_weight", shape, torch.bool)),
+                                  out=ws.get("no_weight", shape, torch.bool))
+    weight.div_(total.masked_fill_(no_weight, 1.0))
+    weight.masked_fill_(no_weight, 0.0)
