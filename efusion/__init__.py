@@ -7,7 +7,7 @@ Mertens, Kautz & Van Reeth, "Exposure Fusion", Pacific Graphics 2007, doi:10.110
 >>> efusion.exposure_fusion(stack).shape     # [C, H, W]
 torch.Size([3, 64, 96])
 """
-from .fusion import LEARNABLE_DEFAULT, Fusion, blend, exposure_fusion
+from .fusion import LEARNABLE_DEFAULT, Fusion, blend, exposure_fusion, fuse_frames
 from .presets import PRESETS, Preset, get_preset
 from .pyramid import (
     collapse_laplacian_pyramid,
@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "exposure_fusion",
+    "fuse_frames",
     "mertens_weights",
     "blend",
     "Fusion",

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -36,9 +36,9 @@ from torch.nn.utils import parametrize
 from . import _checks
 from .presets import Preset, get_preset
 from .pyramid import Workspace, accumulate_band_into, add_up_into, band_rows, down_into, pyr_down, pyr_up, use_kernels
-from .weights import ParamLike, check_params, weights_5d
+from .weights import ParamLike, check_params, raw_weights_into, weights_5d
 
-__all__ = ["blend", "exposure_fusion", "Fusion", "LEARNABLE_DEFAULT"]
+__all__ = ["blend", "exposure_fusion", "fuse_frames", "Fusion", "LEARNABLE_DEFAULT"]
 
 Coefficient = float | Tensor
 
@@ -224,6 +224,203 @@ def exposure_fusion(
     return result.squeeze(0) if unbatched else result
 
 
+FrameSource = Union[Sequence[Tensor], Tensor, Callable[[], Iterable[Tensor]]]
+
+#: integer frame dtypes :func:`fuse_frames` converts, with the value that maps to 1.0
+_INTEGER_RANGES = {torch.uint8: 255.0, torch.uint16: 65535.0}
+
+
+def fuse_frames(
+    frames: FrameSource,
+    *,
+    contrast: ParamLike = 1.0,
+    saturation: ParamLike = 1.0,
+    exposure: ParamLike = 1.0,
+    mu: ParamLike = 0.5,
+    sigma: ParamLike = 0.2,
+    levels: float | Tensor | None = None,
+    preset: str | Preset = "mertens",
+    masks: FrameSource | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """:func:`exposure_fusion` streamed over frames: memory does not grow with their number.
+
+    Frames are converted to float one at a time, when they are used, and read twice: a first
+    pass sums the unnormalised weights of all frames, a second one recomputes each frame's
+    weights, normalises them and adds the frame's weighted Laplacian pyramid into the blended
+    pyramid (Mertens et al. 2007, Section 3.2, weights normalised before blending). Besides
+    the frames themselves, memory holds one frame as float, two weight maps and the blended
+    pyramid (about 4/3 of the output), for any N. The price is computing the weights twice.
+
+    Results equal ``exposure_fusion(torch.stack(converted frames), ...)`` to rounding. Under
+    autograd (a frame or parameter requiring a gradient) or ``torch.compile`` the converted
+    frames are stacked and passed to :func:`exposure_fusion`, which then holds all of them.
+
+    Args:
+        frames: the exposures, each ``[C, H, W]`` or ``[B, C, H, W]`` (all the same shape;
+            C = 3 RGB or 1 gray), as a list or tuple of tensors, a tensor ``[N, ...]``, or a
+            function returning a fresh iterable of frames each time it is called (e.g. one that
+            decodes files; it is called twice). Integer frames are scaled to [0, 1]: uint8 by
+            1/255, uint16 by 1/65535 (divided, as MATLAB's ``im2double``; with
+            ``preset="opencv"`` in float32, multiplied by the float32 reciprocal, as OpenCV's
+            ``convertTo``). Float frames are taken as they are, in [0, 1].
+        contrast, saturation, exposure, mu, sigma, levels, preset: as in :func:`exposure_fusion`.
+        masks: optional, one per frame (same container kind as ``frames``), each broadcastable
+            to ``[1, H, W]`` (``[B, 1, H, W]`` for batched frames); they multiply the weights
+            before normalisation (0 excludes a pixel of that frame), values taken as they are.
+        dtype: float32 or float64, the precision of the computation and of the result; by
+            default float64 for float64 frames and float32 otherwise.
+
+    Returns:
+        fused image ``[C, H, W]`` (or ``[B, C, H, W]``), not clamped.
+
+    Example:
+        >>> frames = [torch.randint(0, 256, (3, 32, 48), dtype=torch.uint8) for _ in range(3)]
+        >>> fuse_frames(frames).shape                     # 8-bit RGB frames in, float out
+        torch.Size([3, 32, 48])
+    """
+    preset = get_preset(preset)
+    read_frames = _frame_reader(frames, "frames")
+    read_masks = None if masks is None else _frame_reader(masks, "masks")
+    _checks.check_levels(levels)
+    first, count, needs_grad = None, 0, False
+    for frame in read_frames():
+        first = _check_frame(frame, count, first)
+        needs_grad = needs_grad or frame.requires_grad
+        count += 1
+    if first is None:
+        raise ValueError("frames has no frames: pass at least one [C, H, W] frame")
+    check_params(contrast, saturation, exposure, mu, sigma, first.shape[-3])
+    if dtype is None:
+        dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    unbatched = first.dim() == 3
+    shape = (1, *first.shape) if unbatched else tuple(first.shape)
+    weight_shape = (shape[0], 1, *shape[-2:])
+    mask_list = [None] * count
+    if read_masks is not None:
+        mask_list = [_check_frame_mask(m, i, weight_shape, dtype) for i, m in enumerate(read_masks())]
+        if len(mask_list) != count:
+            raise ValueError(f"masks has {len(mask_list)} entries for {count} frames")
+
+    def converted(out: Tensor | None = None):
+        """The frames again, checked and as float ``[B, C, H, W]`` (into ``out`` when given)."""
+        for i, frame in enumerate(read_frames()):
+            if i >= count:
+                raise ValueError(f"frames gave {count} frames on the first pass and more on the next")
+            _check_frame(frame, i, first)
+            yield _to_unit_float(frame.reshape(shape), dtype, preset, out), mask_list[i]
+
+    params = (contrast, saturation, exposure, mu, sigma)
+    grad_needed = torch.is_grad_enabled() and needs_grad
+    if grad_needed or not use_kernels(torch.empty(0, dtype=dtype), *params, levels):
+        stack, masks_ = zip(*converted())
+        mask5 = None if masks is None else torch.stack(torch.broadcast_tensors(*masks_), dim=1)
+        result = _fuse_5d(torch.stack(stack, dim=1), mask5, *params, levels, preset, None)
+        return result.squeeze(0) if unbatched else result
+    if count == 1 and masks is None:  # as exposure_fusion: the frame itself
+        result, _ = next(converted())
+        return result.squeeze(0) if unbatched else result
+
+    device = first.device
+    ws = Workspace(torch.empty(0, dtype=dtype, device=device))
+    rows = band_rows(shape, device)
+    image, raw = ws.get("frame", shape), ws.get("raw", weight_shape)
+    # pass 1: the normaliser, the sum over frames of the (masked) raw weights
+    total = torch.zeros(weight_shape, dtype=dtype, device=device)
+    for frame, mask in converted(image):
+        raw_weights_into(frame, raw, *params, preset, ws, rows)
+        total.add_(raw if mask is None else raw.mul_(mask))
+    no_weight = None
+    if masks is not None:  # pixels no frame may contribute to get weight 0, as in _normalise
+        no_weight = torch.logical_not(total > 0)
+        total.masked_fill_(no_weight, 1.0)
+    # pass 2: each frame's normalised weights, then its weighted pyramid into the blend
+    blender = _Blender(shape, levels, preset, None, ws)
+    seen = 0
+    for frame, mask in converted(image):
+        raw_weights_into(frame, raw, *params, preset, ws, rows)
+        if mask is not None:
+            raw.mul_(mask)
+        raw.div_(total)
+        if no_weight is not None:
+            raw.masked_fill_(no_weight, 0.0)
+        blender.add(frame, raw)
+        seen += 1
+    if seen != count:
+        raise ValueError(f"frames gave {count} frames on the first pass and {seen} on the second")
+    result = blender.result()
+    return result.squeeze(0) if unbatched else result
+
+
+def _frame_reader(frames, name: str) -> Callable[[], Iterable]:
+    """A function returning a fresh iterable over ``frames`` each call (they are read twice)."""
+    if callable(frames) and not isinstance(frames, Tensor):
+        return frames
+    if isinstance(frames, Tensor):
+        if frames.dim() < 1:
+            raise ValueError(f"{name} must be a tensor with frames along dim 0, got a 0-dim tensor")
+        return lambda: frames.unbind(0)
+    if isinstance(frames, (list, tuple)) or (hasattr(frames, "__len__") and hasattr(frames, "__getitem__")):
+        return lambda: (frames[i] for i in range(len(frames)))
+    raise TypeError(
+        f"{name} must be a list of tensors, a tensor or a function returning an iterable of tensors, "
+        f"got {type(frames).__name__} (a one-shot iterator cannot be read twice: wrap it in a function)"
+    )
+
+
+def _check_frame(frame, index: int, first: Tensor | None) -> Tensor:
+    """Validate one frame (against the first one); return the first frame for the next checks."""
+    if not isinstance(frame, Tensor):
+        raise TypeError(f"frames[{index}] must be a torch.Tensor, got {type(frame).__name__}")
+    if frame.dtype not in _INTEGER_RANGES and not frame.is_floating_point():
+        raise TypeError(
+            f"frames[{index}] has dtype {frame.dtype}: pass uint8 or uint16 frames (scaled to [0, 1]) "
+            "or floating-point frames with values in [0, 1]"
+        )
+    if first is None:
+        if frame.dim() not in (3, 4):
+            raise ValueError(f"frames[{index}] must be [C, H, W] or [B, C, H, W], got shape {tuple(frame.shape)}")
+        if frame.shape[-3] not in (1, 3):
+            raise ValueError(f"frames must have C = 1 (gray) or 3 (RGB) channels, got C = {frame.shape[-3]} (shape {tuple(frame.shape)})")
+        if frame.shape[-1] == 0 or frame.shape[-2] == 0:
+            raise ValueError(f"frames are empty: H x W = {frame.shape[-2]} x {frame.shape[-1]}")
+        return frame
+    if frame.shape != first.shape:
+        raise ValueError(f"frames differ in size: frames[0] is {tuple(first.shape)} but frames[{index}] is {tuple(frame.shape)}")
+    if frame.device != first.device:
+        raise ValueError(f"frames are on different devices: frames[0] on {first.device}, frames[{index}] on {frame.device}")
+    return first
+
+
+def _check_frame_mask(mask, index: int, weight_shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"masks[{index}] must be a torch.Tensor, got {type(mask).__name__}")
+    try:
+        shape = torch.broadcast_shapes(tuple(mask.shape), weight_shape)
+    except RuntimeError:
+        shape = None
+    if shape != weight_shape:
+        target = list(weight_shape[1:]) if len(mask.shape) <= 3 else list(weight_shape)
+        raise ValueError(f"masks[{index}] of shape {list(mask.shape)} does not broadcast to a frame's weight shape {target}")
+    return mask.to(dtype)
+
+
+def _to_unit_float(frame: Tensor, dtype: torch.dtype, preset: Preset, out: Tensor | None = None) -> Tensor:
+    """A frame as float in [0, 1], into ``out`` when given (see :func:`fuse_frames` for scales)."""
+    if out is None:
+        out = torch.empty(frame.shape, dtype=dtype, device=frame.device)
+    out.copy_(frame)
+    full_scale = _INTEGER_RANGES.get(frame.dtype)
+    if full_scale is not None:
+        if preset.name == "opencv" and dtype == torch.float32:
+            out.mul_(float(torch.tensor(1.0 / full_scale, dtype=torch.float32)))  # convertTo(CV_32F, 1/255)
+        else:
+            out.div_(full_scale)  # im2double
+    return out
+
+
 def _fuse_5d(stack5, mask5, contrast, saturation, exposure, mu, sigma, levels, preset, relative) -> Tensor:
     if stack5.shape[1] == 1 and mask5 is None:
         return stack5[:, 0].clone()  # one frame: its weight is exactly 1 everywhere
@@ -236,66 +433,81 @@ def _fuse_5d(stack5, mask5, contrast, saturation, exposure, mu, sigma, levels, p
 # ----------------------------------------------------------------------------------------------
 # The fast path: the same computation in preallocated buffers, band by band (efusion.pyramid)
 
-def _blend_fast(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool | None, ws: Workspace) -> Tensor:
-    """:func:`_blend_5d` for a float32/float64 stack, without autograd, one frame at a time.
 
-    Per frame and level: the next Gaussian level of the frame and of its weights (reused
-    buffers), then the weighted Laplacian level added into the blended pyramid. The blended
-    pyramid is collapsed in place; its finest level becomes the result.
+class _Blender:
+    """:func:`_blend_5d` without autograd, fed one frame at a time (float32/float64).
+
+    :meth:`add` takes a frame ``[B, C, H, W]`` and its weights ``[B, 1, H, W]``: per level, the
+    next Gaussian level of both (reused buffers), then the weighted Laplacian level added into
+    the blended pyramid. :meth:`result` collapses the blended pyramid in place; its finest level
+    becomes the result. Memory: the blended pyramid plus one frame's pyramids, whatever N is.
     """
-    _, frames, _, height, width = stack.shape
-    band_coef, residual_coef = _depth_plan(levels, height, width, preset, stack.dtype, stack.device, relative)
-    top = len(band_coef)
-    rows = band_rows(stack[:, 0])
-    bands: list[Tensor | None] = [None] * top
-    residuals: list[Tensor | None] = [None] * top
-    shapes = [stack[:, 0].shape]
-    for _ in range(top - 1):
-        *lead, h, w = shapes[-1]
-        shapes.append(torch.Size([*lead, (h + 1) // 2, (w + 1) // 2]))
 
-    def accumulator(acc: list[Tensor | None], level: int) -> Tensor:
+    def __init__(self, shape: Sequence[int], levels, preset: Preset, relative: bool | None, ws: Workspace) -> None:
+        *lead, height, width = shape
+        self.preset, self.ws = preset, ws
+        self.band_coef, self.residual_coef = _depth_plan(levels, height, width, preset, ws.dtype, ws.device, relative)
+        top = len(self.band_coef)
+        self.shapes = [torch.Size(shape)]
+        for _ in range(top - 1):
+            h, w = self.shapes[-1][-2:]
+            self.shapes.append(torch.Size([*lead, (h + 1) // 2, (w + 1) // 2]))
+        self.bands: list[Tensor | None] = [None] * top
+        self.residuals: list[Tensor | None] = [None] * top
+        self.rows = band_rows(self.shapes[0], ws.device)
+
+    def _accumulator(self, acc: list[Tensor | None], level: int) -> Tensor:
         if acc[level] is None:
-            acc[level] = torch.zeros(shapes[level], dtype=stack.dtype, device=stack.device)
+            acc[level] = torch.zeros(self.shapes[level], dtype=self.ws.dtype, device=self.ws.device)
         return acc[level]
 
-    for n in range(frames):
-        image, weight = stack[:, n], weights[:, n]
+    def add(self, image: Tensor, weight: Tensor) -> None:
+        preset, ws, rows = self.preset, self.ws, self.rows
+        top = len(self.band_coef)
         for level in range(top):
             coarser = coarser_weight = None
             if level < top - 1:
-                shape = shapes[level + 1]
+                shape = self.shapes[level + 1]
                 coarser = ws.get(f"gauss{level + 1}", shape)
                 coarser_weight = ws.get(f"weight{level + 1}", (*shape[:-3], 1, *shape[-2:]))
                 down_into(image, coarser, preset.down_border, ws, rows)
                 down_into(weight, coarser_weight, preset.down_border, ws, rows)
-                if not _is_zero(band_coef[level]):
-                    accumulate_band_into(accumulator(bands, level), weight, image, coarser, preset, ws, rows)
-            if not _is_zero(residual_coef[level]):
-                accumulator(residuals, level).addcmul_(weight, image)
+                if not _is_zero(self.band_coef[level]):
+                    accumulate_band_into(self._accumulator(self.bands, level), weight, image, coarser, preset, ws, rows)
+            if not _is_zero(self.residual_coef[level]):
+                self._accumulator(self.residuals, level).addcmul_(weight, image)
             image, weight = coarser, coarser_weight
 
-    def level_sum(level: int) -> Tensor | None:
-        band, residual = bands[level], residuals[level]
-        if band is not None and not _is_one(band_coef[level]):
-            band.mul_(band_coef[level])
-        if residual is not None and not _is_one(residual_coef[level]):
-            residual.mul_(residual_coef[level])
+    def _level_sum(self, level: int) -> Tensor | None:
+        band, residual = self.bands[level], self.residuals[level]
+        if band is not None and not _is_one(self.band_coef[level]):
+            band.mul_(self.band_coef[level])
+        if residual is not None and not _is_one(self.residual_coef[level]):
+            residual.mul_(self.residual_coef[level])
         if band is None or residual is None:
             return band if residual is None else residual
         return band.add_(residual)
 
-    result = level_sum(top - 1)
-    for level in reversed(range(top - 1)):
-        here = level_sum(level)
-        if result is None:
-            result = here
-        elif here is None:
-            result = pyr_up(result, shapes[level][-2:], preset)
-        else:
-            add_up_into(here, result, preset, ws, rows)
-            result = here
-    return result
+    def result(self) -> Tensor:
+        result = self._level_sum(len(self.band_coef) - 1)
+        for level in reversed(range(len(self.band_coef) - 1)):
+            here = self._level_sum(level)
+            if result is None:
+                result = here
+            elif here is None:
+                result = pyr_up(result, self.shapes[level][-2:], self.preset)
+            else:
+                add_up_into(here, result, self.preset, self.ws, self.rows)
+                result = here
+        return result
+
+
+def _blend_fast(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool | None, ws: Workspace) -> Tensor:
+    """:func:`_blend_5d` for a float32/float64 stack that needs no gradient."""
+    blender = _Blender(stack[:, 0].shape, levels, preset, relative, ws)
+    for n in range(stack.shape[1]):
+        blender.add(stack[:, n], weights[:, n])
+    return blender.result()
 
 
 def _is_one(coefficient: Coefficient) -> bool:

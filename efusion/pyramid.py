@@ -339,13 +339,15 @@ class Workspace:
 BAND_ELEMENTS = 1 << 20
 
 
-def band_rows(x: Tensor, multiple: int = 2) -> int:
-    """Rows per band for a ``[..., H, W]`` tensor: all rows off the CPU (no cache to block for)."""
-    height = x.shape[-2]
-    if x.device.type != "cpu":
+def band_rows(shape: Sequence[int], device: torch.device, multiple: int = 2) -> int:
+    """Rows per band for a tensor of ``shape [..., H, W]``; all rows off the CPU (no cache to block for)."""
+    height = int(shape[-2])
+    if torch.device(device).type != "cpu":
         return height + height % multiple
-    per_row = max(1, x.numel() // max(height, 1))
-    rows = max(multiple, (BAND_ELEMENTS // per_row) // multiple * multiple)
+    per_row = 1
+    for size in list(shape[:-2]) + [shape[-1]]:
+        per_row *= int(size)
+    rows = max(multiple, (BAND_ELEMENTS // max(per_row, 1)) // multiple * multiple)
     return min(rows, height + height % multiple)
 
 

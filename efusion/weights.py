@@ -252,7 +252,7 @@ def weights_5d(
     if use_kernels(stack, mask, contrast, saturation, exposure, mu, sigma):
         out = torch.empty_like(stack[:, :, :1])
         mask = None if mask is None else mask.to(stack.dtype)
-        weights_into(stack, out, mask, contrast, saturation, exposure, mu, sigma, preset, Workspace(stack), band_rows(stack[:, 0]))
+        weights_into(stack, out, mask, contrast, saturation, exposure, mu, sigma, preset, Workspace(stack), band_rows(stack[:, 0].shape, stack.device))
         return out
     compute = _compute_dtype(stack.dtype)
     x = stack.to(compute)
@@ -493,6 +493,26 @@ def weights_into(
         for n in range(stack.shape[1]):
             _raw_weights_band_into(stack[:, n], r0, r1, band[:, n], *params, preset, ws)
         _normalise_band_(band, None if mask is None else mask[..., r0:r1, :] if mask.shape[-2] > 1 else mask, ws)
+
+
+def raw_weights_into(
+    frame: Tensor,
+    out: Tensor,
+    contrast: ParamLike,
+    saturation: ParamLike,
+    exposure: ParamLike,
+    mu: ParamLike,
+    sigma: ParamLike,
+    preset: Preset,
+    ws: Workspace,
+    rows: int,
+) -> None:
+    """Unnormalised weights ``C^c S^s E^e + 1e-12`` of a float32/float64 frame ``[B, C, H, W]``
+    into ``out [B, 1, H, W]``, band by band (the streaming path normalises them itself)."""
+    params = [_cast_param(p, frame.dtype, frame.device) for p in (contrast, saturation, exposure, mu, sigma)]
+    for r0 in range(0, frame.shape[-2], rows):
+        r1 = min(r0 + rows, frame.shape[-2])
+        _raw_weights_band_into(frame, r0, r1, out[..., r0:r1, :], *params, preset, ws)
 
 
 def _normalise_band_(weight: Tensor, mask: Tensor | None, ws: Workspace) -> None:
