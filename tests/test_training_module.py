@@ -9,6 +9,7 @@ import torch
 import yaml
 
 import efusion
+import efusion.quality
 from efusion import cli as efusion_cli
 from efusion import io as efusion_io
 from efusion import synthetic
@@ -46,12 +47,16 @@ class TestLosses:
         noisy = (x + 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
         assert float(losses.ssim(noisy, x).max()) < 0.9
 
-    def test_ssim_small_images_and_masks(self):
-        x, y = torch.rand(1, 3, 5, 7), torch.rand(1, 3, 5, 7)
-        assert losses.ssim(x, y).shape == (1,)
-        valid = torch.zeros(1, 1, 5, 7)
-        valid[..., :, :3] = 1
-        assert torch.isfinite(losses.ssim(x, y, valid)).all()
+    def test_ssim_is_efusion_quality_and_ignores_invalid_pixels(self):
+        g = torch.Generator().manual_seed(2)
+        x, y = torch.rand(2, 3, 16, 24, generator=g), torch.rand(2, 3, 16, 24, generator=g)
+        torch.testing.assert_close(losses.ssim(x, y), efusion.quality.ssim(x, y))
+        valid = torch.zeros(2, 1, 16, 24)
+        valid[..., :, :12] = 1
+        z = y.clone()
+        z[..., :12] = x[..., :12]  # equal to x wherever x is valid
+        torch.testing.assert_close(losses.ssim(x, z, valid), torch.ones(2))
+        torch.testing.assert_close(losses.psnr(x, z, valid), torch.full((2,), 120.0))
 
     def test_masked_loss_ignores_invalid_pixels(self):
         fused, target = torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4)
