@@ -35,8 +35,21 @@ from torch.nn.utils import parametrize
 
 from . import _checks
 from .presets import Preset, get_preset
-from .pyramid import Workspace, accumulate_band_into, add_up_into, band_rows, down_into, pyr_down, pyr_up, use_kernels
-from .weights import ParamLike, check_params, raw_weights_into, weights_5d
+from .pyramid import (
+    Workspace,
+    accumulate_band_into,
+    add_down_adjoint_into,
+    add_up_into,
+    band_rows,
+    down_into,
+    laplacian_dot_into,
+    pyr_down,
+    pyr_up,
+    needs_grad,
+    up_adjoint_into,
+    use_kernels,
+)
+from .weights import ParamLike, check_params, raw_weights_into, weights_5d, weights_backward, weights_into
 
 __all__ = ["blend", "exposure_fusion", "fuse_frames", "Fusion", "LEARNABLE_DEFAULT"]
 
@@ -44,12 +57,19 @@ Coefficient = float | Tensor
 
 
 def _depth_plan(
-    levels, height: int, width: int, preset: Preset, dtype: torch.dtype, device: torch.device, relative: bool | None
+    levels, height: int, width: int, preset: Preset, dtype: torch.dtype, device: torch.device, relative: bool | None,
+    sparse: bool = False,
 ) -> tuple[list[Coefficient], list[Coefficient]]:
     """Per-level coefficients ``(band, residual)`` of the collapse (see module docstring).
 
     The result is ``sum_l up^l(band_l * B_l + residual_l * G_l)`` where ``B_l`` is the blended
     band-pass level and ``G_l`` the blended Gaussian level. Python zeros mark skipped terms.
+
+    A tensor depth gives tensor coefficients for every level, computed without reading the
+    depth (no host-device sync, one graph for ``torch.compile``). With ``sparse`` and a CPU
+    tensor, the depth is read and only the three coefficients that depend on it stay tensors
+    (the others are constants 0 and 1, exactly their dense values, with zero gradient), and the
+    levels past the depth are dropped: the same result and gradients for much less work.
     """
     maximum = preset.max_levels(height, width)
     if levels is None:
@@ -77,6 +97,11 @@ def _depth_plan(
     k = depth.detach().floor().clamp(1, maximum - 1)
     t = depth - k
     t = t + (t.clamp(0.0, 1.0) - t).detach()  # clamped value, gradient of the nearest segment
+    if sparse and depth.device.type == "cpu":
+        k_value = int(k)
+        band_sparse: list[Coefficient] = [1.0] * (k_value - 1) + [t, 0.0]
+        residual_sparse: list[Coefficient] = [0.0] * (k_value - 1) + [1.0 - t, t]
+        return band_sparse, residual_sparse
     level = torch.arange(maximum, device=device, dtype=dtype)
     at_k_minus_1 = (level == k - 1).to(dtype)
     band_t = (level < k - 1).to(dtype) + t * at_k_minus_1
@@ -168,7 +193,7 @@ def blend(
     weights5 = _checks.as_weights(weights, stack5, unbatched).to(stack5.dtype)
     _checks.check_levels(levels)
     if use_kernels(stack5, weights5, levels):
-        result = _blend_fast(stack5, weights5, levels, get_preset(preset), None, Workspace(stack5))
+        result = _blend_fast(stack5, weights5, levels, get_preset(preset), None)
     else:
         result = _blend_5d(stack5, weights5, levels, get_preset(preset))
     return result.squeeze(0) if unbatched else result
@@ -283,10 +308,10 @@ def fuse_frames(
     read_frames = _frame_reader(frames, "frames")
     read_masks = None if masks is None else _frame_reader(masks, "masks")
     _checks.check_levels(levels)
-    first, count, needs_grad = None, 0, False
+    first, count, needs_grad_ = None, 0, False
     for frame in read_frames():
         first = _check_frame(frame, count, first)
-        needs_grad = needs_grad or frame.requires_grad
+        needs_grad_ = needs_grad_ or frame.requires_grad
         count += 1
     if first is None:
         raise ValueError("frames has no frames: pass at least one [C, H, W] frame")
@@ -313,8 +338,7 @@ def fuse_frames(
             yield _to_unit_float(frame.reshape(shape), dtype, preset, out), mask_list[i]
 
     params = (contrast, saturation, exposure, mu, sigma)
-    grad_needed = torch.is_grad_enabled() and needs_grad
-    if grad_needed or not use_kernels(torch.empty(0, dtype=dtype), *params, levels):
+    if (torch.is_grad_enabled() and needs_grad_) or needs_grad(*params, levels) or not use_kernels(first.to(dtype)):
         stack, masks_ = zip(*converted())
         mask5 = None if masks is None else torch.stack(torch.broadcast_tensors(*masks_), dim=1)
         result = _fuse_5d(torch.stack(stack, dim=1), mask5, *params, levels, preset, None)
@@ -337,7 +361,7 @@ def fuse_frames(
         no_weight = torch.logical_not(total > 0)
         total.masked_fill_(no_weight, 1.0)
     # pass 2: each frame's normalised weights, then its weighted pyramid into the blend
-    blender = _Blender(shape, levels, preset, None, ws)
+    blender = _Blender(shape, _depth_plan(levels, *shape[-2:], preset, dtype, device, None), preset, ws)
     seen = 0
     for frame, mask in converted(image):
         raw_weights_into(frame, raw, *params, preset, ws, rows)
@@ -424,9 +448,18 @@ def _to_unit_float(frame: Tensor, dtype: torch.dtype, preset: Preset, out: Tenso
 def _fuse_5d(stack5, mask5, contrast, saturation, exposure, mu, sigma, levels, preset, relative) -> Tensor:
     if stack5.shape[1] == 1 and mask5 is None:
         return stack5[:, 0].clone()  # one frame: its weight is exactly 1 everywhere
+    params = (contrast, saturation, exposure, mu, sigma)
+    if use_kernels(stack5, mask5, *params, levels) and not needs_grad(mask5):
+        mask5 = None if mask5 is None else mask5.to(stack5.dtype)
+        plan = _depth_plan(levels, *stack5.shape[-2:], preset, stack5.dtype, stack5.device, relative, sparse=True)
+        if needs_grad(stack5, *params, *plan[0], *plan[1]):
+            vector, template = _plan_arguments(plan)
+            return _FusionFunction.apply(stack5, mask5, *params, vector, template, preset)
+        ws = Workspace(stack5)
+        weights5 = torch.empty_like(stack5[:, :, :1])
+        weights_into(stack5, weights5, mask5, *params, preset, ws, band_rows(stack5[:, 0].shape, stack5.device))
+        return _blend_frames(stack5, weights5, plan, preset, ws)[0]
     weights5 = weights_5d(stack5, mask5, contrast, saturation, exposure, mu, sigma, preset)
-    if use_kernels(stack5, weights5, levels):
-        return _blend_fast(stack5, weights5, levels, preset, relative, Workspace(stack5))
     return _blend_5d(stack5, weights5, levels, preset, relative)
 
 
@@ -441,19 +474,18 @@ class _Blender:
     next Gaussian level of both (reused buffers), then the weighted Laplacian level added into
     the blended pyramid. :meth:`result` collapses the blended pyramid in place; its finest level
     becomes the result. Memory: the blended pyramid plus one frame's pyramids, whatever N is.
+    ``plan`` is :func:`_depth_plan`'s ``(band, residual)`` coefficients; with ``keep`` the
+    blended levels whose coefficient is a tensor are kept unscaled (their gradient needs them).
     """
 
-    def __init__(self, shape: Sequence[int], levels, preset: Preset, relative: bool | None, ws: Workspace) -> None:
-        *lead, height, width = shape
-        self.preset, self.ws = preset, ws
-        self.band_coef, self.residual_coef = _depth_plan(levels, height, width, preset, ws.dtype, ws.device, relative)
+    def __init__(self, shape: Sequence[int], plan, preset: Preset, ws: Workspace, keep: bool = False) -> None:
+        self.preset, self.ws, self.keep = preset, ws, keep
+        self.band_coef, self.residual_coef = plan
+        self.shapes = _level_shapes(shape, len(self.band_coef))
         top = len(self.band_coef)
-        self.shapes = [torch.Size(shape)]
-        for _ in range(top - 1):
-            h, w = self.shapes[-1][-2:]
-            self.shapes.append(torch.Size([*lead, (h + 1) // 2, (w + 1) // 2]))
         self.bands: list[Tensor | None] = [None] * top
         self.residuals: list[Tensor | None] = [None] * top
+        self.kept: dict[tuple[str, int], Tensor] = {}
         self.rows = band_rows(self.shapes[0], ws.device)
 
     def _accumulator(self, acc: list[Tensor | None], level: int) -> Tensor:
@@ -467,9 +499,7 @@ class _Blender:
         for level in range(top):
             coarser = coarser_weight = None
             if level < top - 1:
-                shape = self.shapes[level + 1]
-                coarser = ws.get(f"gauss{level + 1}", shape)
-                coarser_weight = ws.get(f"weight{level + 1}", (*shape[:-3], 1, *shape[-2:]))
+                coarser, coarser_weight = _gaussian_buffers(ws, self.shapes, level + 1)
                 down_into(image, coarser, preset.down_border, ws, rows)
                 down_into(weight, coarser_weight, preset.down_border, ws, rows)
                 if not _is_zero(self.band_coef[level]):
@@ -479,14 +509,19 @@ class _Blender:
             image, weight = coarser, coarser_weight
 
     def _level_sum(self, level: int) -> Tensor | None:
-        band, residual = self.bands[level], self.residuals[level]
-        if band is not None and not _is_one(self.band_coef[level]):
-            band.mul_(self.band_coef[level])
-        if residual is not None and not _is_one(self.residual_coef[level]):
-            residual.mul_(self.residual_coef[level])
-        if band is None or residual is None:
-            return band if residual is None else residual
-        return band.add_(residual)
+        terms = []
+        for kind, acc, coefficient in (("band", self.bands, self.band_coef), ("residual", self.residuals, self.residual_coef)):
+            value = acc[level]
+            if value is None:
+                continue
+            if self.keep and isinstance(coefficient[level], Tensor):
+                self.kept[(kind, level)] = value.clone()
+            if not _is_one(coefficient[level]):
+                value.mul_(coefficient[level])
+            terms.append(value)
+        if not terms:
+            return None
+        return terms[0] if len(terms) == 1 else terms[0].add_(terms[1])
 
     def result(self) -> Tensor:
         result = self._level_sum(len(self.band_coef) - 1)
@@ -502,12 +537,199 @@ class _Blender:
         return result
 
 
-def _blend_fast(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool | None, ws: Workspace) -> Tensor:
-    """:func:`_blend_5d` for a float32/float64 stack that needs no gradient."""
-    blender = _Blender(stack[:, 0].shape, levels, preset, relative, ws)
+def _level_shapes(shape: Sequence[int], top: int) -> list[torch.Size]:
+    """Shapes of ``top`` pyramid levels of a ``[..., H, W]`` tensor (each side halved, rounding up)."""
+    shapes = [torch.Size(shape)]
+    for _ in range(top - 1):
+        *lead, h, w = shapes[-1]
+        shapes.append(torch.Size([*lead, (h + 1) // 2, (w + 1) // 2]))
+    return shapes
+
+
+def _gaussian_buffers(ws: Workspace, shapes: list[torch.Size], level: int) -> tuple[Tensor, Tensor]:
+    """Reused buffers for a frame's Gaussian level and its weights' (``[B, C, h, w]``, ``[B, 1, h, w]``)."""
+    shape = shapes[level]
+    return ws.get(f"gauss{level}", shape), ws.get(f"weight{level}", (*shape[:-3], 1, *shape[-2:]))
+
+
+def _blend_fast(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool | None) -> Tensor:
+    """:func:`_blend_5d` by the kernels: directly, or through :class:`_BlendFunction` for autograd."""
+    plan = _depth_plan(levels, *stack.shape[-2:], preset, stack.dtype, stack.device, relative, sparse=True)
+    if needs_grad(stack, weights, *plan[0], *plan[1]):
+        return _BlendFunction.apply(stack, weights, *_plan_arguments(plan), preset)
+    return _blend_frames(stack, weights, plan, preset, Workspace(stack))[0]
+
+
+def _plan_arguments(plan) -> tuple[Tensor | None, tuple]:
+    """A depth plan as autograd-function arguments: its tensor coefficients stacked (or ``None``),
+    and the plan with ``None`` in their places (see :func:`_fill_plan`)."""
+    coefficients = [c for part in plan for c in part if isinstance(c, Tensor)]
+    vector = torch.stack(coefficients) if coefficients else None
+    template = tuple([None if isinstance(c, Tensor) else c for c in part] for part in plan)
+    return vector, template
+
+
+def _blend_frames(stack: Tensor, weights: Tensor, plan, preset: Preset, ws: Workspace, keep: bool = False) -> tuple:
+    """The blend of all frames, and the kept blended levels (see :class:`_Blender`)."""
+    blender = _Blender(stack[:, 0].shape, plan, preset, ws, keep)
     for n in range(stack.shape[1]):
         blender.add(stack[:, n], weights[:, n])
-    return blender.result()
+    return blender.result(), blender.kept
+
+
+def _fill_plan(template, vector: Tensor | None):
+    """Put the tensor coefficients (views of ``vector``) back into the template's ``None`` slots."""
+    entries = iter(range(0 if vector is None else vector.shape[0]))
+    return tuple([vector[next(entries)] if c is None else c for c in part] for part in template)
+
+
+class _BlendFunction(torch.autograd.Function):
+    """The kernels' blend as an autograd function; the backward streams over frames too.
+
+    ``apply(stack, weights, coefficients, template, preset)``: ``coefficients`` holds the tensor
+    entries of the depth plan (a differentiable depth), ``template`` the plan with ``None``
+    where they go. Backward, with ``g_0`` the output gradient and ``g_{l+1} = U^T g_l`` (U: the
+    upsampling of level l + 1 to level l, D: the downsampling):
+
+    - coefficient of level l's band (residual): ``sum(g_l * B_l)`` (``sum(g_l * R_l)``);
+    - per frame, recomputing its Gaussian pyramids ``G_l`` and ``w_l``, from coarse to fine:
+      weights ``h_l = sum_c(band_l g_l (G_l - U G_{l+1}) + residual_l g_l G_l) + D^T h_{l+1}``,
+      image ``q_l = dLap_l + residual_l w_l g_l + D^T (q_{l+1} - U^T dLap_l)`` with
+      ``dLap_l = band_l w_l g_l``; ``h_0`` and ``q_0`` are the frame's gradients.
+
+    Once differentiable (the backward is not itself recorded).
+    """
+
+    @staticmethod
+    def forward(ctx, stack, weights, vector, template, preset):
+        plan = _fill_plan(template, vector)
+        keep = vector is not None and vector.requires_grad
+        result, kept = _blend_frames(stack, weights, plan, preset, Workspace(stack), keep)
+        ctx.template, ctx.preset = template, preset
+        ctx.kept_keys = list(kept)
+        ctx.save_for_backward(stack, weights, vector, *kept.values())
+        return result
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        stack, weights, vector, *kept_values = ctx.saved_tensors
+        kept = dict(zip(ctx.kept_keys, kept_values))
+        needs_stack, needs_weights, needs_vector = ctx.needs_input_grad[:3]
+        return _blend_backward(grad, stack, weights, vector, ctx.template, kept, ctx.preset,
+                               needs_stack, needs_weights, needs_vector) + (None, None)
+
+
+class _FusionFunction(torch.autograd.Function):
+    """:func:`exposure_fusion` by the kernels as one autograd function (one gradient buffer).
+
+    ``apply(stack, mask, contrast, saturation, exposure, mu, sigma, coefficients, template,
+    preset)``; backward: :class:`_BlendFunction`'s, then :class:`WeightsFunction`'s with the
+    weights' gradient, added into the same stack gradient. Once differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, stack, mask, contrast, saturation, exposure, mu, sigma, vector, template, preset):
+        params = (contrast, saturation, exposure, mu, sigma)
+        ws = Workspace(stack)
+        weights = torch.empty_like(stack[:, :, :1])
+        total = torch.empty_like(weights[:, :1])
+        weights_into(stack, weights, mask, *params, preset, ws, band_rows(stack[:, 0].shape, stack.device), total)
+        keep = vector is not None and vector.requires_grad
+        result, kept = _blend_frames(stack, weights, _fill_plan(template, vector), preset, ws, keep)
+        ctx.template, ctx.preset, ctx.kept_keys = template, preset, list(kept)
+        ctx.numbers = [None if isinstance(p, Tensor) else p for p in params]
+        tensors = [p if isinstance(p, Tensor) else None for p in params]
+        ctx.save_for_backward(stack, mask, weights, total, vector, *tensors, *kept.values())
+        return result
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        stack, mask, weights, total, vector, *rest = ctx.saved_tensors
+        tensors, kept_values = rest[:5], rest[5:]
+        params = [t if t is not None else number for t, number in zip(tensors, ctx.numbers)]
+        needs = ctx.needs_input_grad
+        needs_stack, params_need_grad, needs_vector = needs[0], needs[2:7], needs[7]
+        needs_weights = needs_stack or any(params_need_grad)
+        grad_stack, grad_weights, grad_vector = _blend_backward(
+            grad, stack, weights, vector, ctx.template, dict(zip(ctx.kept_keys, kept_values)), ctx.preset,
+            needs_stack, needs_weights, needs_vector,
+        )
+        param_grads = [None] * 5
+        if needs_weights:
+            grads = weights_backward(stack, mask, weights, total, params, grad_weights, ctx.preset,
+                                     needs_stack, params_need_grad, grad_stack)
+            param_grads = grads[1:]
+        return (grad_stack, None, *param_grads, grad_vector, None, None)
+
+
+def _blend_backward(grad, stack, weights, vector, template, kept, preset, needs_stack, needs_weights, needs_vector):
+    band_coef, residual_coef = _fill_plan(template, vector)
+    top = len(band_coef)
+    shapes = _level_shapes(stack[:, 0].shape, top)
+    ws = Workspace(stack)
+    rows = band_rows(shapes[0], stack.device)
+    mode = preset.down_border
+    # the output gradient's pyramid: g_l is the gradient of blended level l
+    g = [grad.contiguous()]
+    for level in range(1, top):
+        g.append(torch.empty(shapes[level], dtype=stack.dtype, device=stack.device))
+        up_adjoint_into(g[level - 1], g[level], preset, ws, rows)
+    grad_vector = None
+    if needs_vector:
+        sums = {key: (g[key[1]] * value).sum() for key, value in kept.items()}
+        entries = [sums.get((kind, level), torch.zeros((), dtype=stack.dtype, device=stack.device))
+                   for kind, part in (("band", template[0]), ("residual", template[1]))
+                   for level, c in enumerate(part) if c is None]
+        grad_vector = torch.stack(entries).to(vector.dtype)
+    grad_stack = torch.empty_like(stack) if needs_stack else None
+    grad_weights = torch.empty_like(weights) if needs_weights else None
+
+    def scale_(x: Tensor, coefficient: Coefficient) -> Tensor:
+        return x if _is_one(coefficient) else x.mul_(coefficient)
+
+    for n in range(stack.shape[1]):
+        images, frame_weights = [stack[:, n]], [weights[:, n]]
+        for level in range(1, top):  # recompute the frame's Gaussian pyramids
+            image, weight = _gaussian_buffers(ws, shapes, level)
+            down_into(images[-1], image, mode, ws, rows)
+            down_into(frame_weights[-1], weight, mode, ws, rows)
+            images.append(image)
+            frame_weights.append(weight)
+        h_coarser = q_coarser = None
+        for level in reversed(range(top)):
+            band = level < top - 1 and not _is_zero(band_coef[level])
+            residual = not _is_zero(residual_coef[level])
+            image, weight = images[level], frame_weights[level]
+            if needs_weights:
+                h = grad_weights[:, n] if level == 0 else ws.get(f"h{level}", weight.shape)
+                if band:
+                    laplacian_dot_into(h, g[level], image, images[level + 1], preset, ws, rows)
+                    scale_(h, band_coef[level])
+                else:
+                    h.zero_()
+                if residual:
+                    h.add_(scale_((image * g[level]).sum(dim=-3, keepdim=True), residual_coef[level]))
+                if h_coarser is not None:
+                    add_down_adjoint_into(h, h_coarser, mode, ws, rows)
+                h_coarser = h
+            if needs_stack:
+                q = grad_stack[:, n] if level == 0 else ws.get(f"q{level}", image.shape)
+                if band:
+                    scale_(torch.mul(weight, g[level], out=q), band_coef[level])  # dLap
+                    if q_coarser is not None:
+                        projected = ws.get("projected", q_coarser.shape)
+                        up_adjoint_into(q, projected, preset, ws, rows)
+                        q_coarser.sub_(projected)
+                else:
+                    q.zero_()
+                if residual:
+                    q.add_(scale_(weight * g[level], residual_coef[level]))
+                if q_coarser is not None:
+                    add_down_adjoint_into(q, q_coarser, mode, ws, rows)
+                q_coarser = q
+    return grad_stack, grad_weights, grad_vector
 
 
 def _is_one(coefficient: Coefficient) -> bool:

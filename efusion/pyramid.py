@@ -193,16 +193,25 @@ def _check_levels(levels: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# In-place kernels for the fast paths (no autograd; see efusion.fusion)
+# In-place kernels for the fast paths (no autograd graph; see efusion.fusion)
 #
 # The functions above are the reference: clear, differentiable, and what ``torch.compile`` traces.
-# The kernels below compute the same filters into preallocated buffers. Three things make them
-# fast on a CPU: (1) no fresh large tensors, because the first touch of freshly mapped memory
-# (page faults) costs several times the arithmetic; (2) the image is processed in bands of rows
-# small enough to stay in cache between the successive passes over it; (3) the 1/16 and 1/8 tap
-# normalisations are powers of two, so they are exact and folded into a single scaling per 2-D
-# operation. Sums of taps are accumulated with ``add_(..., alpha=)`` (a fused multiply-add):
-# rounding differs from the reference by an ulp, never structurally (the pyramid is linear).
+# The kernels below compute the same filters, and their adjoints for hand-written backward
+# passes, into preallocated buffers. Three things make them fast on a CPU: (1) no fresh large
+# tensors, because the first touch of freshly mapped memory (page faults) costs more than the
+# arithmetic done on it; (2) images are processed in bands of rows small enough for the
+# temporaries of all the passes over a band to stay in cache; (3) the 1/16 and 1/8 tap
+# normalisations are powers of two, so they are exact and folded into one scaling per 2-D
+# operation. Tap sums use ``add_(..., alpha=)`` (a fused multiply-add): the rounding differs
+# from the reference by an ulp, never structurally (the pyramid is linear).
+#
+# Adjoints. Along one axis, downsampling D reads x[2j + k] with taps (1, 4, 6, 4, 1), k = -2..2,
+# and upsampling U writes y[2i + k] with the same taps. So the adjoint of D is U with zero
+# borders and the adjoint of U is D with zero borders, plus "folds": a tap that D (or U) reads
+# outside the axis is a mirrored copy of a sample inside, and its share of the gradient goes
+# back to that sample.
+
+_TAPS = ((-2, 1.0), (-1, 4.0), (0, 6.0), (1, 4.0), (2, 1.0))
 
 
 def _axis(x: Tensor, dim: int, start: int, stop: int, step: int = 1) -> Tensor:
@@ -216,20 +225,31 @@ def _sample(x: Tensor, dim: int, index: int) -> Tensor:
     return x.narrow(dim, index, 1)
 
 
-def _down_taps_into(x: Tensor, dim: int, centre: int, mode: str, out: Tensor) -> None:
-    """One output sample of the unscaled 5-tap filter at input ``centre``, borders by ``mode``.
+def _source(i: int, n: int, mode: str) -> int | None:
+    """Index of the sample that stands for sample ``i`` of an axis of ``n``; ``None`` when it is 0."""
+    if 0 <= i < n:
+        return i
+    return None if mode == "zero" else _border_index(i, n, mode)
 
-    Same order of operations as the interior in :func:`_down_1d_into`, so a sample rounds the
-    same whether it sits at a border or not.
-    """
+
+def _weighted_sum_into(out: Tensor, terms: list[tuple[float, Tensor | None]]) -> None:
+    """``out = sum(weight * term)``, skipping ``None`` (zero) terms, in the interior kernels' order."""
+    terms = [(weight, term) for weight, term in terms if term is not None]
+    if not terms:
+        out.zero_()
+        return
+    weight, term = terms[0]
+    torch.mul(term, weight, out=out) if weight != 1.0 else out.copy_(term)
+    for weight, term in terms[1:]:
+        out.add_(term, alpha=weight)
+
+
+def _down_taps_into(x: Tensor, dim: int, centre: int, mode: str, out: Tensor) -> None:
+    """One output sample of the unscaled 5-tap filter at input ``centre``, borders by ``mode``."""
     n = x.shape[dim]
-    far_left, left, mid, right, far_right = (
-        _sample(x, dim, _border_index(centre + k, n, mode)) for k in (-2, -1, 0, 1, 2)
-    )
-    torch.add(far_left, far_right, out=out)
-    out.add_(mid, alpha=6.0)
-    out.add_(left, alpha=4.0)
-    out.add_(right, alpha=4.0)
+    taps = {k: _source(centre + k, n, mode) for k in (-2, -1, 0, 1, 2)}
+    sample = {k: None if i is None else _sample(x, dim, i) for k, i in taps.items()}
+    _weighted_sum_into(out, [(1.0, sample[-2]), (1.0, sample[2]), (6.0, sample[0]), (4.0, sample[-1]), (4.0, sample[1])])
 
 
 def _down_1d_into(x: Tensor, out: Tensor, dim: int, mode: str, start: int = 0) -> None:
@@ -258,16 +278,14 @@ def _up_taps_into(c: Tensor, dim: int, i: int, odd: bool, modes: tuple[str, str]
     """One fine sample (2i or 2i + 1) of the unscaled upsampling filter, borders by ``modes``."""
     m = c.shape[dim]
 
-    def tap(k: int) -> Tensor:
-        mode = modes[0] if k < 0 else modes[1]
-        return _sample(c, dim, _border_index(k, m, mode))
+    def tap(k: int) -> Tensor | None:
+        index = _source(k, m, modes[0] if k < 0 else modes[1])
+        return None if index is None else _sample(c, dim, index)
 
     if odd:
-        torch.mul(tap(i + 1), 4.0, out=out)
-        out.add_(tap(i), alpha=4.0)
+        _weighted_sum_into(out, [(4.0, tap(i + 1)), (4.0, tap(i))])
     else:
-        torch.add(tap(i - 1), tap(i + 1), out=out)
-        out.add_(tap(i), alpha=6.0)
+        _weighted_sum_into(out, [(1.0, tap(i - 1)), (1.0, tap(i + 1)), (6.0, tap(i))])
 
 
 def _up_1d_into(c: Tensor, out: Tensor, dim: int, modes: tuple[str, str]) -> None:
@@ -292,12 +310,37 @@ def _up_1d_into(c: Tensor, out: Tensor, dim: int, modes: tuple[str, str]) -> Non
         _up_taps_into(c, dim, m - 1, True, modes, _sample(odd, dim, m - 1))
 
 
+def _fold_down_adjoint_(g: Tensor, out: Tensor, dim: int, mode: str) -> None:
+    """``out`` (n samples) += the border part of D^T g (unscaled; ``g`` has ceil(n/2) samples)."""
+    m, n = g.shape[dim], out.shape[dim]
+    for j in sorted({0, m - 1}):
+        for k, weight in _TAPS:
+            if not 0 <= 2 * j + k < n:
+                _sample(out, dim, _border_index(2 * j + k, n, mode)).add_(_sample(g, dim, j), alpha=weight)
+
+
+def _fold_up_adjoint_(y: Tensor, out: Tensor, dim: int, modes: tuple[str, str], start: int = 0) -> None:
+    """``out`` += the border part of U^T y (unscaled): the virtual coarse samples -1 and m.
+
+    ``y`` spans the fine axis (n samples); ``out`` holds coarse samples ``start, ...``.
+    """
+    n = y.shape[dim]
+    m = (n + 1) // 2
+    for i, mode in ((-1, modes[0]), (m, modes[1])):
+        target = _border_index(i, m, mode) - start
+        if not 0 <= target < out.shape[dim]:
+            continue
+        for k, weight in _TAPS:
+            if 0 <= 2 * i + k < n:
+                _sample(out, dim, target).add_(_sample(y, dim, 2 * i + k), alpha=weight)
+
+
 #: set to False to run the reference implementation everywhere (the tests compare the two)
 USE_KERNELS = True
 
 
 def use_kernels(*tensors) -> bool:
-    """Whether the in-place kernels serve a call: eager float32/float64 work that needs no gradient.
+    """Whether the kernels serve a call: eager float32/float64 work, outside ``torch.compile``.
 
     Under ``torch.compile`` the reference code is traced instead (Inductor fuses it into few
     loops by itself); half precision keeps the reference path's float32 weights. ``tensors``
@@ -306,9 +349,13 @@ def use_kernels(*tensors) -> bool:
     stack = tensors[0]
     if not USE_KERNELS or torch.compiler.is_compiling() or stack.dtype not in (torch.float32, torch.float64):
         return False
-    if torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in tensors):
-        return False
-    return True
+    # torch.func transforms (grad, vmap, ...) need the reference code's plain operations
+    return not any(isinstance(t, Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+
+
+def needs_grad(*values) -> bool:
+    """Whether autograd records a call with these inputs (non-tensors are ignored)."""
+    return torch.is_grad_enabled() and any(isinstance(v, Tensor) and v.requires_grad for v in values)
 
 
 class Workspace:
@@ -334,8 +381,8 @@ class Workspace:
         return buffer[:numel].view(tuple(shape))
 
 
-#: float elements per band temporary: a band of rows is processed through all the passes of one
-#: step while its temporaries stay in the CPU's cache (2 MiB of L2 per core here)
+#: float elements per band temporary: a band of rows goes through all the passes of one step
+#: while its temporaries stay in cache (a few MiB each; measured best here with 32 MiB of L3)
 BAND_ELEMENTS = 1 << 20
 
 
@@ -351,37 +398,65 @@ def band_rows(shape: Sequence[int], device: torch.device, multiple: int = 2) -> 
     return min(rows, height + height % multiple)
 
 
-def down_into(x: Tensor, out: Tensor, mode: str, ws: Workspace, rows: int) -> None:
-    """``out = pyr_down(x)`` band by band: rows pass into a band buffer, then the columns pass."""
+def _rows_then_cols_into(x: Tensor, out: Tensor, one_d, scale: float, ws: Workspace, rows: int) -> None:
+    """A separable halving operator band by band: ``one_d(src, dst, dim, start)`` along rows into
+    a band buffer, then along columns into ``out``, then ``out *= scale``."""
     m = out.shape[-2]
     shape = list(x.shape)
     for i0 in range(0, m, rows):
         i1 = min(i0 + rows, m)
         shape[-2] = i1 - i0
-        rows_done = ws.get("down", shape)
-        _down_1d_into(x, rows_done, -2, mode, start=i0)
+        band = ws.get("rows_pass", shape)
+        one_d(x, band, -2, i0)
         o = out[..., i0:i1, :]
-        _down_1d_into(rows_done, o, -1, mode)
-        o.mul_(1.0 / 256.0)
+        one_d(band, o, -1, 0)
+        o.mul_(scale)
 
 
-def _up_band(coarse: Tensor, r0: int, r1: int, modes: tuple[str, str], ws: Workspace, width: int) -> Tensor:
-    """Fine rows ``[r0, r1)`` (r0 even) of 64 x ``pyr_up(coarse)`` in a workspace buffer."""
+def down_into(x: Tensor, out: Tensor, mode: str, ws: Workspace, rows: int) -> None:
+    """``out = pyr_down(x)`` (D), band by band."""
+
+    def one_d(src: Tensor, dst: Tensor, dim: int, start: int) -> None:
+        _down_1d_into(src, dst, dim, mode, start)
+
+    _rows_then_cols_into(x, out, one_d, 1.0 / 256.0, ws, rows)
+
+
+def up_adjoint_into(y: Tensor, out: Tensor, preset: Preset, ws: Workspace, rows: int) -> None:
+    """``out = U^T y``: the adjoint of ``pyr_up`` from ``y``'s size to ``out``'s, band by band."""
+    modes = preset.up_borders
+
+    def one_d(src: Tensor, dst: Tensor, dim: int, start: int) -> None:
+        _down_1d_into(src, dst, dim, "zero", start)
+        _fold_up_adjoint_(src, dst, dim, modes, start)
+
+    _rows_then_cols_into(y, out, one_d, 1.0 / 64.0, ws, rows)
+
+
+def _cols_then_rows_band(coarse: Tensor, r0: int, r1: int, cols_op, row_modes: tuple[str, str], ws: Workspace, width: int) -> Tensor:
+    """Fine rows ``[r0, r1)`` (r0 even) of a separable doubling operator, unscaled, in a buffer.
+
+    ``cols_op(src, dst)`` doubles the columns of the coarse rows the band reads; the rows are
+    then doubled by the upsampling taps, rows beyond the coarse image taken by ``row_modes``.
+    """
     m = coarse.shape[-2]
     # coarse rows the band reads, with one row of border on each side: [first, last)
     first, last = r0 // 2 - 1, (r1 + 1) // 2 + 1
     shape = list(coarse.shape)
     shape[-2], shape[-1] = last - first, width
-    cols = ws.get("up_cols", shape)
+    cols = ws.get("cols_pass", shape)
     lo, hi = max(first, 0), min(last, m)
-    _up_1d_into(coarse[..., lo:hi, :], cols[..., lo - first:hi - first, :], -1, modes)
-    if first < 0:  # coarse row -1, by the left border mode
-        cols[..., 0, :].copy_(cols[..., _border_index(-1, m, modes[0]) - first, :])
-    if last > m:  # coarse row m, by the right border mode
-        cols[..., m - first, :].copy_(cols[..., _border_index(m, m, modes[1]) - first, :])
+    cols_op(coarse[..., lo:hi, :], cols[..., lo - first:hi - first, :])
+    for row, mode in ((-1, row_modes[0]), (m, row_modes[1])):
+        if first <= row < last:
+            source = _source(row, m, mode)
+            if source is None:
+                cols[..., row - first, :].zero_()
+            else:
+                cols[..., row - first, :].copy_(cols[..., source - first, :])
     # rows pass: band row 2k reads cols rows k, k+1, k+2; band row 2k+1 reads rows k+1, k+2
     shape[-2] = r1 - r0
-    fine = ws.get("up_rows", shape)
+    fine = ws.get("rows_pass", shape)
     n_even, n_odd = (r1 - r0 + 1) // 2, (r1 - r0) // 2
     even, odd = fine[..., 0::2, :], fine[..., 1::2, :]
     torch.add(cols[..., 0:n_even, :], cols[..., 2:n_even + 2, :], out=even)
@@ -392,23 +467,68 @@ def _up_band(coarse: Tensor, r0: int, r1: int, modes: tuple[str, str], ws: Works
     return fine
 
 
+def _up_band(coarse: Tensor, r0: int, r1: int, preset: Preset, ws: Workspace, width: int) -> Tensor:
+    """Fine rows ``[r0, r1)`` of 64 x ``pyr_up(coarse)`` (U, unscaled), in a workspace buffer."""
+    modes = preset.up_borders
+
+    def cols_op(src: Tensor, dst: Tensor) -> None:
+        _up_1d_into(src, dst, -1, modes)
+
+    return _cols_then_rows_band(coarse, r0, r1, cols_op, modes, ws, width)
+
+
 def accumulate_band_into(
     acc: Tensor, weight: Tensor, fine: Tensor, coarse: Tensor, preset: Preset, ws: Workspace, rows: int
 ) -> None:
     """``acc += weight * (fine - pyr_up(coarse))``: one Laplacian level, weighted, band by band."""
-    modes = preset.up_borders
     height, width = fine.shape[-2:]
     for r0 in range(0, height, rows):
         r1 = min(r0 + rows, height)
-        band = _up_band(coarse, r0, r1, modes, ws, width)
+        band = _up_band(coarse, r0, r1, preset, ws, width)
         torch.sub(fine[..., r0:r1, :], band, alpha=1.0 / 64.0, out=band)
         acc[..., r0:r1, :].addcmul_(weight[..., r0:r1, :], band)
 
 
+def laplacian_dot_into(
+    out: Tensor, grad: Tensor, fine: Tensor, coarse: Tensor, preset: Preset, ws: Workspace, rows: int
+) -> None:
+    """``out = sum over channels of (fine - pyr_up(coarse)) * grad`` (``[..., 1, H, W]``), band by band."""
+    height, width = fine.shape[-2:]
+    for r0 in range(0, height, rows):
+        r1 = min(r0 + rows, height)
+        band = _up_band(coarse, r0, r1, preset, ws, width)
+        torch.sub(fine[..., r0:r1, :], band, alpha=1.0 / 64.0, out=band)
+        band.mul_(grad[..., r0:r1, :])
+        torch.sum(band, dim=-3, keepdim=True, out=out[..., r0:r1, :])
+
+
 def add_up_into(acc: Tensor, coarse: Tensor, preset: Preset, ws: Workspace, rows: int) -> None:
     """``acc += pyr_up(coarse)`` band by band (one step of collapsing a pyramid, in place)."""
-    modes = preset.up_borders
     height, width = acc.shape[-2:]
     for r0 in range(0, height, rows):
         r1 = min(r0 + rows, height)
-        acc[..., r0:r1, :].add_(_up_band(coarse, r0, r1, modes, ws, width), alpha=1.0 / 64.0)
+        acc[..., r0:r1, :].add_(_up_band(coarse, r0, r1, preset, ws, width), alpha=1.0 / 64.0)
+
+
+def add_down_adjoint_into(acc: Tensor, g: Tensor, mode: str, ws: Workspace, rows: int) -> None:
+    """``acc += D^T g``: the adjoint of ``pyr_down`` (border ``mode``) from ``g``'s size to ``acc``'s."""
+    height, width = acc.shape[-2:]
+
+    def cols_op(src: Tensor, dst: Tensor) -> None:
+        _up_1d_into(src, dst, -1, ("zero", "zero"))
+        _fold_down_adjoint_(src, dst, -1, mode)
+
+    for r0 in range(0, height, rows):
+        r1 = min(r0 + rows, height)
+        band = _cols_then_rows_band(g, r0, r1, cols_op, ("zero", "zero"), ws, width)
+        acc[..., r0:r1, :].add_(band, alpha=1.0 / 256.0)
+    # rows folds: taps of the first and last coarse rows that D read beyond the image
+    m = g.shape[-2]
+    shape = list(g.shape)
+    shape[-2], shape[-1] = 1, width
+    cols = ws.get("fold_row", shape)
+    for j in sorted({0, m - 1}):
+        cols_op(g[..., j:j + 1, :], cols)
+        for k, weight in _TAPS:
+            if not 0 <= 2 * j + k < height:
+                acc[..., _border_index(2 * j + k, height, mode), :].add_(cols[..., 0, :], alpha=weight / 256.0)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from . import _checks
 from .presets import Preset, get_preset
-from .pyramid import Workspace, _border_index, _pad, band_rows, use_kernels
+from .pyramid import Workspace, _border_index, _pad, band_rows, needs_grad, use_kernels
 
 __all__ = ["luma", "contrast", "saturation", "well_exposedness", "mertens_weights"]
 
@@ -249,10 +249,13 @@ def weights_5d(
     preset: Preset,
 ) -> Tensor:
     """Normalised weights of a validated ``[B, N, C, H, W]`` stack -> ``[B, N, 1, H, W]``."""
-    if use_kernels(stack, mask, contrast, saturation, exposure, mu, sigma):
-        out = torch.empty_like(stack[:, :, :1])
+    params = (contrast, saturation, exposure, mu, sigma)
+    if use_kernels(stack, mask, *params) and not needs_grad(mask):
         mask = None if mask is None else mask.to(stack.dtype)
-        weights_into(stack, out, mask, contrast, saturation, exposure, mu, sigma, preset, Workspace(stack), band_rows(stack[:, 0].shape, stack.device))
+        if needs_grad(stack, *params):
+            return WeightsFunction.apply(stack, mask, *params, preset)
+        out = torch.empty_like(stack[:, :, :1])
+        weights_into(stack, out, mask, *params, preset, Workspace(stack), band_rows(stack[:, 0].shape, stack.device))
         return out
     compute = _compute_dtype(stack.dtype)
     x = stack.to(compute)
@@ -343,6 +346,12 @@ def _luma_band_into(frame: Tensor, r0: int, r1: int, out: Tensor, preset: Preset
 
 def _contrast_band_into(frame: Tensor, r0: int, r1: int, out: Tensor, preset: Preset, ws: Workspace) -> None:
     """``|Laplacian(luma)|`` rows ``[r0, r1)`` into ``out [..., 1, r1 - r0, W]``."""
+    _laplacian_band_into(frame, r0, r1, out, preset, ws)
+    out.abs_()
+
+
+def _laplacian_band_into(frame: Tensor, r0: int, r1: int, out: Tensor, preset: Preset, ws: Workspace) -> None:
+    """``Laplacian(luma)`` (signed) rows ``[r0, r1)`` into ``out [..., 1, r1 - r0, W]``."""
     height, width = frame.shape[-2:]
     mode = preset.laplacian_border
     # gray rows r0 - 1 .. r1 with one column of border on each side
@@ -373,7 +382,6 @@ def _contrast_band_into(frame: Tensor, r0: int, r1: int, out: Tensor, preset: Pr
         out.add_(torch.mul(centre, -4.0, out=term))
         out.add_(right)
         out.add_(down)
-    out.abs_()
 
 
 def _saturation_squared_band_into(x: Tensor, out: Tensor, preset: Preset, ws: Workspace) -> None:
@@ -480,10 +488,12 @@ def weights_into(
     preset: Preset,
     ws: Workspace,
     rows: int,
+    total: Tensor | None = None,
 ) -> None:
     """:func:`weights_5d` of a float32/float64 ``[B, N, C, H, W]`` stack into ``out [B, N, 1, H, W]``.
 
     Band by band: the raw weights of every frame for a band of rows, then their normalisation.
+    ``total [B, 1, 1, H, W]``, when given, receives the normaliser (1 where nothing is left).
     """
     height = stack.shape[-2]
     params = [_cast_param(p, stack.dtype, stack.device) for p in (contrast, saturation, exposure, mu, sigma)]
@@ -492,7 +502,14 @@ def weights_into(
         band = out[..., r0:r1, :]
         for n in range(stack.shape[1]):
             _raw_weights_band_into(stack[:, n], r0, r1, band[:, n], *params, preset, ws)
-        _normalise_band_(band, None if mask is None else mask[..., r0:r1, :] if mask.shape[-2] > 1 else mask, ws)
+        _normalise_band_(band, _rows(mask, r0, r1), ws, None if total is None else total[..., r0:r1, :])
+
+
+def _rows(x: Tensor | None, r0: int, r1: int) -> Tensor | None:
+    """Rows ``[r0, r1)`` of a map that may broadcast along rows (size 1) or be absent."""
+    if x is None or x.shape[-2] == 1:
+        return x
+    return x[..., r0:r1, :]
 
 
 def raw_weights_into(
@@ -515,11 +532,11 @@ def raw_weights_into(
         _raw_weights_band_into(frame, r0, r1, out[..., r0:r1, :], *params, preset, ws)
 
 
-def _normalise_band_(weight: Tensor, mask: Tensor | None, ws: Workspace) -> None:
-    """``_normalise`` in place on a band ``[B, N, 1, k, W]``."""
+def _normalise_band_(weight: Tensor, mask: Tensor | None, ws: Workspace, total: Tensor | None = None) -> None:
+    """``_normalise`` in place on a band ``[B, N, 1, k, W]`` (the normaliser into ``total``)."""
     shape = list(weight.shape)
     shape[1] = 1
-    total = ws.get("total", shape)
+    total = ws.get("total", shape) if total is None else total
     if mask is None:
         weight.div_(torch.sum(weight, dim=1, keepdim=True, out=total))
         return
@@ -529,3 +546,272 @@ def _normalise_band_(weight: Tensor, mask: Tensor | None, ws: Workspace) -> None
                                   out=ws.get("no_weight", shape, torch.bool))
     weight.div_(total.masked_fill_(no_weight, 1.0))
     weight.masked_fill_(no_weight, 0.0)
+
+
+class WeightsFunction(torch.autograd.Function):
+    """:func:`weights_5d` (float32/float64, eager) as an autograd function.
+
+    Forward: the band kernel. Backward: the gradient of the normalisation in closed form, then,
+    band by band, the reference code (``_raw_weights``) recomputed under autograd on the band
+    plus one row of context on each side (for the Laplacian) and differentiated. Gradients are
+    therefore the reference path's, at the memory cost of one band. Once differentiable.
+    ``apply(stack, mask, contrast, saturation, exposure, mu, sigma, preset)``; the mask gets no
+    gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, stack, mask, contrast, saturation, exposure, mu, sigma, preset):
+        params = (contrast, saturation, exposure, mu, sigma)
+        weights = torch.empty_like(stack[:, :, :1])
+        total = torch.empty_like(weights[:, :1])
+        weights_into(stack, weights, mask, *params, preset, Workspace(stack), band_rows(stack[:, 0].shape, stack.device), total)
+        ctx.preset = preset
+        ctx.numbers = [None if isinstance(p, Tensor) else p for p in params]
+        ctx.save_for_backward(stack, mask, weights, total, *[p if isinstance(p, Tensor) else None for p in params])
+        return weights
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        stack, mask, weights, total, *tensors = ctx.saved_tensors
+        params = [t if t is not None else number for t, number in zip(tensors, ctx.numbers)]
+        needs = ctx.needs_input_grad
+        grads = weights_backward(stack, mask, weights, total, params, grad, ctx.preset, needs[0], needs[2:7])
+        return (grads[0], None, *grads[1:], None)
+
+
+def weights_backward(stack, mask, weights, total, params, grad, preset, stack_needs_grad, params_need_grad, grad_stack=None):
+    """Gradients of :class:`WeightsFunction` for the stack and the five parameters.
+
+    The stack's is added into ``grad_stack`` when given (else a new tensor); returns
+    ``[grad_stack, grad_contrast, ..., grad_sigma]`` (``None`` where not needed or not used).
+    Band by band: the normalisation's gradient in closed form, then each frame's measures are
+    recomputed by the band kernels and differentiated by hand (:func:`_raw_weights_backward_band`),
+    with the reference code's conventions at the kinks (0 where a measure is 0).
+    """
+    height = stack.shape[-2]
+    rows = band_rows(stack[:, 0].shape, stack.device)
+    ws = Workspace(stack)
+    if stack_needs_grad and grad_stack is None:
+        grad_stack = torch.zeros_like(stack)
+    values = [_cast_param(p, stack.dtype, stack.device) for p in params]
+    sums: dict[str, Tensor] = {}
+    names = ("contrast", "saturation", "exposure", "mu", "sigma")
+    wanted = {name for name, need in zip(names, params_need_grad) if need}
+    for r0 in range(0, height, rows):
+        r1 = min(r0 + rows, height)
+        # w_n = m_n W_n / T with T = sum_k m_k W_k, so dL/dW_n = m_n (g_n - sum_k g_k w_k) / T
+        band_grad = grad[..., r0:r1, :]
+        shape = list(band_grad.shape)
+        raw_grad = ws.get("raw_grad", shape)
+        torch.mul(band_grad, weights[..., r0:r1, :], out=raw_grad)
+        shape[1] = 1
+        dot = torch.sum(raw_grad, dim=1, keepdim=True, out=ws.get("dot", shape))
+        torch.sub(band_grad, dot, out=raw_grad).div_(total[..., r0:r1, :])
+        if mask is not None:
+            raw_grad.mul_(_rows(mask, r0, r1))
+        for n in range(stack.shape[1]):
+            _raw_weights_backward_band(
+                stack[:, n], r0, r1, raw_grad[:, n], grad_stack[:, n] if stack_needs_grad else None,
+                values, wanted, sums, preset, ws,
+            )
+    out = [grad_stack]
+    for name, p in zip(names, params):
+        total_grad = sums.get(name)
+        if name not in wanted or total_grad is None:  # not needed, or the parameter was not used
+            out.append(None)
+            continue
+        out.append(total_grad.reshape(p.shape).to(p.dtype))
+    return out
+
+
+def _power_backward_(factor_grad: Tensor, factor: Tensor, measure: Tensor, exponent: ParamLike, log_scale: float,
+                     name: str, wanted: set, sums: dict, ws: Workspace) -> None:
+    """Turn the gradient of ``_power(measure, exponent, log_scale)`` into the measure's, in place;
+    add the exponent's to ``sums``. Where the measure is 0 its gradient is 0, as in ``_power``."""
+    positive = torch.gt(measure, 0, out=ws.get("bw_positive", measure.shape, torch.bool))
+    dead = torch.logical_not(positive, out=ws.get("bw_dead", measure.shape, torch.bool))
+    safe = ws.get("bw_safe", measure.shape)
+    safe.copy_(measure).masked_fill_(dead, 1.0)
+    factor_grad.mul_(factor)
+    if name in wanted and isinstance(exponent, Tensor):  # d/dp exp(p s log m) = F s log m
+        log_measure = ws.get("bw_log", measure.shape)
+        torch.log(safe, out=log_measure).mul_(log_scale)
+        _add_sum(sums, name, (log_measure.mul_(factor_grad)).sum())
+    # d/dm exp(p s log m) = F p s / m
+    factor_grad.div_(safe).mul_(exponent).mul_(log_scale).masked_fill_(dead, 0.0)
+
+
+def _add_sum(sums: dict, name: str, value: Tensor) -> None:
+    sums[name] = value if name not in sums else sums[name] + value
+
+
+def _raw_weights_backward_band(frame, r0, r1, raw_grad, grad_frame, values, wanted, sums, preset, ws) -> None:
+    """Backpropagate ``raw_grad`` (the gradient of rows ``[r0, r1)`` of ``_raw_weights(frame)``)
+    into ``grad_frame`` (when given) and the parameter sums."""
+    contrast_exponent, saturation_exponent, exposure_exponent, mu, sigma = values
+    x = frame[..., r0:r1, :]
+    shape = raw_grad.shape
+
+    def is_off(exponent: ParamLike) -> bool:
+        return not isinstance(exponent, Tensor) and exponent == 0
+
+    # recompute the factors of W = C^c S^s E^e + 1e-12 (see _raw_weights_band_into)
+    factors: dict[str, Tensor] = {}
+    if not is_off(contrast_exponent):
+        laplacian = ws.get("bw_laplacian", shape)
+        _laplacian_band_into(frame, r0, r1, laplacian, preset, ws)
+        measure_c = torch.abs(laplacian, out=ws.get("bw_contrast", shape))
+        factors["contrast"] = measure_c
+        if not _is_one(contrast_exponent):
+            factors["contrast"] = ws.get("bw_contrast_factor", shape).copy_(measure_c)
+            _power_(factors["contrast"], contrast_exponent, 1.0, ws)
+    if x.shape[-3] == 3 and not is_off(saturation_exponent):
+        squared = ws.get("bw_saturation_squared", shape)
+        _saturation_squared_band_into(x, squared, preset, ws)
+        factor = ws.get("bw_saturation_factor", shape).copy_(squared)
+        factors["saturation"] = factor.sqrt_() if _is_one(saturation_exponent) else factor
+        if not _is_one(saturation_exponent):
+            _power_(factor, saturation_exponent, 0.5, ws)
+    if not is_off(exposure_exponent):
+        log_e = ws.get("bw_log_exposure", shape)
+        _log_well_exposedness_band_into(x, log_e, mu, sigma, ws)
+        factor = ws.get("bw_exposure_factor", shape)
+        if isinstance(exposure_exponent, Tensor) or exposure_exponent != 1:
+            torch.mul(log_e, exposure_exponent, out=factor).exp_()
+        else:
+            torch.exp(log_e, out=factor)
+        factors["exposure"] = factor
+    # the gradient of each factor: raw_grad times the other factors
+    grads: dict[str, Tensor] = {}
+    for name in factors:
+        g = ws.get(f"bw_grad_{name}", shape).copy_(raw_grad)
+        for other, factor in factors.items():
+            if other != name:
+                g.mul_(factor)
+        grads[name] = g
+    band_grad = None
+    if grad_frame is not None:
+        band_grad = ws.get("bw_frame", x.shape)
+        band_grad.zero_()
+    if "contrast" in grads:
+        g = grads["contrast"]
+        if not _is_one(contrast_exponent):
+            _power_backward_(g, factors["contrast"], measure_c, contrast_exponent, 1.0, "contrast", wanted, sums, ws)
+        if grad_frame is not None:  # |lap|' = sign(lap) (0 at 0), then the Laplacian's adjoint
+            g.mul_(torch.sign(laplacian, out=ws.get("bw_sign", shape)))
+            _laplacian_adjoint_add_(g, r0, r1, grad_frame, _luma_gradient_weights(frame, preset), preset, ws)
+    if "saturation" in grads:
+        g, factor = grads["saturation"], factors["saturation"]
+        if _is_one(saturation_exponent):  # d sqrt(s2) = 1 / (2 sqrt(s2)), 0 where s2 = 0
+            dead = torch.logical_not(torch.gt(squared, 0, out=ws.get("bw_positive", shape, torch.bool)),
+                                     out=ws.get("bw_dead", shape, torch.bool))
+            g.mul_(0.5).div_(factor.masked_fill_(dead, 1.0)).masked_fill_(dead, 0.0)
+        else:
+            _power_backward_(g, factor, squared, saturation_exponent, 0.5, "saturation", wanted, sums, ws)
+        if band_grad is not None:
+            _saturation_squared_backward_add_(x, g, band_grad, preset, ws)
+    if "exposure" in grads:
+        g, factor = grads["exposure"], factors["exposure"]
+        g.mul_(factor)  # d exp(e log E) = exp(e log E) (e d log E + log E de)
+        if "exposure" in wanted and isinstance(exposure_exponent, Tensor):
+            _add_sum(sums, "exposure", (g * log_e).sum())
+        if isinstance(exposure_exponent, Tensor) or exposure_exponent != 1:
+            g.mul_(exposure_exponent)
+        _log_well_exposedness_backward_(x, g, band_grad, mu, sigma, wanted, sums, ws)
+    if band_grad is not None:
+        grad_frame[..., r0:r1, :].add_(band_grad)
+
+
+def _luma_gradient_weights(frame: Tensor, preset: Preset) -> tuple[float, ...]:
+    """d gray / d channel (the float32 weights of OpenCV's cvtColor for its emulation)."""
+    if frame.shape[-3] == 1:
+        return (1.0,)
+    if preset.luma_form == "opencv_fma" and frame.dtype == torch.float32:
+        return tuple(_f32(w) for w in preset.luma_weights)
+    return preset.luma_weights
+
+
+def _laplacian_adjoint_add_(grad: Tensor, r0: int, r1: int, grad_frame: Tensor, luma_weights, preset: Preset,
+                            ws: Workspace) -> None:
+    """``grad_frame += luma^T Laplacian^T grad`` for the Laplacian rows ``[r0, r1)``.
+
+    The band's share is scattered into rows ``r0 - 1 .. r1`` (neighbouring bands add theirs);
+    taps the Laplacian read beyond the image (border copies) are folded back onto their sources.
+    """
+    height, width = grad_frame.shape[-2:]
+    mode = preset.laplacian_border
+    shape = list(grad.shape)
+    shape[-2], shape[-1] = r1 - r0 + 2, width + 2
+    spread = ws.get("bw_spread", shape)  # rows r0 - 1 .. r1, columns -1 .. width
+    spread.zero_()
+    torch.mul(grad, -4.0, out=spread[..., 1:-1, 1:-1])
+    spread[..., :-2, 1:-1].add_(grad)
+    spread[..., 2:, 1:-1].add_(grad)
+    spread[..., 1:-1, :-2].add_(grad)
+    spread[..., 1:-1, 2:].add_(grad)
+    spread[..., _border_index(-1, width, mode) + 1].add_(spread[..., 0])
+    spread[..., _border_index(width, width, mode) + 1].add_(spread[..., -1])
+    if r0 == 0:
+        spread[..., _border_index(-1, height, mode) + 1, :].add_(spread[..., 0, :])
+    if r1 == height:
+        spread[..., _border_index(height, height, mode) - r0 + 1, :].add_(spread[..., -1, :])
+    lo, hi = max(r0 - 1, 0), min(r1 + 1, height)
+    source = spread[..., lo - r0 + 1:hi - r0 + 1, 1:-1]
+    for c, weight in enumerate(luma_weights):
+        grad_frame[..., c:c + 1, lo:hi, :].add_(source, alpha=weight)
+
+
+def _saturation_squared_backward_add_(x: Tensor, grad: Tensor, out: Tensor, preset: Preset, ws: Workspace) -> None:
+    """``out [..., 3, k, W] += d _saturation_squared(x) / dx * grad``."""
+    r, g, b = x[..., 0:1, :, :], x[..., 1:2, :, :], x[..., 2:3, :, :]
+    shape = grad.shape
+    if preset.saturation_form == "pairwise":  # s2 = ((r-g)^2 + (g-b)^2 + (b-r)^2) / 9
+        red_green, green_blue, blue_red = (ws.get(f"bw_pair{i}", shape) for i in range(3))
+        torch.sub(r, g, out=red_green)
+        torch.sub(g, b, out=green_blue)
+        torch.sub(b, r, out=blue_red)
+        scaled = ws.get("bw_pair_grad", shape)
+        torch.mul(grad, 2.0 / 9.0, out=scaled)
+        out[..., 0:1, :, :].addcmul_(scaled, torch.sub(red_green, blue_red, out=ws.get("bw_diff", shape)))
+        out[..., 1:2, :, :].addcmul_(scaled, torch.sub(green_blue, red_green, out=ws.get("bw_diff", shape)))
+        out[..., 2:3, :, :].addcmul_(scaled, torch.sub(blue_red, green_blue, out=ws.get("bw_diff", shape)))
+        return
+    # s2 = sum_c (c - m)^2 with m = (r + g + b) k: d s2 / dc = 2 (c - m) - 2 k sum_c' (c' - m)
+    third = _f32(1.0 / 3.0) if x.dtype == torch.float32 else 1.0 / 3.0
+    mean = ws.get("bw_mean", shape)
+    torch.add(r, g, out=mean).add_(b).mul_(third)
+    deviations = [torch.sub(channel, mean, out=ws.get(f"bw_dev{i}", shape)) for i, channel in enumerate((r, g, b))]
+    shared = ws.get("bw_shared", shape)
+    torch.add(deviations[0], deviations[1], out=shared).add_(deviations[2]).mul_(third)
+    scaled = torch.mul(grad, 2.0, out=ws.get("bw_pair_grad", shape))
+    for c, deviation in enumerate(deviations):
+        out[..., c:c + 1, :, :].addcmul_(scaled, deviation.sub_(shared))
+
+
+def _log_well_exposedness_backward_(x: Tensor, grad: Tensor, out: Tensor | None, mu, sigma, wanted: set, sums: dict,
+                                    ws: Workspace) -> None:
+    """Backpropagate ``grad`` of ``_log_well_exposedness(x, mu, sigma)`` into ``out`` and mu, sigma.
+
+    log E = -1/2 sum_c (x_c - mu_c)^2 / sigma_c^2: d/dx_c = -(x_c - mu_c) / sigma_c^2 = -d/dmu_c,
+    d/dsigma_c = (x_c - mu_c)^2 / sigma_c^3.
+    """
+    mu_c_all, sigma_c_all = _per_channel(mu, x), _per_channel(sigma, x)
+    channels = x.shape[-3]
+    deviation = ws.get("bw_deviation", grad.shape)
+    mu_sums, sigma_sums = [], []
+    for c in range(channels):
+        sigma_c = _channel_value(sigma_c_all, c)
+        torch.sub(x[..., c:c + 1, :, :], _channel_value(mu_c_all, c), out=deviation)
+        inverse_variance = 1.0 / (sigma_c * sigma_c)
+        if "sigma" in wanted and isinstance(sigma, Tensor):
+            sigma_sums.append((deviation.square() * grad).sum() * inverse_variance / sigma_c)
+        deviation.mul_(grad).mul_(inverse_variance)  # = d/dmu_c = -d/dx_c
+        if "mu" in wanted and isinstance(mu, Tensor):
+            mu_sums.append(deviation.sum())
+        if out is not None:
+            out[..., c:c + 1, :, :].sub_(deviation)
+    for name, parts, value in (("mu", mu_sums, mu), ("sigma", sigma_sums, sigma)):
+        if parts:
+            per_channel = isinstance(value, Tensor) and value.dim() == 1 and value.numel() == channels and channels > 1
+            _add_sum(sums, name, torch.stack(parts) if per_channel else torch.stack(parts).sum())
