@@ -423,14 +423,12 @@ def _channel_value(value: ParamLike, channel: int) -> ParamLike:
 
 
 def _power_(measure: Tensor, exponent: ParamLike, log_scale: float, ws: Workspace) -> None:
-    """``_power`` in place: the same operations, on a band buffer."""
-    positive = torch.gt(measure, 0, out=ws.get("positive", measure.shape, torch.bool))
-    dead = torch.logical_not(positive, out=ws.get("dead", measure.shape, torch.bool))
-    measure.masked_fill_(dead, 1.0).log_().mul_(log_scale)
-    measure.mul_(exponent).exp_()
-    if isinstance(exponent, Tensor):  # x ** 0 = 1, also at x = 0
-        torch.logical_and(dead, exponent != 0, out=dead)
-    measure.masked_fill_(dead, 0.0)
+    """``_power(measure, exponent, log_scale)`` in place, as ``measure ** (exponent * log_scale)``.
+
+    ``pow`` has ``_power``'s values where they matter, 0 ** p = 0 for p > 0 and x ** 0 = 1 (also
+    at 0), in one pass instead of ``exp(p * log(x))``'s several; elsewhere they differ by rounding.
+    """
+    measure.pow_(exponent * log_scale if log_scale != 1.0 else exponent)
 
 
 def _raw_weights_band_into(
@@ -629,17 +627,15 @@ def _power_backward_(factor_grad: Tensor, factor: Tensor, measure: Tensor, expon
                      name: str, wanted: set, sums: dict, ws: Workspace) -> None:
     """Turn the gradient of ``_power(measure, exponent, log_scale)`` into the measure's, in place;
     add the exponent's to ``sums``. Where the measure is 0 its gradient is 0, as in ``_power``."""
-    positive = torch.gt(measure, 0, out=ws.get("bw_positive", measure.shape, torch.bool))
-    dead = torch.logical_not(positive, out=ws.get("bw_dead", measure.shape, torch.bool))
-    safe = ws.get("bw_safe", measure.shape)
-    safe.copy_(measure).masked_fill_(dead, 1.0)
+    # the measure with 1 where it is 0: there log = 0 and factor / measure = 0 (or exponent 0)
+    safe = torch.eq(measure, 0, out=ws.get("bw_zero", measure.shape, torch.bool))
+    safe = torch.add(measure, safe, out=ws.get("bw_safe", measure.shape))
     factor_grad.mul_(factor)
-    if name in wanted and isinstance(exponent, Tensor):  # d/dp exp(p s log m) = F s log m
-        log_measure = ws.get("bw_log", measure.shape)
-        torch.log(safe, out=log_measure).mul_(log_scale)
-        _add_sum(sums, name, (log_measure.mul_(factor_grad)).sum())
-    # d/dm exp(p s log m) = F p s / m
-    factor_grad.div_(safe).mul_(exponent).mul_(log_scale).masked_fill_(dead, 0.0)
+    if name in wanted and isinstance(exponent, Tensor):  # d/dp m ** (p s) = F s log m
+        log_measure = torch.log(safe, out=ws.get("bw_log", measure.shape))
+        _add_sum(sums, name, log_measure.mul_(factor_grad).sum() * log_scale)
+    # d/dm m ** (p s) = F p s / m
+    factor_grad.div_(safe).mul_(exponent * log_scale if log_scale != 1.0 else exponent)
 
 
 def _add_sum(sums: dict, name: str, value: Tensor) -> None:
@@ -683,13 +679,7 @@ def _raw_weights_backward_band(frame, r0, r1, raw_grad, grad_frame, values, want
             torch.exp(log_e, out=factor)
         factors["exposure"] = factor
     # the gradient of each factor: raw_grad times the other factors
-    grads: dict[str, Tensor] = {}
-    for name in factors:
-        g = ws.get(f"bw_grad_{name}", shape).copy_(raw_grad)
-        for other, factor in factors.items():
-            if other != name:
-                g.mul_(factor)
-        grads[name] = g
+    grads = _product_gradients(raw_grad, factors, ws)
     band_grad = None
     if grad_frame is not None:
         band_grad = ws.get("bw_frame", x.shape)
@@ -721,6 +711,24 @@ def _raw_weights_backward_band(frame, r0, r1, raw_grad, grad_frame, values, want
         _log_well_exposedness_backward_(x, g, band_grad, mu, sigma, wanted, sums, ws)
     if band_grad is not None:
         grad_frame[..., r0:r1, :].add_(band_grad)
+
+
+def _product_gradients(grad: Tensor, factors: dict[str, Tensor], ws: Workspace) -> dict[str, Tensor]:
+    """d(grad * prod(factors)) / d factor for each factor (up to three), with few passes."""
+    names = list(factors)
+    grads = {name: ws.get(f"bw_grad_{name}", grad.shape) for name in names}
+    if len(names) == 1:
+        grads[names[0]].copy_(grad)
+    elif len(names) == 2:
+        torch.mul(grad, factors[names[1]], out=grads[names[0]])
+        torch.mul(grad, factors[names[0]], out=grads[names[1]])
+    elif len(names) == 3:
+        first, second, third = names
+        torch.mul(factors[first], factors[second], out=grads[third]).mul_(grad)
+        torch.mul(grad, factors[third], out=grads[second])
+        torch.mul(grads[second], factors[second], out=grads[first])
+        grads[second].mul_(factors[first])
+    return grads
 
 
 def _luma_gradient_weights(frame: Tensor, preset: Preset) -> tuple[float, ...]:
@@ -800,17 +808,19 @@ def _log_well_exposedness_backward_(x: Tensor, grad: Tensor, out: Tensor | None,
     channels = x.shape[-3]
     deviation = ws.get("bw_deviation", grad.shape)
     mu_sums, sigma_sums = [], []
+    weighted = ws.get("bw_weighted_deviation", grad.shape)
     for c in range(channels):
         sigma_c = _channel_value(sigma_c_all, c)
         torch.sub(x[..., c:c + 1, :, :], _channel_value(mu_c_all, c), out=deviation)
         inverse_variance = 1.0 / (sigma_c * sigma_c)
+        torch.mul(deviation, grad, out=weighted)
         if "sigma" in wanted and isinstance(sigma, Tensor):
-            sigma_sums.append((deviation.square() * grad).sum() * inverse_variance / sigma_c)
-        deviation.mul_(grad).mul_(inverse_variance)  # = d/dmu_c = -d/dx_c
+            sigma_sums.append(torch.dot(weighted.view(-1), deviation.view(-1)) * inverse_variance / sigma_c)
+        weighted.mul_(inverse_variance)  # = d/dmu_c = -d/dx_c
         if "mu" in wanted and isinstance(mu, Tensor):
-            mu_sums.append(deviation.sum())
+            mu_sums.append(weighted.sum())
         if out is not None:
-            out[..., c:c + 1, :, :].sub_(deviation)
+            out[..., c:c + 1, :, :].sub_(weighted)
     for name, parts, value in (("mu", mu_sums, mu), ("sigma", sigma_sums, sigma)):
         if parts:
             per_channel = isinstance(value, Tensor) and value.dim() == 1 and value.numel() == channels and channels > 1
