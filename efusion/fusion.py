@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Callable, Iterable, Sequence, Union
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from . import _checks
-from .presets import Preset, get_preset
+from .presets import PRESETS, Preset, get_preset
 from .pyramid import (
     Workspace,
     accumulate_band_into,
@@ -192,10 +192,13 @@ def blend(
     stack5, unbatched = _checks.as_stack(stack)
     weights5 = _checks.as_weights(weights, stack5, unbatched).to(stack5.dtype)
     _checks.check_levels(levels)
-    if use_kernels(stack5, weights5, levels):
-        result = _blend_fast(stack5, weights5, levels, get_preset(preset), None)
+    preset = get_preset(preset)
+    if _compiled_op_applies(stack5, weights5, levels, preset=preset):
+        result = torch.ops.efusion.blend(stack5, weights5, *_op_arguments(levels), -1, preset.name)
+    elif use_kernels(stack5, weights5, levels):
+        result = _blend_fast(stack5, weights5, levels, preset, None)
     else:
-        result = _blend_5d(stack5, weights5, levels, get_preset(preset))
+        result = _blend_5d(stack5, weights5, levels, preset)
     return result.squeeze(0) if unbatched else result
 
 
@@ -449,18 +452,110 @@ def _fuse_5d(stack5, mask5, contrast, saturation, exposure, mu, sigma, levels, p
     if stack5.shape[1] == 1 and mask5 is None:
         return stack5[:, 0].clone()  # one frame: its weight is exactly 1 everywhere
     params = (contrast, saturation, exposure, mu, sigma)
+    if _compiled_op_applies(stack5, mask5, *params, levels, preset=preset):
+        return torch.ops.efusion.fuse(stack5, mask5, *_op_arguments(*params, levels), _relative_code(relative), preset.name)
     if use_kernels(stack5, mask5, *params, levels) and not needs_grad(mask5):
         mask5 = None if mask5 is None else mask5.to(stack5.dtype)
         plan = _depth_plan(levels, *stack5.shape[-2:], preset, stack5.dtype, stack5.device, relative, sparse=True)
         if needs_grad(stack5, *params, *plan[0], *plan[1]):
             vector, template = _plan_arguments(plan)
             return _FusionFunction.apply(stack5, mask5, *params, vector, template, preset)
-        ws = Workspace(stack5)
-        weights5 = torch.empty_like(stack5[:, :, :1])
-        weights_into(stack5, weights5, mask5, *params, preset, ws, band_rows(stack5[:, 0].shape, stack5.device))
-        return _blend_frames(stack5, weights5, plan, preset, ws)[0]
+        return _fuse_kernels(stack5, mask5, params, plan, preset)
     weights5 = weights_5d(stack5, mask5, contrast, saturation, exposure, mu, sigma, preset)
     return _blend_5d(stack5, weights5, levels, preset, relative)
+
+
+def _fuse_kernels(stack5: Tensor, mask5: Tensor | None, params, plan, preset: Preset) -> Tensor:
+    """Weights then blend by the kernels, no autograd."""
+    ws = Workspace(stack5)
+    weights5 = torch.empty_like(stack5[:, :, :1])
+    weights_into(stack5, weights5, mask5, *params, preset, ws, band_rows(stack5[:, 0].shape, stack5.device))
+    return _blend_frames(stack5, weights5, plan, preset, ws)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.compile: on a CPU the kernels run as opaque operators inside the compiled graph
+#
+# Traced by Inductor, the reference code materialises most of its intermediate pyramid levels and
+# runs about twice as long as the kernels (and takes a minute to compile at 12 MP), so no-grad CPU
+# calls under ``torch.compile`` call the kernels through these operators (``fullgraph=True``
+# works). Calls that need gradients, and other devices, are compiled from the reference code.
+
+
+def _compiled_op_applies(stack: Tensor, *tensors, preset: Preset) -> bool:
+    return (
+        USE_COMPILED_KERNELS and torch.compiler.is_compiling() and stack.device.type == "cpu"
+        and stack.dtype in (torch.float32, torch.float64) and PRESETS.get(preset.name) == preset
+        and not needs_grad(stack, *tensors)
+    )
+
+
+#: set to False to let ``torch.compile`` trace the reference code on a CPU too (see above)
+USE_COMPILED_KERNELS = True
+
+
+def _op_arguments(*values) -> list:
+    """Numbers, tensors or ``None`` as (number, tensor) pairs for an operator schema (None: NaN)."""
+    out: list = []
+    for value in values:
+        if isinstance(value, Tensor):
+            out += [0.0, value]
+        else:
+            out += [math.nan if value is None else float(value), None]
+    return out
+
+
+def _from_op(number: float, tensor: Tensor | None):
+    if tensor is not None:
+        return tensor
+    return None if math.isnan(number) else number
+
+
+def _relative_code(relative: bool | None) -> int:
+    return -1 if relative is None else int(relative)
+
+
+def _relative_from_code(code: int) -> bool | None:
+    return None if code < 0 else bool(code)
+
+
+@torch.library.custom_op("efusion::fuse", mutates_args=(), device_types="cpu")
+def _fuse_op(
+    stack: Tensor, mask: Optional[Tensor],
+    contrast: float, contrast_tensor: Optional[Tensor], saturation: float, saturation_tensor: Optional[Tensor],
+    exposure: float, exposure_tensor: Optional[Tensor], mu: float, mu_tensor: Optional[Tensor],
+    sigma: float, sigma_tensor: Optional[Tensor], levels: float, levels_tensor: Optional[Tensor],
+    relative: int, preset: str,
+) -> Tensor:
+    """:func:`exposure_fusion` of a validated ``[B, N, C, H, W]`` stack by the kernels."""
+    preset_ = get_preset(preset)
+    pairs = [(contrast, contrast_tensor), (saturation, saturation_tensor), (exposure, exposure_tensor),
+             (mu, mu_tensor), (sigma, sigma_tensor)]
+    params = tuple(_from_op(*pair) for pair in pairs)
+    mask = None if mask is None else mask.to(stack.dtype)
+    plan = _depth_plan(_from_op(levels, levels_tensor), *stack.shape[-2:], preset_, stack.dtype, stack.device,
+                       _relative_from_code(relative), sparse=True)
+    return _fuse_kernels(stack, mask, params, plan, preset_)
+
+
+@_fuse_op.register_fake
+def _(stack, mask, *args):
+    return stack.new_empty((stack.shape[0], stack.shape[2], stack.shape[3], stack.shape[4]))
+
+
+@torch.library.custom_op("efusion::blend", mutates_args=(), device_types="cpu")
+def _blend_op(stack: Tensor, weights: Tensor, levels: float, levels_tensor: Optional[Tensor], relative: int,
+              preset: str) -> Tensor:
+    """:func:`blend` of a validated ``[B, N, C, H, W]`` stack by the kernels."""
+    preset_ = get_preset(preset)
+    plan = _depth_plan(_from_op(levels, levels_tensor), *stack.shape[-2:], preset_, stack.dtype, stack.device,
+                       _relative_from_code(relative), sparse=True)
+    return _blend_frames(stack, weights, plan, preset_, Workspace(stack))[0]
+
+
+@_blend_op.register_fake
+def _(stack, weights, *args):
+    return stack.new_empty((stack.shape[0], stack.shape[2], stack.shape[3], stack.shape[4]))
 
 
 # ----------------------------------------------------------------------------------------------
