@@ -1,0 +1,486 @@
+"""Benchmark efusion against OpenCV's MergeMertens: same inputs, one process, warm medians.
+
+For each case (a size and a number of frames) a synthetic bracket is rendered by
+:func:`efusion.synthetic.bracket` (an HDR room scene photographed at several exposures, 8-bit) and
+timed, interleaved, repeat after repeat, with:
+
+- ``opencv``: ``cv2.createMergeMertens(1, 1, 1).process(frames)`` on the uint8 ``H x W x 3`` frames;
+- ``eager``: ``efusion.exposure_fusion(stack)`` on the float stack ``[N, 3, H, W]`` (``frames / 255``),
+  without autograd;
+- ``stream``: ``efusion.fuse_frames(frames)`` on the uint8 ``[3, H, W]`` frames (converted one by one);
+- ``compiled``: ``torch.compile(efusion.exposure_fusion, fullgraph=True)`` on the float stack
+  (compile time reported apart);
+- ``forward_grad`` / ``forward_backward``: the stack and every parameter (contrast, saturation,
+  exposure, mu, sigma, levels) requiring gradients: the forward alone, then forward + backward.
+
+Each measurement is warmed up, then repeated; the median is reported with the ratio to OpenCV's
+median of the same repeats. Peak memory is measured once per method in a fresh subprocess: on a CPU
+the process's peak resident set size (VmHWM, reset through ``/proc/self/clear_refs`` right before
+the call; ``ru_maxrss`` where that is unavailable) minus the resident size just before the call,
+i.e. what the call adds on top of its inputs; on a GPU ``torch.cuda.max_memory_allocated``.
+
+Usage::
+
+    python benchmarks/bench.py                          # the default grid (several minutes)
+    python benchmarks/bench.py --quick                  # 1 and 3 MP, 3 frames
+    python benchmarks/bench.py --sizes 12 --frames 3,9 --json results.json
+    python benchmarks/bench.py --sizes 480x640 --frames 2 --repeats 1 --skip compiled,memory
+
+``--sizes`` takes megapixels (4:3 frames: 12 -> 3000 x 4000) or ``HxW``. Results go to stdout as
+a Markdown table and, with ``--json PATH`` (``-`` for stdout), as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+import efusion
+import efusion.pyramid
+from efusion.synthetic import bracket
+
+METHODS = ("opencv", "eager", "stream", "compiled", "forward_grad", "forward_backward")
+#: methods whose peak memory is probed in a subprocess (compile time and memory are not the point)
+MEMORY_METHODS = ("opencv", "eager", "stream", "forward_backward")
+SKIPPABLE = METHODS + ("memory", "reference")
+DEFAULT_SIZES = "1,3,12,24"
+DEFAULT_FRAMES = "2,3,9,16"
+#: the default grid leaves out cases above this many megapixel-frames (24 MP x 9 needs ~20 GB)
+DEFAULT_MAX_MEGAPIXEL_FRAMES = 110
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: the parameters of the gradient measurements, all learnable (levels -1: the automatic depth)
+GRAD_PARAMS = dict(contrast=1.0, saturation=1.0, exposure=1.0, mu=0.5, sigma=0.2, levels=-1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"12"`` (megapixels, 4:3 landscape) or ``"3000x4000"`` -> ``(height, width)``."""
+    if "x" in text:
+        height, width = (int(v) for v in text.lower().split("x"))
+    else:
+        pixels = float(text) * 1e6
+        height = int(round(math.sqrt(pixels * 3 / 4)))
+        width = int(round(height * 4 / 3))
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return height, width
+
+
+def ev_step(frames: int) -> float:
+    """Stops between exposures: 2 EV apart up to 5 frames, 8 EV in all beyond."""
+    return 2.0 if frames <= 1 else min(2.0, 8.0 / (frames - 1))
+
+
+def make_frames(height: int, width: int, frames: int, seed: int) -> np.ndarray:
+    """An 8-bit bracket ``[N, H, W, 3]`` (uint8, RGB) of a synthetic HDR scene."""
+    stack = bracket(height, width, frames, ev_step=ev_step(frames), seed=seed)  # k / 255, float32
+    return (stack * 255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# what is timed
+
+
+class Case:
+    """The inputs of one case in every form the methods take, and the callables that time them."""
+
+    def __init__(self, frames_u8: np.ndarray, device: torch.device, dtype: torch.dtype, preset: str) -> None:
+        self.frames_u8 = frames_u8
+        self.device, self.dtype, self.preset = device, dtype, preset
+        self.cv_frames = list(frames_u8)  # OpenCV takes a list of H x W x 3 arrays (RGB here)
+        chw = torch.from_numpy(frames_u8).permute(0, 3, 1, 2)
+        self.torch_frames = [f.contiguous().to(device) for f in chw]
+        self.stack = (chw.to(device=device, dtype=torch.float32) / 255).to(dtype).contiguous()
+        self._compiled = None
+        self._grad_inputs = None
+
+    def opencv(self) -> Callable[[], object]:
+        import cv2
+
+        merge = cv2.createMergeMertens(1.0, 1.0, 1.0)
+        return lambda: merge.process(self.cv_frames)
+
+    def eager(self) -> Callable[[], torch.Tensor]:
+        def run():
+            with torch.no_grad():
+                return efusion.exposure_fusion(self.stack, preset=self.preset)
+
+        return run
+
+    def stream(self) -> Callable[[], torch.Tensor]:
+        def run():
+            with torch.no_grad():
+                return efusion.fuse_frames(self.torch_frames, preset=self.preset, dtype=self._stream_dtype())
+
+        return run
+
+    def _stream_dtype(self) -> torch.dtype:
+        return self.dtype if self.dtype in (torch.float32, torch.float64) else torch.float32
+
+    def compiled(self) -> Callable[[], torch.Tensor]:
+        if self._compiled is None:
+            self._compiled = torch.compile(efusion.exposure_fusion, fullgraph=True)
+
+        def run():
+            with torch.no_grad():
+                return self._compiled(self.stack, preset=self.preset)
+
+        return run
+
+    def _grads(self):
+        if self._grad_inputs is None:
+            stack = self.stack.clone().requires_grad_()
+            params = {k: torch.tensor(v, device=self.device, dtype=torch.float32, requires_grad=True)
+                      for k, v in GRAD_PARAMS.items()}
+            self._grad_inputs = stack, params
+        return self._grad_inputs
+
+    def forward_grad(self) -> Callable[[], torch.Tensor]:
+        def run():
+            stack, params = self._grads()
+            return efusion.exposure_fusion(stack, preset=self.preset, **params).detach()
+
+        return run
+
+    def forward_backward(self) -> Callable[[], torch.Tensor]:
+        def run():
+            stack, params = self._grads()
+            for t in (stack, *params.values()):
+                t.grad = None
+            out = efusion.exposure_fusion(stack, preset=self.preset, **params)
+            out.backward(torch.ones_like(out))
+            return stack.grad
+
+        return run
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------------------
+# peak memory, one fresh process per measurement
+
+
+def _rss_mb() -> tuple[float, float | None]:
+    """Current and peak resident set size (MB) of this process from /proc, or (ru_maxrss, None)."""
+    try:
+        fields = {}
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    key, value = line.split(":")
+                    fields[key] = int(value.split()[0]) / 1024
+        return fields["VmRSS"], fields["VmHWM"]
+    except (OSError, KeyError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, None
+
+
+def _reset_peak() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux >= 4.0); False where not permitted."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def probe_memory(method: str, input_path: str, device: str, dtype: str, preset: str) -> dict:
+    """Run ``method`` once on the saved frames and report its peak memory (in this process)."""
+    device_ = torch.device(device)
+    case = Case(np.load(input_path), device_, DTYPES[dtype], preset)
+    fn = getattr(case, method)()
+    if method.startswith("forward"):
+        case._grads()
+    if device_.type == "cuda":
+        torch.cuda.synchronize(device_)
+        before = torch.cuda.memory_allocated(device_)
+        torch.cuda.reset_peak_memory_stats(device_)
+        fn()
+        torch.cuda.synchronize(device_)
+        peak = torch.cuda.max_memory_allocated(device_)
+        return {"method": "torch.cuda.max_memory_allocated", "baseline_mb": before / 2**20,
+                "peak_mb": peak / 2**20, "peak_delta_mb": (peak - before) / 2**20}
+    baseline, _ = _rss_mb()
+    reset = _reset_peak()
+    fn()
+    current, peak = _rss_mb()
+    if not reset or peak is None:  # lifetime peak: an upper bound if loading the inputs peaked higher
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"method": "VmHWM after clear_refs" if reset else "ru_maxrss", "baseline_mb": baseline,
+            "peak_mb": peak, "peak_delta_mb": peak - baseline}
+
+
+def measure_memory(method: str, input_path: str, args) -> dict:
+    command = [sys.executable, os.path.abspath(__file__), "--probe", method, "--probe-input", input_path,
+               "--device", args.device, "--dtype", args.dtype, "--preset", args.preset]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# one case
+
+
+def run_case(height: int, width: int, frames: int, args, log: Callable[[str], None]) -> dict:
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    skip = set(args.skip)
+    frames_u8 = make_frames(height, width, frames, args.seed)
+    case = Case(frames_u8, device, dtype, args.preset)
+    methods = [m for m in METHODS if m not in skip]
+    runs = {m: getattr(case, m)() for m in methods}
+    result: dict = {
+        "height": height, "width": width, "megapixels": round(height * width / 1e6, 3), "frames": frames,
+        "ev_step": ev_step(frames), "device": str(device), "dtype": args.dtype, "preset": args.preset,
+        "input_mb": {"uint8": frames_u8.nbytes / 2**20, "float32": frames_u8.size * 4 / 2**20},
+    }
+    # warm-up (the first compiled call compiles: its time is reported apart)
+    outputs = {}
+    for m in methods:
+        start = time.perf_counter()
+        outputs[m] = runs[m]()
+        if m == "compiled":
+            result["compile_time_s"] = time.perf_counter() - start
+    for m in methods[1:] if args.warmup > 1 else []:
+        for _ in range(args.warmup - 1):
+            runs[m]()
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for _ in range(args.repeats):  # interleaved: every method once per repeat
+        for m in methods:
+            times[m].append(timed(runs[m], device))
+    medians = {m: statistics.median(t) for m, t in times.items()}
+    result["time_s"] = medians
+    result["times_s"] = times
+    ratios = {}
+    if "opencv" in medians:
+        for m in medians:
+            if m != "opencv":
+                ratios[f"{m}/opencv"] = medians[m] / medians["opencv"]
+    if "forward_backward" in medians:
+        for base in ("eager", "forward_grad"):
+            if base in medians:
+                ratios[f"forward_backward/{base}"] = medians["forward_backward"] / medians[base]
+    result["ratio"] = ratios
+    # agreement between paths (max absolute difference of the fused images)
+    diffs = {}
+    if "eager" in outputs:
+        eager = outputs["eager"].float()
+        for m in ("stream", "compiled"):
+            if m in outputs:
+                diffs[f"{m}_vs_eager"] = (outputs[m].float() - eager).abs().max().item()
+        if "reference" not in skip:
+            efusion.pyramid.USE_KERNELS = False
+            try:
+                reference = case.eager()()
+            finally:
+                efusion.pyramid.USE_KERNELS = True
+            diffs["eager_vs_reference"] = (reference.float() - eager).abs().max().item()
+    result["max_abs_diff"] = diffs
+    del outputs, runs, case
+    if "memory" not in skip:
+        memory = {}
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "frames.npy")
+            np.save(path, frames_u8)
+            for m in MEMORY_METHODS:
+                if m not in skip:
+                    memory[m] = measure_memory(m, path, args)
+        result["memory"] = memory
+    log(format_row(result))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+COLUMNS = ("| size | N | OpenCV s | eager s (x OpenCV) | compiled s (x OpenCV) | stream s (x OpenCV) "
+           "| fwd+bwd s (x eager, x fwd w/ grad) | peak MB: stream / eager / OpenCV |")
+
+
+def _fmt(value, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_row(r: dict) -> str:
+    t, q, mem = r.get("time_s", {}), r.get("ratio", {}), r.get("memory", {})
+
+    def timed_cell(m: str) -> str:
+        if m not in t:
+            return "-"
+        return f"{t[m]:.3f} ({_fmt(q.get(m + '/opencv'))})"
+
+    fb = "-"
+    if "forward_backward" in t:
+        fb = (f"{t['forward_backward']:.3f} ({_fmt(q.get('forward_backward/eager'))}, "
+              f"{_fmt(q.get('forward_backward/forward_grad'))})")
+    peaks = " / ".join(_fmt(mem.get(m, {}).get("peak_delta_mb"), ".0f") for m in ("stream", "eager", "opencv"))
+    return (f"| {r['megapixels']:g} MP ({r['height']}x{r['width']}) | {r['frames']} | {_fmt(t.get('opencv'), '.3f')} "
+            f"| {timed_cell('eager')} | {timed_cell('compiled')} | {timed_cell('stream')} | {fb} | {peaks} |")
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "efusion": efusion.__version__, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    try:
+        import cv2
+
+        info["opencv"] = cv2.__version__
+        info["opencv_threads"] = cv2.getNumThreads()
+    except ImportError:
+        info["opencv"] = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        info["cpu"] = names[0] if names else platform.processor()
+    except OSError:
+        info["cpu"] = platform.processor()
+    try:
+        with open("/proc/meminfo") as f:
+            info["memory_gb"] = round(int(f.readline().split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def targets(results: Sequence[dict]) -> dict:
+    """The issue's targets, checked on the 12 MP cases with 3 and 9 frames when both ran."""
+    def find(mp: float, n: int) -> dict | None:
+        return next((r for r in results if abs(r["megapixels"] - mp) < 0.1 and r["frames"] == n), None)
+
+    out: dict = {}
+    three, nine = find(12, 3), find(12, 9)
+    if three:
+        q = three.get("ratio", {})
+        for key, limit in (("eager/opencv", 1.0), ("compiled/opencv", 0.5), ("forward_backward/eager", 3.0)):
+            if key in q:
+                out[key] = {"value": q[key], "limit": limit, "met": q[key] <= limit}
+        stream = three.get("memory", {}).get("stream", {}).get("peak_delta_mb")
+        if stream is not None:
+            value = stream / three["input_mb"]["float32"]
+            out["stream peak (3 frames) / input as float32"] = {"value": value, "limit": 3.0, "met": value <= 3.0}
+    if three and nine:
+        a = three.get("memory", {}).get("stream", {}).get("peak_delta_mb")
+        b = nine.get("memory", {}).get("stream", {}).get("peak_delta_mb")
+        if a and b is not None:
+            out["stream peak 9 frames / 3 frames"] = {"value": b / a, "limit": 1.3, "met": b / a <= 1.3}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", help=f"comma-separated megapixels or HxW (default {DEFAULT_SIZES})")
+    parser.add_argument("--frames", help=f"comma-separated frame counts (default {DEFAULT_FRAMES})")
+    parser.add_argument("--max-megapixel-frames", type=float, default=None,
+                        help=f"skip cases with more megapixels x frames (default grid: {DEFAULT_MAX_MEGAPIXEL_FRAMES})")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per method (default 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per method first (default 1)")
+    parser.add_argument("--device", default="cpu", help="device of efusion's tensors (default cpu)")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="efusion's float dtype")
+    parser.add_argument("--preset", default="mertens", choices=sorted(efusion.PRESETS), help="efusion's preset")
+    parser.add_argument("--threads", type=int, default=0, help="threads for torch and OpenCV (default: theirs)")
+    parser.add_argument("--seed", type=int, default=0, help="scene seed")
+    parser.add_argument("--skip", default="", help=f"comma-separated, among {', '.join(SKIPPABLE)}")
+    parser.add_argument("--quick", action="store_true", help="1 and 3 MP, 3 frames, 3 repeats")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON ('-': stdout)")
+    parser.add_argument("--probe", choices=MEMORY_METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--probe-input", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        try:
+            import cv2
+
+            cv2.setNumThreads(args.threads)
+        except ImportError:
+            pass
+    if args.probe:  # internal: one memory measurement in this fresh process
+        print(json.dumps(probe_memory(args.probe, args.probe_input, args.device, args.dtype, args.preset)))
+        return {}
+    args.skip = [s for s in args.skip.split(",") if s]
+    unknown = set(args.skip) - set(SKIPPABLE)
+    if unknown:
+        raise SystemExit(f"--skip: unknown {sorted(unknown)}; choose among {', '.join(SKIPPABLE)}")
+    if args.repeats < 1 or args.warmup < 1:
+        raise SystemExit("--repeats and --warmup must be >= 1")
+    if torch.device(args.device).type != "cuda" and args.dtype in ("float16", "bfloat16"):
+        args.skip.append("compiled")  # half precision on a CPU runs the (slow) reference path
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        args.skip.append("opencv")
+    default_grid = args.sizes is None and args.frames is None and not args.quick
+    if args.quick:
+        args.sizes, args.frames, args.repeats = args.sizes or "1,3", args.frames or "3", min(args.repeats, 3)
+    sizes = [parse_size(s) for s in (args.sizes or DEFAULT_SIZES).split(",")]
+    counts = [int(n) for n in (args.frames or DEFAULT_FRAMES).split(",")]
+    limit = args.max_megapixel_frames or (DEFAULT_MAX_MEGAPIXEL_FRAMES if default_grid else math.inf)
+    cases = [(h, w, n) for h, w in sizes for n in counts if h * w * n / 1e6 <= limit]
+    to_stdout = args.json == "-"
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr if to_stdout else sys.stdout, flush=True)
+
+    log(COLUMNS)
+    log("|" + "---|" * 8)
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    results = [run_case(h, w, n, args, log) for h, w, n in cases]
+    report = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else "bench.py " + " ".join(argv),
+        "machine": machine(),
+        "load_average": {"before": load_before, "after": os.getloadavg() if hasattr(os, "getloadavg") else None},
+        "settings": {k: v for k, v in vars(args).items() if not k.startswith("probe")},
+        "grad_params": GRAD_PARAMS,
+        "cases": results,
+        "targets": targets(results),
+    }
+    for name, t in report["targets"].items():
+        log(f"target {name}: {t['value']:.2f} (limit {t['limit']}) {'met' if t['met'] else 'NOT met'}")
+    if args.json:
+        text = json.dumps(report, indent=1)
+        if to_stdout:
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()

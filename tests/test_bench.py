@@ -1,0 +1,64 @@
+"""The benchmark script runs end to end on a tiny case (so it cannot rot). Nothing here is timed."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("cv2")
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("efusion_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_json_structure(bench, tmp_path):
+    path = tmp_path / "results.json"
+    bench.main(["--sizes", "24x32", "--frames", "2", "--repeats", "1", "--skip", "memory", "--json", str(path)])
+    report = json.loads(path.read_text())
+    assert {"command", "machine", "load_average", "settings", "grad_params", "cases", "targets"} <= set(report)
+    assert report["machine"]["cpus"] >= 1 and report["machine"]["torch"]
+    (case,) = report["cases"]
+    assert (case["height"], case["width"], case["frames"]) == (24, 32, 2)
+    assert set(case["time_s"]) == set(bench.METHODS)
+    assert all(len(v) == 1 and v[0] > 0 for v in case["times_s"].values())
+    assert {"eager/opencv", "compiled/opencv", "stream/opencv", "forward_backward/eager",
+            "forward_backward/forward_grad"} <= set(case["ratio"])
+    assert case["compile_time_s"] > 0
+    # the paths agree: streaming and compiled give the eager result, the reference path too
+    diffs = case["max_abs_diff"]
+    assert diffs["stream_vs_eager"] == 0 and diffs["compiled_vs_eager"] == 0
+    assert diffs["eager_vs_reference"] < 1e-5
+    assert "memory" not in case and report["targets"] == {}
+
+
+def test_memory_probe_in_a_fresh_process(bench, tmp_path):
+    frames = bench.make_frames(24, 32, 3, seed=0)
+    assert frames.dtype == np.uint8 and frames.shape == (3, 24, 32, 3)
+    path = tmp_path / "frames.npy"
+    np.save(path, frames)
+    args = bench.build_parser().parse_args(["--threads", "1"])
+    result = bench.measure_memory("stream", str(path), args)
+    assert "error" not in result, result
+    assert result["method"] in ("VmHWM after clear_refs", "ru_maxrss")
+    assert result["peak_mb"] >= result["baseline_mb"] > 0 and math.isfinite(result["peak_delta_mb"])
+
+
+@pytest.mark.parametrize("text, expected", [("12", (3000, 4000)), ("480x640", (480, 640)), ("1", (866, 1155))])
+def test_sizes(bench, text, expected):
+    assert bench.parse_size(text) == expected
+
+
+def test_bad_arguments(bench):
+    with pytest.raises(SystemExit, match="unknown"):
+        bench.main(["--sizes", "24x32", "--skip", "everything"])
