@@ -23,6 +23,7 @@ segment is kept, so an optimiser can bring it back.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import warnings
@@ -311,13 +312,8 @@ def fuse_frames(
     read_frames = _frame_reader(frames, "frames")
     read_masks = None if masks is None else _frame_reader(masks, "masks")
     _checks.check_levels(levels)
-    first, count, needs_grad_ = None, 0, False
-    for frame in read_frames():
-        first = _check_frame(frame, count, first)
-        needs_grad_ = needs_grad_ or frame.requires_grad
-        count += 1
-    if first is None:
-        raise ValueError("frames has no frames: pass at least one [C, H, W] frame")
+    source = iter(read_frames())
+    first = _check_frame(next(source, None), 0, None)
     check_params(contrast, saturation, exposure, mu, sigma, first.shape[-3])
     if dtype is None:
         dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
@@ -326,39 +322,49 @@ def fuse_frames(
     unbatched = first.dim() == 3
     shape = (1, *first.shape) if unbatched else tuple(first.shape)
     weight_shape = (shape[0], 1, *shape[-2:])
-    mask_list = [None] * count
-    if read_masks is not None:
-        mask_list = [_check_frame_mask(m, i, weight_shape, dtype) for i, m in enumerate(read_masks())]
-        if len(mask_list) != count:
-            raise ValueError(f"masks has {len(mask_list)} entries for {count} frames")
-
-    def converted(out: Tensor | None = None):
-        """The frames again, checked and as float ``[B, C, H, W]`` (into ``out`` when given)."""
-        for i, frame in enumerate(read_frames()):
-            if i >= count:
-                raise ValueError(f"frames gave {count} frames on the first pass and more on the next")
-            _check_frame(frame, i, first)
-            yield _to_unit_float(frame.reshape(shape), dtype, preset, out), mask_list[i]
-
     params = (contrast, saturation, exposure, mu, sigma)
-    if (torch.is_grad_enabled() and needs_grad_) or needs_grad(*params, levels) or not use_kernels(first.to(dtype)):
-        stack, masks_ = zip(*converted())
+
+    def passes(out: Tensor | None = None, frames_iter=None):
+        """The frames (checked, as float ``[B, C, H, W]``, into ``out`` when given) with their masks."""
+        frames_iter = read_frames() if frames_iter is None else frames_iter
+        masks_iter = iter(read_masks()) if read_masks is not None else None
+        for i, frame in enumerate(frames_iter):
+            _check_frame(frame, i, first)
+            mask = None
+            if masks_iter is not None:
+                mask = next(masks_iter, None)
+                if mask is None:
+                    raise ValueError(f"masks has {i} entries for more frames")
+                mask = _check_frame_mask(mask, i, weight_shape, dtype)
+            yield _to_unit_float(frame.reshape(shape), dtype, preset, out), mask, frame.requires_grad
+        if masks_iter is not None and next(masks_iter, None) is not None:
+            raise ValueError("masks has more entries than frames")
+
+    def through_exposure_fusion() -> Tensor:
+        """Autograd, torch.compile: stack the frames and let exposure_fusion do the rest."""
+        stack, masks_, _ = zip(*passes())
         mask5 = None if masks is None else torch.stack(torch.broadcast_tensors(*masks_), dim=1)
         result = _fuse_5d(torch.stack(stack, dim=1), mask5, *params, levels, preset, None)
         return result.squeeze(0) if unbatched else result
-    if count == 1 and masks is None:  # as exposure_fusion: the frame itself
-        result, _ = next(converted())
-        return result.squeeze(0) if unbatched else result
 
+    grad_enabled = torch.is_grad_enabled()
+    if (grad_enabled and first.requires_grad) or needs_grad(*params, levels) or not use_kernels(first.to(dtype)):
+        return through_exposure_fusion()
     device = first.device
     ws = Workspace(torch.empty(0, dtype=dtype, device=device))
     rows = band_rows(shape, device)
     image, raw = ws.get("frame", shape), ws.get("raw", weight_shape)
-    # pass 1: the normaliser, the sum over frames of the (masked) raw weights
+    # pass 1: the normaliser, the sum over frames of the (masked) raw weights; also checks all frames
     total = torch.zeros(weight_shape, dtype=dtype, device=device)
-    for frame, mask in converted(image):
+    count = 0
+    for frame, mask, requires_grad in passes(image, itertools.chain([first], source)):
+        if grad_enabled and requires_grad:
+            return through_exposure_fusion()
         raw_weights_into(frame, raw, *params, preset, ws, rows)
         total.add_(raw if mask is None else raw.mul_(mask))
+        count += 1
+    if count == 1 and masks is None:  # as exposure_fusion: the frame itself
+        return _to_unit_float(first, dtype, preset)
     no_weight = None
     if masks is not None:  # pixels no frame may contribute to get weight 0, as in _normalise
         no_weight = torch.logical_not(total > 0)
@@ -366,7 +372,9 @@ def fuse_frames(
     # pass 2: each frame's normalised weights, then its weighted pyramid into the blend
     blender = _Blender(shape, _depth_plan(levels, *shape[-2:], preset, dtype, device, None), preset, ws)
     seen = 0
-    for frame, mask in converted(image):
+    for frame, mask, _ in passes(image):
+        if seen == count:
+            raise ValueError(f"frames gave {count} frames on the first pass and more on the second")
         raw_weights_into(frame, raw, *params, preset, ws, rows)
         if mask is not None:
             raw.mul_(mask)
@@ -399,6 +407,8 @@ def _frame_reader(frames, name: str) -> Callable[[], Iterable]:
 
 def _check_frame(frame, index: int, first: Tensor | None) -> Tensor:
     """Validate one frame (against the first one); return the first frame for the next checks."""
+    if frame is None and index == 0:
+        raise ValueError("frames has no frames: pass at least one [C, H, W] frame")
     if not isinstance(frame, Tensor):
         raise TypeError(f"frames[{index}] must be a torch.Tensor, got {type(frame).__name__}")
     if frame.dtype not in _INTEGER_RANGES and not frame.is_floating_point():
@@ -573,8 +583,11 @@ class _Blender:
     blended levels whose coefficient is a tensor are kept unscaled (their gradient needs them).
     """
 
-    def __init__(self, shape: Sequence[int], plan, preset: Preset, ws: Workspace, keep: bool = False) -> None:
+    def __init__(self, shape: Sequence[int], plan, preset: Preset, ws: Workspace, keep: bool = False,
+                 keep_pyramids: bool = False) -> None:
         self.preset, self.ws, self.keep = preset, ws, keep
+        #: with ``keep_pyramids``, each frame's Gaussian levels 1.. of image and weights (for a backward)
+        self.pyramids: list[tuple[list[Tensor], list[Tensor]]] | None = [] if keep_pyramids else None
         self.band_coef, self.residual_coef = plan
         self.shapes = _level_shapes(shape, len(self.band_coef))
         top = len(self.band_coef)
@@ -591,10 +604,17 @@ class _Blender:
     def add(self, image: Tensor, weight: Tensor) -> None:
         preset, ws, rows = self.preset, self.ws, self.rows
         top = len(self.band_coef)
+        if self.pyramids is not None:
+            self.pyramids.append(([], []))
         for level in range(top):
             coarser = coarser_weight = None
             if level < top - 1:
-                coarser, coarser_weight = _gaussian_buffers(ws, self.shapes, level + 1)
+                if self.pyramids is None:
+                    coarser, coarser_weight = _gaussian_buffers(ws, self.shapes, level + 1)
+                else:
+                    coarser, coarser_weight = _gaussian_buffers(Workspace(image), self.shapes, level + 1)
+                    self.pyramids[-1][0].append(coarser)
+                    self.pyramids[-1][1].append(coarser_weight)
                 down_into(image, coarser, preset.down_border, ws, rows)
                 down_into(weight, coarser_weight, preset.down_border, ws, rows)
                 if not _is_zero(self.band_coef[level]):
@@ -664,12 +684,13 @@ def _plan_arguments(plan) -> tuple[Tensor | None, tuple]:
     return vector, template
 
 
-def _blend_frames(stack: Tensor, weights: Tensor, plan, preset: Preset, ws: Workspace, keep: bool = False) -> tuple:
-    """The blend of all frames, and the kept blended levels (see :class:`_Blender`)."""
-    blender = _Blender(stack[:, 0].shape, plan, preset, ws, keep)
+def _blend_frames(stack: Tensor, weights: Tensor, plan, preset: Preset, ws: Workspace, keep: bool = False,
+                  keep_pyramids: bool = False) -> tuple:
+    """The blend of all frames, the kept blended levels and frame pyramids (see :class:`_Blender`)."""
+    blender = _Blender(stack[:, 0].shape, plan, preset, ws, keep, keep_pyramids)
     for n in range(stack.shape[1]):
         blender.add(stack[:, n], weights[:, n])
-    return blender.result(), blender.kept
+    return blender.result(), blender.kept, blender.pyramids
 
 
 def _fill_plan(template, vector: Tensor | None):
@@ -699,8 +720,9 @@ class _BlendFunction(torch.autograd.Function):
     def forward(ctx, stack, weights, vector, template, preset):
         plan = _fill_plan(template, vector)
         keep = vector is not None and vector.requires_grad
-        result, kept = _blend_frames(stack, weights, plan, preset, Workspace(stack), keep)
-        ctx.template, ctx.preset = template, preset
+        ws = Workspace(stack)
+        result, kept, pyramids = _blend_frames(stack, weights, plan, preset, ws, keep, keep_pyramids=True)
+        ctx.template, ctx.preset, ctx.ws, ctx.pyramids = template, preset, ws, pyramids
         ctx.kept_keys = list(kept)
         ctx.save_for_backward(stack, weights, vector, *kept.values())
         return result
@@ -712,7 +734,7 @@ class _BlendFunction(torch.autograd.Function):
         kept = dict(zip(ctx.kept_keys, kept_values))
         needs_stack, needs_weights, needs_vector = ctx.needs_input_grad[:3]
         return _blend_backward(grad, stack, weights, vector, ctx.template, kept, ctx.preset,
-                               needs_stack, needs_weights, needs_vector) + (None, None)
+                               needs_stack, needs_weights, needs_vector, ctx.pyramids, ctx.ws) + (None, None)
 
 
 class _FusionFunction(torch.autograd.Function):
@@ -731,8 +753,10 @@ class _FusionFunction(torch.autograd.Function):
         total = torch.empty_like(weights[:, :1])
         weights_into(stack, weights, mask, *params, preset, ws, band_rows(stack[:, 0].shape, stack.device), total)
         keep = vector is not None and vector.requires_grad
-        result, kept = _blend_frames(stack, weights, _fill_plan(template, vector), preset, ws, keep)
+        result, kept, pyramids = _blend_frames(stack, weights, _fill_plan(template, vector), preset, ws, keep,
+                                               keep_pyramids=True)
         ctx.template, ctx.preset, ctx.kept_keys = template, preset, list(kept)
+        ctx.ws, ctx.pyramids = ws, pyramids
         ctx.numbers = [None if isinstance(p, Tensor) else p for p in params]
         tensors = [p if isinstance(p, Tensor) else None for p in params]
         ctx.save_for_backward(stack, mask, weights, total, vector, *tensors, *kept.values())
@@ -749,21 +773,23 @@ class _FusionFunction(torch.autograd.Function):
         needs_weights = needs_stack or any(params_need_grad)
         grad_stack, grad_weights, grad_vector = _blend_backward(
             grad, stack, weights, vector, ctx.template, dict(zip(ctx.kept_keys, kept_values)), ctx.preset,
-            needs_stack, needs_weights, needs_vector,
+            needs_stack, needs_weights, needs_vector, ctx.pyramids, ctx.ws,
         )
         param_grads = [None] * 5
         if needs_weights:
             grads = weights_backward(stack, mask, weights, total, params, grad_weights, ctx.preset,
-                                     needs_stack, params_need_grad, grad_stack)
+                                     needs_stack, params_need_grad, grad_stack, ctx.ws)
             param_grads = grads[1:]
         return (grad_stack, None, *param_grads, grad_vector, None, None)
 
 
-def _blend_backward(grad, stack, weights, vector, template, kept, preset, needs_stack, needs_weights, needs_vector):
+def _blend_backward(grad, stack, weights, vector, template, kept, preset, needs_stack, needs_weights, needs_vector,
+                    pyramids, ws: Workspace):
+    """Gradients of the blend (see :class:`_BlendFunction`), from each frame's Gaussian pyramids
+    as the forward kept them (``pyramids``), with the forward's workspace."""
     band_coef, residual_coef = _fill_plan(template, vector)
     top = len(band_coef)
     shapes = _level_shapes(stack[:, 0].shape, top)
-    ws = Workspace(stack)
     rows = band_rows(shapes[0], stack.device)
     mode = preset.down_border
     # the output gradient's pyramid: g_l is the gradient of blended level l
@@ -785,13 +811,7 @@ def _blend_backward(grad, stack, weights, vector, template, kept, preset, needs_
         return x if _is_one(coefficient) else x.mul_(coefficient)
 
     for n in range(stack.shape[1]):
-        images, frame_weights = [stack[:, n]], [weights[:, n]]
-        for level in range(1, top):  # recompute the frame's Gaussian pyramids
-            image, weight = _gaussian_buffers(ws, shapes, level)
-            down_into(images[-1], image, mode, ws, rows)
-            down_into(frame_weights[-1], weight, mode, ws, rows)
-            images.append(image)
-            frame_weights.append(weight)
+        images, frame_weights = [stack[:, n], *pyramids[n][0]], [weights[:, n], *pyramids[n][1]]
         h_coarser = q_coarser = None
         for level in reversed(range(top)):
             band = level < top - 1 and not _is_zero(band_coef[level])

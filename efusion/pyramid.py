@@ -498,8 +498,11 @@ def laplacian_dot_into(
         r1 = min(r0 + rows, height)
         band = _up_band(coarse, r0, r1, preset, ws, width)
         torch.sub(fine[..., r0:r1, :], band, alpha=1.0 / 64.0, out=band)
-        band.mul_(grad[..., r0:r1, :])
-        torch.sum(band, dim=-3, keepdim=True, out=out[..., r0:r1, :])
+        # sum over channels of band * grad, without a 3-channel product in between
+        o, g = out[..., r0:r1, :], grad[..., r0:r1, :]
+        torch.mul(band[..., 0:1, :, :], g[..., 0:1, :, :], out=o)
+        for c in range(1, band.shape[-3]):
+            o.addcmul_(band[..., c:c + 1, :, :], g[..., c:c + 1, :, :])
 
 
 def add_up_into(acc: Tensor, coarse: Tensor, preset: Preset, ws: Workspace, rows: int) -> None:

@@ -578,7 +578,8 @@ class WeightsFunction(torch.autograd.Function):
         return (grads[0], None, *grads[1:], None)
 
 
-def weights_backward(stack, mask, weights, total, params, grad, preset, stack_needs_grad, params_need_grad, grad_stack=None):
+def weights_backward(stack, mask, weights, total, params, grad, preset, stack_needs_grad, params_need_grad, grad_stack=None,
+                     ws: Workspace | None = None):
     """Gradients of :class:`WeightsFunction` for the stack and the five parameters.
 
     The stack's is added into ``grad_stack`` when given (else a new tensor); returns
@@ -589,7 +590,7 @@ def weights_backward(stack, mask, weights, total, params, grad, preset, stack_ne
     """
     height = stack.shape[-2]
     rows = band_rows(stack[:, 0].shape, stack.device)
-    ws = Workspace(stack)
+    ws = Workspace(stack) if ws is None else ws
     if stack_needs_grad and grad_stack is None:
         grad_stack = torch.zeros_like(stack)
     values = [_cast_param(p, stack.dtype, stack.device) for p in params]

@@ -1,0 +1,294 @@
+"""The fast paths against the reference code: in-place band kernels, their hand-written backward,
+the streaming entry point ``fuse_frames`` and the custom operators used under ``torch.compile``.
+
+The rest of the suite runs through the kernels by default (float32/float64 eager calls); here
+every result and gradient is compared with the reference implementation
+(``efusion.pyramid.USE_KERNELS = False``), on sizes that exercise borders, band seams and tiny
+pyramids. Nothing is timed.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import efusion
+import efusion.fusion
+import efusion.pyramid
+from conftest import TOLERANCES, gradcheck_stack
+from efusion import blend, exposure_fusion, fuse_frames, mertens_weights
+from efusion.pyramid import Workspace, band_rows
+
+SIZES = [(1, 1), (2, 3), (1, 7), (5, 4), (9, 11), (20, 24), (37, 53)]
+PARAMS = [
+    {},
+    dict(contrast=0.7, saturation=1.3, exposure=2.0, mu=0.45, sigma=0.25),
+    dict(contrast=0.0, saturation=0.0),
+    dict(levels=2.5),
+    dict(levels=-2),
+    dict(mu=[0.4, 0.5, 0.6], sigma=[0.1, 0.2, 0.3]),
+]
+
+
+@pytest.fixture
+def reference(monkeypatch):
+    """Call ``reference(fn)`` to evaluate ``fn`` with the reference implementation."""
+
+    def run(fn):
+        monkeypatch.setattr(efusion.pyramid, "USE_KERNELS", False)
+        try:
+            return fn()
+        finally:
+            monkeypatch.setattr(efusion.pyramid, "USE_KERNELS", True)
+
+    return run
+
+
+@pytest.fixture
+def small_bands(monkeypatch):
+    """Bands of two rows: every seam between bands is exercised on small images."""
+    monkeypatch.setattr(efusion.pyramid, "BAND_ELEMENTS", 1)
+
+
+def as_tensors(params: dict, dtype: torch.dtype, requires_grad: bool = False) -> dict:
+    return {k: torch.tensor(v, dtype=dtype, requires_grad=requires_grad) for k, v in params.items()}
+
+
+def test_band_rows():
+    assert band_rows((1, 3, 3000, 4000), "cpu") % 2 == 0
+    assert band_rows((1, 3, 7, 5), "cpu") == 8  # whole image (rounded up to even) when it fits
+    assert band_rows((1, 3, 3000, 4000), "meta") == 3000  # off the CPU: no banding
+
+
+def test_workspace_reuses_memory():
+    ws = Workspace(torch.empty(0))
+    a = ws.get("x", (4, 5))
+    b = ws.get("x", (2, 3))
+    assert a.data_ptr() == b.data_ptr() and b.shape == (2, 3)
+    assert ws.get("y", (2,), torch.bool).dtype == torch.bool
+
+
+class TestForwardMatchesReference:
+    @pytest.mark.parametrize("preset", ["mertens", "opencv"])
+    @pytest.mark.parametrize("size", SIZES)
+    @pytest.mark.parametrize("params", PARAMS, ids=lambda p: ",".join(p) or "defaults")
+    def test_exposure_fusion(self, reference, preset, size, params, dtype):
+        channels = 3 if "mu" not in params or not isinstance(params["mu"], list) else 3
+        x = torch.rand(2, 3, channels, *size, generator=torch.Generator().manual_seed(0), dtype=dtype)
+        x[:, 0, :, :2, :2] = 0.5  # flat and gray: measures exactly 0
+        kwargs = {k: torch.tensor(v, dtype=dtype) if isinstance(v, list) else v for k, v in params.items()}
+        fast = exposure_fusion(x, preset=preset, **kwargs)
+        slow = reference(lambda: exposure_fusion(x, preset=preset, **kwargs))
+        torch.testing.assert_close(fast, slow, atol=TOLERANCES[dtype], rtol=0)
+
+    @pytest.mark.parametrize("preset", ["mertens", "opencv"])
+    def test_gray_tensor_params_and_mask(self, reference, preset, dtype):
+        g = torch.Generator().manual_seed(1)
+        for channels in (1, 3):
+            x = torch.rand(2, 4, channels, 13, 17, generator=g, dtype=dtype)
+            mask = (torch.rand(2, 4, 1, 13, 17, generator=g) > 0.3).to(dtype)
+            kwargs = as_tensors(dict(contrast=0.0, exposure=1.5, levels=2.3), dtype)
+            fast = exposure_fusion(x, preset=preset, mask=mask, **kwargs)
+            slow = reference(lambda: exposure_fusion(x, preset=preset, mask=mask, **kwargs))
+            torch.testing.assert_close(fast, slow, atol=TOLERANCES[dtype], rtol=0)
+
+    def test_weights_bit_for_bit_with_unit_exponents(self, reference, dtype):
+        # the band kernel repeats the reference operations in order: same bits (pow differs by rounding)
+        x = (torch.randint(0, 256, (2, 3, 3, 23, 17), generator=torch.Generator().manual_seed(2)) / 255).to(dtype)
+        x[:, :, :, 5:9] = x[:, :, :1, 5:9]  # gray rows: saturation exactly 0
+        for preset in ("mertens", "opencv"):
+            fast = mertens_weights(x, preset=preset)
+            assert torch.equal(fast, reference(lambda: mertens_weights(x, preset=preset)))
+
+    def test_blend(self, reference, dtype):
+        g = torch.Generator().manual_seed(3)
+        x = torch.rand(2, 3, 3, 19, 23, generator=g, dtype=dtype)
+        w = torch.rand(2, 3, 1, 19, 23, generator=g, dtype=dtype)
+        for levels in (None, 1, 2.5, -2, torch.tensor(2.2, dtype=dtype)):
+            torch.testing.assert_close(blend(x, w, levels=levels), reference(lambda: blend(x, w, levels=levels)),
+                                       atol=TOLERANCES[dtype], rtol=0)
+
+    @pytest.mark.parametrize("size", [(9, 11), (20, 24), (37, 53)])
+    def test_band_seams(self, small_bands, size):
+        x = torch.rand(2, 3, 3, *size, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+        banded = exposure_fusion(x, contrast=0.8, levels=2.5)
+        efusion.pyramid.BAND_ELEMENTS = 1 << 30
+        whole = exposure_fusion(x, contrast=0.8, levels=2.5)
+        torch.testing.assert_close(banded, whole, atol=1e-14, rtol=0)
+
+
+def _gradients(fn, inputs):
+    for t in inputs:
+        t.grad = None
+    out = fn()
+    (out * torch.rand(out.shape, generator=torch.Generator().manual_seed(5), dtype=out.dtype)).sum().backward()
+    return [None if t.grad is None else t.grad.clone() for t in inputs]
+
+
+class TestGradientsMatchReference:
+    @pytest.mark.parametrize("preset", ["mertens", "opencv"])
+    @pytest.mark.parametrize("shape", [(2, 3, 3, 9, 11), (1, 4, 3, 20, 24), (1, 3, 1, 13, 7)])
+    @pytest.mark.parametrize("params", [
+        dict(contrast=1.0, saturation=1.0, exposure=1.0, mu=0.5, sigma=0.2, levels=-1.0),
+        dict(contrast=0.8, saturation=1.2, exposure=1.5, mu=0.45, sigma=0.22, levels=2.6),
+        dict(contrast=2.0, saturation=0.0, exposure=1.0, mu=[0.4, 0.5, 0.6], sigma=[0.2, 0.25, 0.3], levels=2.0),
+    ], ids=["unit", "generic", "per-channel"])
+    def test_every_input(self, reference, preset, shape, params):
+        x = gradcheck_stack(*shape).requires_grad_()
+        if shape[2] == 1:
+            params = {k: (0.5 if isinstance(v, list) else v) for k, v in params.items()}
+        tensors = as_tensors(params, torch.float64, requires_grad=True)
+        inputs = [x, *tensors.values()]
+        fast = _gradients(lambda: exposure_fusion(x, preset=preset, **tensors), inputs)
+        slow = reference(lambda: _gradients(lambda: exposure_fusion(x, preset=preset, **tensors), inputs))
+        for name, a, b in zip(["stack", *tensors], fast, slow):
+            assert (a is None) == (b is None), name
+            if a is not None:
+                torch.testing.assert_close(a, b, atol=1e-10 * max(1.0, b.abs().max().item()), rtol=1e-8, msg=name)
+
+    def test_mask_and_weights_function(self, reference):
+        g = torch.Generator().manual_seed(6)
+        x = gradcheck_stack(2, 3, 3, 11, 13).requires_grad_()
+        sigma = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+        mask = (torch.rand(2, 3, 1, 11, 13, generator=g) > 0.3).double()
+        for fn in (lambda: exposure_fusion(x, mask=mask, sigma=sigma),
+                   lambda: mertens_weights(x, mask=mask, contrast=0.5, sigma=sigma)):
+            fast = _gradients(fn, [x, sigma])
+            slow = reference(lambda: _gradients(fn, [x, sigma]))
+            for a, b in zip(fast, slow):
+                torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-9)
+
+    def test_blend_weights_and_depth(self, reference):
+        g = torch.Generator().manual_seed(7)
+        x = torch.rand(2, 3, 3, 17, 19, generator=g, dtype=torch.float64, requires_grad=True)
+        w = torch.rand(2, 3, 1, 17, 19, generator=g, dtype=torch.float64, requires_grad=True)
+        levels = torch.tensor(2.4, dtype=torch.float64, requires_grad=True)
+        fast = _gradients(lambda: blend(x, w, levels=levels), [x, w, levels])
+        slow = reference(lambda: _gradients(lambda: blend(x, w, levels=levels), [x, w, levels]))
+        for a, b in zip(fast, slow):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-9)
+
+    def test_band_seams(self, small_bands, reference):
+        x = gradcheck_stack(1, 3, 3, 20, 24).requires_grad_()
+        tensors = as_tensors(dict(contrast=0.8, saturation=1.2, mu=0.45, levels=2.6), torch.float64, True)
+        inputs = [x, *tensors.values()]
+        fast = _gradients(lambda: exposure_fusion(x, **tensors), inputs)
+        slow = reference(lambda: _gradients(lambda: exposure_fusion(x, **tensors), inputs))
+        for a, b in zip(fast, slow):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+
+    def test_gradcheck_every_input(self):
+        x = gradcheck_stack(1, 3, 3, 9, 11).requires_grad_()
+        values = as_tensors(dict(contrast=2.0, saturation=2.0, exposure=1.3, mu=0.45, sigma=0.25, levels=2.4),
+                            torch.float64, requires_grad=True)
+
+        def fn(stack, *params):
+            return exposure_fusion(stack, **dict(zip(values, params)))
+
+        assert torch.autograd.gradcheck(fn, (x, *values.values()), fast_mode=True)
+
+    def test_once_differentiable(self):
+        # the eager backward is hand-written: a second derivative needs the reference code,
+        # which torch.func transforms run
+        x = torch.rand(3, 3, 6, 7, dtype=torch.float64, requires_grad=True)
+        (grad,) = torch.autograd.grad(exposure_fusion(x).sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError):
+            grad.sum().backward()
+        hessian_row = torch.func.grad(lambda s: torch.func.grad(lambda t: exposure_fusion(t).sum())(s).sum())(x.detach())
+        assert torch.isfinite(hessian_row).all()
+
+
+class TestFuseFrames:
+    @pytest.mark.parametrize("preset", ["mertens", "opencv"])
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_uint8_equals_exposure_fusion(self, preset, dtype):
+        frames = torch.randint(0, 256, (4, 3, 37, 53), dtype=torch.uint8, generator=torch.Generator().manual_seed(8))
+        if preset == "opencv" and dtype == torch.float32:  # OpenCV's convertTo: times float32(1/255)
+            stack = frames.to(dtype) * float(torch.tensor(1 / 255, dtype=torch.float32))
+        else:  # MATLAB's im2double: divided by 255
+            stack = frames.to(dtype) / 255
+        for kwargs in ({}, dict(levels=2.5, contrast=0.5), dict(levels=torch.tensor(2.2, dtype=dtype))):
+            expected = exposure_fusion(stack, preset=preset, **kwargs)
+            assert torch.equal(fuse_frames(list(frames), preset=preset, dtype=dtype, **kwargs), expected)
+
+    def test_sources_and_formats(self):
+        g = torch.Generator().manual_seed(9)
+        frames = torch.randint(0, 65536, (3, 3, 20, 24), generator=g).to(torch.uint16)
+        expected = exposure_fusion(frames.float() / 65535)
+        assert torch.equal(fuse_frames(frames), expected)  # a tensor [N, ...]
+        assert torch.equal(fuse_frames(lambda: iter(frames)), expected)  # a function returning an iterable
+        assert torch.equal(fuse_frames(tuple(frames)), expected)
+        floats = torch.rand(3, 3, 20, 24, generator=g, dtype=torch.float64)
+        out = fuse_frames(list(floats))
+        assert out.dtype == torch.float64 and torch.equal(out, exposure_fusion(floats))
+        batched = torch.rand(3, 2, 1, 20, 24, generator=g)  # N frames of [B, C, H, W]
+        torch.testing.assert_close(fuse_frames(list(batched)), exposure_fusion(batched.transpose(0, 1)), atol=0, rtol=0)
+
+    def test_masks(self):
+        g = torch.Generator().manual_seed(10)
+        frames = torch.rand(4, 3, 16, 18, generator=g)
+        masks = [torch.rand(1, 16, 18, generator=g) > 0.4 for _ in range(4)]
+        expected = exposure_fusion(frames, mask=torch.stack(masks).float())
+        assert torch.equal(fuse_frames(list(frames), masks=masks), expected)
+
+    def test_single_frame(self):
+        frame = torch.randint(0, 256, (3, 8, 9), dtype=torch.uint8)
+        assert torch.equal(fuse_frames([frame]), frame.float() / 255)
+
+    def test_gradients_fall_back_to_the_stack(self):
+        frames = [torch.rand(3, 9, 11, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+        fuse_frames(frames).sum().backward()
+        assert all(f.grad is not None and torch.isfinite(f.grad).all() for f in frames)
+
+    def test_frames_are_read_twice_not_thrice(self):
+        calls = []
+
+        def source():
+            calls.append(1)
+            return (torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
+
+        fuse_frames(source)
+        assert len(calls) == 2
+
+    @pytest.mark.parametrize(
+        "frames, kwargs, error, match",
+        [
+            ([], {}, ValueError, "no frames"),
+            (iter([torch.rand(3, 4, 4)]), {}, TypeError, "cannot be read twice"),
+            ([torch.rand(3, 4, 4), "frame"], {}, TypeError, r"frames\[1\] must be a torch.Tensor"),
+            ([torch.randint(0, 9, (3, 4, 4), dtype=torch.int32)], {}, TypeError, "uint8 or uint16"),
+            ([torch.rand(4, 4)], {}, ValueError, r"\[C, H, W\] or \[B, C, H, W\]"),
+            ([torch.rand(2, 4, 4)], {}, ValueError, "C = 1 \\(gray\\) or 3"),
+            ([torch.rand(3, 4, 4), torch.rand(3, 4, 5)], {}, ValueError, "frames differ in size"),
+            ([torch.rand(3, 4, 4)] * 2, dict(masks=[torch.ones(1, 4, 4)]), ValueError, "masks has 1 entries for more frames"),
+            ([torch.rand(3, 4, 4)] * 2, dict(masks=[torch.ones(2, 4, 4)] * 2), ValueError, "does not broadcast"),
+            ([torch.rand(3, 4, 4)] * 2, dict(dtype=torch.float16), ValueError, "float32 or torch.float64"),
+            ([torch.rand(3, 4, 4)] * 2, dict(sigma=0.0), ValueError, "sigma must be > 0"),
+            ([torch.rand(3, 4, 4)] * 2, dict(levels=0), ValueError, "levels must be >= 1"),
+        ],
+    )
+    def test_exception(self, frames, kwargs, error, match):
+        with pytest.raises(error, match=match):
+            fuse_frames(frames, **kwargs)
+
+
+class TestCompiledOperators:
+    def test_opcheck(self):
+        x = torch.rand(1, 3, 3, 9, 11)
+        w = torch.rand(1, 3, 1, 9, 11)
+        args = [x, None, *efusion.fusion._op_arguments(1.0, 1.0, 1.0, torch.tensor([0.4, 0.5, 0.6]), 0.2, 2.5), -1, "mertens"]
+        torch.library.opcheck(torch.ops.efusion.fuse.default, args)
+        torch.library.opcheck(torch.ops.efusion.blend.default, [x, w, *efusion.fusion._op_arguments(None), -1, "opencv"])
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize("kernels", [True, False], ids=["operators", "inductor"])
+    def test_compiled_equals_eager(self, monkeypatch, kernels):
+        monkeypatch.setattr(efusion.fusion, "USE_COMPILED_KERNELS", kernels)
+        torch._dynamo.reset()
+        x = torch.rand(2, 3, 3, 20, 24, generator=torch.Generator().manual_seed(11))
+        w = torch.rand(2, 3, 1, 20, 24, generator=torch.Generator().manual_seed(12))
+        fuse = torch.compile(exposure_fusion, fullgraph=True)
+        mix = torch.compile(blend, fullgraph=True)
+        with torch.no_grad():
+            torch.testing.assert_close(fuse(x, contrast=0.8, levels=2.5), exposure_fusion(x, contrast=0.8, levels=2.5),
+                                       atol=1e-5, rtol=0)
+            torch.testing.assert_close(mix(x, w, levels=3), blend(x, w, levels=3), atol=1e-5, rtol=0)
