@@ -20,6 +20,26 @@ result exactly. The gradient with respect to a tensor depth is ``R(k + 1) - R(k)
 integers (from above, and from below at the maximum), so a learnable depth sitting on an integer
 still moves; outside ``[1, max]`` the value is clamped but the gradient of the nearest valid
 segment is kept, so an optimiser can bring it back.
+
+Implementations
+---------------
+The functions of this module run one of two implementations of the same computation:
+
+- the *reference code* (:func:`_blend_5d`, ``efusion.weights._raw_weights``): plain tensor
+  operations, differentiable by autograd to any order. It runs under ``torch.compile`` (except
+  no-grad CPU calls, below), under ``torch.func`` transforms, in float16/bfloat16, and whenever
+  ``efusion.pyramid.USE_KERNELS`` is False.
+- the *kernels* (:mod:`efusion.pyramid`, :mod:`efusion.weights`): eager float32/float64 calls. They
+  write into reused buffers, one band of rows at a time, one frame at a time; results agree with
+  the reference to rounding (weights with exponents 1 bit for bit). Under autograd they run inside
+  autograd functions (:class:`_FusionFunction`, :class:`_BlendFunction`,
+  ``efusion.weights.WeightsFunction``) whose backward is written by hand and streams over frames
+  too; it is once differentiable (second derivatives: use ``torch.func``, which runs the reference
+  code). Under ``torch.compile`` on a CPU, no-grad calls reach the kernels through the opaque
+  operators ``efusion::fuse`` and ``efusion::blend``.
+
+:func:`fuse_frames` is the kernels' streaming entry point: frames converted one at a time, memory
+independent of their number.
 """
 from __future__ import annotations
 
@@ -238,6 +258,10 @@ def exposure_fusion(
     Returns:
         fused image ``[C, H, W]`` or ``[B, C, H, W]``, not clamped (Mertens fusion can leave
         [0, 1] slightly; clamp or normalise for display).
+
+    Memory: besides the stack, N weight maps (a third of a float RGB stack) and about 4/3 of
+    the output; :func:`fuse_frames` streams frames instead, for memory independent of N.
+    Gradients are first-order in eager mode (see the module's "Implementations").
 
     Example:
         >>> stack = torch.rand(3, 3, 32, 48)      # N=3 RGB frames in [0, 1]
@@ -580,7 +604,9 @@ class _Blender:
     the blended pyramid. :meth:`result` collapses the blended pyramid in place; its finest level
     becomes the result. Memory: the blended pyramid plus one frame's pyramids, whatever N is.
     ``plan`` is :func:`_depth_plan`'s ``(band, residual)`` coefficients; with ``keep`` the
-    blended levels whose coefficient is a tensor are kept unscaled (their gradient needs them).
+    blended levels whose coefficient is a tensor are kept unscaled (their gradient needs them);
+    with ``keep_pyramids`` each frame's Gaussian levels (image and weights) are kept for a
+    backward pass, which then need not recompute them (memory: a third of the stack).
     """
 
     def __init__(self, shape: Sequence[int], plan, preset: Preset, ws: Workspace, keep: bool = False,
@@ -609,10 +635,12 @@ class _Blender:
         for level in range(top):
             coarser = coarser_weight = None
             if level < top - 1:
-                if self.pyramids is None:
+                if self.pyramids is None:  # reused from frame to frame
                     coarser, coarser_weight = _gaussian_buffers(ws, self.shapes, level + 1)
-                else:
-                    coarser, coarser_weight = _gaussian_buffers(Workspace(image), self.shapes, level + 1)
+                else:  # this frame's own, kept for the backward
+                    shape = self.shapes[level + 1]
+                    coarser = image.new_empty(shape)
+                    coarser_weight = image.new_empty((*shape[:-3], 1, *shape[-2:]))
                     self.pyramids[-1][0].append(coarser)
                     self.pyramids[-1][1].append(coarser_weight)
                 down_into(image, coarser, preset.down_border, ws, rows)
