@@ -736,7 +736,8 @@ class _BlendFunction(torch.autograd.Function):
     upsampling of level l + 1 to level l, D: the downsampling):
 
     - coefficient of level l's band (residual): ``sum(g_l * B_l)`` (``sum(g_l * R_l)``);
-    - per frame, recomputing its Gaussian pyramids ``G_l`` and ``w_l``, from coarse to fine:
+    - per frame, with its Gaussian pyramids ``G_l`` and ``w_l`` kept by the forward (a third of
+      the stack's memory; recomputing them would cost a third of the forward), coarse to fine:
       weights ``h_l = sum_c(band_l g_l (G_l - U G_{l+1}) + residual_l g_l G_l) + D^T h_{l+1}``,
       image ``q_l = dLap_l + residual_l w_l g_l + D^T (q_{l+1} - U^T dLap_l)`` with
       ``dLap_l = band_l w_l g_l``; ``h_0`` and ``q_0`` are the frame's gradients.
