@@ -9,7 +9,8 @@ timed, interleaved, repeat after repeat, with:
   without autograd;
 - ``stream``: ``efusion.fuse_frames(frames)`` on the uint8 ``[3, H, W]`` frames (converted one by one);
 - ``compiled``: ``torch.compile(efusion.exposure_fusion, fullgraph=True)`` on the float stack
-  (compile time reported apart);
+  (compile time reported apart; on a CPU the compiled graph calls efusion's kernels as operators,
+  ``--inductor`` has Inductor compile the reference code instead);
 - ``forward_grad`` / ``forward_backward``: the stack and every parameter (contrast, saturation,
   exposure, mu, sigma, levels) requiring gradients: the forward alone, then forward + backward.
 
@@ -414,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=0, help="threads for torch and OpenCV (default: theirs)")
     parser.add_argument("--seed", type=int, default=0, help="scene seed")
     parser.add_argument("--skip", default="", help=f"comma-separated, among {', '.join(SKIPPABLE)}")
+    parser.add_argument("--inductor", action="store_true",
+                        help="compile the reference code with Inductor (default on a CPU: the kernels' operators)")
     parser.add_argument("--quick", action="store_true", help="1 and 3 MP, 3 frames, 3 repeats")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON ('-': stdout)")
     parser.add_argument("--probe", choices=MEMORY_METHODS, help=argparse.SUPPRESS)
@@ -434,6 +437,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.probe:  # internal: one memory measurement in this fresh process
         print(json.dumps(probe_memory(args.probe, args.probe_input, args.device, args.dtype, args.preset)))
         return {}
+    if args.inductor:
+        import efusion.fusion
+
+        efusion.fusion.USE_COMPILED_KERNELS = False
     args.skip = [s for s in args.skip.split(",") if s]
     unknown = set(args.skip) - set(SKIPPABLE)
     if unknown:
