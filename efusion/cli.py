@@ -34,6 +34,7 @@ from .io import (
     check_output,
     default_bit_depth,
     list_frames,
+    open_bracket,
     read_bracket,
     read_params,
     robust_normalize,
@@ -390,20 +391,28 @@ def _make_folder(folder: Path) -> None:
 
 
 def _fuse_files(frames: list[Path], out: Path, args, params, device, dtype) -> tuple[int, tuple[int, ...]]:
-    """Read, fuse and write one bracket; returns (number of frames, frame shape)."""
+    """Read, fuse and write one bracket; returns (number of frames, stack shape ``(N, C, H, W)``)."""
     import efusion
 
-    bracket = read_bracket(frames, dtype=dtype, device=device)
+    bracket = open_bracket(frames)
     depth = args.bit_depth if args.bit_depth is not None else default_bit_depth(out, bracket.bit_depth)
     check_output(out, depth)
-    shape = tuple(bracket.frames.shape)
     with torch.inference_mode():
-        result = efusion.exposure_fusion(bracket.frames, mask=bracket.mask, **params)
-        del bracket
+        if dtype in (torch.float32, torch.float64):
+            # frames are decoded when fuse_frames uses them (twice: two passes), so memory holds
+            # one frame and the blended pyramid, however many frames the bracket has
+            result = efusion.fuse_frames(
+                bracket.frames(dtype=dtype, device=device), masks=bracket.masks(dtype=dtype, device=device),
+                dtype=dtype, **params,
+            )
+        else:  # half precision runs exposure_fusion's reference code, on the whole stack
+            stack = bracket.read(dtype=dtype, device=device)
+            result = efusion.exposure_fusion(stack.frames, mask=stack.mask, **params)
+            del stack
         image = _display(result, args, depth)
     _make_folder(out.parent)
     write_image(out, image, bit_depth=depth, quality=args.quality, overwrite=args.force)
-    return shape[0], shape
+    return len(bracket), (len(bracket), *bracket.shape)
 
 
 def _same_file(a: Path, b: Path) -> bool:

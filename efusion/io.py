@@ -20,6 +20,7 @@ Every problem with a file raises :class:`ImageIOError`; its message names the fi
 """
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import json
 import math
@@ -39,11 +40,13 @@ __all__ = [
     "PARAM_NAMES",
     "Bracket",
     "ImageIOError",
+    "LazyBracket",
     "OutputExistsError",
     "ParamsError",
     "check_output",
     "default_bit_depth",
     "list_frames",
+    "open_bracket",
     "read_bracket",
     "read_image",
     "read_params",
@@ -164,7 +167,8 @@ def read_bracket(paths: Sequence[str | os.PathLike], *, dtype: torch.dtype = tor
     Every header is checked first (format, size after EXIF orientation), so a bracket with a
     missing file or frames of different sizes fails before any pixel is decoded. Frames are then
     decoded one at a time straight into a stack allocated once on ``device``: memory holds the
-    float stack plus one decoded frame, never all frames twice.
+    float stack plus one decoded frame, never all frames twice. :func:`open_bracket` reads
+    frames one at a time instead, without a stack.
 
     Args:
         paths: frame files (at least one); the stack keeps their order.
@@ -178,8 +182,16 @@ def read_bracket(paths: Sequence[str | os.PathLike], *, dtype: torch.dtype = tor
         ImageIOError: a file is missing, unreadable, truncated, of an unsupported format, or
             the frames differ in size.
     """
-    if not torch.empty((), dtype=dtype).is_floating_point():
-        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    _check_float_dtype(dtype)
+    return open_bracket(paths).read(dtype=dtype, device=device)
+
+
+def open_bracket(paths: Sequence[str | os.PathLike]) -> LazyBracket:
+    """Check the headers of a bracket's frames; decode no pixel yet.
+
+    Raises the errors of :func:`read_bracket` that headers reveal (missing file, unsupported
+    format, frames of different sizes); decoding errors come when a frame is read.
+    """
     paths = [Path(p) for p in paths]
     if not paths:
         raise ImageIOError("a bracket needs at least one frame, got none")
@@ -191,15 +203,106 @@ def read_bracket(paths: Sequence[str | os.PathLike], *, dtype: torch.dtype = tor
                 f"{info.path}: frame is {info.size} but {first.path} is {first.size} "
                 "(all frames of a bracket must have the same size)"
             )
-    channels = 3 if any(i.channels == 3 for i in infos) else 1
-    shape = (len(paths), channels, first.height, first.width)
-    frames = torch.empty(shape, dtype=dtype, device=device)
-    mask = None
-    if any(i.alpha for i in infos):
-        mask = torch.ones((len(paths), 1, first.height, first.width), dtype=dtype, device=device)
-    for index, info in enumerate(infos):
-        _decode_into(info, frames[index], None if mask is None else mask[index])
-    return Bracket(frames, mask, tuple(paths), max(i.bit_depth for i in infos))
+    return LazyBracket(infos)
+
+
+class LazyBracket:
+    """A bracket whose headers are checked and whose frames are decoded when asked for.
+
+    Made by :func:`open_bracket`. :meth:`frames` and :meth:`masks` are sequences that decode a
+    frame each time it is indexed, so memory holds one decoded frame whatever the number of
+    frames; this is what :func:`efusion.fuse_frames` streams over (it reads the frames twice,
+    so each file is decoded twice)::
+
+        bracket = open_bracket(paths)
+        fused = efusion.fuse_frames(bracket.frames(), masks=bracket.masks())
+
+    Attributes:
+        paths: the frame files, in stack order.
+        shape: ``(C, H, W)`` of every frame: C = 1 when every frame is gray, else 3.
+        has_alpha: whether any frame has an alpha channel.
+        bit_depth: deepest sample type among the files: 8, 16 or 32 (float).
+    """
+
+    def __init__(self, infos: Sequence[_FrameInfo]) -> None:
+        self._infos = tuple(infos)
+        self.paths = tuple(info.path for info in self._infos)
+        channels = 3 if any(info.channels == 3 for info in self._infos) else 1
+        self.shape = (channels, self._infos[0].height, self._infos[0].width)
+        self.has_alpha = any(info.alpha for info in self._infos)
+        self.bit_depth = max(info.bit_depth for info in self._infos)
+        self._last_alpha: tuple[int, torch.dtype, Any, Tensor] | None = None
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+    def read(self, *, dtype: torch.dtype = torch.float32, device=None) -> Bracket:
+        """All frames in one stack (see :func:`read_bracket`)."""
+        _check_float_dtype(dtype)
+        count, (_, height, width) = len(self), self.shape
+        frames = torch.empty((count, *self.shape), dtype=dtype, device=device)
+        mask = torch.ones((count, 1, height, width), dtype=dtype, device=device) if self.has_alpha else None
+        for index, info in enumerate(self._infos):
+            _decode_into(info, frames[index], None if mask is None else mask[index])
+        return Bracket(frames, mask, self.paths, self.bit_depth)
+
+    def read_frame(self, index: int, *, dtype: torch.dtype = torch.float32, device=None) -> tuple[Tensor, Tensor | None]:
+        """Decode one frame: ``(frame [C, H, W], alpha [1, H, W])``, scaled as in :func:`read_bracket`.
+
+        alpha is ones for a frame without an alpha channel in a bracket where another frame has
+        one, and ``None`` when no frame has one.
+        """
+        _check_float_dtype(dtype)
+        index = range(len(self))[index]
+        info = self._infos[index]
+        frame = torch.empty(self.shape, dtype=dtype, device=device)
+        alpha = torch.ones((1, *self.shape[1:]), dtype=dtype, device=device) if self.has_alpha else None
+        _decode_into(info, frame, alpha)
+        # masks() asks for this alpha right after the frame: keep it rather than decode the file again
+        self._last_alpha = None if alpha is None else (index, dtype, device, alpha)
+        return frame, alpha
+
+    def frames(self, *, dtype: torch.dtype = torch.float32, device=None) -> Sequence[Tensor]:
+        """The frames ``[C, H, W]`` as a sequence that decodes a frame each time it is indexed."""
+        _check_float_dtype(dtype)
+        return _LazyFrames(self, dtype, device, alpha=False)
+
+    def masks(self, *, dtype: torch.dtype = torch.float32, device=None) -> Sequence[Tensor] | None:
+        """The alpha ``[1, H, W]`` of each frame, decoded when indexed (reusing the alpha decoded
+        with the same frame just before), or ``None`` when no frame has an alpha channel."""
+        _check_float_dtype(dtype)
+        return _LazyFrames(self, dtype, device, alpha=True) if self.has_alpha else None
+
+    def _alpha(self, index: int, dtype: torch.dtype, device) -> Tensor:
+        index = range(len(self))[index]
+        last, self._last_alpha = self._last_alpha, None
+        if last is not None and last[:3] == (index, dtype, device):
+            return last[3]
+        alpha = self.read_frame(index, dtype=dtype, device=device)[1]
+        self._last_alpha = None
+        return alpha
+
+
+class _LazyFrames(collections.abc.Sequence):
+    """Frames (or their alpha) of a :class:`LazyBracket`, decoded on each access."""
+
+    def __init__(self, bracket: LazyBracket, dtype: torch.dtype, device, *, alpha: bool) -> None:
+        self._bracket, self._dtype, self._device, self._alpha = bracket, dtype, device, alpha
+
+    def __len__(self) -> int:
+        return len(self._bracket)
+
+    def __getitem__(self, index):
+        if not isinstance(index, int):
+            raise TypeError(f"frames are indexed by an int, got {type(index).__name__}")
+        if self._alpha:
+            return self._bracket._alpha(index, self._dtype, self._device)
+        return self._bracket.read_frame(index, dtype=self._dtype, device=self._device)[0]
+
+
+def _check_float_dtype(dtype: torch.dtype) -> None:
+    if not torch.empty((), dtype=dtype).is_floating_point():
+        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
 
 
 def _probe(path: Path) -> _FrameInfo:

@@ -14,7 +14,7 @@ from PIL import Image
 
 import efusion
 from efusion.cli import main
-from efusion.io import read_image, robust_normalize
+from efusion.io import read_bracket, read_image, robust_normalize
 
 from conftest import BURSTS, burst_frames, load_burst_uint8, requires_shared
 from test_io import leftovers, save_png16, scene
@@ -145,6 +145,58 @@ class TestFuse:
         assert run(["fuse", *paths, "-o", out], capsys)[0] == 0
         with Image.open(out) as image:
             assert image.size == (24, 32)  # width x height: portrait
+
+    @pytest.fixture
+    def bracket6(self, tmp_path) -> list[Path]:
+        """Six frames: three 8-bit RGBA (parts transparent), three 16-bit RGB."""
+        frames = scene(n=6)
+        folder = tmp_path / "six"
+        folder.mkdir()
+        for i, frame in enumerate(frames[:3]):
+            rgba = np.concatenate([frame, np.ones(frame.shape[:2] + (1,))], -1)
+            rgba[4 * i : 4 * i + 8, 5:20, 3] = 0.25 * i
+            Image.fromarray((rgba * 255).round().astype(np.uint8)).save(folder / f"{i}.png")
+        for i, frame in enumerate(frames[3:], start=3):
+            save_png16(folder / f"{i}.png", (frame * 65535).round().astype(np.uint16))
+        return sorted(folder.iterdir())
+
+    def test_result_equals_exposure_fusion_of_the_frames(self, tmp_path, capsys, bracket6):
+        out = tmp_path / "fused.tif"
+        assert run(["fuse", bracket6[0].parent, "-o", out, "--bit-depth", "32"], capsys)[0] == 0
+        stack = read_bracket(bracket6)
+        assert stack.frames.shape == (6, 3, 24, 32) and stack.mask is not None
+        expected = efusion.exposure_fusion(stack.frames, mask=stack.mask)
+        torch.testing.assert_close(read_tiff(out), expected, atol=1e-6, rtol=0)
+        assert not torch.allclose(expected, efusion.exposure_fusion(stack.frames), atol=1e-3)  # the masks count
+
+    def test_frames_are_streamed_not_stacked(self, tmp_path, capsys, bracket6, monkeypatch):
+        import weakref
+
+        import efusion.io as io
+
+        real = io._decode_into
+        decoded, alive_before = [], []
+
+        def spy(info, frame, alpha):
+            alive_before.append(sum(ref() is not None for ref in decoded))
+            # a stack [N, C, H, W] would show up as a frame that is a view into a larger block
+            assert frame.untyped_storage().nbytes() == frame.numel() * frame.element_size(), "decoded into a stack"
+            real(info, frame, alpha)
+            decoded.append(weakref.ref(frame))
+
+        monkeypatch.setattr(io, "_decode_into", spy)
+        out = tmp_path / "fused.tif"
+        assert run(["fuse", *bracket6, "-o", out, "--bit-depth", "32"], capsys)[0] == 0
+        assert len(decoded) == 2 * len(bracket6)  # read once per pass of fuse_frames, alpha with its frame
+        # frames are let go after use: besides the first (kept for its checks) and the previous one,
+        # none is alive when the next is decoded, so memory does not grow with the number of frames
+        assert max(alive_before) <= 2, alive_before
+
+    def test_half_precision(self, tmp_path, capsys, bracket8):
+        out = tmp_path / "fused.tif"
+        assert run(["fuse", *bracket8, "-o", out, "--bit-depth", "32", "--dtype", "float16"], capsys)[0] == 0
+        stack = read_bracket(bracket8, dtype=torch.float16)
+        assert torch.equal(read_tiff(out), efusion.exposure_fusion(stack.frames).float())
 
     def test_jpeg_output_quality(self, tmp_path, capsys, bracket8):
         sizes = []
@@ -429,6 +481,7 @@ class TestBadInput:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
 
         monkeypatch.setattr(efusion, "exposure_fusion", out_of_memory)
+        monkeypatch.setattr(efusion, "fuse_frames", out_of_memory)  # what fuse calls in float32/64
         out = tmp_path / "fused.png"
         self.check(capsys, ["fuse", bracket8[0].parent, "-o", out], out, "bracket", "out of memory")
         status, stdout, err = run(["fuse", bracket8[0].parent, "--out-dir", tmp_path / "outs"], capsys)

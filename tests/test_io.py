@@ -18,6 +18,7 @@ from efusion.io import (
     check_output,
     default_bit_depth,
     list_frames,
+    open_bracket,
     read_bracket,
     read_image,
     read_params,
@@ -185,6 +186,64 @@ class TestReadImage:
         for i, frame in enumerate((scene() * 255).astype(np.uint8)):
             Image.fromarray(frame[..., 0]).save(tmp_path / f"{i}.png")
         assert read_bracket(list_frames(tmp_path)).frames.shape == (3, 1, 24, 32)
+
+
+class TestOpenBracket:
+    @pytest.fixture
+    def paths(self, tmp_path):
+        frames = (scene() * 255).round().astype(np.uint8)
+        rgba = np.concatenate([frames, np.full(frames.shape[:3] + (1,), 255, np.uint8)], -1)
+        rgba[0, :, :10, 3] = 0
+        Image.fromarray(rgba[0]).save(tmp_path / "0.png")  # alpha
+        Image.fromarray(frames[1, ..., 0]).save(tmp_path / "1.png")  # gray, no alpha
+        Image.fromarray(frames[2]).save(tmp_path / "2.png")
+        return list_frames(tmp_path)
+
+    def test_frames_and_masks_equal_read_bracket(self, paths):
+        stack = read_bracket(paths, dtype=torch.float64)
+        bracket = open_bracket(paths)
+        assert len(bracket) == 3 and bracket.shape == (3, 24, 32) and bracket.has_alpha and bracket.bit_depth == 8
+        assert bracket.paths == stack.paths
+        frames, masks = bracket.frames(dtype=torch.float64), bracket.masks(dtype=torch.float64)
+        assert len(frames) == len(masks) == 3
+        for i in range(3):
+            assert torch.equal(frames[i], stack.frames[i]) and frames[i].dtype == torch.float64
+            assert torch.equal(masks[i], stack.mask[i])  # ones for the frames without alpha
+        assert torch.equal(masks[-3], stack.mask[0])  # the mask of frame 0 without frame 0 just before
+        assert torch.equal(torch.stack(list(frames)), stack.frames)
+        assert torch.equal(bracket.read(dtype=torch.float64).frames, stack.frames)
+        with pytest.raises(IndexError):
+            frames[3]
+
+    def test_decodes_only_when_asked(self, paths, monkeypatch):
+        import efusion.io as io
+
+        decoded = []
+        real = io._decode
+        monkeypatch.setattr(io, "_decode", lambda info: decoded.append(info.path.name) or real(info))
+        bracket = open_bracket(paths)
+        frames, masks = bracket.frames(), bracket.masks()
+        assert decoded == []
+        frames[2], masks[2]  # the alpha decoded with frame 2 serves its mask
+        assert decoded == ["2.png"]
+        masks[0]
+        assert decoded == ["2.png", "0.png"]
+
+    def test_no_alpha_no_masks(self, tmp_path):
+        Image.new("RGB", (8, 6)).save(tmp_path / "a.png")
+        bracket = open_bracket([tmp_path / "a.png"])
+        assert bracket.masks() is None and not bracket.has_alpha
+        assert bracket.read_frame(0)[1] is None
+
+    def test_header_errors_before_decoding(self, tmp_path):
+        Image.new("RGB", (32, 24)).save(tmp_path / "a.png")
+        Image.new("RGB", (30, 24)).save(tmp_path / "b.png")
+        with pytest.raises(ImageIOError, match="30x24"):
+            open_bracket([tmp_path / "a.png", tmp_path / "b.png"])
+        with pytest.raises(ImageIOError, match="no such file"):
+            open_bracket([tmp_path / "a.png", tmp_path / "c.png"])
+        with pytest.raises(TypeError, match="floating"):
+            open_bracket([tmp_path / "a.png"]).frames(dtype=torch.uint8)
 
 
 class TestListFrames:
