@@ -349,6 +349,16 @@ def _fusion_params(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
+def _fusion_settings(args: argparse.Namespace) -> tuple[dict[str, Any], torch.device, torch.dtype]:
+    """Parameters, device and dtype of a command that fuses and writes (fuse, demo); checks --clip-*."""
+    params = _fusion_params(args)
+    device = _device(args.device)
+    dtype = _DTYPES[args.dtype]
+    if args.clip_black + args.clip_white >= 100:
+        raise CommandError(f"--clip-black + --clip-white must stay below 100 percent, got {args.clip_black} + {args.clip_white}")
+    return params, device, dtype
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -427,11 +437,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _fuse(args: argparse.Namespace) -> int:
-    params = _fusion_params(args)
-    device = _device(args.device)
-    dtype = _DTYPES[args.dtype]
-    if args.clip_black + args.clip_white >= 100:
-        raise CommandError(f"--clip-black + --clip-white must stay below 100 percent, got {args.clip_black} + {args.clip_white}")
+    params, device, dtype = _fusion_settings(args)
     if not 1 <= args.quality <= 100:
         raise CommandError(f"--quality must be between 1 and 100, got {args.quality}")
     if args.output is not None:
@@ -810,11 +816,7 @@ def _demo(args: argparse.Namespace) -> int:
     import efusion
     from efusion import synthetic
 
-    params = _fusion_params(args)
-    device = _device(args.device)
-    dtype = _DTYPES[args.dtype]
-    if args.clip_black + args.clip_white >= 100:
-        raise CommandError(f"--clip-black + --clip-white must stay below 100 percent, got {args.clip_black} + {args.clip_white}")
+    params, device, dtype = _fusion_settings(args)
     out_dir = Path(args.out_dir)
     frame_paths = [out_dir / "frames" / f"frame-{i}.png" for i in range(args.frames)]
     fused_path, sheet_path = out_dir / "fused.png", out_dir / "contact-sheet.png"

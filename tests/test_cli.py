@@ -467,6 +467,13 @@ class TestBadInput:
         out = tmp_path / "fused.png"
         self.check(capsys, ["fuse", *bracket8, "-o", out, "--levels", "0.5"], out, "'levels' must be >= 1")
 
+    def test_clip_percentages_too_large(self, tmp_path, capsys, bracket8):
+        out = tmp_path / "fused.png"
+        clip = ["--range", "robust", "--clip-black", "60", "--clip-white", "40"]
+        self.check(capsys, ["fuse", *bracket8, "-o", out, *clip], out, "--clip-black + --clip-white", "60.0 + 40.0")
+        demo = tmp_path / "demo"
+        self.check(capsys, ["demo", "--out-dir", demo, *clip], demo, "--clip-black + --clip-white")
+
     def test_folders_with_single_output(self, tmp_path, capsys, bracket8):
         other = write_frames(tmp_path / "other", (scene() * 255).astype(np.uint8))
         out = tmp_path / "fused.png"
