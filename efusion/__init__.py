@@ -18,6 +18,11 @@ from .pyramid import (
 )
 from .weights import contrast, luma, mertens_weights, saturation, well_exposedness
 
+# they need only torch: ``efusion.metrics`` etc. work after a plain ``import efusion``
+from . import metrics, quality, synthetic
+from .metrics import MEFSSIMLoss, mef_ssim
+from .quality import psnr, ssim
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -39,4 +44,11 @@ __all__ = [
     "contrast",
     "saturation",
     "well_exposedness",
+    "mef_ssim",
+    "MEFSSIMLoss",
+    "psnr",
+    "ssim",
+    "metrics",
+    "quality",
+    "synthetic",
 ]
