@@ -228,6 +228,23 @@ def _cast_param(value: ParamLike, dtype: torch.dtype, device: torch.device) -> P
     return float(value)
 
 
+def _kernel_params(params: Sequence[ParamLike], dtype: torch.dtype, device: torch.device) -> list[ParamLike]:
+    """``(contrast, saturation, exposure, mu, sigma)`` for the band kernels: cast, and on a CPU the
+    three exponents as numbers even when they are tensors.
+
+    A number exponent takes ``pow``'s scalar paths (1 is a copy, 0.5 a square root; a 0-dim tensor
+    always takes the general one, several times slower) and lets the kernels skip a power of 1, as
+    for the defaults. Values are unchanged (``m ** 1 == m``); which exponents get a gradient is
+    decided by the backward's ``wanted``, not by their type. Off the CPU they stay tensors (reading
+    one would wait for the device).
+    """
+    values = [_cast_param(p, dtype, device) for p in params]
+    for i in range(3):
+        if isinstance(values[i], Tensor) and values[i].device.type == "cpu":
+            values[i] = float(values[i])
+    return values
+
+
 def check_params(contrast, saturation, exposure, mu, sigma, channels: int) -> None:
     """Validate the weight parameters (numbers or tensors); see :func:`mertens_weights`."""
     for name, value in (("contrast", contrast), ("saturation", saturation), ("exposure", exposure)):
@@ -494,7 +511,7 @@ def weights_into(
     ``total [B, 1, 1, H, W]``, when given, receives the normaliser (1 where nothing is left).
     """
     height = stack.shape[-2]
-    params = [_cast_param(p, stack.dtype, stack.device) for p in (contrast, saturation, exposure, mu, sigma)]
+    params = _kernel_params((contrast, saturation, exposure, mu, sigma), stack.dtype, stack.device)
     for r0 in range(0, height, rows):
         r1 = min(r0 + rows, height)
         band = out[..., r0:r1, :]
@@ -524,7 +541,7 @@ def raw_weights_into(
 ) -> None:
     """Unnormalised weights ``C^c S^s E^e + 1e-12`` of a float32/float64 frame ``[B, C, H, W]``
     into ``out [B, 1, H, W]``, band by band (the streaming path normalises them itself)."""
-    params = [_cast_param(p, frame.dtype, frame.device) for p in (contrast, saturation, exposure, mu, sigma)]
+    params = _kernel_params((contrast, saturation, exposure, mu, sigma), frame.dtype, frame.device)
     for r0 in range(0, frame.shape[-2], rows):
         r1 = min(r0 + rows, frame.shape[-2])
         _raw_weights_band_into(frame, r0, r1, out[..., r0:r1, :], *params, preset, ws)
@@ -593,7 +610,7 @@ def weights_backward(stack, mask, weights, total, params, grad, preset, stack_ne
     ws = Workspace(stack) if ws is None else ws
     if stack_needs_grad and grad_stack is None:
         grad_stack = torch.zeros_like(stack)
-    values = [_cast_param(p, stack.dtype, stack.device) for p in params]
+    values = _kernel_params(params, stack.dtype, stack.device)
     sums: dict[str, Tensor] = {}
     names = ("contrast", "saturation", "exposure", "mu", "sigma")
     wanted = {name for name, need in zip(names, params_need_grad) if need}
@@ -624,112 +641,85 @@ def weights_backward(stack, mask, weights, total, params, grad, preset, stack_ne
     return out
 
 
-def _power_backward_(factor_grad: Tensor, factor: Tensor, measure: Tensor, exponent: ParamLike, log_scale: float,
-                     name: str, wanted: set, sums: dict, ws: Workspace) -> None:
-    """Turn the gradient of ``_power(measure, exponent, log_scale)`` into the measure's, in place;
-    add the exponent's to ``sums``. Where the measure is 0 its gradient is 0, as in ``_power``."""
-    # the measure with 1 where it is 0: there log = 0 and factor / measure = 0 (or exponent 0)
-    safe = torch.eq(measure, 0, out=ws.get("bw_zero", measure.shape, torch.bool))
-    safe = torch.add(measure, safe, out=ws.get("bw_safe", measure.shape))
-    factor_grad.mul_(factor)
-    if name in wanted and isinstance(exponent, Tensor):  # d/dp m ** (p s) = F s log m
-        log_measure = torch.log(safe, out=ws.get("bw_log", measure.shape))
-        _add_sum(sums, name, log_measure.mul_(factor_grad).sum() * log_scale)
-    # d/dm m ** (p s) = F p s / m
-    factor_grad.div_(safe).mul_(exponent * log_scale if log_scale != 1.0 else exponent)
-
-
 def _add_sum(sums: dict, name: str, value: Tensor) -> None:
     sums[name] = value if name not in sums else sums[name] + value
 
 
+def _scale_(x: Tensor, factor: ParamLike) -> Tensor:
+    """``x *= factor`` unless ``factor`` is the number 1."""
+    return x if _is_one(factor) else x.mul_(factor)
+
+
 def _raw_weights_backward_band(frame, r0, r1, raw_grad, grad_frame, values, wanted, sums, preset, ws) -> None:
     """Backpropagate ``raw_grad`` (the gradient of rows ``[r0, r1)`` of ``_raw_weights(frame)``)
-    into ``grad_frame`` (when given) and the parameter sums."""
+    into ``grad_frame`` (when given) and the parameter sums.
+
+    ``W = P + 1e-12`` where ``P`` multiplies the factors ``m ** (p k)`` of the contrast
+    (``m = |Laplacian|``, k = 1) and the saturation (``m = S^2``, k = 1/2) with the exposure's
+    ``exp(e log E)``. All gradients go through one map, ``Q = raw_grad * P``:
+    ``d/dp = k sum(Q log m)``, ``d/dm = Q p k / m`` and ``d/d(log E) = Q e``, ``d/de = sum(Q log E)``.
+    Where a measure is 0 either ``P`` is 0 or the exponent is, so taking the log of (and dividing
+    by) 1 there gives the reference's gradients, 0 (``_power``'s and ``_safe_sqrt``'s convention;
+    the Laplacian's ``sign`` is 0 there too).
+    """
     contrast_exponent, saturation_exponent, exposure_exponent, mu, sigma = values
     x = frame[..., r0:r1, :]
     shape = raw_grad.shape
 
-    def is_off(exponent: ParamLike) -> bool:
-        return not isinstance(exponent, Tensor) and exponent == 0
+    def used(name: str, exponent: ParamLike) -> bool:
+        return name in wanted or isinstance(exponent, Tensor) or exponent != 0
 
-    # recompute the factors of W = C^c S^s E^e + 1e-12 (see _raw_weights_band_into)
-    factors: dict[str, Tensor] = {}
-    if not is_off(contrast_exponent):
+    # the measures, then P as the product of their factors (see _raw_weights_band_into)
+    measures = []  # (name, measure, its exponent, k)
+    if used("contrast", contrast_exponent):
         laplacian = ws.get("bw_laplacian", shape)
         _laplacian_band_into(frame, r0, r1, laplacian, preset, ws)
-        measure_c = torch.abs(laplacian, out=ws.get("bw_contrast", shape))
-        factors["contrast"] = measure_c
-        if not _is_one(contrast_exponent):
-            factors["contrast"] = ws.get("bw_contrast_factor", shape).copy_(measure_c)
-            _power_(factors["contrast"], contrast_exponent, 1.0, ws)
-    if x.shape[-3] == 3 and not is_off(saturation_exponent):
+        measures.append(("contrast", torch.abs(laplacian, out=ws.get("bw_contrast", shape)), contrast_exponent, 1.0))
+    if x.shape[-3] == 3 and used("saturation", saturation_exponent):
         squared = ws.get("bw_saturation_squared", shape)
         _saturation_squared_band_into(x, squared, preset, ws)
-        factor = ws.get("bw_saturation_factor", shape).copy_(squared)
-        factors["saturation"] = factor.sqrt_() if _is_one(saturation_exponent) else factor
-        if not _is_one(saturation_exponent):
-            _power_(factor, saturation_exponent, 0.5, ws)
-    if not is_off(exposure_exponent):
+        measures.append(("saturation", squared, saturation_exponent, 0.5))
+    exposure = used("exposure", exposure_exponent)
+    if not measures and not exposure:
+        return  # W is a constant
+    q = ws.get("bw_q", shape)
+    factor = ws.get("bw_factor", shape)
+    for i, (_, measure, exponent, k) in enumerate(measures):
+        torch.pow(measure, exponent * k if k != 1.0 else exponent, out=q if i == 0 else factor)
+        if i:
+            q.mul_(factor)
+    if exposure:
         log_e = ws.get("bw_log_exposure", shape)
         _log_well_exposedness_band_into(x, log_e, mu, sigma, ws)
-        factor = ws.get("bw_exposure_factor", shape)
-        if isinstance(exposure_exponent, Tensor) or exposure_exponent != 1:
-            torch.mul(log_e, exposure_exponent, out=factor).exp_()
+        target = q if not measures else factor
+        if _is_one(exposure_exponent):
+            torch.exp(log_e, out=target)
         else:
-            torch.exp(log_e, out=factor)
-        factors["exposure"] = factor
-    # the gradient of each factor: raw_grad times the other factors
-    grads = _product_gradients(raw_grad, factors, ws)
-    band_grad = None
-    if grad_frame is not None:
-        band_grad = ws.get("bw_frame", x.shape)
-        band_grad.zero_()
-    if "contrast" in grads:
-        g = grads["contrast"]
-        if not _is_one(contrast_exponent):
-            _power_backward_(g, factors["contrast"], measure_c, contrast_exponent, 1.0, "contrast", wanted, sums, ws)
-        if grad_frame is not None:  # |lap|' = sign(lap) (0 at 0), then the Laplacian's adjoint
-            g.mul_(torch.sign(laplacian, out=ws.get("bw_sign", shape)))
-            _laplacian_adjoint_add_(g, r0, r1, grad_frame, _luma_gradient_weights(frame, preset), preset, ws)
-    if "saturation" in grads:
-        g, factor = grads["saturation"], factors["saturation"]
-        if _is_one(saturation_exponent):  # d sqrt(s2) = 1 / (2 sqrt(s2)), 0 where s2 = 0
-            dead = torch.logical_not(torch.gt(squared, 0, out=ws.get("bw_positive", shape, torch.bool)),
-                                     out=ws.get("bw_dead", shape, torch.bool))
-            g.mul_(0.5).div_(factor.masked_fill_(dead, 1.0)).masked_fill_(dead, 0.0)
+            torch.mul(log_e, exposure_exponent, out=target).exp_()
+        if measures:
+            q.mul_(factor)
+    q.mul_(raw_grad)  # Q
+    band_grad = None if grad_frame is None else grad_frame[..., r0:r1, :]  # added into directly
+    measure_grad = ws.get("bw_measure_grad", shape)
+    for name, measure, exponent, k in measures:
+        zero = torch.eq(measure, 0, out=ws.get("bw_zero", shape))  # 1.0 where the measure is 0
+        if name in wanted:
+            log_measure = torch.add(measure, zero, out=factor).log_()
+            _add_sum(sums, name, torch.dot(q.view(-1), log_measure.view(-1)) * k)
+        if grad_frame is None:
+            continue
+        if name == "contrast":  # d/dL = Q c / L: the sign of L included, 1 put where L is 0
+            _scale_(torch.div(q, torch.add(laplacian, zero, out=factor), out=measure_grad), exponent)
+            _laplacian_adjoint_add_(measure_grad, r0, r1, grad_frame, _luma_gradient_weights(frame, preset), preset, ws)
         else:
-            _power_backward_(g, factor, squared, saturation_exponent, 0.5, "saturation", wanted, sums, ws)
-        if band_grad is not None:
-            _saturation_squared_backward_add_(x, g, band_grad, preset, ws)
-    if "exposure" in grads:
-        g, factor = grads["exposure"], factors["exposure"]
-        g.mul_(factor)  # d exp(e log E) = exp(e log E) (e d log E + log E de)
-        if "exposure" in wanted and isinstance(exposure_exponent, Tensor):
-            _add_sum(sums, "exposure", (g * log_e).sum())
-        if isinstance(exposure_exponent, Tensor) or exposure_exponent != 1:
-            g.mul_(exposure_exponent)
-        _log_well_exposedness_backward_(x, g, band_grad, mu, sigma, wanted, sums, ws)
-    if band_grad is not None:
-        grad_frame[..., r0:r1, :].add_(band_grad)
-
-
-def _product_gradients(grad: Tensor, factors: dict[str, Tensor], ws: Workspace) -> dict[str, Tensor]:
-    """d(grad * prod(factors)) / d factor for each factor (up to three), with few passes."""
-    names = list(factors)
-    grads = {name: ws.get(f"bw_grad_{name}", grad.shape) for name in names}
-    if len(names) == 1:
-        grads[names[0]].copy_(grad)
-    elif len(names) == 2:
-        torch.mul(grad, factors[names[1]], out=grads[names[0]])
-        torch.mul(grad, factors[names[0]], out=grads[names[1]])
-    elif len(names) == 3:
-        first, second, third = names
-        torch.mul(factors[first], factors[second], out=grads[third]).mul_(grad)
-        torch.mul(grad, factors[third], out=grads[second])
-        torch.mul(grads[second], factors[second], out=grads[first])
-        grads[second].mul_(factors[first])
-    return grads
+            _scale_(torch.div(q, torch.add(measure, zero, out=factor), out=measure_grad), exponent * k)
+            _saturation_squared_backward_add_(x, measure_grad, band_grad, preset, ws)
+    if exposure:
+        if "exposure" in wanted:
+            _add_sum(sums, "exposure", torch.dot(q.view(-1), log_e.view(-1)))
+        if band_grad is not None or {"mu", "sigma"} & wanted:
+            exposure_grad = q if _is_one(exposure_exponent) else torch.mul(q, exposure_exponent, out=measure_grad)
+            _log_well_exposedness_backward_(x, exposure_grad, band_grad, mu, sigma, wanted, sums, ws)
 
 
 def _luma_gradient_weights(frame: Tensor, preset: Preset) -> tuple[float, ...]:
@@ -772,7 +762,12 @@ def _laplacian_adjoint_add_(grad: Tensor, r0: int, r1: int, grad_frame: Tensor, 
 
 
 def _saturation_squared_backward_add_(x: Tensor, grad: Tensor, out: Tensor, preset: Preset, ws: Workspace) -> None:
-    """``out [..., 3, k, W] += d _saturation_squared(x) / dx * grad``."""
+    """``out [..., 3, k, W] += d _saturation_squared(x) / dx * grad``.
+
+    The derivative of the forward's operations as they are rounded (as autograd through them
+    would take it): near gray pixels the saturation's gradient ``(c - m) / S`` is a ratio of
+    rounding-sized numbers, which the reference path's gradients decide.
+    """
     r, g, b = x[..., 0:1, :, :], x[..., 1:2, :, :], x[..., 2:3, :, :]
     shape = grad.shape
     if preset.saturation_form == "pairwise":  # s2 = ((r-g)^2 + (g-b)^2 + (b-r)^2) / 9
@@ -780,11 +775,10 @@ def _saturation_squared_backward_add_(x: Tensor, grad: Tensor, out: Tensor, pres
         torch.sub(r, g, out=red_green)
         torch.sub(g, b, out=green_blue)
         torch.sub(b, r, out=blue_red)
-        scaled = ws.get("bw_pair_grad", shape)
-        torch.mul(grad, 2.0 / 9.0, out=scaled)
-        out[..., 0:1, :, :].addcmul_(scaled, torch.sub(red_green, blue_red, out=ws.get("bw_diff", shape)))
-        out[..., 1:2, :, :].addcmul_(scaled, torch.sub(green_blue, red_green, out=ws.get("bw_diff", shape)))
-        out[..., 2:3, :, :].addcmul_(scaled, torch.sub(blue_red, green_blue, out=ws.get("bw_diff", shape)))
+        difference = ws.get("bw_diff", shape)
+        out[..., 0:1, :, :].addcmul_(grad, torch.sub(red_green, blue_red, out=difference), value=2.0 / 9.0)
+        out[..., 1:2, :, :].addcmul_(grad, torch.sub(green_blue, red_green, out=difference), value=2.0 / 9.0)
+        out[..., 2:3, :, :].addcmul_(grad, torch.sub(blue_red, green_blue, out=difference), value=2.0 / 9.0)
         return
     # s2 = sum_c (c - m)^2 with m = (r + g + b) k: d s2 / dc = 2 (c - m) - 2 k sum_c' (c' - m)
     third = _f32(1.0 / 3.0) if x.dtype == torch.float32 else 1.0 / 3.0
@@ -793,9 +787,15 @@ def _saturation_squared_backward_add_(x: Tensor, grad: Tensor, out: Tensor, pres
     deviations = [torch.sub(channel, mean, out=ws.get(f"bw_dev{i}", shape)) for i, channel in enumerate((r, g, b))]
     shared = ws.get("bw_shared", shape)
     torch.add(deviations[0], deviations[1], out=shared).add_(deviations[2]).mul_(third)
-    scaled = torch.mul(grad, 2.0, out=ws.get("bw_pair_grad", shape))
     for c, deviation in enumerate(deviations):
-        out[..., c:c + 1, :, :].addcmul_(scaled, deviation.sub_(shared))
+        out[..., c:c + 1, :, :].addcmul_(grad, deviation.sub_(shared), value=2.0)
+
+
+def _number(value: ParamLike) -> ParamLike:
+    """A 0-dim CPU tensor as a number (other values as they are)."""
+    if isinstance(value, Tensor) and value.dim() == 0 and value.device.type == "cpu":
+        return value.item()
+    return value
 
 
 def _log_well_exposedness_backward_(x: Tensor, grad: Tensor, out: Tensor | None, mu, sigma, wanted: set, sums: dict,
@@ -807,22 +807,35 @@ def _log_well_exposedness_backward_(x: Tensor, grad: Tensor, out: Tensor | None,
     """
     mu_c_all, sigma_c_all = _per_channel(mu, x), _per_channel(sigma, x)
     channels = x.shape[-3]
+    want_mu = "mu" in wanted and isinstance(mu, Tensor)
+    want_sigma = "sigma" in wanted and isinstance(sigma, Tensor)
     deviation = ws.get("bw_deviation", grad.shape)
-    mu_sums, sigma_sums = [], []
     weighted = ws.get("bw_weighted_deviation", grad.shape)
+    mu_sums, sigma_sums = [], []
     for c in range(channels):
-        sigma_c = _channel_value(sigma_c_all, c)
-        torch.sub(x[..., c:c + 1, :, :], _channel_value(mu_c_all, c), out=deviation)
+        sigma_c = _number(_channel_value(sigma_c_all, c))
         inverse_variance = 1.0 / (sigma_c * sigma_c)
+        torch.sub(x[..., c:c + 1, :, :], _channel_value(mu_c_all, c), out=deviation)
+        target = None if out is None else out[..., c:c + 1, :, :]
+        if not (want_mu or want_sigma):
+            if target is not None:
+                if isinstance(inverse_variance, Tensor):
+                    target.addcmul_(deviation.mul_(inverse_variance), grad, value=-1.0)
+                else:
+                    target.addcmul_(deviation, grad, value=-inverse_variance)
+            continue
         torch.mul(deviation, grad, out=weighted)
-        if "sigma" in wanted and isinstance(sigma, Tensor):
+        if want_sigma:
             sigma_sums.append(torch.dot(weighted.view(-1), deviation.view(-1)) * inverse_variance / sigma_c)
-        weighted.mul_(inverse_variance)  # = d/dmu_c = -d/dx_c
-        if "mu" in wanted and isinstance(mu, Tensor):
-            mu_sums.append(weighted.sum())
-        if out is not None:
-            out[..., c:c + 1, :, :].sub_(weighted)
+        if want_mu:  # d/dmu_c = -d/dx_c
+            mu_sums.append(weighted.sum() * inverse_variance)
+        if target is not None:
+            if isinstance(inverse_variance, Tensor):
+                target.sub_(weighted.mul_(inverse_variance))
+            else:
+                target.sub_(weighted, alpha=inverse_variance)
     for name, parts, value in (("mu", mu_sums, mu), ("sigma", sigma_sums, sigma)):
         if parts:
             per_channel = isinstance(value, Tensor) and value.dim() == 1 and value.numel() == channels and channels > 1
+            parts = [p if isinstance(p, Tensor) else torch.tensor(p) for p in parts]
             _add_sum(sums, name, torch.stack(parts) if per_channel else torch.stack(parts).sum())

@@ -131,7 +131,8 @@ class TestGradientsMatchReference:
         dict(contrast=1.0, saturation=1.0, exposure=1.0, mu=0.5, sigma=0.2, levels=-1.0),
         dict(contrast=0.8, saturation=1.2, exposure=1.5, mu=0.45, sigma=0.22, levels=2.6),
         dict(contrast=2.0, saturation=0.0, exposure=1.0, mu=[0.4, 0.5, 0.6], sigma=[0.2, 0.25, 0.3], levels=2.0),
-    ], ids=["unit", "generic", "per-channel"])
+        dict(contrast=0.0, saturation=1.5, exposure=0.0, mu=0.5, sigma=0.2, levels=-1.0),
+    ], ids=["unit", "generic", "per-channel", "zero-exponents"])
     def test_every_input(self, reference, preset, shape, params):
         x = gradcheck_stack(*shape).requires_grad_()
         if shape[2] == 1:
