@@ -620,7 +620,8 @@ class _Blender:
         self.bands: list[Tensor | None] = [None] * top
         self.residuals: list[Tensor | None] = [None] * top
         self.kept: dict[tuple[str, int], Tensor] = {}
-        self.rows = band_rows(self.shapes[0], ws.device)
+        #: rows per band at each level (bands of about the same number of elements at every level)
+        self.rows = [band_rows(shape, ws.device) for shape in self.shapes]
 
     def _accumulator(self, acc: list[Tensor | None], level: int) -> Tensor:
         if acc[level] is None:
@@ -628,11 +629,12 @@ class _Blender:
         return acc[level]
 
     def add(self, image: Tensor, weight: Tensor) -> None:
-        preset, ws, rows = self.preset, self.ws, self.rows
+        preset, ws = self.preset, self.ws
         top = len(self.band_coef)
         if self.pyramids is not None:
             self.pyramids.append(([], []))
         for level in range(top):
+            rows = self.rows[level]
             coarser = coarser_weight = None
             if level < top - 1:
                 if self.pyramids is None:  # reused from frame to frame
@@ -675,7 +677,7 @@ class _Blender:
             elif here is None:
                 result = pyr_up(result, self.shapes[level][-2:], self.preset)
             else:
-                add_up_into(here, result, self.preset, self.ws, self.rows)
+                add_up_into(here, result, self.preset, self.ws, self.rows[level])
                 result = here
         return result
 
@@ -819,13 +821,13 @@ def _blend_backward(grad, stack, weights, vector, template, kept, preset, needs_
     band_coef, residual_coef = _fill_plan(template, vector)
     top = len(band_coef)
     shapes = _level_shapes(stack[:, 0].shape, top)
-    rows = band_rows(shapes[0], stack.device)
+    rows = [band_rows(shape, stack.device) for shape in shapes]
     mode = preset.down_border
     # the output gradient's pyramid: g_l is the gradient of blended level l
     g = [grad.contiguous()]
     for level in range(1, top):
         g.append(torch.empty(shapes[level], dtype=stack.dtype, device=stack.device))
-        up_adjoint_into(g[level - 1], g[level], preset, ws, rows)
+        up_adjoint_into(g[level - 1], g[level], preset, ws, rows[level - 1])
     grad_vector = None
     if needs_vector:
         sums = {key: (g[key[1]] * value).sum() for key, value in kept.items()}
@@ -849,14 +851,14 @@ def _blend_backward(grad, stack, weights, vector, template, kept, preset, needs_
             if needs_weights:
                 h = grad_weights[:, n] if level == 0 else ws.get(f"h{level}", weight.shape)
                 if band:
-                    laplacian_dot_into(h, g[level], image, images[level + 1], preset, ws, rows)
+                    laplacian_dot_into(h, g[level], image, images[level + 1], preset, ws, rows[level])
                     scale_(h, band_coef[level])
                 else:
                     h.zero_()
                 if residual:
                     h.add_(scale_((image * g[level]).sum(dim=-3, keepdim=True), residual_coef[level]))
                 if h_coarser is not None:
-                    add_down_adjoint_into(h, h_coarser, mode, ws, rows)
+                    add_down_adjoint_into(h, h_coarser, mode, ws, rows[level])
                 h_coarser = h
             if needs_stack:
                 q = grad_stack[:, n] if level == 0 else ws.get(f"q{level}", image.shape)
@@ -864,14 +866,14 @@ def _blend_backward(grad, stack, weights, vector, template, kept, preset, needs_
                     scale_(torch.mul(weight, g[level], out=q), band_coef[level])  # dLap
                     if q_coarser is not None:
                         projected = ws.get("projected", q_coarser.shape)
-                        up_adjoint_into(q, projected, preset, ws, rows)
+                        up_adjoint_into(q, projected, preset, ws, rows[level])
                         q_coarser.sub_(projected)
                 else:
                     q.zero_()
                 if residual:
                     q.add_(scale_(weight * g[level], residual_coef[level]))
                 if q_coarser is not None:
-                    add_down_adjoint_into(q, q_coarser, mode, ws, rows)
+                    add_down_adjoint_into(q, q_coarser, mode, ws, rows[level])
                 q_coarser = q
     return grad_stack, grad_weights, grad_vector
 
