@@ -477,15 +477,21 @@ def _up_band(coarse: Tensor, r0: int, r1: int, preset: Preset, ws: Workspace, wi
     return _cols_then_rows_band(coarse, r0, r1, cols_op, modes, ws, width)
 
 
-def accumulate_band_into(
-    acc: Tensor, weight: Tensor, fine: Tensor, coarse: Tensor, preset: Preset, ws: Workspace, rows: int
-) -> None:
-    """``acc += weight * (fine - pyr_up(coarse))``: one Laplacian level, weighted, band by band."""
+def _laplacian_bands(fine: Tensor, coarse: Tensor, preset: Preset, ws: Workspace, rows: int):
+    """``(r0, r1, band)``: rows ``[r0, r1)`` of the Laplacian level ``fine - pyr_up(coarse)``, one
+    band at a time (``band`` is a workspace buffer, overwritten by the next one)."""
     height, width = fine.shape[-2:]
     for r0 in range(0, height, rows):
         r1 = min(r0 + rows, height)
         band = _up_band(coarse, r0, r1, preset, ws, width)
-        torch.sub(fine[..., r0:r1, :], band, alpha=1.0 / 64.0, out=band)
+        yield r0, r1, torch.sub(fine[..., r0:r1, :], band, alpha=1.0 / 64.0, out=band)
+
+
+def accumulate_band_into(
+    acc: Tensor, weight: Tensor, fine: Tensor, coarse: Tensor, preset: Preset, ws: Workspace, rows: int
+) -> None:
+    """``acc += weight * (fine - pyr_up(coarse))``: one Laplacian level, weighted, band by band."""
+    for r0, r1, band in _laplacian_bands(fine, coarse, preset, ws, rows):
         acc[..., r0:r1, :].addcmul_(weight[..., r0:r1, :], band)
 
 
@@ -493,11 +499,7 @@ def laplacian_dot_into(
     out: Tensor, grad: Tensor, fine: Tensor, coarse: Tensor, preset: Preset, ws: Workspace, rows: int
 ) -> None:
     """``out = sum over channels of (fine - pyr_up(coarse)) * grad`` (``[..., 1, H, W]``), band by band."""
-    height, width = fine.shape[-2:]
-    for r0 in range(0, height, rows):
-        r1 = min(r0 + rows, height)
-        band = _up_band(coarse, r0, r1, preset, ws, width)
-        torch.sub(fine[..., r0:r1, :], band, alpha=1.0 / 64.0, out=band)
+    for r0, r1, band in _laplacian_bands(fine, coarse, preset, ws, rows):
         # sum over channels of band * grad, without a 3-channel product in between
         o, g = out[..., r0:r1, :], grad[..., r0:r1, :]
         torch.mul(band[..., 0:1, :, :], g[..., 0:1, :, :], out=o)
