@@ -126,6 +126,18 @@ def check_scalar(value, name: str, *, minimum: float | None = None, strict: bool
         raise ValueError(f"{name} must be {relation} {minimum}, got {value if not isinstance(value, Tensor) else low}")
 
 
+def as_channel_param(value, name: str):
+    """``mu`` or ``sigma`` given as a list or tuple of numbers (one per channel) -> a float64 tensor.
+
+    Numbers and tensors pass through; :func:`check_scalar` validates the result.
+    """
+    if not isinstance(value, (list, tuple)):
+        return value
+    if not value or any(isinstance(v, bool) or not isinstance(v, Number) for v in value):
+        raise TypeError(f"{name} must be a number, a tensor or a non-empty list of numbers (one per channel), got {value!r}")
+    return torch.tensor([float(v) for v in value], dtype=torch.float64)
+
+
 def check_levels(levels) -> None:
     """``levels``: ``None``, a number >= 1 (absolute depth) or <= -1 (counted from the maximum)."""
     if levels is None:

@@ -766,6 +766,17 @@ def _effective_params(params: dict[str, Any]) -> dict[str, Any]:
     return {name: params.get(name, signature[name].default) for name in PARAM_NAMES}
 
 
+def _shown_value(value) -> str:
+    """A parameter for the table: ``auto`` for None, per-channel values joined by ``/``."""
+    if value is None:
+        return "auto"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        return "/".join(f"{v:g}" for v in value)
+    return f"{value:g}"
+
+
 def _eval_table(reports: list[dict[str, Any]]) -> str:
     """The reports as an aligned text table, with a few lines saying what the numbers are."""
     with_reference = any(report["reference"] is not None for report in reports)
@@ -792,7 +803,7 @@ def _eval_table(reports: list[dict[str, Any]]) -> str:
     lines = [fmt(header), *(fmt(row) for row in rows), ""]
     params = reports[0]["params"]  # the same for every bracket
     if params is not None:
-        shown = {name: "auto" if value is None else value if isinstance(value, str) else f"{value:g}" for name, value in params.items()}
+        shown = {name: _shown_value(value) for name, value in params.items()}
         order = ("preset", "contrast", "saturation", "exposure", "mu", "sigma", "levels")
         settings = ", ".join(f"{name} {shown[name]}" for name in order)
         lines.append(f"efusion: {settings}; its result is scored as computed, clipped to [0, 1]")

@@ -249,7 +249,8 @@ def exposure_fusion(
         contrast, saturation, exposure: exponents >= 0 of the three measures (0 switches a
             measure off), numbers or 0-dim tensors (tensors carry gradients).
         mu, sigma: centre and width (> 0) of the well-exposedness Gaussian, per channel and
-            multiplied over channels; numbers or tensors (0-dim or one value per channel).
+            multiplied over channels; numbers, or one value per channel as a list or a tensor
+            (tensors, also 0-dim, carry gradients).
         levels: pyramid depth, see :func:`blend`.
         preset: ``"mertens"`` (default) or ``"opencv"``.
         mask: optional, broadcastable to ``[..., N, 1, H, W]``: multiplies the weights before
@@ -270,6 +271,7 @@ def exposure_fusion(
     """
     stack5, unbatched = _checks.as_stack(stack)
     preset = get_preset(preset)
+    mu, sigma = _checks.as_channel_param(mu, "mu"), _checks.as_channel_param(sigma, "sigma")
     check_params(contrast, saturation, exposure, mu, sigma, stack5.shape[2])
     _checks.check_levels(levels)
     mask5 = _checks.as_mask(mask, stack5, unbatched)
@@ -338,6 +340,7 @@ def fuse_frames(
     _checks.check_levels(levels)
     source = iter(read_frames())
     first = _check_frame(next(source, None), 0, None)
+    mu, sigma = _checks.as_channel_param(mu, "mu"), _checks.as_channel_param(sigma, "sigma")
     check_params(contrast, saturation, exposure, mu, sigma, first.shape[-3])
     if dtype is None:
         dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
@@ -1012,7 +1015,13 @@ class Fusion(nn.Module):
         return weights.squeeze(0) if unbatched else weights
 
     def export(self) -> dict:
-        """Current values as plain numbers, ready for ``efusion fuse --params`` (JSON/YAML)."""
+        """Current values as plain numbers (per-channel ``mu``/``sigma`` as lists), in the form
+        :func:`efusion.io.write_params` and ``efusion fuse --params`` take.
+
+        A depth is written as the forward pass uses it: one that training moved past the valid
+        range is clamped back into it (a relative depth to <= -1, an absolute one to >= 1), which
+        changes no result (the forward clamps it the same way).
+        """
         out: dict = {}
         for name in PARAMETER_NAMES:
             value = getattr(self, name)
@@ -1021,6 +1030,8 @@ class Fusion(nn.Module):
                 continue
             value = value.detach().cpu()
             out[name] = value.item() if value.dim() == 0 else value.tolist()
+        if out["levels"] is not None:
+            out["levels"] = min(out["levels"], -1.0) if self.relative_levels else max(out["levels"], 1.0)
         out["preset"] = self.preset
         return out
 

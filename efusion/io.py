@@ -840,9 +840,10 @@ def validate_params(params: Mapping[str, Any], *, source: str = "params") -> dic
     """Check fusion parameters and return them as plain Python values.
 
     Exponents (contrast, saturation, exposure) must be numbers >= 0, ``mu`` a number, ``sigma``
-    a number > 0, ``levels`` ``None`` or a number >= 1 or <= -1, ``preset`` one of
-    :data:`efusion.PRESETS`. 0-dim tensors and numpy scalars are accepted (converted with
-    ``.item()``), so a trained module's values can be passed directly.
+    a number > 0 (each of them may also be a list of one value per channel, e.g. R, G, B),
+    ``levels`` ``None`` or a number >= 1 or <= -1, ``preset`` one of :data:`efusion.PRESETS`.
+    Tensors and numpy values are accepted (converted with ``.tolist()``), so a trained module's
+    values can be passed directly; a one-element list becomes a number.
 
     Raises:
         ParamsError: naming ``source`` and the offending key.
@@ -853,11 +854,18 @@ def validate_params(params: Mapping[str, Any], *, source: str = "params") -> dic
     for key, value in params.items():
         if key not in PARAM_NAMES:
             raise ParamsError(f"{source}: unknown parameter {key!r} (expected some of: {', '.join(PARAM_NAMES)})")
-        if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-            try:
-                value = value.item()
-            except (ValueError, RuntimeError):
-                raise ParamsError(f"{source}: {key!r} must be a single number, got {value!r}") from None
+        if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+            value = value.tolist()  # tensors and numpy values: a number or (nested) lists
+        if key in ("mu", "sigma") and isinstance(value, (list, tuple)):
+            if not value or any(isinstance(v, (list, tuple)) for v in value):
+                raise ParamsError(f"{source}: {key!r} must be a number or a list of numbers (one per channel), got {value!r}")
+            values = [_check_param(key, v, source, []) for v in value]
+            checked[key] = values[0] if len(values) == 1 else values
+            continue
+        if isinstance(value, (list, tuple)):
+            if len(value) != 1:
+                raise ParamsError(f"{source}: {key!r} must be a single number, got {value!r}")
+            value = value[0]
         checked[key] = _check_param(key, value, source, sorted(PRESETS))
     return checked
 

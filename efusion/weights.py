@@ -146,12 +146,13 @@ def well_exposedness(stack: Tensor, mu: ParamLike = 0.5, sigma: ParamLike = 0.2)
 
     Args:
         stack: tensor ``[..., C, H, W]`` in [0, 1].
-        mu: centre, a number or a tensor (0-dim or one value per channel).
-        sigma: width (> 0), a number or a tensor (0-dim or one value per channel).
+        mu: centre, a number, or one value per channel (a list or a tensor; tensors, also 0-dim, carry gradients).
+        sigma: width (> 0), as ``mu``.
 
     Shape:
         ``[..., C, H, W]`` -> ``[..., 1, H, W]``.
     """
+    mu, sigma = _checks.as_channel_param(mu, "mu"), _checks.as_channel_param(sigma, "sigma")
     return _log_well_exposedness(stack, mu, sigma).exp()
 
 
@@ -302,8 +303,8 @@ def mertens_weights(
             float in [0, 1]; C = 3 (RGB) or 1 (gray: no saturation measure).
         contrast, saturation, exposure: exponents >= 0 (0 switches a measure off), numbers or
             0-dim tensors (tensors carry gradients).
-        mu, sigma: centre and width (> 0) of the well-exposedness Gaussian, numbers or tensors
-            (0-dim or one value per channel).
+        mu, sigma: centre and width (> 0) of the well-exposedness Gaussian, numbers, or one
+            value per channel as a list or a tensor (tensors, also 0-dim, carry gradients).
         preset: ``"mertens"`` (default) or ``"opencv"``.
         mask: optional, broadcastable to ``[..., N, 1, H, W]``; multiplies the weights before
             normalisation (0 excludes a frame at a pixel; where every frame is excluded the
@@ -320,6 +321,7 @@ def mertens_weights(
     """
     stack5, unbatched = _checks.as_stack(stack)
     preset = get_preset(preset)
+    mu, sigma = _checks.as_channel_param(mu, "mu"), _checks.as_channel_param(sigma, "sigma")
     check_params(contrast, saturation, exposure, mu, sigma, stack5.shape[2])
     mask5 = _checks.as_mask(mask, stack5, unbatched)
     weights = weights_5d(stack5, mask5, contrast, saturation, exposure, mu, sigma, preset)

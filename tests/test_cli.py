@@ -231,6 +231,13 @@ class TestFuse:
         expected = efusion.exposure_fusion(as_stack(frames8), contrast=0.0, saturation=1.5, levels=None)
         assert torch.equal(read_tiff(out), expected)
 
+    def test_per_channel_params_file(self, tmp_path, capsys, bracket8, frames8):
+        efusion.io.write_params(tmp_path / "tuned.json", {"mu": [0.4, 0.5, 0.6], "sigma": [0.25, 0.2, 0.3]})
+        out = tmp_path / "fused.tif"
+        assert run(["fuse", *bracket8, "-o", out, "--bit-depth", "32", "--params", tmp_path / "tuned.json"], capsys)[0] == 0
+        expected = efusion.exposure_fusion(as_stack(frames8), mu=[0.4, 0.5, 0.6], sigma=[0.25, 0.2, 0.3])
+        assert torch.equal(read_tiff(out), expected)
+
     def test_robust_range(self, tmp_path, capsys, bracket8, frames8):
         out = tmp_path / "fused.png"
         code, _, _ = run(["fuse", *bracket8, "-o", out, "--range", "robust", "--clip-black", "2", "--clip-white", "3",

@@ -162,6 +162,16 @@ class TestEval:
         assert by_image(report)["efusion"]["mef_ssim"] == pytest.approx(multi, abs=1e-12)
         assert report["params"]["contrast"] == 0.0 and report["params"]["levels"] == -2
 
+    def test_per_channel_params_file(self, tmp_path, capsys, bracket, frames8):
+        # mu/sigma with one value per channel, as efusion.Fusion.export() writes them
+        efusion.io.write_params(tmp_path / "tuned.yaml", {"mu": [0.4, 0.5, 0.6], "sigma": [0.25, 0.2, 0.3]})
+        (report,) = eval_json([bracket[0].parent, "--params", tmp_path / "tuned.yaml"], capsys)
+        fused = efusion.exposure_fusion(as_stack(frames8), mu=[0.4, 0.5, 0.6], sigma=[0.25, 0.2, 0.3])
+        assert by_image(report)["efusion"]["mef_ssim"] == pytest.approx(expected_scores(fused, frames8)[0], abs=1e-12)
+        assert report["params"]["mu"] == [0.4, 0.5, 0.6]
+        code, out, _ = run(["eval", bracket[0].parent, "--params", tmp_path / "tuned.yaml"], capsys)
+        assert code == 0 and "mu 0.4/0.5/0.6, sigma 0.25/0.2/0.3" in out
+
     def test_fused_of_identical_frames_scores_one(self, tmp_path, capsys, frames8):
         paths = write_frames(tmp_path / "same", np.repeat(frames8[1:2], 3, axis=0))
         (report,) = eval_json([paths[0].parent, "--fused", paths[1]], capsys)

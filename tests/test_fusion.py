@@ -286,6 +286,34 @@ class TestFusionModule:
         values = layer.export()
         return exposure_fusion(x, **values) if not layer.relative_levels else exposure_fusion(x, **values)
 
+    @pytest.mark.parametrize("start, moved", [(None, -0.4), (3.0, 0.6)], ids=["relative", "absolute"])
+    def test_export_round_trips_through_a_params_file(self, tmp_path, start, moved):
+        # training can move a depth past its valid range (the forward clamps it) and learn one
+        # mu/sigma per channel: the exported file must be readable and fuse like the layer
+        from efusion.io import read_params, write_params
+
+        layer = Fusion(mu=[0.4, 0.5, 0.6], sigma=[0.25, 0.2, 0.3], levels=start, learnable=["mu", "sigma", "levels"]).double()
+        with torch.no_grad():
+            layer.levels.fill_(moved)
+        write_params(tmp_path / "p.yaml", layer.export())
+        params = read_params(tmp_path / "p.yaml")
+        assert params["levels"] == (-1.0 if start is None else 1.0)
+        assert len(params["mu"]) == 3 and len(params["sigma"]) == 3
+        x = scene()
+        torch.testing.assert_close(exposure_fusion(x, **params), layer(x), atol=1e-12, rtol=0)
+
+    def test_per_channel_lists(self):
+        x = scene()
+        as_lists = exposure_fusion(x, mu=[0.4, 0.5, 0.6], sigma=[0.25, 0.2, 0.3])
+        as_tensors = exposure_fusion(x, mu=torch.tensor([0.4, 0.5, 0.6], dtype=x.dtype),
+                                     sigma=torch.tensor([0.25, 0.2, 0.3], dtype=x.dtype))
+        torch.testing.assert_close(as_lists, as_tensors, atol=0, rtol=0)
+        assert not torch.allclose(as_lists, exposure_fusion(x))
+        with pytest.raises(TypeError, match="non-empty list of numbers"):
+            exposure_fusion(x, mu=[])
+        with pytest.raises(ValueError, match="one per channel"):
+            exposure_fusion(x, sigma=[0.2, 0.3])
+
     def test_smoke_equals_functional(self):
         x = scene(b=2)
         kwargs = dict(contrast=0.7, saturation=1.1, exposure=1.3, mu=0.45, sigma=0.25, levels=3)

@@ -489,6 +489,13 @@ class TestParams:
         assert json.loads((tmp_path / "p.json").read_text()) == {"contrast": 0.25, "levels": None, "mu": 0.5}
         assert read_params(tmp_path / "p.json")["levels"] is None
 
+    @pytest.mark.parametrize("name", ["p.yaml", "p.json"])
+    def test_per_channel_mu_sigma(self, tmp_path, name):
+        # one value per channel (as Fusion.export gives them); a one-element list is a number
+        write_params(tmp_path / name, {"mu": [0.4, 0.5, 0.6], "sigma": np.array([0.25, 0.2, 0.3]), "levels": torch.tensor([3.0])})
+        assert read_params(tmp_path / name) == {"mu": [0.4, 0.5, 0.6], "sigma": [0.25, 0.2, 0.3], "levels": 3.0}
+        assert validate_params({"mu": [0.45]}) == {"mu": 0.45}
+
     def test_integer_levels_stay_integer(self, tmp_path):
         (tmp_path / "p.yaml").write_text("levels: -1\ncontrast: 1\n")
         params = read_params(tmp_path / "p.yaml")
@@ -509,7 +516,10 @@ class TestParams:
             ("mu", "half", "'mu' must be a finite number"),
             ("exposure", True, "'exposure' must be a finite number"),
             ("saturation", float("nan"), "'saturation' must be a finite number"),
-            ("mu", [0.5, 0.5], "'mu' must be a finite number"),
+            ("mu", [], "'mu' must be a number or a list of numbers"),
+            ("sigma", [0.2, 0.0], "'sigma' must be > 0"),
+            ("mu", [[0.5]], "'mu' must be a number or a list of numbers"),
+            ("levels", [2, 3], "'levels' must be a single number"),
         ],
     )
     def test_bad_values_named(self, tmp_path, key, value, message):

@@ -136,18 +136,7 @@ class FusionModule(pl.LightningModule):
 
     def exported_params(self) -> dict[str, Any]:
         """All parameters in the form ``efusion fuse --params`` reads (see :func:`export`)."""
-        params = self.fusion.export()
-        levels = params.get("levels")
-        if levels is not None:
-            if self.fusion.relative_levels:
-                params["levels"] = min(float(levels), -1.0)  # depths past the full one act as full depth
-            else:
-                params["levels"] = max(float(levels), 1.0)
-        for name in ("mu", "sigma"):
-            if isinstance(params.get(name), list):  # per-channel values: the params file holds one number
-                values = params[name]
-                params[name] = sum(values) / len(values)
-        return params
+        return self.fusion.export()
 
     # -- steps --------------------------------------------------------------------------------
     def forward(self, frames: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -307,9 +296,9 @@ def _short_name(name: str) -> str:
 def export(module: FusionModule, path: str | Path) -> dict[str, Any]:
     """Write ``module``'s parameters to ``path`` (``.yaml``/``.yml``/``.json``) for ``efusion fuse --params``.
 
-    A learned relative depth is written as a negative number (levels below the full depth, the
-    form ``efusion fuse`` reads), an absolute one as a positive number; per-channel ``mu`` or
-    ``sigma`` are averaged (the file holds one number each). Returns the values written.
+    As :meth:`efusion.Fusion.export` gives them: a learned relative depth as a number <= -1
+    (levels below the full depth), an absolute one as a number >= 1, per-channel ``mu`` or
+    ``sigma`` as lists. Returns the values written.
     """
     params = module.exported_params()
     efusion_io.write_params(path, params)
