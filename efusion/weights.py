@@ -721,7 +721,7 @@ def _raw_weights_backward_band(frame, r0, r1, raw_grad, grad_frame, values, want
             _add_sum(sums, "exposure", torch.dot(q.view(-1), log_e.view(-1)))
         if band_grad is not None or {"mu", "sigma"} & wanted:
             exposure_grad = q if _is_one(exposure_exponent) else torch.mul(q, exposure_exponent, out=measure_grad)
-            _log_well_exposedness_backward_(x, exposure_grad, band_grad, mu, sigma, wanted, sums, ws)
+            _log_well_exposedness_backward_(x, exposure_grad, band_grad, mu, sigma, wanted, sums, ws, log_e)
 
 
 def _luma_gradient_weights(frame: Tensor, preset: Preset) -> tuple[float, ...]:
@@ -801,41 +801,36 @@ def _number(value: ParamLike) -> ParamLike:
 
 
 def _log_well_exposedness_backward_(x: Tensor, grad: Tensor, out: Tensor | None, mu, sigma, wanted: set, sums: dict,
-                                    ws: Workspace) -> None:
+                                    ws: Workspace, log_e: Tensor | None = None) -> None:
     """Backpropagate ``grad`` of ``_log_well_exposedness(x, mu, sigma)`` into ``out`` and mu, sigma.
 
     log E = -1/2 sum_c (x_c - mu_c)^2 / sigma_c^2: d/dx_c = -(x_c - mu_c) / sigma_c^2 = -d/dmu_c,
-    d/dsigma_c = (x_c - mu_c)^2 / sigma_c^3.
+    d/dsigma_c = (x_c - mu_c)^2 / sigma_c^3. With one sigma for every channel the latter sum to
+    ``-2 log E / sigma``, taken from ``log_e`` (the forward value) when given.
     """
     mu_c_all, sigma_c_all = _per_channel(mu, x), _per_channel(sigma, x)
     channels = x.shape[-3]
     want_mu = "mu" in wanted and isinstance(mu, Tensor)
     want_sigma = "sigma" in wanted and isinstance(sigma, Tensor)
-    deviation = ws.get("bw_deviation", grad.shape)
-    weighted = ws.get("bw_weighted_deviation", grad.shape)
     mu_sums, sigma_sums = [], []
+    if want_sigma and log_e is not None and sigma.numel() == 1:
+        sigma_sums.append(torch.dot(grad.view(-1), log_e.view(-1)) * (-2.0 / _number(sigma.reshape(()))))
+        want_sigma = False
+    deviation = ws.get("bw_deviation", grad.shape)
     for c in range(channels):
         sigma_c = _number(_channel_value(sigma_c_all, c))
         inverse_variance = 1.0 / (sigma_c * sigma_c)
         torch.sub(x[..., c:c + 1, :, :], _channel_value(mu_c_all, c), out=deviation)
-        target = None if out is None else out[..., c:c + 1, :, :]
-        if not (want_mu or want_sigma):
-            if target is not None:
-                if isinstance(inverse_variance, Tensor):
-                    target.addcmul_(deviation.mul_(inverse_variance), grad, value=-1.0)
-                else:
-                    target.addcmul_(deviation, grad, value=-inverse_variance)
-            continue
-        torch.mul(deviation, grad, out=weighted)
-        if want_sigma:
-            sigma_sums.append(torch.dot(weighted.view(-1), deviation.view(-1)) * inverse_variance / sigma_c)
         if want_mu:  # d/dmu_c = -d/dx_c
-            mu_sums.append(weighted.sum() * inverse_variance)
-        if target is not None:
+            mu_sums.append(torch.dot(deviation.view(-1), grad.view(-1)) * inverse_variance)
+        if want_sigma:
+            weighted = torch.mul(deviation, grad, out=ws.get("bw_weighted_deviation", grad.shape))
+            sigma_sums.append(torch.dot(weighted.view(-1), deviation.view(-1)) * inverse_variance / sigma_c)
+        if out is not None:
             if isinstance(inverse_variance, Tensor):
-                target.sub_(weighted.mul_(inverse_variance))
+                out[..., c:c + 1, :, :].addcmul_(deviation.mul_(inverse_variance), grad, value=-1.0)
             else:
-                target.sub_(weighted, alpha=inverse_variance)
+                out[..., c:c + 1, :, :].addcmul_(deviation, grad, value=-inverse_variance)
     for name, parts, value in (("mu", mu_sums, mu), ("sigma", sigma_sums, sigma)):
         if parts:
             per_channel = isinstance(value, Tensor) and value.dim() == 1 and value.numel() == channels and channels > 1
