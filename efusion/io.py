@@ -438,6 +438,23 @@ def _decode_into(info: _FrameInfo, frame: Tensor, alpha: Tensor | None) -> None:
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         source = torch.from_numpy(array).permute(2, 0, 1)
     scale = {8: 255.0, 16: 65535.0}.get(info.bit_depth)
+    if scale == 65535.0 and frame.dtype not in (torch.float32, torch.float64):
+        # half types cannot hold every 16-bit code value (float16 overflows above 65504): scale
+        # in float64, then round once to the target type
+        wide = torch.empty(frame.shape, dtype=torch.float64, device=frame.device)
+        wide_alpha = None if alpha is None else torch.empty(alpha.shape, dtype=torch.float64, device=alpha.device)
+        _fill(info, source, colour, scale, wide, wide_alpha, associated)
+        frame.copy_(wide)
+        if wide_alpha is not None and info.alpha:
+            alpha.copy_(wide_alpha)
+        return
+    _fill(info, source, colour, scale, frame, alpha, associated)
+
+
+def _fill(
+    info: _FrameInfo, source: Tensor, colour: int, scale: float | None, frame: Tensor, alpha: Tensor | None, associated: bool
+) -> None:
+    """Decoded samples ``source`` ``[S, H, W]`` into ``frame`` and ``alpha``, scaled to [0, 1]."""
     # copy_ converts the integer samples exactly; one in-place division then scales them, which
     # gives bit-identical values to ``frames.float() / 255`` computed in memory
     if colour == frame.shape[0]:

@@ -198,6 +198,19 @@ class TestFuse:
         stack = read_bracket(bracket8, dtype=torch.float16)
         assert torch.equal(read_tiff(out), efusion.exposure_fusion(stack.frames).float())
 
+    def test_half_precision_16bit_frames(self, tmp_path, capsys):
+        # 16-bit white (65535) is above float16's largest finite value: the frames must still be right
+        frames = (scene() * 65535).round().astype(np.uint16)
+        paths = [tmp_path / f"{i}.png" for i in range(len(frames))]
+        for path, frame in zip(paths, frames):
+            save_png16(path, frame)
+        out = tmp_path / "fused.tif"
+        assert run(["fuse", *paths, "-o", out, "--bit-depth", "32", "--dtype", "float16"], capsys)[0] == 0
+        expected = efusion.exposure_fusion(torch.from_numpy(frames.astype(np.float64) / 65535).permute(0, 3, 1, 2))
+        result = read_tiff(out)
+        assert torch.isfinite(result).all()
+        assert (result.double() - expected).abs().max() < 0.02  # float16 arithmetic
+
     def test_jpeg_output_quality(self, tmp_path, capsys, bracket8):
         sizes = []
         for quality in (30, 95):

@@ -82,6 +82,18 @@ class TestReadImage:
         assert torch.equal(bracket.frames[0], expected)
         assert len(torch.unique(bracket.frames)) > 2000  # far more levels than 8 bits hold
 
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    def test_png16_in_half_precision_is_the_rounded_float64_value(self, tmp_path, dtype):
+        # float16 cannot hold code values above 65504 (they become inf before the division)
+        pixels = np.array([[[0, 1, 32768], [65503, 65534, 65535]]], dtype=np.uint16).repeat(3, 0)
+        save_png16(tmp_path / "a.png", pixels)
+        frame, alpha = read_image(tmp_path / "a.png", dtype=dtype)
+        expected = (torch.from_numpy(pixels.astype(np.int64)).permute(2, 0, 1).double() / 65535).to(dtype)
+        assert frame.dtype == dtype and torch.isfinite(frame).all()
+        assert torch.equal(frame, expected)
+        (frame,) = open_bracket([tmp_path / "a.png"]).frames(dtype=dtype)
+        assert torch.equal(frame, expected)
+
     def test_png16_gray_and_rgba(self, tmp_path):
         gray = np.arange(24 * 32, dtype=np.uint16).reshape(24, 32) * 80
         save_png16(tmp_path / "g.png", gray)
