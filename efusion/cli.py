@@ -462,6 +462,11 @@ def _fuse_one(args, params, device, dtype) -> int:
         frames = inputs
         label = str(frames[0]) if len(frames) == 1 else f"{frames[0]} (and {len(frames) - 1} more frames)"
     check_output(out, args.bit_depth)
+    if len(inputs) == 1 and inputs[0].is_dir() and not out.name.startswith(".") and _same_file(out.parent, inputs[0]):
+        raise CommandError(
+            f"{out}: is inside the input folder {inputs[0]}, where it would be read as a frame of the bracket next "
+            "time; write it elsewhere"
+        )
     for frame in frames:
         if _same_file(frame, out):
             raise CommandError(f"{out}: is one of the input frames; inputs are never overwritten")

@@ -14,7 +14,7 @@ from PIL import Image
 
 import efusion
 from efusion.cli import main
-from efusion.io import read_bracket, read_image, robust_normalize
+from efusion.io import list_frames, read_bracket, read_image, robust_normalize
 
 from conftest import BURSTS, burst_frames, load_burst_uint8, requires_shared
 from test_io import leftovers, save_png16, scene
@@ -448,6 +448,17 @@ class TestBadInput:
 
     def test_output_is_an_input(self, tmp_path, capsys, bracket8):
         self.check(capsys, ["fuse", *bracket8, "-o", bracket8[0], "--force"], bracket8[0], "is one of the input frames")
+
+    @pytest.mark.parametrize("force", [[], ["--force"]])
+    def test_output_inside_the_input_folder(self, tmp_path, capsys, bracket8, force):
+        # a result written there would be fused as one more frame of the bracket on the next run
+        folder = bracket8[0].parent
+        out = folder / "fused.png"
+        self.check(capsys, ["fuse", folder, "-o", out, *force], out, str(out), "input folder", "read as a frame")
+        assert list_frames(folder) == bracket8
+        # a hidden name is not listed as a frame, and frame files (not the folder) do not make a bracket of it
+        assert run(["fuse", folder, "-o", folder / ".fused.png"], capsys)[0] == 0
+        assert run(["fuse", *bracket8, "-o", out], capsys)[0] == 0
 
     def test_output_folder_is_a_file(self, tmp_path, capsys, bracket8):
         blocker = tmp_path / "blocker"
