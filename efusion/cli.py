@@ -14,6 +14,7 @@ naming the file. Set ``EFUSION_DEBUG=1`` to get the traceback of an unexpected e
 from __future__ import annotations
 
 import argparse
+import collections.abc
 import json
 import math
 import os
@@ -407,22 +408,48 @@ def _fuse_files(frames: list[Path], out: Path, args, params, device, dtype) -> t
     bracket = open_bracket(frames)
     depth = args.bit_depth if args.bit_depth is not None else default_bit_depth(out, bracket.bit_depth)
     check_output(out, depth)
+    float_files = bracket.bit_depth == 32  # only float samples can be NaN or infinite
     with torch.inference_mode():
         if dtype in (torch.float32, torch.float64):
             # frames are decoded when fuse_frames uses them (twice: two passes), so memory holds
             # one frame and the blended pyramid, however many frames the bracket has
+            frames = bracket.frames(dtype=dtype, device=device)
             result = efusion.fuse_frames(
-                bracket.frames(dtype=dtype, device=device), masks=bracket.masks(dtype=dtype, device=device),
-                dtype=dtype, **params,
+                _FiniteFrames(frames, bracket.paths) if float_files else frames,
+                masks=bracket.masks(dtype=dtype, device=device), dtype=dtype, **params,
             )
         else:  # half precision runs exposure_fusion's reference code, on the whole stack
             stack = bracket.read(dtype=dtype, device=device)
+            if float_files:
+                for path, frame in zip(stack.paths, stack.frames):
+                    _check_finite(path, frame, f" or values too large for --dtype {args.dtype}")
             result = efusion.exposure_fusion(stack.frames, mask=stack.mask, **params)
             del stack
         image = _display(result, args, depth)
     _make_folder(out.parent)
     write_image(out, image, bit_depth=depth, quality=args.quality, overwrite=args.force)
     return len(bracket), (len(bracket), *bracket.shape)
+
+
+def _check_finite(path: Path, frame: torch.Tensor, also: str = "") -> None:
+    """A float frame with NaN or infinite samples would spread them over much of the result."""
+    if not torch.isfinite(frame).all():
+        raise ImageIOError(f"{path}: has NaN or infinite samples{also}; cannot fuse it")
+
+
+class _FiniteFrames(collections.abc.Sequence):
+    """The frames of a bracket, each checked for NaN and infinite samples as it is decoded."""
+
+    def __init__(self, frames: Sequence[torch.Tensor], paths: Sequence[Path]) -> None:
+        self._frames, self._paths = frames, paths
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def __getitem__(self, index):
+        frame = self._frames[index]
+        _check_finite(self._paths[index], frame)
+        return frame
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -441,6 +441,20 @@ class TestBadInput:
         assert_one_error_line(err, "empty", "no image files")
         assert not out.exists()  # the output folder it created is removed again when nothing was written
 
+    @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+    @pytest.mark.parametrize("dtype", ["float32", "float16"])
+    def test_float_frame_with_non_finite_samples(self, tmp_path, capsys, bad, dtype):
+        # one bad sample would otherwise spread over most of the result through the pyramid
+        frames = scene().astype(np.float32)
+        frames[1, 3, 4, 0] = bad
+        paths = []
+        for i, frame in enumerate(frames):
+            paths.append(tmp_path / f"{i}.tif")
+            tifffile.imwrite(paths[-1], frame, photometric="rgb")
+        for suffix in (".png", ".tif"):
+            out = tmp_path / f"fused{suffix}"
+            self.check(capsys, ["fuse", *paths, "-o", out, "--dtype", dtype], out, str(paths[1]), "NaN or infinite")
+
     def test_output_exists(self, tmp_path, capsys, bracket8):
         out = tmp_path / "fused.png"
         out.write_bytes(b"precious")
