@@ -864,7 +864,7 @@ def _demo(args: argparse.Namespace) -> int:
     frame_paths = [out_dir / "frames" / f"frame-{i}.png" for i in range(args.frames)]
     fused_path, sheet_path = out_dir / "fused.png", out_dir / "contact-sheet.png"
     # the default folder holds nothing but an earlier demo's output: re-running refreshes it
-    overwrite = args.force or args.out_dir == DEMO_DIR
+    overwrite = args.force or out_dir == Path(DEMO_DIR)
     if not overwrite:
         for path in [fused_path, sheet_path, *frame_paths]:
             if path.exists():
@@ -882,6 +882,14 @@ def _demo(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
 
     _make_folder(frame_paths[0].parent)
+    if overwrite:  # frames of an earlier run with more frames would join this bracket
+        for path in frame_paths[0].parent.glob("frame-*.png"):
+            number = path.name[len("frame-"):-len(".png")]
+            if number.isdigit() and str(int(number)) == number and int(number) >= args.frames and path.is_file():
+                try:
+                    path.unlink()
+                except OSError as error:
+                    raise CommandError(f"{path}: cannot remove this earlier demo frame ({error.strerror or error})") from None
     for path, frame in zip(frame_paths, stack):
         write_image(path, frame, bit_depth=8, overwrite=overwrite)
     write_image(fused_path, image, bit_depth=8, overwrite=overwrite)

@@ -589,6 +589,22 @@ class TestDemo:
         code, _, _ = run(["demo", "--out-dir", out, "--height", "40", "--width", "56", "--force", "--contrast", "0"], capsys)
         assert code == 0 and (out / "fused.png").read_bytes() != before
 
+    @pytest.mark.parametrize("where", ["default", "./efusion-demo/", "forced"])
+    def test_rerun_with_fewer_frames_leaves_only_its_frames(self, tmp_path, capsys, monkeypatch, where):
+        # the printed hint fuses the frames folder: frames of an earlier, longer run must not stay in it
+        monkeypatch.chdir(tmp_path)
+        size = ["--height", "40", "--width", "56"]
+        out_dir = [] if where == "default" else ["--out-dir", "efusion-demo" if where == "forced" else where]
+        force = ["--force"] if where == "forced" else []
+        assert run(["demo", *size, "--frames", "4", "--out-dir", "efusion-demo"], capsys)[0] == 0
+        (tmp_path / "efusion-demo" / "frames" / "notes.txt").write_text("not a demo frame")
+        code, stdout, err = run(["demo", *size, "--frames", "2", "--seed", "3", *out_dir, *force], capsys)
+        assert code == 0 and err == ""
+        frames = tmp_path / "efusion-demo" / "frames"
+        assert sorted(p.name for p in frames.iterdir()) == ["frame-0.png", "frame-1.png", "notes.txt"]
+        code, stdout, _ = run(["fuse", frames, "-o", tmp_path / "again.png"], capsys)
+        assert code == 0 and "2 frames" in stdout
+
 
 def test_help_reads_well(capsys):
     code, stdout, _ = run(["--help"], capsys)
