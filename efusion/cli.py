@@ -517,7 +517,12 @@ def _fuse_one(args, params, device, dtype) -> int:
 def _fuse_many(args, params, device, dtype) -> int:
     out_dir = Path(args.out_dir)
     suffix = _FORMAT_SUFFIX[args.format]
-    check_output(out_dir / f"result{suffix}", args.bit_depth)
+    probe = out_dir / f"result{suffix}"
+    try:
+        check_output(probe, args.bit_depth)
+    except ImageIOError as error:  # its message names a file that will never exist: name the options instead
+        reason = str(error).removeprefix(f"{probe}: ")
+        raise CommandError(f"--format {args.format} --bit-depth {args.bit_depth}: {reason}") from None
     folders = [Path(p) for p in args.inputs]
     for folder in folders:
         if folder.exists() and not folder.is_dir():

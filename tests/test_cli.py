@@ -421,6 +421,11 @@ class TestBadInput:
     def test_depth_the_format_cannot_hold(self, tmp_path, capsys, bracket8):
         out = tmp_path / "fused.jpg"
         self.check(capsys, ["fuse", *bracket8, "-o", out, "--bit-depth", "16"], out, "fused.jpg", "JPEG holds 8-bit")
+        outs = tmp_path / "outs"  # no file is named yet: the message names the options, not a made-up file
+        self.check(capsys, ["fuse", bracket8[0].parent, "--out-dir", outs, "--format", "jpg", "--bit-depth", "16"], outs,
+                   "--format jpg", "--bit-depth 16", "8-bit")
+        _, _, err = run(["fuse", bracket8[0].parent, "--out-dir", outs, "--format", "jpg", "--bit-depth", "16"], capsys)
+        assert "result.jpg" not in err
 
     def test_frames_of_different_sizes(self, tmp_path, capsys, bracket8, frames8):
         Image.fromarray(frames8[2, :, :30]).save(bracket8[2])
