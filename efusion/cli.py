@@ -143,7 +143,8 @@ def _add_output_options(parser: argparse.ArgumentParser, *, batch: bool) -> None
     out = parser.add_argument_group("output")
     if batch:
         out.add_argument(
-            "--format", choices=tuple(_FORMAT_SUFFIX), default="png", help="file type of the results in --out-dir (default png)"
+            "--format", choices=tuple(_FORMAT_SUFFIX), help="file type of the results in --out-dir (default png; with -o the "
+            "file name's suffix gives it)"
         )
         out.add_argument(
             "--bit-depth",
@@ -489,6 +490,14 @@ def _fuse_one(args, params, device, dtype) -> int:
         frames = inputs
         label = str(frames[0]) if len(frames) == 1 else f"{frames[0]} (and {len(frames) - 1} more frames)"
     check_output(out, args.bit_depth)
+    if args.format is not None and _FORMAT_SUFFIX[args.format] != {".jpeg": ".jpg", ".tiff": ".tif"}.get(
+        out.suffix.lower(), out.suffix.lower()
+    ):
+        raise CommandError(
+            f"--format {args.format} disagrees with -o {out}: with -o the file name's suffix gives the format "
+            "(--format is for --out-dir)",
+            code=2,
+        )
     if len(inputs) == 1 and inputs[0].is_dir() and not out.name.startswith(".") and _same_file(out.parent, inputs[0]):
         raise CommandError(
             f"{out}: is inside the input folder {inputs[0]}, where it would be read as a frame of the bracket next "
@@ -516,6 +525,7 @@ def _fuse_one(args, params, device, dtype) -> int:
 
 def _fuse_many(args, params, device, dtype) -> int:
     out_dir = Path(args.out_dir)
+    args.format = args.format or "png"
     suffix = _FORMAT_SUFFIX[args.format]
     probe = out_dir / f"result{suffix}"
     try:

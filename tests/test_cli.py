@@ -529,6 +529,13 @@ class TestBadInput:
         out = tmp_path / "fused.png"
         self.check(capsys, ["fuse", bracket8[0].parent, other[0].parent, "-o", out], out, "is a folder", "--out-dir", code=2)
 
+    def test_format_disagreeing_with_the_output_name(self, tmp_path, capsys, bracket8):
+        # --format names the type of --out-dir results; with -o it must not be silently ignored
+        out = tmp_path / "fused.png"
+        self.check(capsys, ["fuse", *bracket8, "-o", out, "--format", "jpg"], out, "--format jpg", "fused.png", code=2)
+        for name, fmt in (("fused.jpeg", "jpg"), ("fused.TIFF", "tif"), ("fused.png", "png")):
+            assert run(["fuse", *bracket8, "-o", tmp_path / name, "--format", fmt], capsys)[0] == 0
+
     def test_files_with_out_dir(self, tmp_path, capsys, bracket8):
         out = tmp_path / "outs"
         self.check(capsys, ["fuse", *bracket8, "--out-dir", out], out, "is a file", "-o OUT", code=2)
