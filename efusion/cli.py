@@ -545,7 +545,8 @@ def _fuse_many(args, params, device, dtype) -> int:
     jobs: list[tuple[Path, Path]] = []
     claimed: dict[Path, Path] = {}
     for folder in folders:
-        name = folder.resolve().name or "bracket"
+        # named as given: "." and ".." are resolved, a symlinked folder keeps its link's name
+        name = Path(os.path.abspath(folder)).name or "bracket"
         out = out_dir / f"{name}{suffix}"
         if out in claimed:
             if _same_file(claimed[out], folder):

@@ -368,6 +368,14 @@ class TestBatch:
         assert_one_error_line(err, "would both be written to")
         assert not (tmp_path / "o").exists()
 
+    def test_results_are_named_after_the_folders_as_given(self, tmp_path, capsys, shoot, monkeypatch):
+        # a symlinked bracket folder is named by the link (the name the user gave), "." by the working folder
+        (tmp_path / "scene-1").symlink_to(shoot / "alpha", target_is_directory=True)
+        monkeypatch.chdir(shoot / "beta")
+        code, _, _ = run(["fuse", tmp_path / "scene-1", ".", f"..{os.sep}delta{os.sep}", "--out-dir", tmp_path / "o"], capsys)
+        assert code == 0
+        assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["beta.png", "delta.png", "scene-1.png"]
+
     def test_output_folder_inside_inputs_is_refused(self, tmp_path, capsys, shoot):
         code, _, err = run(["fuse", shoot / "alpha", "--out-dir", shoot / "alpha"], capsys)
         assert code == 1
