@@ -511,13 +511,21 @@ def _fuse_one(args, params, device, dtype) -> int:
     if out.exists() and not args.force:
         raise CommandError(f"{out}: already exists (pass --force to overwrite it)")
     _check_writable(out.parent)
+    missing = [folder for folder in (out.parent, *out.parent.parents) if not folder.exists()]  # deepest first
     start = time.perf_counter()
     try:
         count, shape = _fuse_files(frames, out, args, params, device, dtype)
-    except (ImageIOError, ParamsError):
-        raise  # their messages already name the file
-    except (ValueError, TypeError, RuntimeError, MemoryError) as error:  # from the fusion itself
-        raise CommandError(f"{label}: {_one_line(error)}") from None
+    except BaseException as error:
+        for folder in missing:  # as --out-dir: no empty folder left behind by a failed run
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        if isinstance(error, (ImageIOError, ParamsError)) or not isinstance(error, Exception):
+            raise  # their messages already name the file; KeyboardInterrupt
+        if isinstance(error, (ValueError, TypeError, RuntimeError, MemoryError)):  # from the fusion itself
+            raise CommandError(f"{label}: {_one_line(error)}") from None
+        raise
     if not args.quiet:
         print(f"{PROG}: wrote {out} ({count} frames, {shape[-1]}x{shape[-2]}, {time.perf_counter() - start:.1f} s)")
     return 0

@@ -277,6 +277,19 @@ class TestFuse:
         out = tmp_path / "new" / "deeper" / "fused.png"
         assert run(["fuse", *bracket8, "-o", out], capsys)[0] == 0 and out.exists()
 
+    @pytest.mark.parametrize("failure", [efusion.io.ImageIOError("disk full"), KeyboardInterrupt()])
+    def test_failed_write_leaves_no_folder_it_created(self, tmp_path, capsys, bracket8, monkeypatch, failure):
+        import efusion.cli as cli
+
+        def failing_write(path, image, **kwargs):
+            raise failure
+
+        monkeypatch.setattr(cli, "write_image", failing_write)
+        (tmp_path / "there").mkdir()
+        code, _, _ = run(["fuse", *bracket8, "-o", tmp_path / "there" / "new" / "deeper" / "fused.png"], capsys)
+        assert code in (1, 130)
+        assert list((tmp_path / "there").iterdir()) == []  # as --out-dir, which removes the folder it made
+
     def test_inputs_untouched(self, tmp_path, capsys, bracket8):
         before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in bracket8}
         run(["fuse", bracket8[0].parent, "-o", tmp_path / "fused.png"], capsys)
