@@ -563,7 +563,7 @@ def _fuse_many(args, params, device, dtype) -> int:
         claimed[out] = folder
         jobs.append((folder, out))
     _check_writable(out_dir)
-    created = not out_dir.exists()
+    created = [folder for folder in (out_dir, *out_dir.parents) if not folder.exists()]  # deepest first
     _make_folder(out_dir)
 
     from tqdm import tqdm
@@ -598,11 +598,11 @@ def _fuse_many(args, params, device, dtype) -> int:
         return 130
     finally:
         bar.close()
-        if created:
+        for folder in created:
             try:
-                out_dir.rmdir()  # only succeeds when nothing was written
+                folder.rmdir()  # only succeeds when nothing was written
             except OSError:
-                pass
+                break
     if not args.quiet:
         print(
             f"{PROG}: {done} done, {skipped} skipped (already there), {failed} failed, "

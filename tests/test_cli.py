@@ -466,6 +466,8 @@ class TestBadInput:
         assert status == 1 and "0 done, 0 skipped (already there), 1 failed" in stdout
         assert_one_error_line(err, "empty", "no image files")
         assert not out.exists()  # the output folder it created is removed again when nothing was written
+        status, _, _ = run(["fuse", tmp_path / "empty", "--out-dir", tmp_path / "new" / "deeper" / "outs"], capsys)
+        assert status == 1 and not (tmp_path / "new").exists()  # and so are the folders it created for it
 
     @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
     @pytest.mark.parametrize("dtype", ["float32", "float16"])
