@@ -733,8 +733,8 @@ def _eval_bracket(label, source, args, params, device, dtype, fused, reference) 
         raise CommandError(f"{where}; MEF-SSIM scores a fusion against its bracket and needs at least 2 frames")
     if bracket.bit_depth == 32:
         for path, frame in zip(paths, bracket.frames):
-            if torch.isnan(frame).any():
-                raise CommandError(f"{path}: has NaN samples; cannot score the bracket")
+            if not torch.isfinite(frame).all():  # the fusion takes float frames unclipped: NaN scores
+                raise CommandError(f"{path}: has NaN or infinite samples; cannot score the bracket")
     if min(height, width) < _MEF_MIN_SIZE:
         raise CommandError(
             f"{label}: frames are {width}x{height}, too small for MEF-SSIM: it needs at least {_MEF_MIN_SIZE} pixels on "

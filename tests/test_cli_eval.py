@@ -324,6 +324,16 @@ class TestEvalBadInput:
         tifffile.imwrite(tmp_path / "fused.tif", image, photometric="rgb")
         self.check(capsys, [bracket[0].parent, "--fused", tmp_path / "fused.tif"], "fused.tif", "NaN")
 
+    @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+    @pytest.mark.parametrize("json_lines", [[], ["--json"]])
+    def test_non_finite_float_frame(self, tmp_path, capsys, frames8, bad, json_lines):
+        # the fusion takes float frames as they are: one such sample makes the scores NaN
+        frames = as_stack(frames8).permute(0, 2, 3, 1).numpy().copy()
+        frames[2, 5, 6, 0] = bad
+        for i, frame in enumerate(frames):
+            tifffile.imwrite(tmp_path / f"{i}.tif", frame, photometric="rgb")
+        self.check(capsys, [tmp_path, *json_lines], "2.tif", "NaN or infinite")
+
     def test_bad_parameter(self, tmp_path, capsys, bracket):
         self.check(capsys, [bracket[0].parent, "--sigma", "-0.1"], "'sigma' must be > 0")
         (tmp_path / "p.json").write_text('{"gama": 2}')
