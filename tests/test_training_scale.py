@@ -125,6 +125,25 @@ def test_ddp_two_cpu_processes_end_identical(tmp_path):
 
 
 @pytest.mark.slow
+def test_ddp_with_logger_and_trajectories_finishes(tmp_path):
+    # trainer.log_dir is a collective under DDP (rank 0 broadcasts it): asked on rank 0 only, at
+    # the end of fit, it waited forever for the other process (the configs' logger + callbacks)
+    logger = {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path / "runs")}}
+    trajectories = {"class_path": "training.callbacks.ParameterTrajectories", "init_args": {"plot": False}}
+    config = _config(tmp_path / "ddp.yaml", checkpoints=None, export=Path("params.yaml"), callbacks=[trajectories],
+                     strategy="ddp", devices=2, max_epochs=1, logger=logger)
+    try:
+        done = _run(["fit", "--config", str(config)], tmp_path, timeout=120)
+    except subprocess.TimeoutExpired as error:
+        pytest.fail(f"DDP fit with a logger did not finish (deadlock at the end of fit): {str(error.stderr)[-2000:]}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "runs" / "lightning_logs" / "version_0"
+    assert set(efusion_io.read_params(run / "params.yaml")) >= {"contrast", "saturation", "exposure", "mu"}
+    rows = (run / "trajectories.csv").read_text().splitlines()
+    assert rows[0].split(",") == ["step", "contrast", "saturation", "exposure", "mu"] and len(rows) >= 3
+
+
+@pytest.mark.slow
 def test_ddp_predict_writes_each_bracket_once(tmp_path):
     from efusion import synthetic
 

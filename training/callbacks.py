@@ -109,9 +109,12 @@ class ParameterTrajectories(Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._record(trainer, pl_module)
-        if not trainer.is_global_zero or not self.steps or trainer.fast_dev_run or trainer.logger is None:
+        if not self.steps or trainer.fast_dev_run or trainer.logger is None:
             return
-        folder = Path(trainer.log_dir or trainer.default_root_dir)
+        log_dir = trainer.log_dir  # a broadcast under DDP: every process must ask, not just rank 0
+        if not trainer.is_global_zero:
+            return
+        folder = Path(log_dir or trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
         names = list(self.values[-1])
         with open(folder / f"{self.name}.csv", "w", newline="") as fh:

@@ -269,10 +269,13 @@ class FusionModule(pl.LightningModule):
         trainer = self.trainer
         if trainer.world_size > 1:
             self._check_ranks_agree()
-        if self.hparams.export_path and trainer.is_global_zero and not trainer.fast_dev_run:
+        if self.hparams.export_path and not trainer.fast_dev_run:
             path = Path(self.hparams.export_path)
             if not path.is_absolute():
+                # trainer.log_dir is a broadcast under DDP: every process must ask, not just rank 0
                 path = Path(trainer.log_dir or trainer.default_root_dir) / path
+            if not trainer.is_global_zero:
+                return
             path.parent.mkdir(parents=True, exist_ok=True)
             export(self, path)
             self.print(f"tuned parameters written to {path}")
