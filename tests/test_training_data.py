@@ -118,6 +118,25 @@ class TestSampling:
         assert float(batch["mask"][0].min()) == 1.0 and float(batch["mask"][1].max()) == 0.0
         assert batch["name"] == ["a", "b"]
 
+    def test_collate_pads_shorter_bursts_with_masked_frames(self):
+        # brackets of different lengths (SICE scenes hold 3 to 18 frames) batch by padding the
+        # shorter ones with frames the mask removes; each fusion stays that of its own frames
+        g = torch.Generator().manual_seed(0)
+        short, long = torch.rand(3, 3, 8, 8, generator=g), torch.rand(5, 3, 8, 8, generator=g)
+        alpha = torch.ones(3, 1, 8, 8)
+        alpha[0, :, :2] = 0
+        items = [
+            {"frames": short, "target": torch.rand(3, 8, 8), "name": "a", "mask": alpha},
+            {"frames": long, "target": torch.rand(3, 8, 8), "name": "b"},
+        ]
+        batch = data.collate(items)
+        assert batch["frames"].shape == (2, 5, 3, 8, 8) and batch["mask"].shape == (2, 5, 1, 8, 8)
+        assert torch.equal(batch["mask"][0, :3], alpha) and float(batch["mask"][0, 3:].max()) == 0.0
+        assert float(batch["mask"][1].min()) == 1.0
+        fused = efusion.exposure_fusion(batch["frames"], mask=batch["mask"])
+        torch.testing.assert_close(fused[0], efusion.exposure_fusion(short, mask=alpha), rtol=0, atol=1e-6)
+        torch.testing.assert_close(fused[1], efusion.exposure_fusion(long), rtol=0, atol=1e-6)
+
     def test_collate_names_scenes_of_different_sizes(self):
         items = [{"frames": torch.rand(2, 3, 4, 4), "name": "a"}, {"frames": torch.rand(2, 3, 5, 4), "name": "b"}]
         with pytest.raises(DatasetError, match=r"\['a', 'b'\]"):
@@ -148,6 +167,16 @@ class TestDataModule:
         in_process, in_worker = first_batch(0), first_batch(1)
         assert in_process["name"] == in_worker["name"]
         assert torch.equal(in_process["frames"], in_worker["frames"])
+
+    def test_scene_folders_with_different_frame_counts_batch(self, tmp_path):
+        _write_bracket(tmp_path / "three", size=(24, 28), frames=3)
+        _write_bracket(tmp_path / "four", size=(24, 28), frames=4, seed=1)
+        dm = FusionDataModule(train=SceneFolders(root=str(tmp_path), crop=16), batch_size=2)
+        dm.setup("fit")
+        batch = next(iter(dm.train_dataloader()))
+        assert batch["frames"].shape == (2, 4, 3, 16, 16)
+        counts = {name: int((batch["mask"][i].flatten(1).amax(1) > 0).sum()) for i, name in enumerate(batch["name"])}
+        assert counts == {"three": 3, "four": 4}
 
     def test_missing_stage_data(self):
         with pytest.raises(DatasetError, match="data.train"):

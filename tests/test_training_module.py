@@ -76,6 +76,20 @@ class TestLosses:
         value.backward()
         assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
 
+    def test_mef_ssim_ignores_padding_frames(self):
+        # a batch of brackets of different lengths is padded with masked-out frames (collate);
+        # MEF-SSIM, which has no mask, must score each image against its own frames only
+        short, long = synthetic.bracket(48, 48, n_frames=2, seed=1), synthetic.bracket(48, 48, n_frames=3, seed=2)
+        frames = torch.stack([torch.cat([short, torch.zeros_like(short[:1])]), long])
+        mask = torch.ones(2, 3, 1, 48, 48)
+        mask[0, 2] = 0
+        fused = efusion.exposure_fusion(frames, mask=mask)
+        from efusion.metrics import mef_ssim
+
+        expected = 1 - (mef_ssim(fused[:1], short[None]) + mef_ssim(fused[1:], long[None])) / 2
+        value = losses.FusionLoss("mef_ssim")(fused, None, frames, mask.amax(dim=1), frame_mask=mask)
+        torch.testing.assert_close(value, expected.squeeze(), rtol=0, atol=1e-6)
+
     def test_exception(self):
         with pytest.raises(ValueError, match="loss must be one of"):
             losses.FusionLoss("l3")

@@ -767,12 +767,24 @@ class EpochSampler(DistributedSampler):
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Batch items; when only some carry a ``mask``, the others get a mask of ones."""
-    if any("mask" in item for item in items):
+    """Batch items; when only some carry a ``mask``, the others get a mask of ones.
+
+    Brackets with fewer frames than the longest of the batch are padded with black frames whose
+    mask is 0 everywhere, which the fusion leaves out exactly (the result is that of the
+    bracket's own frames).
+    """
+    counts = [item["frames"].shape[0] for item in items]
+    longest = max(counts)
+    if any("mask" in item for item in items) or min(counts) != longest:
+        items = [dict(item) for item in items]  # the dataset may hand out cached dictionaries
         for item in items:
+            frames = item["frames"]
             if "mask" not in item:
-                frames = item["frames"]
                 item["mask"] = frames.new_ones((frames.shape[0], 1, *frames.shape[-2:]))
+            missing = longest - frames.shape[0]
+            if missing:
+                item["frames"] = torch.cat([frames, frames.new_zeros((missing, *frames.shape[1:]))])
+                item["mask"] = torch.cat([item["mask"], item["mask"].new_zeros((missing, *item["mask"].shape[1:]))])
     keys = set(items[0])
     for item in items[1:]:
         if set(item) != keys:
@@ -782,7 +794,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     except RuntimeError as error:
         names = [item.get("name") for item in items]
         raise DatasetError(
-            f"cannot batch scenes {names}: {_one_line(error)} (frames of different sizes or counts need a crop or batch_size 1)"
+            f"cannot batch scenes {names}: {_one_line(error)} (frames of different sizes need a crop, gray and colour "
+            "scenes batch_size 1)"
         ) from None
 
 

@@ -61,8 +61,10 @@ class FusionLoss(nn.Module):
         alpha: weight of ``1 - SSIM`` in ``mix`` (Zhao et al. 2017 use 0.84).
 
     ``forward(fused [B, C, H, W], target [B, C, H, W] or None, frames [B, N, C, H, W],
-    valid [B, 1, H, W] or None)`` returns the batch mean, a 0-dim tensor. The SSIM terms score
-    every colour channel (``gray=False``), so colour errors count.
+    valid [B, 1, H, W] or None, frame_mask [B, N, 1, H, W] or None)`` returns the batch mean, a
+    0-dim tensor. The SSIM terms score every colour channel (``gray=False``), so colour errors
+    count. ``mef_ssim`` scores each image against the frames ``frame_mask`` does not remove
+    entirely (a batch of brackets of different lengths is padded with such frames).
     """
 
     def __init__(self, name: str = "l1", alpha: float = 0.84) -> None:
@@ -83,8 +85,16 @@ class FusionLoss(nn.Module):
     def needs_target(self) -> bool:
         return self.name != "mef_ssim"
 
-    def forward(self, fused: Tensor, target: Tensor | None, frames: Tensor, valid: Tensor | None = None) -> Tensor:
+    def forward(
+        self, fused: Tensor, target: Tensor | None, frames: Tensor, valid: Tensor | None = None,
+        frame_mask: Tensor | None = None,
+    ) -> Tensor:
         if self.mef_ssim is not None:
+            if frame_mask is not None:
+                present = frame_mask.flatten(2).amax(dim=2) > 0  # [B, N]
+                if not bool(present.all()):
+                    scores = [self.mef_ssim(fused[i : i + 1], frames[i : i + 1, present[i]]) for i in range(len(fused))]
+                    return torch.cat(scores).mean()
             return self.mef_ssim(fused, frames).mean()
         if target is None:
             raise ValueError(f"loss {self.name!r} needs a target image; the batch has none (use loss: mef_ssim)")

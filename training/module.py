@@ -147,7 +147,7 @@ class FusionModule(pl.LightningModule):
         batch_size = frames.shape[0]
         valid = None if mask is None else mask.amax(dim=1)
         fused = self._display(self.fusion(frames, mask=mask))
-        loss = self.criterion(fused, target, frames, valid)
+        loss = self.criterion(fused, target, frames, valid, frame_mask=mask)
         train = stage == "train"
         self.log(f"{stage}/loss", loss, batch_size=batch_size, prog_bar=True, sync_dist=not train)
         if target is not None:
