@@ -137,6 +137,17 @@ class TestSampling:
         torch.testing.assert_close(fused[0], efusion.exposure_fusion(short, mask=alpha), rtol=0, atol=1e-6)
         torch.testing.assert_close(fused[1], efusion.exposure_fusion(long), rtol=0, atol=1e-6)
 
+    def test_collate_scenes_with_and_without_reference(self):
+        # require_target=False (the mef_ssim loss) over scenes of which only some have a
+        # reference: the batch has no target rather than failing to batch
+        items = [
+            {"frames": torch.rand(2, 3, 4, 4), "target": torch.rand(3, 4, 4), "name": "a"},
+            {"frames": torch.rand(2, 3, 4, 4), "name": "b"},
+        ]
+        batch = data.collate(items)
+        assert "target" not in batch and batch["frames"].shape == (2, 2, 3, 4, 4) and batch["name"] == ["a", "b"]
+        assert "target" in items[0]  # the dataset's own (possibly cached) item is left alone
+
     def test_collate_names_scenes_of_different_sizes(self):
         items = [{"frames": torch.rand(2, 3, 4, 4), "name": "a"}, {"frames": torch.rand(2, 3, 5, 4), "name": "b"}]
         with pytest.raises(DatasetError, match=r"\['a', 'b'\]"):

@@ -771,8 +771,11 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
     Brackets with fewer frames than the longest of the batch are padded with black frames whose
     mask is 0 everywhere, which the fusion leaves out exactly (the result is that of the
-    bracket's own frames).
+    bracket's own frames). When only some scenes have a ``target`` (``require_target=False``),
+    the batch has none: the target-free ``mef_ssim`` loss trains on it, without scores.
     """
+    if any("target" in item for item in items) and not all("target" in item for item in items):
+        items = [{k: v for k, v in item.items() if k != "target"} for item in items]
     counts = [item["frames"].shape[0] for item in items]
     longest = max(counts)
     if any("mask" in item for item in items) or min(counts) != longest:
