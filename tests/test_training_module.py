@@ -293,6 +293,14 @@ class TestCLI:
         assert isinstance(cli.model, FusionModule) and "levels" in cli.model.fusion.learnable
         assert cli.trainer.fast_dev_run
 
+    def test_per_channel_mu_and_sigma_in_a_config(self):
+        # efusion.Fusion, params files and init_params take one mu / sigma per channel; so must
+        # the config's model.mu / model.sigma
+        cli = main(["--config", str(CONFIGS / "synthetic.yaml"), "--config", str(CONFIGS / "debug.yaml"),
+                    "--model.mu", "[0.45, 0.5, 0.55]", "--model.sigma", "[0.2, 0.25, 0.2]"], run=False)
+        assert cli.model.fusion.mu.tolist() == pytest.approx([0.45, 0.5, 0.55])
+        assert cli.model.fusion.sigma.tolist() == pytest.approx([0.2, 0.25, 0.2])
+
     def test_debug_overlay_runs(self, tmp_path):
         config = self._config(tmp_path)
         cli = main(["fit", "--config", str(config), "--config", str(CONFIGS / "debug.yaml")])

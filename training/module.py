@@ -41,7 +41,8 @@ class FusionModule(pl.LightningModule):
 
     Args:
         contrast, saturation, exposure, mu, sigma, levels, preset: start values of the
-            :class:`efusion.Fusion` layer (Mertens' defaults; ``levels=None`` is the automatic
+            :class:`efusion.Fusion` layer (Mertens' defaults; ``mu`` and ``sigma`` may be one value
+            per channel, ``[r, g, b]``; ``levels=None`` is the automatic
             full depth, learned relative to it: -1 = full depth, -2 one level less ...).
         learnable: parameter names to learn (``sigma`` is redundant with ``exposure``).
         init_params: a parameter file (``efusion fuse --params`` format) whose values replace
@@ -72,8 +73,8 @@ class FusionModule(pl.LightningModule):
         contrast: float = 1.0,
         saturation: float = 1.0,
         exposure: float = 1.0,
-        mu: float = 0.5,
-        sigma: float = 0.2,
+        mu: float | list[float] = 0.5,
+        sigma: float | list[float] = 0.2,
         levels: float | None = None,
         preset: str = "mertens",
         learnable: Sequence[str] = ("contrast", "saturation", "exposure", "mu", "levels"),
