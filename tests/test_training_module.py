@@ -221,6 +221,23 @@ class TestExport:
         assert main(["export", str(ckpt), "-o", str(tmp_path / "q.yaml")]) == 0
         assert main(["export", str(tmp_path / "missing.ckpt"), "-o", str(tmp_path / "r.yaml")]) == 1
 
+    def test_checkpoint_does_not_need_the_init_params_file(self, tmp_path):
+        # a run started from a params file (per-channel mu/sigma, a depth, another preset): its
+        # checkpoint must rebuild the same layer after the file is gone (moved, another machine)
+        start = tmp_path / "start.yaml"
+        efusion_io.write_params(start, {"mu": [0.45, 0.5, 0.55], "sigma": [0.2, 0.25, 0.2], "levels": -2,
+                                        "preset": "opencv", "contrast": 0.8})
+        module = FusionModule(init_params=str(start), learnable=["contrast", "mu"], export_path=None)
+        dm = FusionDataModule(train=SyntheticScenes(length=2, size=24), batch_size=2)
+        trainer = _trainer(max_steps=2, enable_checkpointing=True, default_root_dir=str(tmp_path))
+        trainer.fit(module, dm)
+        expected = module.exported_params()
+        assert expected["preset"] == "opencv" and expected["levels"] == -2 and len(expected["mu"]) == 3
+        start.unlink()
+        ckpt = next(tmp_path.rglob("*.ckpt"))
+        assert export_checkpoint(ckpt, tmp_path / "p.yaml") == expected
+        assert FusionModule.load_from_checkpoint(ckpt).exported_params() == expected
+
 
 def _write_scene(folder: Path, seed: int) -> torch.Tensor:
     folder.mkdir(parents=True)

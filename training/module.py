@@ -46,7 +46,8 @@ class FusionModule(pl.LightningModule):
             full depth, learned relative to it: -1 = full depth, -2 one level less ...).
         learnable: parameter names to learn (``sigma`` is redundant with ``exposure``).
         init_params: a parameter file (``efusion fuse --params`` format) whose values replace
-            the start values above, e.g. to fine-tune or to predict with exported parameters.
+            the start values above, e.g. to fine-tune or to predict with exported parameters
+            (the hyperparameters saved in checkpoints hold those values, not the file's path).
         loss: ``l1``, ``mse``, ``ssim``, ``mix`` or ``mef_ssim`` (see :mod:`training.losses`).
         mix_alpha: weight of ``1 - SSIM`` in the ``mix`` loss.
         optimizer: ``adam``, ``adamw``, ``sgd`` (momentum 0.9) or ``lbfgs`` (L-BFGS with a
@@ -97,7 +98,12 @@ class FusionModule(pl.LightningModule):
         start = {"contrast": contrast, "saturation": saturation, "exposure": exposure, "mu": mu, "sigma": sigma,
                  "levels": levels, "preset": preset}
         if init_params is not None:
-            start.update(efusion_io.read_params(init_params))
+            from_file = efusion_io.read_params(init_params)
+            start.update(from_file)
+            # checkpoints keep the values the file gave (shapes, depth, preset), not its path, so
+            # they rebuild this layer when the file is gone (moved, another machine)
+            self.hparams.update(from_file)
+            self.hparams["init_params"] = None
         learnable = list(learnable)
         self.fusion = efusion.Fusion(**start, learnable=learnable)
         self.criterion = FusionLoss(loss, mix_alpha)
