@@ -221,6 +221,17 @@ class TestExport:
         assert main(["export", str(ckpt), "-o", str(tmp_path / "q.yaml")]) == 0
         assert main(["export", str(tmp_path / "missing.ckpt"), "-o", str(tmp_path / "r.yaml")]) == 1
 
+    def test_export_of_a_file_that_is_not_a_checkpoint_names_it(self, tmp_path, capsys):
+        (tmp_path / "text.ckpt").write_text("not a checkpoint")
+        torch.save({"state_dict": {"weight": torch.zeros(2)}}, tmp_path / "other.ckpt")
+        torch.save({"pytorch-lightning_version": pl.__version__, "state_dict": {"net.weight": torch.zeros(2)},
+                    "hyper_parameters": {}}, tmp_path / "network.ckpt")
+        for name in ("text.ckpt", "other.ckpt", "network.ckpt"):
+            assert main(["export", str(tmp_path / name), "-o", str(tmp_path / "p.yaml")]) == 1
+            error = capsys.readouterr().err
+            assert f"{tmp_path / name}: " in error and "FusionModule" in error, error
+        assert not (tmp_path / "p.yaml").exists()
+
     def test_checkpoint_does_not_need_the_init_params_file(self, tmp_path):
         # a run started from a params file (per-channel mu/sigma, a depth, another preset): its
         # checkpoint must rebuild the same layer after the file is gone (moved, another machine)

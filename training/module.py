@@ -320,12 +320,22 @@ def export_checkpoint(checkpoint: str | Path, path: str | Path) -> dict[str, Any
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
-    hparams = torch.load(checkpoint, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+    not_ours = f"{checkpoint}: not a FusionModule checkpoint (one written by `python -m training fit`)"
+    try:
+        content = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except Exception as error:  # pickle, zip and torch errors alike: the file is not a torch checkpoint
+        raise ValueError(f"{not_ours}: cannot load it ({' '.join(str(error).split()) or type(error).__name__})") from None
+    if not isinstance(content, dict) or "pytorch-lightning_version" not in content or "state_dict" not in content:
+        raise ValueError(f"{not_ours}: no Lightning state_dict in it")
+    hparams = content.get("hyper_parameters", {})
     overrides = {}
     init_params = hparams.get("init_params")
     if init_params is not None and not Path(init_params).is_file():
         # init_params only set start values, which the checkpoint's weights replace; the file is
         # gone, so whether a learned depth is relative comes from the `levels` hyperparameter
         overrides = {"init_params": None}
-    module = FusionModule.load_from_checkpoint(checkpoint, map_location="cpu", **overrides)
+    try:
+        module = FusionModule.load_from_checkpoint(checkpoint, map_location="cpu", **overrides)
+    except RuntimeError as error:  # state_dict keys or shapes of another model
+        raise ValueError(f"{not_ours}: {' '.join(str(error).split())}") from None
     return export(module, path)
