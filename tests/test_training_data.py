@@ -74,6 +74,19 @@ class TestSyntheticScenes:
         expected = efusion.exposure_fusion(item["frames"], **params)
         torch.testing.assert_close(item["target"], expected)
 
+    def test_target_params_with_crop_and_flip(self):
+        # a target made by the fusion must be what the hidden parameters give on the item the
+        # model sees: the fusion of a crop is not the crop of the fusion (pyramid borders, the
+        # automatic depth), nor is it flip-symmetric (pyramid subsampling phase)
+        params = {"contrast": 0.4, "saturation": 1.7, "exposure": 2.5, "mu": 0.55, "levels": -2}
+        for crop, flip in ((24, False), (None, True), ([24, 32], True)):
+            ds = SyntheticScenes(length=3, size=[40, 48], crop=crop, flip=flip, target_params=params)
+            for key in ((0, 0), (1, 1), (2, 5), (1, 2)):
+                item = ds[key]
+                expected = efusion.exposure_fusion(item["frames"], **params)
+                torch.testing.assert_close(item["target"], expected, rtol=0, atol=1e-6,
+                                           msg=f"crop={crop}, flip={flip}, key={key}")
+
     def test_resample_draws_new_scenes(self):
         ds = SyntheticScenes(length=2, size=24, resample=True)
         assert not torch.equal(ds[(0, 0)]["frames"], ds[(0, 1)]["frames"])
@@ -258,6 +271,15 @@ class TestRadianceMaps:
         item = ds[4]
         assert item["frames"].shape == (3, 3, 16, 16) and item["target"].shape == (3, 16, 16)
         assert item["name"] == "b_1"
+
+    def test_target_params_with_crops(self, tmp_path):
+        _write_hdr(tmp_path / "a.hdr", _scene(1, size=(40, 48)))
+        params = {"contrast": 0.4, "exposure": 2.5, "mu": 0.55}
+        ds = RadianceMaps([str(tmp_path / "a.hdr")], crops_per_map=3, crop=24, flip=True, target_params=params)
+        for key in ((0, 0), (1, 3), (2, 1)):
+            item = ds[key]
+            expected = efusion.exposure_fusion(item["frames"], **params)
+            torch.testing.assert_close(item["target"], expected, rtol=0, atol=1e-6)
 
     def test_whole_maps_and_globs(self, tmp_path):
         _write_hdr(tmp_path / "a.hdr", _scene(1))

@@ -21,7 +21,8 @@ Three sources:
 
 The target of a rendered bracket is its radiance map tone-mapped by a reference operator
 (:mod:`training.tonemap`), or, with ``target_params``, the bracket fused by
-:func:`efusion.exposure_fusion` with those parameters (to test that training recovers them).
+:func:`efusion.exposure_fusion` with those parameters (to test that training recovers them; the
+fusion of the cropped / flipped bracket, so the hidden parameters reproduce every item).
 
 Randomness (crop positions, flips, which scene a procedural index draws) is a function of
 ``(seed, epoch, index)`` only: :class:`EpochSampler` hands the epoch to the dataset with each
@@ -233,8 +234,14 @@ class SceneDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {type(self).__name__} of length {len(self)}")
         rng = torch.Generator().manual_seed(_item_seed(self.seed, int(epoch), index))
-        item = self._load(index, rng)
-        return self._augment(item, rng)
+        item = self._augment(self._load(index, rng), rng)
+        target_params = getattr(self, "target_params", None)
+        if target_params is not None and (self.crop is not None or self.flip):
+            # the fusion of a crop is not the crop of the fusion (pyramid borders, automatic
+            # depth), nor does it commute with a flip (subsampling phase): fuse what is trained on
+            with torch.no_grad():
+                item["target"] = efusion.exposure_fusion(item["frames"], mask=item.get("mask"), **target_params)
+        return item
 
     def _check_crop(self, height: int, width: int, source: str) -> None:
         if self.crop is not None and (self.crop[0] > height or self.crop[1] > width):
