@@ -527,7 +527,8 @@ def _fuse_one(args, params, device, dtype) -> int:
             raise CommandError(f"{label}: {_one_line(error)}") from None
         raise
     if not args.quiet:
-        print(f"{PROG}: wrote {out} ({count} frames, {shape[-1]}x{shape[-2]}, {time.perf_counter() - start:.1f} s)")
+        print(f"{PROG}: wrote {out} ({count} frame{'s' if count != 1 else ''}, {shape[-1]}x{shape[-2]}, "
+              f"{time.perf_counter() - start:.1f} s)")
     return 0
 
 

@@ -809,7 +809,7 @@ def read_params(path: str | os.PathLike) -> dict[str, Any]:
         saturation: 1.7
         exposure: 2.5
         mu: 0.55
-        levels: 4.5      # or -1 (deepest), or null (the preset's automatic depth)
+        levels: 4.5      # or -1 (deepest), or null / auto (the preset's automatic depth)
         preset: mertens
 
     ``.json`` files are parsed as JSON; anything else as YAML (which also reads JSON; needs
@@ -858,7 +858,7 @@ def validate_params(params: Mapping[str, Any], *, source: str = "params") -> dic
 
     Exponents (contrast, saturation, exposure) must be numbers >= 0, ``mu`` a number, ``sigma``
     a number > 0 (each of them may also be a list of one value per channel, e.g. R, G, B),
-    ``levels`` ``None`` or a number >= 1 or <= -1, ``preset`` one of :data:`efusion.PRESETS`.
+    ``levels`` ``None`` (or ``"auto"``) or a number >= 1 or <= -1, ``preset`` one of :data:`efusion.PRESETS`.
     Tensors and numpy values are accepted (converted with ``.tolist()``), so a trained module's
     values can be passed directly; a one-element list becomes a number.
 
@@ -892,7 +892,7 @@ def _check_param(key: str, value, source: str, presets: list[str]):
         if not isinstance(value, str) or value not in presets:
             raise ParamsError(f"{source}: 'preset' must be one of {', '.join(presets)}, got {value!r}")
         return value
-    if key == "levels" and value is None:
+    if key == "levels" and (value is None or value == "auto"):  # "auto" as on the command line
         return None
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
         raise ParamsError(f"{source}: {key!r} must be a finite number, got {value!r}")

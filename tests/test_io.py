@@ -508,6 +508,10 @@ class TestParams:
         assert read_params(tmp_path / name) == {"mu": [0.4, 0.5, 0.6], "sigma": [0.25, 0.2, 0.3], "levels": 3.0}
         assert validate_params({"mu": [0.45]}) == {"mu": 0.45}
 
+    def test_levels_auto_as_on_the_command_line(self, tmp_path):
+        (tmp_path / "p.yaml").write_text("levels: auto\n")
+        assert read_params(tmp_path / "p.yaml") == {"levels": None}
+
     def test_integer_levels_stay_integer(self, tmp_path):
         (tmp_path / "p.yaml").write_text("levels: -1\ncontrast: 1\n")
         params = read_params(tmp_path / "p.yaml")
