@@ -70,7 +70,17 @@ from .pyramid import (
     up_adjoint_into,
     use_kernels,
 )
-from .weights import ParamLike, check_params, raw_weights_into, weights_5d, weights_backward, weights_into
+from .weights import (
+    ParamLike,
+    _is_one,
+    _is_zero,
+    _scale_,
+    check_params,
+    raw_weights_into,
+    weights_5d,
+    weights_backward,
+    weights_into,
+)
 
 __all__ = ["blend", "exposure_fusion", "fuse_frames", "Fusion", "LEARNABLE_DEFAULT"]
 
@@ -131,14 +141,8 @@ def _depth_plan(
     return band_list, [residual_t[l] for l in range(maximum)]
 
 
-def _is_zero(coefficient: Coefficient) -> bool:
-    return not isinstance(coefficient, Tensor) and coefficient == 0.0
-
-
 def _scaled(coefficient: Coefficient, x: Tensor) -> Tensor:
-    if not isinstance(coefficient, Tensor) and coefficient == 1.0:
-        return x
-    return coefficient * x
+    return x if _is_one(coefficient) else coefficient * x
 
 
 def _blend_5d(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool | None = None) -> Tensor:
@@ -271,8 +275,7 @@ def exposure_fusion(
     """
     stack5, unbatched = _checks.as_stack(stack)
     preset = get_preset(preset)
-    mu, sigma = _checks.as_channel_param(mu, "mu"), _checks.as_channel_param(sigma, "sigma")
-    check_params(contrast, saturation, exposure, mu, sigma, stack5.shape[2])
+    mu, sigma = check_params(contrast, saturation, exposure, mu, sigma, stack5.shape[2])
     _checks.check_levels(levels)
     mask5 = _checks.as_mask(mask, stack5, unbatched)
     result = _fuse_5d(stack5, mask5, contrast, saturation, exposure, mu, sigma, levels, preset, None)
@@ -340,8 +343,7 @@ def fuse_frames(
     _checks.check_levels(levels)
     source = iter(read_frames())
     first = _check_frame(next(source, None), 0, None)
-    mu, sigma = _checks.as_channel_param(mu, "mu"), _checks.as_channel_param(sigma, "sigma")
-    check_params(contrast, saturation, exposure, mu, sigma, first.shape[-3])
+    mu, sigma = check_params(contrast, saturation, exposure, mu, sigma, first.shape[-3])
     if dtype is None:
         dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
     if dtype not in (torch.float32, torch.float64):
@@ -841,9 +843,6 @@ def _blend_backward(grad, stack, weights, vector, template, kept, preset, needs_
     grad_stack = torch.empty_like(stack) if needs_stack else None
     grad_weights = torch.empty_like(weights) if needs_weights else None
 
-    def scale_(x: Tensor, coefficient: Coefficient) -> Tensor:
-        return x if _is_one(coefficient) else x.mul_(coefficient)
-
     for n in range(stack.shape[1]):
         images, frame_weights = [stack[:, n], *pyramids[n][0]], [weights[:, n], *pyramids[n][1]]
         h_coarser = q_coarser = None
@@ -855,18 +854,18 @@ def _blend_backward(grad, stack, weights, vector, template, kept, preset, needs_
                 h = grad_weights[:, n] if level == 0 else ws.get(f"h{level}", weight.shape)
                 if band:
                     laplacian_dot_into(h, g[level], image, images[level + 1], preset, ws, rows[level])
-                    scale_(h, band_coef[level])
+                    _scale_(h, band_coef[level])
                 else:
                     h.zero_()
                 if residual:
-                    h.add_(scale_((image * g[level]).sum(dim=-3, keepdim=True), residual_coef[level]))
+                    h.add_(_scale_((image * g[level]).sum(dim=-3, keepdim=True), residual_coef[level]))
                 if h_coarser is not None:
                     add_down_adjoint_into(h, h_coarser, mode, ws, rows[level])
                 h_coarser = h
             if needs_stack:
                 q = grad_stack[:, n] if level == 0 else ws.get(f"q{level}", image.shape)
                 if band:
-                    scale_(torch.mul(weight, g[level], out=q), band_coef[level])  # dLap
+                    _scale_(torch.mul(weight, g[level], out=q), band_coef[level])  # dLap
                     if q_coarser is not None:
                         projected = ws.get("projected", q_coarser.shape)
                         up_adjoint_into(q, projected, preset, ws, rows[level])
@@ -874,15 +873,11 @@ def _blend_backward(grad, stack, weights, vector, template, kept, preset, needs_
                 else:
                     q.zero_()
                 if residual:
-                    q.add_(scale_(weight * g[level], residual_coef[level]))
+                    q.add_(_scale_(weight * g[level], residual_coef[level]))
                 if q_coarser is not None:
                     add_down_adjoint_into(q, q_coarser, mode, ws, rows[level])
                 q_coarser = q
     return grad_stack, grad_weights, grad_vector
-
-
-def _is_one(coefficient: Coefficient) -> bool:
-    return not isinstance(coefficient, Tensor) and coefficient == 1.0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -184,19 +184,16 @@ def _raw_weights(
         nonlocal weight
         weight = factor if weight is None else weight * factor
 
-    def is_off(exponent: ParamLike) -> bool:
-        return not isinstance(exponent, Tensor) and exponent == 0
-
-    if not is_off(contrast_exponent):
+    if not _is_zero(contrast_exponent):
         measure = _laplacian(luma(stack, preset), preset).abs()
         times(measure if _is_one(contrast_exponent) else _power(measure, contrast_exponent))
-    if stack.shape[-3] == 3 and not is_off(saturation_exponent):
+    if stack.shape[-3] == 3 and not _is_zero(saturation_exponent):
         squared = _saturation_squared(stack, preset)
         if _is_one(saturation_exponent):
             times(_safe_sqrt(squared))
         else:  # S^s = (S^2)^(s/2)
             times(_power(squared, saturation_exponent, 0.5))
-    if not is_off(exposure_exponent):
+    if not _is_zero(exposure_exponent):
         exposure_exponent = exposure_exponent.to(stack.dtype) if isinstance(exposure_exponent, Tensor) else exposure_exponent
         times((exposure_exponent * _log_well_exposedness(stack, mu, sigma)).exp())
     if weight is None:
@@ -204,8 +201,19 @@ def _raw_weights(
     return weight + WEIGHT_FLOOR
 
 
-def _is_one(exponent: ParamLike) -> bool:
-    return not isinstance(exponent, Tensor) and exponent == 1
+def _is_one(value: ParamLike) -> bool:
+    """Whether ``value`` is the number 1 (a tensor never is: its value may change, and it needs a gradient)."""
+    return not isinstance(value, Tensor) and value == 1
+
+
+def _is_zero(value: ParamLike) -> bool:
+    """Whether ``value`` is the number 0 (an exponent that switches its measure off)."""
+    return not isinstance(value, Tensor) and value == 0
+
+
+def _scale_(x: Tensor, factor: ParamLike) -> Tensor:
+    """``x *= factor`` in place, skipped when ``factor`` is the number 1."""
+    return x if _is_one(factor) else x.mul_(factor)
 
 
 def _normalise(weight: Tensor, mask: Tensor | None) -> Tensor:
@@ -240,20 +248,20 @@ def _kernel_params(params: Sequence[ParamLike], dtype: torch.dtype, device: torc
     one would wait for the device).
     """
     values = [_cast_param(p, dtype, device) for p in params]
-    for i in range(3):
-        if isinstance(values[i], Tensor) and values[i].device.type == "cpu":
-            values[i] = float(values[i])
-    return values
+    return [_number(v) for v in values[:3]] + values[3:]
 
 
-def check_params(contrast, saturation, exposure, mu, sigma, channels: int) -> None:
-    """Validate the weight parameters (numbers or tensors); see :func:`mertens_weights`."""
+def check_params(contrast, saturation, exposure, mu, sigma, channels: int) -> tuple[ParamLike, ParamLike]:
+    """Validate the weight parameters (numbers or tensors; see :func:`mertens_weights`) and return
+    ``mu, sigma`` with per-channel lists turned into tensors."""
     for name, value in (("contrast", contrast), ("saturation", saturation), ("exposure", exposure)):
         if isinstance(value, Tensor) and value.dim() != 0:
             raise ValueError(f"{name} must be a number or a 0-dim tensor, got shape {list(value.shape)}")
         _checks.check_scalar(value, name, minimum=0.0)
+    mu, sigma = _checks.as_channel_param(mu, "mu"), _checks.as_channel_param(sigma, "sigma")
     _checks.check_scalar(mu, "mu", size=channels)
     _checks.check_scalar(sigma, "sigma", minimum=0.0, strict=True, size=channels)
+    return mu, sigma
 
 
 def weights_5d(
@@ -321,8 +329,7 @@ def mertens_weights(
     """
     stack5, unbatched = _checks.as_stack(stack)
     preset = get_preset(preset)
-    mu, sigma = _checks.as_channel_param(mu, "mu"), _checks.as_channel_param(sigma, "sigma")
-    check_params(contrast, saturation, exposure, mu, sigma, stack5.shape[2])
+    mu, sigma = check_params(contrast, saturation, exposure, mu, sigma, stack5.shape[2])
     mask5 = _checks.as_mask(mask, stack5, unbatched)
     weights = weights_5d(stack5, mask5, contrast, saturation, exposure, mu, sigma, preset)
     return weights.squeeze(0) if unbatched else weights
@@ -456,18 +463,15 @@ def _raw_weights_band_into(
 ) -> None:
     """``_raw_weights`` of rows ``[r0, r1)`` of ``frame [..., C, H, W]`` into ``out [..., 1, r1 - r0, W]``."""
 
-    def is_off(exponent: ParamLike) -> bool:
-        return not isinstance(exponent, Tensor) and exponent == 0
-
     x = frame[..., r0:r1, :]
     started = False
     factor = ws.get("factor", out.shape)
-    if not is_off(contrast_exponent):
+    if not _is_zero(contrast_exponent):
         _contrast_band_into(frame, r0, r1, out, preset, ws)
         if not _is_one(contrast_exponent):
             _power_(out, contrast_exponent, 1.0, ws)
         started = True
-    if x.shape[-3] == 3 and not is_off(saturation_exponent):
+    if x.shape[-3] == 3 and not _is_zero(saturation_exponent):
         target = factor if started else out
         _saturation_squared_band_into(x, target, preset, ws)
         if _is_one(saturation_exponent):
@@ -477,7 +481,7 @@ def _raw_weights_band_into(
         if started:
             out.mul_(factor)
         started = True
-    if not is_off(exposure_exponent):
+    if not _is_zero(exposure_exponent):
         target = factor if started else out
         _log_well_exposedness_band_into(x, target, mu, sigma, ws)
         if isinstance(exposure_exponent, Tensor):
@@ -645,11 +649,6 @@ def weights_backward(stack, mask, weights, total, params, grad, preset, stack_ne
 
 def _add_sum(sums: dict, name: str, value: Tensor) -> None:
     sums[name] = value if name not in sums else sums[name] + value
-
-
-def _scale_(x: Tensor, factor: ParamLike) -> Tensor:
-    """``x *= factor`` unless ``factor`` is the number 1."""
-    return x if _is_one(factor) else x.mul_(factor)
 
 
 def _raw_weights_backward_band(frame, r0, r1, raw_grad, grad_frame, values, wanted, sums, preset, ws) -> None:
@@ -834,5 +833,4 @@ def _log_well_exposedness_backward_(x: Tensor, grad: Tensor, out: Tensor | None,
     for name, parts, value in (("mu", mu_sums, mu), ("sigma", sigma_sums, sigma)):
         if parts:
             per_channel = isinstance(value, Tensor) and value.dim() == 1 and value.numel() == channels and channels > 1
-            parts = [p if isinstance(p, Tensor) else torch.tensor(p) for p in parts]
             _add_sum(sums, name, torch.stack(parts) if per_channel else torch.stack(parts).sum())
