@@ -26,12 +26,13 @@ from typing import Any, Sequence
 import torch
 
 from . import __version__
-from .metrics import RGB_TO_GRAY_WEIGHTS
+from .metrics import _rgb_to_gray
 from .io import (
     IMAGE_SUFFIXES,
     PARAM_NAMES,
     ImageIOError,
     ParamsError,
+    _one_line,
     check_output,
     default_bit_depth,
     list_frames,
@@ -335,10 +336,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _error(message: str) -> None:
     print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _fusion_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -706,18 +703,10 @@ def _read_scored_image(path: Path) -> tuple[torch.Tensor, int | None]:
 def _mef_gray(images: torch.Tensor, levels: int | None) -> torch.Tensor:
     """Gray ``[..., 1, H, W]`` on the 0-255 scale as the reference scores prepare images: MATLAB's
     ``rgb2gray`` of [0, 1] images, which rounds integer images' gray to their code values."""
-    gray = _to_gray(images)
+    gray = _rgb_to_gray(images)
     if levels is not None:
         gray = torch.round(gray * levels) / levels
     return gray * 255.0
-
-
-def _to_gray(images: torch.Tensor) -> torch.Tensor:
-    """``[..., C, H, W]`` -> ``[..., 1, H, W]`` with MATLAB's rgb2gray weights (C = 1 passes through)."""
-    if images.shape[-3] == 1:
-        return images
-    weights = torch.tensor(RGB_TO_GRAY_WEIGHTS, dtype=images.dtype, device=images.device).view(3, 1, 1)
-    return (images * weights).sum(dim=-3, keepdim=True)
 
 
 def _eval_bracket(label, source, args, params, device, dtype, fused, reference) -> dict[str, Any]:
@@ -797,7 +786,7 @@ def _eval_bracket(label, source, args, params, device, dtype, fused, reference) 
         if reference is not None:
             target = reference
             if image.shape[0] != target.shape[0]:  # gray against colour: compare gray
-                image, target = _to_gray(image), _to_gray(target)
+                image, target = _rgb_to_gray(image), _rgb_to_gray(target)
             ratio = psnr(image, target).item()
             entry["psnr"] = None if math.isinf(ratio) else ratio  # identical images; JSON has no infinity
             entry["ssim"] = ssim(image, target).item()

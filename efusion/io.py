@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
+import io
 import json
 import math
 import os
@@ -497,13 +498,13 @@ def _decode(info: _FrameInfo):
 
         from PIL import Image
 
-        with Image.open(info.path, formats=["PNG"]) as image:
+        data = info.path.read_bytes()  # read once: verified by Pillow, decoded by OpenCV
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
             image.verify()  # checks every chunk's CRC and the end marker: catches truncation
-        data = np.fromfile(info.path, dtype=np.uint8)
         level = cv2.utils.logging.getLogLevel()
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
         try:
-            array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+            array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
         finally:
             cv2.utils.logging.setLogLevel(level)
         del data

@@ -49,6 +49,14 @@ def _is_positive_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
+def _rgb_to_gray(images: torch.Tensor) -> torch.Tensor:
+    """``[..., C, H, W]`` -> ``[..., 1, H, W]`` with MATLAB's ``rgb2gray`` weights (C = 1 passes through)."""
+    if images.shape[-3] == 1:
+        return images
+    weights = torch.tensor(RGB_TO_GRAY_WEIGHTS, dtype=images.dtype, device=images.device).view(3, 1, 1)
+    return (images * weights).sum(dim=-3, keepdim=True)
+
+
 def _check_config(
     scales: int,
     scale_weights,
@@ -390,10 +398,9 @@ def mef_ssim(
 
     to_255 = 255.0 / data_range
     if gray and channels == 3:
-        luma = torch.tensor(RGB_TO_GRAY_WEIGHTS, dtype=stack.dtype, device=stack.device).view(3, 1, 1)
         # [B, 1, N, H, W] and [B, 1, H, W]: one gray channel
-        stack_gray = ((stack * to_255) * luma).sum(dim=-3).unsqueeze(1)
-        fused_gray = ((fused * to_255) * luma).sum(dim=-3).unsqueeze(1)
+        stack_gray = _rgb_to_gray(stack * to_255).transpose(1, 2)
+        fused_gray = _rgb_to_gray(fused * to_255)
     else:
         # gray input (C = 1), or every channel scored on its own: [B, C, N, H, W] and [B, C, H, W]
         stack_gray = (stack * to_255).transpose(1, 2)

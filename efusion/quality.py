@@ -10,13 +10,11 @@ region, no downsampling), on luma by default.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .metrics import RGB_TO_GRAY_WEIGHTS
+from .metrics import _is_positive_number, _rgb_to_gray
 
 __all__ = ["psnr", "ssim"]
 
@@ -36,7 +34,7 @@ def _check_pair(image: Tensor, reference: Tensor, data_range: float) -> None:
         raise ValueError(f"image must be [B, C, H, W] or [C, H, W], got shape {tuple(image.shape)}")
     if image.shape != reference.shape:
         raise ValueError(f"image and reference must have the same shape, got {tuple(image.shape)} and {tuple(reference.shape)}")
-    if isinstance(data_range, bool) or not isinstance(data_range, (int, float)) or not math.isfinite(data_range) or data_range <= 0:
+    if not _is_positive_number(data_range):
         raise ValueError(f"data_range must be a finite number > 0, got {data_range!r}")
 
 
@@ -138,7 +136,7 @@ def ssim(
     if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size < 1 or not window_size % 2:
         raise ValueError(f"window_size must be an odd int >= 1, got {window_size!r}")
     for name, value in (("window_sigma", window_sigma), ("k1", k1), ("k2", k2)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        if not _is_positive_number(value):
             raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     height, width = image.shape[-2:]
     if min(height, width) < window_size:
@@ -154,9 +152,7 @@ def ssim(
     if unbatched:
         image, reference = image.unsqueeze(0), reference.unsqueeze(0)
     if gray and channels == 3:
-        luma = torch.tensor(RGB_TO_GRAY_WEIGHTS, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
-        image = (image * luma).sum(dim=1, keepdim=True)
-        reference = (reference * luma).sum(dim=1, keepdim=True)
+        image, reference = _rgb_to_gray(image), _rgb_to_gray(reference)
     batch, planes = image.shape[:2]
 
     # the five filtered maps of every plane in one depthwise separable convolution
