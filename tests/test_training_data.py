@@ -87,6 +87,20 @@ class TestSyntheticScenes:
                 torch.testing.assert_close(item["target"], expected, rtol=0, atol=1e-6,
                                            msg=f"crop={crop}, flip={flip}, key={key}")
 
+    def test_target_params_with_crop_fuses_only_the_crop(self, monkeypatch):
+        # the whole bracket's fusion would be thrown away: only the item the model sees is fused
+        shapes = []
+        fuse = efusion.exposure_fusion
+        monkeypatch.setattr(efusion, "exposure_fusion", lambda frames, **kw: shapes.append(frames.shape[-2:]) or fuse(frames, **kw))
+        for cache, resample in ((True, False), (False, False), (False, True)):
+            shapes.clear()
+            ds = SyntheticScenes(length=2, size=32, crop=16, cache=cache, resample=resample, target_params={"contrast": 0.5})
+            ds.setup()
+            ds[(1, 3)]
+            assert shapes == [(16, 16)], f"cache={cache}, resample={resample}"
+        shapes.clear()
+        assert SyntheticScenes(length=1, size=32, crop=16, target_params={"contrast": 0.5}).render(0)["target"].shape == (3, 32, 32)
+
     def test_resample_draws_new_scenes(self):
         ds = SyntheticScenes(length=2, size=24, resample=True)
         assert not torch.equal(ds[(0, 0)]["frames"], ds[(0, 1)]["frames"])

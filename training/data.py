@@ -144,23 +144,13 @@ def _one_line(error: BaseException) -> str:
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    """``(height, width)`` of an image file from its header where possible, upright (EXIF)."""
+    """``(height, width)`` of an image file, upright (EXIF), from its header (a radiance map is read)."""
     if path.suffix.lower() in RADIANCE_SUFFIXES:
         return tuple(read_radiance(path).shape[-2:])
     try:
-        from PIL import Image
-
-        with Image.open(path) as image:
-            width, height = image.size
-            orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1
-        return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
-    except Exception:
-        pass  # formats Pillow cannot parse (float TIFF, ...): let efusion.io decode and explain
-    try:
-        frame, _ = efusion_io.read_image(path)
+        return tuple(efusion_io.open_bracket([path]).shape[-2:])
     except efusion_io.ImageIOError as error:
         raise DatasetError(str(error)) from None
-    return tuple(frame.shape[-2:])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,6 +187,9 @@ class SceneDataset(Dataset):
         flip: random horizontal flip, identical for frames, target and mask.
         seed: base seed of every random choice; items depend on ``(seed, epoch, index)`` only.
     """
+
+    #: fusion parameters that make the target (set by the datasets that render brackets)
+    target_params: dict[str, Any] | None = None
 
     def __init__(self, crop: int | Sequence[int] | None = None, flip: bool = False, seed: int = 0) -> None:
         super().__init__()
@@ -235,13 +228,20 @@ class SceneDataset(Dataset):
             raise IndexError(f"index {index} out of range for {type(self).__name__} of length {len(self)}")
         rng = torch.Generator().manual_seed(_item_seed(self.seed, int(epoch), index))
         item = self._augment(self._load(index, rng), rng)
-        target_params = getattr(self, "target_params", None)
-        if target_params is not None and (self.crop is not None or self.flip):
-            # the fusion of a crop is not the crop of the fusion (pyramid borders, automatic
-            # depth), nor does it commute with a flip (subsampling phase): fuse what is trained on
+        if self._fuses_after_augment:
             with torch.no_grad():
-                item["target"] = efusion.exposure_fusion(item["frames"], mask=item.get("mask"), **target_params)
+                item["target"] = efusion.exposure_fusion(item["frames"], mask=item.get("mask"), **self.target_params)
         return item
+
+    @property
+    def _fuses_after_augment(self) -> bool:
+        """Whether :meth:`__getitem__` makes the target by fusing the cropped / flipped frames.
+
+        The fusion of a crop is not the crop of the fusion (pyramid borders, automatic depth),
+        nor does it commute with a flip (subsampling phase): fuse what is trained on. Sources
+        then render no target of the whole bracket, which would only be thrown away.
+        """
+        return self.target_params is not None and (self.crop is not None or self.flip)
 
     def _check_crop(self, height: int, width: int, source: str) -> None:
         if self.crop is not None and (self.crop[0] > height or self.crop[1] > width):
@@ -376,7 +376,7 @@ class SyntheticScenes(SceneDataset):
         self._check_crop(*self.size, source=type(self).__name__)
         if self.cache:  # render now, in the main process: DataLoader workers then inherit the items
             for index in range(self.length):
-                self._items[index] = self.render(self.seed + index)
+                self._items[index] = self.render(self.seed + index, target=not self._fuses_after_augment)
 
     def _length(self) -> int:
         return self.length
@@ -390,23 +390,25 @@ class SyntheticScenes(SceneDataset):
         dynamic_range = low + (high - low) * float(torch.rand((), generator=generator))
         return synthetic.hdr_scene(*self.size, seed=scene_seed, dynamic_range_ev=dynamic_range)
 
-    def render(self, scene_seed: int) -> dict[str, Any]:
-        """Frames and target of the scene with this seed (before crops)."""
+    def render(self, scene_seed: int, *, target: bool = True) -> dict[str, Any]:
+        """Frames and target of the scene with this seed (before crops); ``target=False``: no target."""
         from efusion import synthetic
 
         radiance = self.radiance(scene_seed)
         frames = synthetic.render_exposures(
             radiance, self.ev, response=self.response, bit_depth=self.bit_depth, noise_std=self.noise_std, seed=scene_seed
         )
-        target = _target_from(frames, radiance, self.tonemap, self.tonemap_options, self.target_params)
-        return {"frames": frames, "target": target, "name": f"scene{scene_seed}"}
+        item = {"frames": frames}
+        if target:
+            item["target"] = _target_from(frames, radiance, self.tonemap, self.tonemap_options, self.target_params)
+        item["name"] = f"scene{scene_seed}"
+        return item
 
     def _load(self, index: int, rng: torch.Generator) -> dict[str, Any]:
-        if self.resample:
-            return self.render(int(torch.randint(0, 2**31 - 1, (), generator=rng)))
         if index in self._items:
             return dict(self._items[index])
-        return self.render(self.seed + index)
+        scene_seed = int(torch.randint(0, 2**31 - 1, (), generator=rng)) if self.resample else self.seed + index
+        return self.render(scene_seed, target=not self._fuses_after_augment)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -526,8 +528,11 @@ class RadianceMaps(SceneDataset):
                 )
             except ValueError as error:
                 raise DatasetError(f"{path}: cannot render a bracket ({_one_line(error)})") from None
-            target = _target_from(frames, radiance, self.tonemap, self.tonemap_options, self.target_params)
-            self._maps.append({"frames": frames, "target": target, "name": path.stem})
+            item = {"frames": frames}
+            if not self._fuses_after_augment:
+                item["target"] = _target_from(frames, radiance, self.tonemap, self.tonemap_options, self.target_params)
+            item["name"] = path.stem
+            self._maps.append(item)
 
     def _length(self) -> int:
         return len(self._maps) * self.crops_per_map
