@@ -59,11 +59,12 @@ from .presets import PRESETS, Preset, get_preset
 from .pyramid import (
     Workspace,
     accumulate_band_into,
+    add_down_adjoint_band_into,
     add_down_adjoint_into,
     add_up_into,
     band_rows,
     down_into,
-    laplacian_dot_into,
+    laplacian_dot_band_into,
     pyr_down,
     pyr_up,
     needs_grad,
@@ -78,7 +79,7 @@ from .weights import (
     check_params,
     raw_weights_into,
     weights_5d,
-    weights_backward,
+    WeightsBackward,
     weights_into,
 )
 
@@ -807,22 +808,31 @@ class _FusionFunction(torch.autograd.Function):
         needs = ctx.needs_input_grad
         needs_stack, params_need_grad, needs_vector = needs[0], needs[2:7], needs[7]
         needs_weights = needs_stack or any(params_need_grad)
-        grad_stack, grad_weights, grad_vector = _blend_backward(
+        grad_stack = torch.empty_like(stack) if needs_stack else None
+        weights_grad = None
+        if needs_weights:  # fed the weights' gradient band by band by the blend's backward
+            weights_grad = WeightsBackward(stack, mask, weights, total, params, ctx.preset, needs_stack,
+                                           params_need_grad, grad_stack, ctx.ws)
+        grad_stack, _, grad_vector = _blend_backward(
             grad, stack, weights, vector, ctx.template, dict(zip(ctx.kept_keys, kept_values)), ctx.preset,
-            needs_stack, needs_weights, needs_vector, ctx.pyramids, ctx.ws,
+            needs_stack, needs_weights, needs_vector, ctx.pyramids, ctx.ws, weights_grad, grad_stack,
         )
-        param_grads = [None] * 5
-        if needs_weights:
-            grads = weights_backward(stack, mask, weights, total, params, grad_weights, ctx.preset,
-                                     needs_stack, params_need_grad, grad_stack, ctx.ws)
-            param_grads = grads[1:]
+        param_grads = weights_grad.result()[1:] if needs_weights else [None] * 5
         return (grad_stack, None, *param_grads, grad_vector, None, None)
 
 
 def _blend_backward(grad, stack, weights, vector, template, kept, preset, needs_stack, needs_weights, needs_vector,
-                    pyramids, ws: Workspace):
+                    pyramids, ws: Workspace, weights_grad: WeightsBackward | None = None, grad_stack: Tensor | None = None):
     """Gradients of the blend (see :class:`_BlendFunction`), from each frame's Gaussian pyramids
-    as the forward kept them (``pyramids``), with the forward's workspace."""
+    as the forward kept them (``pyramids``), with the forward's workspace.
+
+    Returns ``(grad_stack, grad_weights, grad_vector)``. With ``weights_grad`` the weights'
+    gradient is not returned but handed to it band by band (:class:`~efusion.weights.WeightsBackward`):
+    the finest level's ``h_0`` of every frame is made one band of rows at a time, from each
+    frame's ``h_1`` (kept, a quarter of a frame's weights), and backpropagated while in cache
+    instead of being written out whole and read back. ``grad_stack`` (uninitialised) is the
+    buffer to write the stack's gradient into (else a new one).
+    """
     band_coef, residual_coef = _fill_plan(template, vector)
     top = len(band_coef)
     shapes = _level_shapes(stack[:, 0].shape, top)
@@ -840,8 +850,11 @@ def _blend_backward(grad, stack, weights, vector, template, kept, preset, needs_
                    for kind, part in (("band", template[0]), ("residual", template[1]))
                    for level, c in enumerate(part) if c is None]
         grad_vector = torch.stack(entries).to(vector.dtype)
-    grad_stack = torch.empty_like(stack) if needs_stack else None
-    grad_weights = torch.empty_like(weights) if needs_weights else None
+    if needs_stack and grad_stack is None:
+        grad_stack = torch.empty_like(stack)
+    grad_weights = torch.empty_like(weights) if needs_weights and weights_grad is None else None
+    h_finest = weights_grad is None  # whether each frame's loop makes h_0 itself
+    h1_kept: list[Tensor | None] = []  # each frame's h_1, for the band-by-band h_0
 
     for n in range(stack.shape[1]):
         images, frame_weights = [stack[:, n], *pyramids[n][0]], [weights[:, n], *pyramids[n][1]]
@@ -850,17 +863,15 @@ def _blend_backward(grad, stack, weights, vector, template, kept, preset, needs_
             band = level < top - 1 and not _is_zero(band_coef[level])
             residual = not _is_zero(residual_coef[level])
             image, weight = images[level], frame_weights[level]
-            if needs_weights:
-                h = grad_weights[:, n] if level == 0 else ws.get(f"h{level}", weight.shape)
-                if band:
-                    laplacian_dot_into(h, g[level], image, images[level + 1], preset, ws, rows[level])
-                    _scale_(h, band_coef[level])
+            if needs_weights and (level > 0 or h_finest):
+                if level == 0:
+                    h = grad_weights[:, n]
+                elif level == 1 and not h_finest:
+                    h = weight.new_empty(weight.shape)
                 else:
-                    h.zero_()
-                if residual:
-                    h.add_(_scale_((image * g[level]).sum(dim=-3, keepdim=True), residual_coef[level]))
-                if h_coarser is not None:
-                    add_down_adjoint_into(h, h_coarser, mode, ws, rows[level])
+                    h = ws.get(f"h{level}", weight.shape)
+                _h_level_into(h, g[level], image, images[level + 1] if band else None, h_coarser,
+                              band_coef[level] if band else 0, residual_coef[level], preset, ws, rows[level])
                 h_coarser = h
             if needs_stack:
                 q = grad_stack[:, n] if level == 0 else ws.get(f"q{level}", image.shape)
@@ -877,7 +888,50 @@ def _blend_backward(grad, stack, weights, vector, template, kept, preset, needs_
                 if q_coarser is not None:
                     add_down_adjoint_into(q, q_coarser, mode, ws, rows[level])
                 q_coarser = q
+        h1_kept.append(h_coarser if needs_weights and top > 1 and not h_finest else None)
+
+    if needs_weights and not h_finest:
+        band = top > 1 and not _is_zero(band_coef[0])
+        height = shapes[0][-2]
+        step = weights_grad.rows
+        for r0 in range(0, height, step):
+            r1 = min(r0 + step, height)
+            shape = list(weights.shape)
+            shape[-2] = r1 - r0
+            h = ws.get("h0_band", shape)
+            for n in range(stack.shape[1]):
+                _h_band_into(h[:, n], g[0], stack[:, n], pyramids[n][0][0] if band else None, h1_kept[n],
+                             band_coef[0] if band else 0, residual_coef[0], r0, preset, ws)
+            weights_grad.band(h, r0, r1)
     return grad_stack, grad_weights, grad_vector
+
+
+def _h_level_into(h: Tensor, g: Tensor, image: Tensor, coarser: Tensor | None, h_coarser: Tensor | None,
+                  band_coef, residual_coef, preset: Preset, ws: Workspace, rows: int) -> None:
+    """One frame's weights gradient at one level, :func:`_h_band_into` for each band of ``rows`` rows."""
+    height = image.shape[-2]
+    for r0 in range(0, height, rows):
+        r1 = min(r0 + rows, height)
+        _h_band_into(h[..., r0:r1, :], g, image, coarser, h_coarser, band_coef, residual_coef, r0, preset, ws)
+
+
+def _h_band_into(h: Tensor, g: Tensor, image: Tensor, coarser: Tensor | None, h_coarser: Tensor | None,
+                 band_coef, residual_coef, r0: int, preset: Preset, ws: Workspace) -> None:
+    """Rows ``[r0, r0 + k)`` (r0 even) of one frame's weights gradient at one level into
+    ``h [..., 1, k, W]`` (see :class:`_BlendFunction`):
+    ``h = band_coef sum_c(g (image - U coarser)) + residual_coef sum_c(g image) + D^T h_coarser``,
+    where ``coarser`` is ``None`` if the level has no band and ``h_coarser`` if it is the coarsest.
+    """
+    r1 = r0 + h.shape[-2]
+    if coarser is not None:
+        laplacian_dot_band_into(h, g, image, coarser, r0, r1, preset, ws)
+        _scale_(h, band_coef)
+    else:
+        h.zero_()
+    if not _is_zero(residual_coef):
+        h.add_(_scale_((image[..., r0:r1, :] * g[..., r0:r1, :]).sum(dim=-3, keepdim=True), residual_coef))
+    if h_coarser is not None:
+        add_down_adjoint_band_into(h, h_coarser, r0, image.shape[-2], preset.down_border, ws)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -477,14 +477,19 @@ def _up_band(coarse: Tensor, r0: int, r1: int, preset: Preset, ws: Workspace, wi
     return _cols_then_rows_band(coarse, r0, r1, cols_op, modes, ws, width)
 
 
+def _laplacian_band(fine: Tensor, coarse: Tensor, r0: int, r1: int, preset: Preset, ws: Workspace) -> Tensor:
+    """Rows ``[r0, r1)`` (r0 even) of the Laplacian level ``fine - pyr_up(coarse)``, in a workspace
+    buffer (overwritten by the next band)."""
+    band = _up_band(coarse, r0, r1, preset, ws, fine.shape[-1])
+    return torch.sub(fine[..., r0:r1, :], band, alpha=1.0 / 64.0, out=band)
+
+
 def _laplacian_bands(fine: Tensor, coarse: Tensor, preset: Preset, ws: Workspace, rows: int):
-    """``(r0, r1, band)``: rows ``[r0, r1)`` of the Laplacian level ``fine - pyr_up(coarse)``, one
-    band at a time (``band`` is a workspace buffer, overwritten by the next one)."""
-    height, width = fine.shape[-2:]
+    """``(r0, r1, band)``: :func:`_laplacian_band` for each band of ``rows`` rows."""
+    height = fine.shape[-2]
     for r0 in range(0, height, rows):
         r1 = min(r0 + rows, height)
-        band = _up_band(coarse, r0, r1, preset, ws, width)
-        yield r0, r1, torch.sub(fine[..., r0:r1, :], band, alpha=1.0 / 64.0, out=band)
+        yield r0, r1, _laplacian_band(fine, coarse, r0, r1, preset, ws)
 
 
 def accumulate_band_into(
@@ -495,16 +500,19 @@ def accumulate_band_into(
         acc[..., r0:r1, :].addcmul_(weight[..., r0:r1, :], band)
 
 
-def laplacian_dot_into(
-    out: Tensor, grad: Tensor, fine: Tensor, coarse: Tensor, preset: Preset, ws: Workspace, rows: int
+def laplacian_dot_band_into(
+    out: Tensor, grad: Tensor, fine: Tensor, coarse: Tensor, r0: int, r1: int, preset: Preset, ws: Workspace
 ) -> None:
-    """``out = sum over channels of (fine - pyr_up(coarse)) * grad`` (``[..., 1, H, W]``), band by band."""
-    for r0, r1, band in _laplacian_bands(fine, coarse, preset, ws, rows):
-        # sum over channels of band * grad, without a 3-channel product in between
-        o, g = out[..., r0:r1, :], grad[..., r0:r1, :]
-        torch.mul(band[..., 0:1, :, :], g[..., 0:1, :, :], out=o)
-        for c in range(1, band.shape[-3]):
-            o.addcmul_(band[..., c:c + 1, :, :], g[..., c:c + 1, :, :])
+    """Rows ``[r0, r1)`` (r0 even) of ``sum over channels of (fine - pyr_up(coarse)) * grad`` into
+    ``out [..., 1, r1 - r0, W]``."""
+    _channel_dot_into(out, _laplacian_band(fine, coarse, r0, r1, preset, ws), grad[..., r0:r1, :])
+
+
+def _channel_dot_into(out: Tensor, x: Tensor, y: Tensor) -> None:
+    """``out = sum over channels of x * y``, without a many-channel product in between."""
+    torch.mul(x[..., 0:1, :, :], y[..., 0:1, :, :], out=out)
+    for c in range(1, x.shape[-3]):
+        out.addcmul_(x[..., c:c + 1, :, :], y[..., c:c + 1, :, :])
 
 
 def add_up_into(acc: Tensor, coarse: Tensor, preset: Preset, ws: Workspace, rows: int) -> None:
@@ -517,23 +525,33 @@ def add_up_into(acc: Tensor, coarse: Tensor, preset: Preset, ws: Workspace, rows
 
 def add_down_adjoint_into(acc: Tensor, g: Tensor, mode: str, ws: Workspace, rows: int) -> None:
     """``acc += D^T g``: the adjoint of ``pyr_down`` (border ``mode``) from ``g``'s size to ``acc``'s."""
-    height, width = acc.shape[-2:]
+    height = acc.shape[-2]
+    for r0 in range(0, height, rows):
+        r1 = min(r0 + rows, height)
+        add_down_adjoint_band_into(acc[..., r0:r1, :], g, r0, height, mode, ws)
+
+
+def add_down_adjoint_band_into(acc: Tensor, g: Tensor, r0: int, height: int, mode: str, ws: Workspace) -> None:
+    """Rows ``[r0, r0 + k)`` (r0 even) of ``D^T g`` added into ``acc [..., k, W]``, for a level of
+    ``height`` rows (bands taken in any order give :func:`add_down_adjoint_into`'s bits)."""
+    r1 = r0 + acc.shape[-2]
+    width = acc.shape[-1]
 
     def cols_op(src: Tensor, dst: Tensor) -> None:
         _up_1d_into(src, dst, -1, ("zero", "zero"))
         _fold_down_adjoint_(src, dst, -1, mode)
 
-    for r0 in range(0, height, rows):
-        r1 = min(r0 + rows, height)
-        band = _cols_then_rows_band(g, r0, r1, cols_op, ("zero", "zero"), ws, width)
-        acc[..., r0:r1, :].add_(band, alpha=1.0 / 256.0)
-    # rows folds: taps of the first and last coarse rows that D read beyond the image
+    acc.add_(_cols_then_rows_band(g, r0, r1, cols_op, ("zero", "zero"), ws, width), alpha=1.0 / 256.0)
+    # rows folds: taps of the first and last coarse rows that D read beyond the image, landing here
     m = g.shape[-2]
     shape = list(g.shape)
     shape[-2], shape[-1] = 1, width
-    cols = ws.get("fold_row", shape)
     for j in sorted({0, m - 1}):
+        targets = [(_border_index(2 * j + k, height, mode), weight) for k, weight in _TAPS if not 0 <= 2 * j + k < height]
+        targets = [(row, weight) for row, weight in targets if r0 <= row < r1]
+        if not targets:
+            continue
+        cols = ws.get("fold_row", shape)
         cols_op(g[..., j:j + 1, :], cols)
-        for k, weight in _TAPS:
-            if not 0 <= 2 * j + k < height:
-                acc[..., _border_index(2 * j + k, height, mode), :].add_(cols[..., 0, :], alpha=weight / 256.0)
+        for row, weight in targets:
+            acc[..., row - r0, :].add_(cols[..., 0, :], alpha=weight / 256.0)

@@ -607,44 +607,69 @@ def weights_backward(stack, mask, weights, total, params, grad, preset, stack_ne
 
     The stack's is added into ``grad_stack`` when given (else a new tensor); returns
     ``[grad_stack, grad_contrast, ..., grad_sigma]`` (``None`` where not needed or not used).
-    Band by band: the normalisation's gradient in closed form, then each frame's measures are
+    See :class:`WeightsBackward`, which takes the weights' gradient ``grad`` band by band.
+    """
+    backward = WeightsBackward(stack, mask, weights, total, params, preset, stack_needs_grad, params_need_grad,
+                               grad_stack, ws)
+    height = stack.shape[-2]
+    for r0 in range(0, height, backward.rows):
+        r1 = min(r0 + backward.rows, height)
+        backward.band(grad[..., r0:r1, :], r0, r1)
+    return backward.result()
+
+
+class WeightsBackward:
+    """:func:`weights_backward` one band of rows at a time (``band(grad_rows, r0, r1)`` for the bands
+    of :attr:`rows` rows, then :meth:`result`), so that a caller can produce the weights' gradient
+    band by band and hand each over while it is in cache.
+
+    Per band: the normalisation's gradient in closed form, then each frame's measures are
     recomputed by the band kernels and differentiated by hand (:func:`_raw_weights_backward_band`),
     with the reference code's conventions at the kinks (0 where a measure is 0).
     """
-    height = stack.shape[-2]
-    rows = band_rows(stack[:, 0].shape, stack.device)
-    ws = Workspace(stack) if ws is None else ws
-    if stack_needs_grad and grad_stack is None:
-        grad_stack = torch.zeros_like(stack)
-    values = _kernel_params(params, stack.dtype, stack.device)
-    sums: dict[str, Tensor] = {}
+
     names = ("contrast", "saturation", "exposure", "mu", "sigma")
-    wanted = {name for name, need in zip(names, params_need_grad) if need}
-    for r0 in range(0, height, rows):
-        r1 = min(r0 + rows, height)
+
+    def __init__(self, stack, mask, weights, total, params, preset, stack_needs_grad, params_need_grad,
+                 grad_stack=None, ws: Workspace | None = None) -> None:
+        self.stack, self.mask, self.weights, self.total, self.params, self.preset = stack, mask, weights, total, params, preset
+        self.rows = band_rows(stack[:, 0].shape, stack.device)
+        self.ws = Workspace(stack) if ws is None else ws
+        if stack_needs_grad and grad_stack is None:
+            grad_stack = torch.zeros_like(stack)
+        self.grad_stack = grad_stack if stack_needs_grad else None
+        self.values = _kernel_params(params, stack.dtype, stack.device)
+        self.sums: dict[str, Tensor] = {}
+        self.wanted = {name for name, need in zip(self.names, params_need_grad) if need}
+
+    def band(self, band_grad: Tensor, r0: int, r1: int) -> None:
+        """Backpropagate rows ``[r0, r1)`` of the weights' gradient (``band_grad [B, N, 1, r1 - r0, W]``)."""
+        ws = self.ws
         # w_n = m_n W_n / T with T = sum_k m_k W_k, so dL/dW_n = m_n (g_n - sum_k g_k w_k) / T
-        band_grad = grad[..., r0:r1, :]
         shape = list(band_grad.shape)
         raw_grad = ws.get("raw_grad", shape)
-        torch.mul(band_grad, weights[..., r0:r1, :], out=raw_grad)
+        torch.mul(band_grad, self.weights[..., r0:r1, :], out=raw_grad)
         shape[1] = 1
         dot = torch.sum(raw_grad, dim=1, keepdim=True, out=ws.get("dot", shape))
-        torch.sub(band_grad, dot, out=raw_grad).div_(total[..., r0:r1, :])
-        if mask is not None:
-            raw_grad.mul_(_rows(mask, r0, r1))
-        for n in range(stack.shape[1]):
+        torch.sub(band_grad, dot, out=raw_grad).div_(self.total[..., r0:r1, :])
+        if self.mask is not None:
+            raw_grad.mul_(_rows(self.mask, r0, r1))
+        for n in range(self.stack.shape[1]):
             _raw_weights_backward_band(
-                stack[:, n], r0, r1, raw_grad[:, n], grad_stack[:, n] if stack_needs_grad else None,
-                values, wanted, sums, preset, ws,
+                self.stack[:, n], r0, r1, raw_grad[:, n], None if self.grad_stack is None else self.grad_stack[:, n],
+                self.values, self.wanted, self.sums, self.preset, ws,
             )
-    out = [grad_stack]
-    for name, p in zip(names, params):
-        total_grad = sums.get(name)
-        if name not in wanted or total_grad is None:  # not needed, or the parameter was not used
-            out.append(None)
-            continue
-        out.append(total_grad.reshape(p.shape).to(p.dtype))
-    return out
+
+    def result(self) -> list:
+        """``[grad_stack, grad_contrast, ..., grad_sigma]`` once every band is done."""
+        out = [self.grad_stack]
+        for name, p in zip(self.names, self.params):
+            total_grad = self.sums.get(name)
+            if name not in self.wanted or total_grad is None:  # not needed, or the parameter was not used
+                out.append(None)
+                continue
+            out.append(total_grad.reshape(p.shape).to(p.dtype))
+        return out
 
 
 def _add_sum(sums: dict, name: str, value: Tensor) -> None:

@@ -177,6 +177,23 @@ class TestGradientsMatchReference:
         for a, b in zip(fast, slow):
             torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
 
+    @pytest.mark.parametrize("levels", [1.0, 1.5, 3.0, -1.0])
+    @pytest.mark.parametrize("wanted", ["stack", "parameters", "both"])
+    def test_depths_and_partial_needs(self, small_bands, reference, levels, wanted):
+        # the finest level's weights gradient is made band by band from each frame's h_1; one
+        # level only (no h_1), a finest level that is part band and part residual, and gradients
+        # for the stack alone or the parameters alone take the other branches of that path
+        x = gradcheck_stack(2, 3, 3, 20, 14, seed=3).requires_grad_(wanted != "parameters")
+        tensors = as_tensors(dict(contrast=0.8, saturation=1.2, exposure=1.1, mu=0.45, sigma=0.25),
+                             torch.float64, requires_grad=wanted != "stack")
+        inputs = [x, *tensors.values()]
+        fast = _gradients(lambda: exposure_fusion(x, levels=levels, **tensors), inputs)
+        slow = reference(lambda: _gradients(lambda: exposure_fusion(x, levels=levels, **tensors), inputs))
+        for name, a, b in zip(["stack", *tensors], fast, slow):
+            assert (a is None) == (b is None), name
+            if a is not None:
+                torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-9, msg=name)
+
     def test_gradcheck_every_input(self):
         x = gradcheck_stack(1, 3, 3, 9, 11).requires_grad_()
         values = as_tensors(dict(contrast=2.0, saturation=2.0, exposure=1.3, mu=0.45, sigma=0.25, levels=2.4),
