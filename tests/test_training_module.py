@@ -221,6 +221,24 @@ class TestExport:
         assert main(["export", str(ckpt), "-o", str(tmp_path / "q.yaml")]) == 0
         assert main(["export", str(tmp_path / "missing.ckpt"), "-o", str(tmp_path / "r.yaml")]) == 1
 
+    def test_another_runs_checkpoint_is_refused(self, tmp_path):
+        # `--ckpt_path last` of a base config finds an overlay's run there (same checkpoint folder)
+        dm = FusionDataModule(train=SyntheticScenes(length=2, size=48), test=SyntheticScenes(length=2, size=48, seed=9),
+                              batch_size=2)
+        trainer = _trainer(max_steps=1, enable_checkpointing=True, default_root_dir=str(tmp_path))
+        trainer.fit(FusionModule(learnable=["contrast", "mu"], loss="mef_ssim", export_path=None), dm)
+        ckpt = next(tmp_path.rglob("*.ckpt"))
+        for other, named in ((dict(learnable=["contrast", "mu"], loss="l1"), "loss='mef_ssim' there, 'l1' here"),
+                             (dict(learnable=["contrast"], loss="mef_ssim"), "learnable=['contrast', 'mu'] there"),
+                             (dict(learnable=["contrast", "mu"], loss="mef_ssim", preset="opencv"), "preset=")):
+            with pytest.raises(ValueError, match="belongs to another run") as error:
+                _trainer().test(FusionModule(export_path=None, **other), dm, ckpt_path=ckpt, verbose=False)
+            assert named in str(error.value)
+        # the same run (learnable in another order) resumes
+        results = _trainer().test(FusionModule(learnable=["mu", "contrast"], loss="mef_ssim", export_path=None), dm,
+                                  ckpt_path=ckpt, verbose=False)
+        assert math.isfinite(results[0]["test/psnr"])
+
     def test_export_of_a_file_that_is_not_a_checkpoint_names_it(self, tmp_path, capsys):
         (tmp_path / "text.ckpt").write_text("not a checkpoint")
         torch.save({"state_dict": {"weight": torch.zeros(2)}}, tmp_path / "other.ckpt")

@@ -237,6 +237,22 @@ class FusionModule(pl.LightningModule):
         checkpoint["skipped_steps"] = self.skipped_steps
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # ``--ckpt_path last`` takes whatever the checkpoint folder holds, and overlays (another loss,
+        # another set of learnable parameters) write into their base config's folder: resuming or
+        # testing another run's checkpoint must not pass silently
+        saved = checkpoint.get("hyper_parameters") or {}
+        differences = [
+            f"{key}={_run_identity(key, saved[key])!r} there, {_run_identity(key, self.hparams[key])!r} here"
+            for key in RUN_IDENTITY
+            if key in saved and key in self.hparams and _run_identity(key, saved[key]) != _run_identity(key, self.hparams[key])
+        ]
+        if differences:
+            raise ValueError(
+                "the checkpoint belongs to another run (" + "; ".join(differences) + "): give --ckpt_path this "
+                "run's checkpoint (an overlay's runs write into its base config's checkpoint folder; a "
+                "ModelCheckpoint dirpath of their own keeps them apart), or start from the other run's "
+                "exported parameters with --model.init_params"
+            )
         self.skipped_steps = int(checkpoint.get("skipped_steps", 0))
 
     # -- optimisation -------------------------------------------------------------------------
@@ -294,6 +310,14 @@ class FusionModule(pl.LightningModule):
         spread = float((gathered - gathered[0:1]).abs().max())
         if spread != 0.0:
             raise RuntimeError(f"processes ended with different parameters (max difference {spread:.3g}): {gathered.tolist()}")
+
+
+#: hyperparameters that define what a run optimises: a checkpoint with other values is another run's
+RUN_IDENTITY = ("loss", "learnable", "preset")
+
+
+def _run_identity(key: str, value: Any) -> Any:
+    return sorted(value) if key == "learnable" else value
 
 
 def _short_name(name: str) -> str:
