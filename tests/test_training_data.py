@@ -385,6 +385,16 @@ class TestSceneFolders:
         with pytest.raises(DatasetError, match="s2: no reference image"):
             SceneFolders(root=str(tmp_path)).setup()
 
+    def test_two_scenes_of_one_name(self, tmp_path):
+        # predictions (<name>.png) and reference_dir files are named after the scene folder
+        _write_bracket(tmp_path / "a" / "s1")
+        _write_bracket(tmp_path / "b" / "s1", seed=1)
+        with pytest.raises(DatasetError, match="two scenes named 's1'"):
+            SceneFolders(scenes=[str(tmp_path / "a" / "s1"), str(tmp_path / "b" / "s1")]).setup()
+        # one folder given twice (under root and by a path spelled otherwise) is one scene
+        ds = SceneFolders(root=str(tmp_path / "a"), scenes=[str(tmp_path / "a" / ".." / "a" / "s1")]).setup()
+        assert len(ds) == 1 and ds[0]["name"] == "s1"
+
     def test_two_references(self, tmp_path):
         _write_bracket(tmp_path / "s")
         _write_hdr(tmp_path / "s" / "scene.hdr", _scene(0, size=(16, 20)))

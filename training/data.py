@@ -642,7 +642,21 @@ class SceneFolders(SceneDataset):
             if not path.is_dir():
                 raise DatasetError(f"{path}: not a folder (a scene is a folder of frames)")
             folders.append(path)
-        return list(dict.fromkeys(folders))
+        unique: dict[Path, Path] = {}
+        for folder in folders:  # each folder once, however its path is spelled
+            unique.setdefault(folder.resolve(), folder)
+        folders = list(unique.values())
+        # a scene is known by its folder's name: predictions are written as <name>.<format> and
+        # reference_dir holds <name>.* files, so two scenes of one name would overwrite or skip
+        named: dict[str, Path] = {}
+        for folder in folders:
+            if folder.name in named:
+                raise DatasetError(
+                    f"{named[folder.name]} and {folder}: two scenes named {folder.name!r} (results and references are "
+                    f"named after the scene folder); rename one"
+                )
+            named[folder.name] = folder
+        return folders
 
     def _is_reference_dir(self, folder: Path) -> bool:
         return self.reference_dir is not None and folder.resolve() == Path(self.reference_dir).expanduser().resolve()
