@@ -34,9 +34,11 @@ The functions of this module run one of two implementations of the same computat
   the reference to rounding (weights with exponents 1 bit for bit). Under autograd they run inside
   autograd functions (:class:`_FusionFunction`, :class:`_BlendFunction`,
   ``efusion.weights.WeightsFunction``) whose backward is written by hand and streams over frames
-  too; it is once differentiable (second derivatives: use ``torch.func``, which runs the reference
-  code). Under ``torch.compile`` on a CPU, no-grad calls reach the kernels through the opaque
-  operators ``efusion::fuse`` and ``efusion::blend``.
+  too. When autograd records the backward (``create_graph=True``: second derivatives, gradient
+  penalties, ``gradgradcheck``) they compute the reference code's gradient instead, recomputed from
+  their saved inputs, which is differentiable again (at the reference path's cost). Under
+  ``torch.compile`` on a CPU, no-grad calls reach the kernels through the opaque operators
+  ``efusion::fuse`` and ``efusion::blend``.
 
 :func:`fuse_frames` is the kernels' streaming entry point: frames converted one at a time, memory
 independent of their number.
@@ -68,6 +70,7 @@ from .pyramid import (
     pyr_down,
     pyr_up,
     needs_grad,
+    reference_gradients,
     up_adjoint_into,
     use_kernels,
 )
@@ -75,6 +78,7 @@ from .weights import (
     ParamLike,
     _is_one,
     _is_zero,
+    _reference_weights,
     _scale_,
     check_params,
     raw_weights_into,
@@ -146,13 +150,15 @@ def _scaled(coefficient: Coefficient, x: Tensor) -> Tensor:
     return x if _is_one(coefficient) else coefficient * x
 
 
-def _blend_5d(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool | None = None) -> Tensor:
+def _blend_5d(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool | None = None,
+              plan=None) -> Tensor:
     """Blend a validated ``[B, N, C, H, W]`` stack by ``[B, N, 1, H, W]`` weights -> ``[B, C, H, W]``.
 
     Streams over frames: one frame's pyramids exist at a time, added into the blended pyramid.
+    ``plan``: :func:`_depth_plan`'s coefficients, instead of ``levels`` and ``relative``.
     """
     _, frames, _, height, width = stack.shape
-    band_coef, residual_coef = _depth_plan(levels, height, width, preset, stack.dtype, stack.device, relative)
+    band_coef, residual_coef = plan or _depth_plan(levels, height, width, preset, stack.dtype, stack.device, relative)
     top = len(band_coef)
     bands: list[Tensor | None] = [None] * top
     residuals: list[Tensor | None] = [None] * top
@@ -267,7 +273,7 @@ def exposure_fusion(
 
     Memory: besides the stack, N weight maps (a third of a float RGB stack) and about 4/3 of
     the output; :func:`fuse_frames` streams frames instead, for memory independent of N.
-    Gradients are first-order in eager mode (see the module's "Implementations").
+    Gradients of any order (second ones by the reference code; see the module's "Implementations").
 
     Example:
         >>> stack = torch.rand(3, 3, 32, 48)      # N=3 RGB frames in [0, 1]
@@ -750,7 +756,8 @@ class _BlendFunction(torch.autograd.Function):
       image ``q_l = dLap_l + residual_l w_l g_l + D^T (q_{l+1} - U^T dLap_l)`` with
       ``dLap_l = band_l w_l g_l``; ``h_0`` and ``q_0`` are the frame's gradients.
 
-    Once differentiable (the backward is not itself recorded).
+    When autograd records the backward (``create_graph=True``) it is the reference code's
+    gradient instead (:func:`~efusion.pyramid.reference_gradients`), differentiable again.
     """
 
     @staticmethod
@@ -765,9 +772,13 @@ class _BlendFunction(torch.autograd.Function):
         return result
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         stack, weights, vector, *kept_values = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True
+            plan = _fill_plan(ctx.template, vector)
+            grads = reference_gradients(lambda: _blend_5d(stack, weights, None, ctx.preset, plan=plan),
+                                        [stack, weights, vector], ctx.needs_input_grad[:3], grad)
+            return (*grads, None, None)
         kept = dict(zip(ctx.kept_keys, kept_values))
         needs_stack, needs_weights, needs_vector = ctx.needs_input_grad[:3]
         return _blend_backward(grad, stack, weights, vector, ctx.template, kept, ctx.preset,
@@ -779,7 +790,8 @@ class _FusionFunction(torch.autograd.Function):
 
     ``apply(stack, mask, contrast, saturation, exposure, mu, sigma, coefficients, template,
     preset)``; backward: :class:`_BlendFunction`'s, then :class:`WeightsFunction`'s with the
-    weights' gradient, added into the same stack gradient. Once differentiable.
+    weights' gradient, added into the same stack gradient; the reference code's gradient when
+    autograd records the backward (``create_graph=True``, for second derivatives).
     """
 
     @staticmethod
@@ -800,12 +812,19 @@ class _FusionFunction(torch.autograd.Function):
         return result
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         stack, mask, weights, total, vector, *rest = ctx.saved_tensors
         tensors, kept_values = rest[:5], rest[5:]
         params = [t if t is not None else number for t, number in zip(tensors, ctx.numbers)]
         needs = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph=True
+            plan = _fill_plan(ctx.template, vector)
+
+            def reference() -> Tensor:
+                return _blend_5d(stack, _reference_weights(stack, mask, *params, ctx.preset), None, ctx.preset, plan=plan)
+
+            grads = reference_gradients(reference, [stack, mask, *params, vector], needs[:8], grad)
+            return (*grads, None, None)
         needs_stack, params_need_grad, needs_vector = needs[0], needs[2:7], needs[7]
         needs_weights = needs_stack or any(params_need_grad)
         grad_stack = torch.empty_like(stack) if needs_stack else None

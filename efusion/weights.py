@@ -22,7 +22,7 @@ from torch import Tensor
 
 from . import _checks
 from .presets import Preset, get_preset
-from .pyramid import Workspace, _border_index, _pad, band_rows, needs_grad, use_kernels
+from .pyramid import Workspace, _border_index, _pad, band_rows, needs_grad, reference_gradients, use_kernels
 
 __all__ = ["luma", "contrast", "saturation", "well_exposedness", "mertens_weights"]
 
@@ -283,6 +283,11 @@ def weights_5d(
         out = torch.empty_like(stack[:, :, :1])
         weights_into(stack, out, mask, *params, preset, Workspace(stack), band_rows(stack[:, 0].shape, stack.device))
         return out
+    return _reference_weights(stack, mask, contrast, saturation, exposure, mu, sigma, preset)
+
+
+def _reference_weights(stack, mask, contrast, saturation, exposure, mu, sigma, preset: Preset) -> Tensor:
+    """:func:`weights_5d` by the reference code (plain tensor operations, differentiable to any order)."""
     compute = _compute_dtype(stack.dtype)
     x = stack.to(compute)
     params = [_cast_param(p, compute, stack.device) for p in (contrast, saturation, exposure, mu, sigma)]
@@ -572,10 +577,10 @@ def _normalise_band_(weight: Tensor, mask: Tensor | None, ws: Workspace, total: 
 class WeightsFunction(torch.autograd.Function):
     """:func:`weights_5d` (float32/float64, eager) as an autograd function.
 
-    Forward: the band kernel. Backward: the gradient of the normalisation in closed form, then,
-    band by band, the reference code (``_raw_weights``) recomputed under autograd on the band
-    plus one row of context on each side (for the Laplacian) and differentiated. Gradients are
-    therefore the reference path's, at the memory cost of one band. Once differentiable.
+    Forward: the band kernels. Backward: :func:`weights_backward` (the normalisation's gradient in
+    closed form, then the measures recomputed and differentiated by hand, band by band), or, when
+    autograd records the backward (``create_graph=True``), the reference code's gradient
+    (:func:`~efusion.pyramid.reference_gradients`), so second derivatives work.
     ``apply(stack, mask, contrast, saturation, exposure, mu, sigma, preset)``; the mask gets no
     gradient.
     """
@@ -592,11 +597,14 @@ class WeightsFunction(torch.autograd.Function):
         return weights
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         stack, mask, weights, total, *tensors = ctx.saved_tensors
         params = [t if t is not None else number for t, number in zip(tensors, ctx.numbers)]
         needs = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph=True
+            grads = reference_gradients(lambda: _reference_weights(stack, mask, *params, ctx.preset),
+                                        [stack, mask, *params], needs[:7], grad)
+            return (*grads, None)
         grads = weights_backward(stack, mask, weights, total, params, grad, ctx.preset, needs[0], needs[2:7])
         return (grads[0], None, *grads[1:], None)
 
