@@ -338,6 +338,16 @@ def _error(message: str) -> None:
     print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
 
 
+def _warn_repeated_frames(frames: list[Path]) -> None:
+    """A frame file listed twice counts twice in the fusion (a doubled glob, most likely): say so."""
+    for i, frame in enumerate(frames):
+        for j in range(i):
+            if _same_file(frames[j], frame):
+                print(f"{PROG}: warning: {frame} is given twice (frames {j + 1} and {i + 1}); it counts twice in the "
+                      "fusion", file=sys.stderr, flush=True)
+                break
+
+
 def _fusion_params(args: argparse.Namespace) -> dict[str, Any]:
     """Parameters from --params, overridden by the options given on the command line."""
     params = read_params(args.params) if args.params else {}
@@ -486,6 +496,7 @@ def _fuse_one(args, params, device, dtype) -> int:
             )
         frames = inputs
         label = str(frames[0]) if len(frames) == 1 else f"{frames[0]} (and {len(frames) - 1} more frames)"
+        _warn_repeated_frames(frames)
     check_output(out, args.bit_depth)
     if args.format is not None and _FORMAT_SUFFIX[args.format] != {".jpeg": ".jpg", ".tiff": ".tif"}.get(
         out.suffix.lower(), out.suffix.lower()
@@ -679,6 +690,7 @@ def _eval_brackets(paths: list[Path]) -> list[tuple[str, Path | list[Path]]]:
                 unique.append(folder)
         return [(str(folder), folder) for folder in unique]
     label = str(paths[0]) if len(paths) == 1 else f"{paths[0]} (and {len(paths) - 1} more frames)"
+    _warn_repeated_frames(paths)
     return [(label, paths)]
 
 

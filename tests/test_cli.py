@@ -81,6 +81,20 @@ class TestFuse:
         assert torch.equal(torch.from_numpy(written).permute(2, 0, 1), (expected * 255).round().to(torch.uint8))
         assert leftovers(tmp_path) == []
 
+    def test_a_frame_given_twice_is_fused_twice_with_a_warning(self, tmp_path, capsys, bracket8, frames8):
+        out = tmp_path / "fused.png"
+        twice = tmp_path / "bracket" / ".." / "bracket" / bracket8[1].name  # the same file, spelled otherwise
+        code, _, err = run(["fuse", *bracket8, twice, "-o", out], capsys)
+        assert code == 0
+        warning = "efusion: warning: {} is given twice (frames {}); it counts twice in the fusion"
+        assert err.strip() == warning.format(twice, "2 and 4")
+        expected = efusion.exposure_fusion(as_stack(frames8[[0, 1, 2, 1]])).clamp(0, 1)
+        written = torch.from_numpy(np.asarray(Image.open(out))).permute(2, 0, 1)
+        assert torch.equal(written, (expected * 255).round().to(torch.uint8))
+        big = write_frames(tmp_path / "big", np.repeat(np.repeat(frames8, 2, axis=1), 2, axis=2))  # MEF-SSIM: >= 44 px
+        code, _, err = run(["eval", *big, big[0]], capsys)
+        assert code == 0 and err.strip() == warning.format(big[0], "1 and 4")
+
     def test_folder_to_float_tiff_equals_in_memory(self, tmp_path, capsys, bracket8, frames8):
         out = tmp_path / "fused.tif"
         code, _, _ = run(["fuse", bracket8[0].parent, "-o", out, "--bit-depth", "32"], capsys)
