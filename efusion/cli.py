@@ -32,6 +32,7 @@ from .io import (
     PARAM_NAMES,
     ImageIOError,
     ParamsError,
+    _FORMATS,
     _one_line,
     check_output,
     default_bit_depth,
@@ -439,10 +440,10 @@ def _fuse_files(frames: list[Path], out: Path, args, params, device, dtype) -> t
     return len(bracket), (len(bracket), *bracket.shape)
 
 
-def _check_finite(path: Path, frame: torch.Tensor, also: str = "") -> None:
+def _check_finite(path: Path, frame: torch.Tensor, also: str = "", cannot: str = "fuse it") -> None:
     """A float frame with NaN or infinite samples would spread them over much of the result."""
     if not torch.isfinite(frame).all():
-        raise ImageIOError(f"{path}: has NaN or infinite samples{also}; cannot fuse it")
+        raise ImageIOError(f"{path}: has NaN or infinite samples{also}; cannot {cannot}")
 
 
 class _FiniteFrames(collections.abc.Sequence):
@@ -498,9 +499,7 @@ def _fuse_one(args, params, device, dtype) -> int:
         label = str(frames[0]) if len(frames) == 1 else f"{frames[0]} (and {len(frames) - 1} more frames)"
         _warn_repeated_frames(frames)
     check_output(out, args.bit_depth)
-    if args.format is not None and _FORMAT_SUFFIX[args.format] != {".jpeg": ".jpg", ".tiff": ".tif"}.get(
-        out.suffix.lower(), out.suffix.lower()
-    ):
+    if args.format is not None and _FORMATS[_FORMAT_SUFFIX[args.format]] != _FORMATS.get(out.suffix.lower()):
         raise CommandError(
             f"--format {args.format} disagrees with -o {out}: with -o the file name's suffix gives the format "
             "(--format is for --out-dir)",
@@ -734,9 +733,8 @@ def _eval_bracket(label, source, args, params, device, dtype, fused, reference) 
         where = f"{label}: holds one frame ({paths[0]})" if isinstance(source, Path) else f"{paths[0]}: one frame"
         raise CommandError(f"{where}; MEF-SSIM scores a fusion against its bracket and needs at least 2 frames")
     if bracket.bit_depth == 32:
-        for path, frame in zip(paths, bracket.frames):
-            if not torch.isfinite(frame).all():  # the fusion takes float frames unclipped: NaN scores
-                raise CommandError(f"{path}: has NaN or infinite samples; cannot score the bracket")
+        for path, frame in zip(paths, bracket.frames):  # the fusion takes float frames unclipped: NaN scores
+            _check_finite(path, frame, cannot="score the bracket")
     if min(height, width) < _MEF_MIN_SIZE:
         raise CommandError(
             f"{label}: frames are {width}x{height}, too small for MEF-SSIM: it needs at least {_MEF_MIN_SIZE} pixels on "

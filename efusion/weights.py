@@ -736,18 +736,21 @@ def _raw_weights_backward_band(frame, r0, r1, raw_grad, grad_frame, values, want
     band_grad = None if grad_frame is None else grad_frame[..., r0:r1, :]  # added into directly
     measure_grad = ws.get("bw_measure_grad", shape)
     for name, measure, exponent, k in measures:
-        zero = torch.eq(measure, 0, out=ws.get("bw_zero", shape))  # 1.0 where the measure is 0
-        if name in wanted:
-            log_measure = torch.add(measure, zero, out=factor).log_()
-            _add_sum(sums, name, torch.dot(q.view(-1), log_measure.view(-1)) * k)
-        if grad_frame is None:
+        if name not in wanted and grad_frame is None:
             continue
-        if name == "contrast":  # d/dL = Q c / L: the sign of L included, 1 put where L is 0
-            _scale_(torch.div(q, torch.add(laplacian, zero, out=factor), out=measure_grad), exponent)
-            _laplacian_adjoint_add_(measure_grad, r0, r1, grad_frame, _luma_gradient_weights(frame, preset), preset, ws)
-        else:
-            _scale_(torch.div(q, torch.add(measure, zero, out=factor), out=measure_grad), exponent * k)
-            _saturation_squared_backward_add_(x, measure_grad, band_grad, preset, ws)
+        zero = torch.eq(measure, 0, out=ws.get("bw_zero", shape))  # 1.0 where the measure is 0
+        # the measure with 1 where it is 0, for log m and (saturation) Q / m
+        safe = torch.add(measure, zero, out=factor) if name in wanted or name == "saturation" else None
+        if grad_frame is not None:
+            if name == "contrast":  # d/dL = Q c / L: the sign of L included, 1 put where L is 0
+                torch.div(q, torch.add(laplacian, zero, out=measure_grad), out=measure_grad)
+                _scale_(measure_grad, exponent)
+                _laplacian_adjoint_add_(measure_grad, r0, r1, grad_frame, _luma_gradient_weights(frame, preset), preset, ws)
+            else:
+                _scale_(torch.div(q, safe, out=measure_grad), exponent * k)
+                _saturation_squared_backward_add_(x, measure_grad, band_grad, preset, ws)
+        if name in wanted:
+            _add_sum(sums, name, torch.dot(q.view(-1), safe.log_().view(-1)) * k)
     if exposure:
         if "exposure" in wanted:
             _add_sum(sums, "exposure", torch.dot(q.view(-1), log_e.view(-1)))

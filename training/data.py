@@ -50,6 +50,7 @@ from torch.utils.data._utils.collate import default_collate
 
 import efusion
 from efusion import io as efusion_io
+from efusion.io import _one_line
 
 from .tonemap import OPERATORS, tonemap
 
@@ -137,10 +138,6 @@ def read_radiance(path: str | os.PathLike) -> Tensor:
     if not bool((radiance > 0).any()):
         raise DatasetError(f"{path}: the radiance map is black (no positive value)")
     return radiance
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _image_size(path: Path) -> tuple[int, int]:

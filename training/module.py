@@ -24,6 +24,7 @@ from torch import Tensor
 
 import efusion
 from efusion import io as efusion_io
+from efusion.io import _one_line
 from efusion.fusion import PARAMETER_NAMES
 
 from .losses import FusionLoss, psnr, ssim
@@ -348,7 +349,7 @@ def export_checkpoint(checkpoint: str | Path, path: str | Path) -> dict[str, Any
     try:
         content = torch.load(checkpoint, map_location="cpu", weights_only=False)
     except Exception as error:  # pickle, zip and torch errors alike: the file is not a torch checkpoint
-        raise ValueError(f"{not_ours}: cannot load it ({' '.join(str(error).split()) or type(error).__name__})") from None
+        raise ValueError(f"{not_ours}: cannot load it ({_one_line(error)})") from None
     if not isinstance(content, dict) or "pytorch-lightning_version" not in content or "state_dict" not in content:
         raise ValueError(f"{not_ours}: no Lightning state_dict in it")
     hparams = content.get("hyper_parameters", {})
@@ -361,5 +362,5 @@ def export_checkpoint(checkpoint: str | Path, path: str | Path) -> dict[str, Any
     try:
         module = FusionModule.load_from_checkpoint(checkpoint, map_location="cpu", **overrides)
     except RuntimeError as error:  # state_dict keys or shapes of another model
-        raise ValueError(f"{not_ours}: {' '.join(str(error).split())}") from None
+        raise ValueError(f"{not_ours}: {_one_line(error)}") from None
     return export(module, path)
