@@ -98,6 +98,9 @@ def make_frames(height: int, width: int, frames: int, seed: int) -> np.ndarray:
 # what is timed
 
 
+#: backend the compiled method is traced with (``None``: automatic; ``--inductor``: "reference")
+COMPILED_BACKEND: str | None = None
+
 class Case:
     """The inputs of one case in every form the methods take, and the callables that time them."""
 
@@ -139,7 +142,8 @@ class Case:
             self._compiled = torch.compile(efusion.exposure_fusion, fullgraph=True)
 
         def run():
-            with torch.no_grad():
+            # the backend is read when Dynamo traces (the first call): "reference" = --inductor
+            with torch.no_grad(), efusion.backends.use(COMPILED_BACKEND):
                 return self._compiled(self.stack, preset=self.preset)
 
         return run
@@ -297,11 +301,8 @@ def run_case(height: int, width: int, frames: int, args, log: Callable[[str], No
             if m in outputs:
                 diffs[f"{m}_vs_eager"] = (outputs[m].float() - eager).abs().max().item()
         if "reference" not in skip:
-            efusion.pyramid.USE_KERNELS = False
-            try:
+            with efusion.backends.use("reference"):
                 reference = case.eager()()
-            finally:
-                efusion.pyramid.USE_KERNELS = True
             diffs["eager_vs_reference"] = (reference.float() - eager).abs().max().item()
     result["max_abs_diff"] = diffs
     del outputs, runs, case
@@ -438,9 +439,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(json.dumps(probe_memory(args.probe, args.probe_input, args.device, args.dtype, args.preset)))
         return {}
     if args.inductor:
-        import efusion.fusion
-
-        efusion.fusion.USE_COMPILED_KERNELS = False
+        global COMPILED_BACKEND
+        COMPILED_BACKEND = "reference"
     args.skip = [s for s in args.skip.split(",") if s]
     unknown = set(args.skip) - set(SKIPPABLE)
     if unknown:

@@ -7,16 +7,19 @@ Mertens, Kautz & Van Reeth, "Exposure Fusion", Pacific Graphics 2007, doi:10.110
 >>> efusion.exposure_fusion(stack).shape     # [C, H, W]
 torch.Size([3, 64, 96])
 """
-from .fusion import LEARNABLE_DEFAULT, Fusion, blend, exposure_fusion, fuse_frames
+from . import backends, reference
+from .functional import blend, exposure_fusion, fuse_frames, mertens_weights
+from .layers import Fusion
+from .params import LEARNABLE_DEFAULT
 from .presets import PRESETS, Preset, get_preset
-from .pyramid import (
+from .reference.pyramid import (
     collapse_laplacian_pyramid,
     gaussian_pyramid,
     laplacian_pyramid,
     pyr_down,
     pyr_up,
 )
-from .weights import contrast, luma, mertens_weights, saturation, well_exposedness
+from .reference.measures import contrast, luma, saturation, well_exposedness
 
 # they need only torch: ``efusion.metrics`` etc. work after a plain ``import efusion``
 from . import metrics, quality, synthetic
@@ -51,4 +54,6 @@ __all__ = [
     "metrics",
     "quality",
     "synthetic",
+    "backends",
+    "reference",
 ]

@@ -36,6 +36,8 @@ from typing import IO, Any, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from .params import NAMES, domain_error
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "PARAM_NAMES",
@@ -60,7 +62,7 @@ __all__ = [
 #: file suffixes read as frames (case-insensitive)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 #: keys a parameter file may hold: the keyword arguments of :func:`efusion.exposure_fusion`
-PARAM_NAMES = ("contrast", "saturation", "exposure", "mu", "sigma", "levels", "preset")
+PARAM_NAMES = (*NAMES, "preset")
 
 _FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}
 #: bit depths each output format can hold (32 = float32)
@@ -897,13 +899,10 @@ def _check_param(key: str, value, source: str, presets: list[str]):
         return None
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
         raise ParamsError(f"{source}: {key!r} must be a finite number, got {value!r}")
-    if key in ("contrast", "saturation", "exposure") and value < 0:
-        raise ParamsError(f"{source}: {key!r} must be >= 0 (0 switches the measure off), got {value!r}")
-    if key == "sigma" and value <= 0:
-        raise ParamsError(f"{source}: 'sigma' must be > 0, got {value!r}")
+    problem = domain_error(key, value)  # the domains are efusion.params'
+    if problem is not None:
+        raise ParamsError(f"{source}: {problem}")
     if key == "levels":
-        if not (value >= 1 or value <= -1):
-            raise ParamsError(f"{source}: 'levels' must be >= 1, or <= -1 to count from the deepest (-1), got {value!r}")
         return int(value) if isinstance(value, int) else float(value)
     return float(value)
 

@@ -22,7 +22,7 @@ __all__ = ["mef_ssim", "MEFSSIMLoss", "MS_SSIM_WEIGHTS", "RGB_TO_GRAY_WEIGHTS"]
 
 #: MATLAB ``rgb2gray`` luminance coefficients at full precision (MATLAB documents them rounded
 #: as 0.2989, 0.5870, 0.1140); the reference scores were computed on ``rgb2gray`` images.
-RGB_TO_GRAY_WEIGHTS = (0.298936021293775, 0.587043074451121, 0.114020904255103)
+from .color import MATLAB_GRAY as RGB_TO_GRAY_WEIGHTS  # noqa: E402
 
 #: Per-scale exponents of MS-SSIM (Wang, Simoncelli and Bovik, "Multiscale structural similarity
 #: for image quality assessment", Asilomar 2003); MEF-SSIM uses the first three, normalised.

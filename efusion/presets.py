@@ -12,6 +12,8 @@ import math
 import struct
 from dataclasses import dataclass
 
+from .color import MATLAB_GRAY, OPENCV_GRAY
+
 __all__ = ["Preset", "PRESETS", "get_preset"]
 
 
@@ -84,7 +86,7 @@ PRESETS: dict[str, Preset] = {
     # rgb2gray weights are MATLAB's documented exact coefficients.
     "mertens": Preset(
         name="mertens",
-        luma_weights=(0.298936021293775, 0.587043074451121, 0.114020904255103),
+        luma_weights=MATLAB_GRAY,
         laplacian_border="replicate",
         luma_form="sum",
         saturation_form="pairwise",
@@ -98,7 +100,7 @@ PRESETS: dict[str, Preset] = {
     # pyrDown / pyrUp; borders probed on opencv-python-headless 4.x/5.x with unit impulses.
     "opencv": Preset(
         name="opencv",
-        luma_weights=(0.299, 0.587, 0.114),
+        luma_weights=OPENCV_GRAY,
         laplacian_border="reflect101",
         luma_form="opencv_fma",
         saturation_form="opencv",

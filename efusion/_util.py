@@ -1,0 +1,50 @@
+"""Small helpers that several efusion modules share (public names inside a private module).
+
+A parameter may be a Python number or a tensor. A number can be tested for 0 and 1 on the host:
+an exponent of 0 switches its measure off and a factor of 1 is skipped, which both the
+reference code and the kernels rely on. A tensor never counts as 0 or 1: its value may change
+and it needs a gradient.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+ParamLike = float | Tensor
+
+
+def is_one(value: ParamLike) -> bool:
+    """Whether ``value`` is the number 1 (a tensor never is: its value may change, and it needs a gradient)."""
+    return not isinstance(value, Tensor) and value == 1
+
+
+def is_zero(value: ParamLike) -> bool:
+    """Whether ``value`` is the number 0 (an exponent that switches its measure off)."""
+    return not isinstance(value, Tensor) and value == 0
+
+
+def scale_(x: Tensor, factor: ParamLike) -> Tensor:
+    """``x *= factor`` in place, skipped when ``factor`` is the number 1."""
+    return x if is_one(factor) else x.mul_(factor)
+
+
+def scaled(coefficient: ParamLike, x: Tensor) -> Tensor:
+    """``coefficient * x`` out of place, ``x`` itself when the coefficient is the number 1."""
+    return x if is_one(coefficient) else coefficient * x
+
+
+def f32(value: float) -> float:
+    """``value`` rounded to single precision (for emulating float32 constants of C code)."""
+    return float(torch.tensor(value, dtype=torch.float32))
+
+
+def number(value: ParamLike) -> ParamLike:
+    """A 0-dim CPU tensor as a number (other values as they are)."""
+    if isinstance(value, Tensor) and value.dim() == 0 and value.device.type == "cpu":
+        return value.item()
+    return value
+
+
+def needs_grad(*values) -> bool:
+    """Whether autograd records a call with these inputs (non-tensors are ignored)."""
+    return torch.is_grad_enabled() and any(isinstance(v, Tensor) and v.requires_grad for v in values)

@@ -1,0 +1,90 @@
+"""Pyramid depth: ``levels`` (absolute, relative, fractional or a tensor) -> per-level collapse coefficients.
+
+Mertens, Kautz & Van Reeth, "Exposure Fusion", Pacific Graphics 2007, Section 3.2; the
+automatic depth is the preset's (:meth:`efusion.presets.Preset.max_levels`); negative depths
+count from the maximum as enfuse's ``--levels`` does.
+
+``levels`` counts pyramid levels in total, the last being the Gaussian residual (Mertens'
+convention): 1 is a plain per-pixel weighted average, the automatic depth is the preset's
+maximum, ``floor(log2(min(H, W)))`` for ``"mertens"``. A depth larger than an image allows is
+clamped to that image's maximum. A negative depth counts from the maximum, as enfuse does
+(-1 = the maximum, -2 = one level fewer), so a learned relative depth carries over to images of
+other sizes as "so many levels short of full depth"; a positive one as an absolute count.
+
+A non-integer depth ``L = k + t`` interpolates linearly between the results at depths ``k`` and
+``k + 1``: ``(1 - t) R(k) + t R(k + 1)``. Both share their first ``k - 1`` band-pass levels, so
+this costs one pyramid: level ``k - 1`` contributes ``t`` times its band plus ``1 - t`` times its
+Gaussian residual, and level ``k`` ``t`` times its residual. An integer reproduces the discrete
+result exactly. The gradient with respect to a tensor depth is ``R(k + 1) - R(k)``, one-sided at
+integers (from above, and from below at the maximum), so a learnable depth sitting on an integer
+still moves; outside ``[1, max]`` the value is clamped but the gradient of the nearest valid
+segment is kept, so an optimiser can bring it back.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import Tensor
+
+from .presets import Preset
+
+__all__ = ["Coefficient", "depth_plan"]
+
+Coefficient = float | Tensor
+
+
+def depth_plan(
+    levels, height: int, width: int, preset: Preset, dtype: torch.dtype, device: torch.device, relative: bool | None,
+    sparse: bool = False,
+) -> tuple[list[Coefficient], list[Coefficient]]:
+    """Per-level coefficients ``(band, residual)`` of the collapse (see the module docstring).
+
+    The result is ``sum_l up^l(band_l * B_l + residual_l * G_l)`` where ``B_l`` is the blended
+    band-pass level and ``G_l`` the blended Gaussian level. Python zeros mark skipped terms.
+
+    A tensor depth gives tensor coefficients for every level, computed without reading the
+    depth (no host-device sync, one graph for ``torch.compile``). With ``sparse`` and a CPU
+    tensor, the depth is read and only the three coefficients that depend on it stay tensors
+    (the others are constants 0 and 1, exactly their dense values, with zero gradient), and the
+    levels past the depth are dropped: the same result and gradients for much less work.
+    """
+    maximum = preset.max_levels(height, width)
+    if levels is None:
+        levels = maximum
+    if isinstance(levels, numbers.Real):
+        depth = float(levels) if levels >= 1 else maximum + 1 + float(levels)
+        depth = min(max(depth, 1.0), float(maximum))
+        k = int(math.floor(depth))
+        t = depth - k
+        top = k + 1 if t > 0 else k
+        band: list[Coefficient] = [1.0 if l < k - 1 else 0.0 for l in range(top)]
+        residual: list[Coefficient] = [0.0] * top
+        if t > 0:
+            band[k - 1], residual[k - 1], residual[k] = t, 1.0 - t, t
+        else:
+            residual[k - 1] = 1.0
+        return band, residual
+    if maximum == 1:  # a single level: the depth has nothing to choose
+        return [0.0], [1.0]
+    value = levels.to(device=device, dtype=dtype)
+    if relative is None:
+        depth = torch.where(value < 0, value + (maximum + 1), value)
+    else:
+        depth = value + (maximum + 1) if relative else value
+    k = depth.detach().floor().clamp(1, maximum - 1)
+    t = depth - k
+    t = t + (t.clamp(0.0, 1.0) - t).detach()  # clamped value, gradient of the nearest segment
+    if sparse and depth.device.type == "cpu":
+        k_value = int(k)
+        band_sparse: list[Coefficient] = [1.0] * (k_value - 1) + [t, 0.0]
+        residual_sparse: list[Coefficient] = [0.0] * (k_value - 1) + [1.0 - t, t]
+        return band_sparse, residual_sparse
+    level = torch.arange(maximum, device=device, dtype=dtype)
+    at_k_minus_1 = (level == k - 1).to(dtype)
+    band_t = (level < k - 1).to(dtype) + t * at_k_minus_1
+    residual_t = (1.0 - t) * at_k_minus_1 + t * (level == k).to(dtype)
+    band_list: list[Coefficient] = [band_t[l] for l in range(maximum - 1)] + [0.0]
+    return band_list, [residual_t[l] for l in range(maximum)]
+

@@ -1,0 +1,195 @@
+"""The reference Gaussian and Laplacian pyramids with the 5-tap binomial filter (Burt & Adelson, 1983).
+
+All operations act on the last two dimensions of a tensor ``[..., H, W]``; leading dimensions
+are batch. The filter ``[1, 4, 6, 4, 1] / 16`` is applied separably as sums of strided slices:
+no dense 5x5 convolution, no transposed convolution, no work for samples that decimation drops.
+
+Size conventions (both presets): downsampling keeps samples 0, 2, 4, ... so a side of ``n``
+becomes ``ceil(n / 2)``; upsampling a side of ``m`` gives ``2m`` samples, cropped to the requested
+fine size (``2m`` or ``2m - 1``). Border handling follows the preset (see :mod:`efusion.presets`).
+
+Reference: P. J. Burt and E. H. Adelson, "The Laplacian Pyramid as a Compact Image Code",
+IEEE Trans. Communications 31(4), 1983, doi:10.1109/TCOM.1983.1095851; border and size
+conventions from Mertens' ``downsample.m`` / ``upsample.m`` and OpenCV's ``pyrDown`` / ``pyrUp``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ..presets import Preset, get_preset
+
+__all__ = [
+    "pyr_down",
+    "pyr_up",
+    "gaussian_pyramid",
+    "laplacian_pyramid",
+    "collapse_laplacian_pyramid",
+    "border_index",
+    "pad",
+]
+
+
+def border_index(i: int, n: int, mode: str) -> int:
+    """Source index of the (out-of-range) sample ``i`` of a side of length ``n``."""
+    if mode == "replicate":
+        return min(max(i, 0), n - 1)
+    if mode == "symmetric":  # half-sample mirror: x[-1] = x[0], x[n] = x[n - 1]
+        period = 2 * n
+        i %= period
+        return i if i < n else period - 1 - i
+    if mode == "reflect101":  # whole-sample mirror: x[-1] = x[1], x[n] = x[n - 2]
+        if n == 1:
+            return 0
+        period = 2 * n - 2
+        i %= period
+        return i if i < n else period - i
+    raise ValueError(f"unknown border mode {mode!r}")
+
+
+def pad(x: Tensor, dim: int, before: int, after: int, left_mode: str, right_mode: str) -> Tensor:
+    """Pad ``x`` along ``dim`` with ``before``/``after`` samples taken by the border modes."""
+    n = x.shape[dim]
+    left = [x.narrow(dim, border_index(i, n, left_mode), 1) for i in range(-before, 0)]
+    right = [x.narrow(dim, border_index(i, n, right_mode), 1) for i in range(n, n + after)]
+    return torch.cat([*left, x, *right], dim=dim)
+
+
+def _take(x: Tensor, dim: int, start: int, count: int, step: int = 1) -> Tensor:
+    """``count`` samples of ``x`` along ``dim`` from ``start`` with ``step`` (a strided view)."""
+    index = [slice(None)] * x.dim()
+    index[dim] = slice(start, start + step * (count - 1) + 1, step)
+    return x[tuple(index)]
+
+
+def _down_1d(x: Tensor, dim: int, mode: str) -> Tensor:
+    """Filter and decimate along a negative ``dim``."""
+    n = x.shape[dim]
+    m = (n + 1) // 2
+    xp = pad(x, dim, 2, 2, mode, mode)
+    # out[j] = (x[2j-2] + 4 x[2j-1] + 6 x[2j] + 4 x[2j+1] + x[2j+2]) / 16, padded indices + 2
+    outer = _take(xp, dim, 0, m, 2) + _take(xp, dim, 4, m, 2)
+    inner = _take(xp, dim, 1, m, 2) + _take(xp, dim, 3, m, 2)
+    return (outer + 4.0 * inner + 6.0 * _take(xp, dim, 2, m, 2)) * 0.0625
+
+
+def _up_1d(x: Tensor, dim: int, size: int, modes: tuple[str, str]) -> Tensor:
+    """Upsample along a negative ``dim`` to ``size`` samples."""
+    m = x.shape[dim]
+    xp = pad(x, dim, 1, 1, modes[0], modes[1])
+    before, centre, after = _take(xp, dim, 0, m), _take(xp, dim, 1, m), _take(xp, dim, 2, m)
+    # Zero insertion then the filter scaled by 2 per axis leaves two polyphase components:
+    # even fine samples see taps (1, 6, 1) / 8, odd ones (4, 4) / 8.
+    even = (before + after) * 0.125 + centre * 0.75
+    odd = (centre + after) * 0.5
+    # interleave: stacking at a negative ``dim`` puts the phase right after the sample index
+    fine = torch.stack((even, odd), dim=dim).flatten(dim - 1, dim)
+    return fine.narrow(dim, 0, size)
+
+
+def pyr_down(x: Tensor, preset: str | Preset = "mertens") -> Tensor:
+    """Blur with the 5-tap binomial filter and keep every other sample.
+
+    Mertens' ``downsample.m`` (``'symmetric'`` borders) or OpenCV's ``pyrDown`` (reflect-101),
+    by preset.
+
+    Args:
+        x: tensor ``[..., H, W]``.
+        preset: ``"mertens"`` or ``"opencv"``.
+
+    Returns:
+        tensor ``[..., ceil(H / 2), ceil(W / 2)]``.
+
+    Example:
+        >>> pyr_down(torch.ones(1, 3, 5, 8)).shape
+        torch.Size([1, 3, 3, 4])
+    """
+    mode = get_preset(preset).down_border
+    return _down_1d(_down_1d(x, -1, mode), -2, mode)
+
+
+def pyr_up(x: Tensor, size: Sequence[int], preset: str | Preset = "mertens") -> Tensor:
+    """Upsample by two (zero insertion, 5-tap filter times 4) and crop to ``size``.
+
+    Mertens' ``upsample.m`` (coarse image edge-replicated) or OpenCV's ``pyrUp`` (first row and
+    column mirrored, last replicated), by preset.
+
+    Args:
+        x: tensor ``[..., h, w]``.
+        size: fine ``(H, W)`` with ``H`` in ``{2h - 1, 2h}`` and ``W`` in ``{2w - 1, 2w}``.
+        preset: ``"mertens"`` or ``"opencv"``.
+
+    Returns:
+        tensor ``[..., H, W]``.
+    """
+    height, width = int(size[0]), int(size[1])
+    h, w = x.shape[-2:]
+    if height not in (2 * h - 1, 2 * h) or width not in (2 * w - 1, 2 * w):
+        raise ValueError(f"pyr_up of a {h}x{w} image gives 2h-1..2h x 2w-1..2w, got size {height}x{width}")
+    modes = get_preset(preset).up_borders
+    return _up_1d(_up_1d(x, -2, height, modes), -1, width, modes)
+
+
+def gaussian_pyramid(x: Tensor, levels: int, preset: str | Preset = "mertens") -> list[Tensor]:
+    """Gaussian pyramid ``[x, down(x), down(down(x)), ...]`` with ``levels`` entries.
+
+    Mertens' ``gaussian_pyramid.m`` / OpenCV's ``buildPyramid``.
+
+    Args:
+        x: tensor ``[..., H, W]``.
+        levels: number of levels, >= 1 (level 0 is ``x`` itself).
+        preset: ``"mertens"`` or ``"opencv"``.
+
+    Returns:
+        list of ``levels`` tensors, level ``l`` of size ``ceil(H / 2^l) x ceil(W / 2^l)``.
+    """
+    _check_levels(levels)
+    pyramid = [x]
+    for _ in range(levels - 1):
+        pyramid.append(pyr_down(pyramid[-1], preset))
+    return pyramid
+
+
+def laplacian_pyramid(x: Tensor, levels: int, preset: str | Preset = "mertens") -> list[Tensor]:
+    """Laplacian pyramid: band-pass levels ``G_l - up(G_{l+1})`` and the Gaussian residual last.
+
+    Mertens' ``laplacian_pyramid.m``. :func:`collapse_laplacian_pyramid` inverts it (exactly, up
+    to floating-point rounding).
+
+    Args:
+        x: tensor ``[..., H, W]``.
+        levels: number of levels, >= 1 (1 returns ``[x]``).
+        preset: ``"mertens"`` or ``"opencv"``.
+
+    Returns:
+        list of ``levels`` tensors; the shapes of :func:`gaussian_pyramid`.
+    """
+    gaussian = gaussian_pyramid(x, levels, preset)
+    bands = [fine - pyr_up(coarse, fine.shape[-2:], preset) for fine, coarse in zip(gaussian, gaussian[1:])]
+    return [*bands, gaussian[-1]]
+
+
+def collapse_laplacian_pyramid(pyramid: Sequence[Tensor], preset: str | Preset = "mertens") -> Tensor:
+    """Rebuild the image from a Laplacian pyramid (Mertens' ``reconstruct_laplacian_pyramid.m``).
+
+    Args:
+        pyramid: levels as returned by :func:`laplacian_pyramid` (finest first).
+        preset: ``"mertens"`` or ``"opencv"``.
+
+    Returns:
+        tensor with the shape of ``pyramid[0]``.
+    """
+    if len(pyramid) == 0:
+        raise ValueError("cannot collapse an empty pyramid")
+    image = pyramid[-1]
+    for band in reversed(pyramid[:-1]):
+        image = band + pyr_up(image, band.shape[-2:], preset)
+    return image
+
+
+def _check_levels(levels: int) -> None:
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+        raise ValueError(f"levels must be an integer >= 1, got {levels!r}")
+
