@@ -295,3 +295,68 @@ class TestCompile:
         torch.testing.assert_close(out, layer(x), atol=1e-5, rtol=0)
         out.mean().backward()
         assert all(p.grad is not None for p in layer.parameters())
+
+
+class TestBlend:
+    def test_smoke(self, dtype):
+        x, w = scene(dtype=dtype), torch.rand(3, 1, 20, 24, dtype=dtype)
+        out = blend(x, w / w.sum(0), levels=3)
+        assert out.shape == (3, 20, 24) and out.dtype == dtype and torch.isfinite(out).all()
+
+    @pytest.mark.parametrize("shape, expected", [((3, 1, 9, 7), (1, 9, 7)), ((2, 4, 3, 9, 7), (2, 3, 9, 7))])
+    def test_cardinality(self, shape, expected):
+        weights = torch.full((*shape[:-3], 1, *shape[-2:]), 1.0 / shape[-4])
+        assert blend(torch.rand(shape), weights).shape == expected
+
+    def test_convex_weights_of_identical_frames_give_the_frame(self):
+        frame = torch.rand(3, 17, 13, dtype=torch.float64)
+        w = torch.rand(4, 1, 17, 13, dtype=torch.float64)
+        torch.testing.assert_close(blend(frame.expand(4, 3, 17, 13), w / w.sum(0)), frame, atol=1e-12, rtol=0)
+
+    @pytest.mark.parametrize(
+        "weights, kwargs, error, match",
+        [
+            (torch.rand(3, 1, 8, 8), dict(levels=0), ValueError, "levels must be >= 1"),
+            (torch.rand(3, 3, 8, 8), {}, ValueError, r"weights must have shape \[3, 1, 8, 8\]"),
+            ([0.5], {}, TypeError, "weights must be a torch.Tensor"),
+            (torch.ones(3, 1, 8, 8, dtype=torch.int64), {}, TypeError, "weights must be floating point"),
+            (torch.rand(3, 1, 8, 8), dict(preset="gimp"), ValueError, "preset must be one of"),
+        ],
+    )
+    def test_exception(self, weights, kwargs, error, match):
+        with pytest.raises(error, match=match):
+            blend(torch.rand(3, 3, 8, 8), weights, **kwargs)
+
+    def test_gradcheck(self):
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(1, 2, 3, 6, 7, generator=g, dtype=torch.float64, requires_grad=True)
+        w = torch.rand(1, 2, 1, 6, 7, generator=g, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda x, w: blend(x, w, levels=2.5), (x, w))
+
+
+class TestMertensWeights:
+    def test_smoke(self, dtype):
+        w = mertens_weights(scene(dtype=dtype))
+        assert w.shape == (3, 1, 20, 24) and w.dtype == dtype
+        torch.testing.assert_close(w.sum(0), torch.ones(1, 20, 24, dtype=dtype), atol=TOLERANCES[dtype], rtol=0)
+
+    @pytest.mark.parametrize("shape, expected", [((3, 1, 9, 7), (3, 1, 9, 7)), ((2, 4, 3, 9, 7), (2, 4, 1, 9, 7))])
+    def test_cardinality(self, shape, expected):
+        assert mertens_weights(torch.rand(shape)).shape == expected
+
+    @pytest.mark.parametrize(
+        "kwargs, error, match",
+        [(dict(contrast=-1.0), ValueError, "contrast must be >= 0"), (dict(sigma=[0.1, 0.2]), ValueError, "3 values"),
+         (dict(mask=torch.ones(2, 1, 8, 8)), ValueError, "does not broadcast"), (dict(preset=3), ValueError, "preset")],
+    )
+    def test_exception(self, kwargs, error, match):
+        with pytest.raises(error, match=match):
+            mertens_weights(torch.rand(3, 3, 8, 8), **kwargs)
+
+    def test_gradcheck(self):
+        # a checkerboard far from the measures' kinks (|Laplacian| and saturation bounded away from 0)
+        checker = ((torch.arange(5).view(5, 1) + torch.arange(6)) % 2 * 2 - 1).double()
+        gains = torch.tensor([0.25, 0.15, 0.05], dtype=torch.float64).view(3, 1, 1)
+        x = (torch.tensor([0.4, 0.6], dtype=torch.float64).view(2, 1, 1, 1) + gains * checker).requires_grad_()
+        sigma = torch.tensor(0.25, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda x, s: mertens_weights(x, sigma=s), (x, sigma))

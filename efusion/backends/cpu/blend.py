@@ -44,7 +44,7 @@ def fuse_kernels(stack5: Tensor, mask5: Tensor | None, params, plan, preset: Pre
 
 
 class Blender:
-    """:func:`reference_blend` without autograd, fed one frame at a time (float32/float64).
+    """Equals :func:`efusion.reference.blend.blend` without autograd, fed one frame at a time (float32/float64).
 
     :meth:`add` takes a frame ``[B, C, H, W]`` and its weights ``[B, 1, H, W]``: per level, the
     next Gaussian level of both (reused buffers), then the weighted Laplacian level added into
@@ -145,7 +145,7 @@ def _gaussian_buffers(ws: Workspace, shapes: list[torch.Size], level: int) -> tu
 
 
 def blend_fast(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool | None) -> Tensor:
-    """:func:`reference_blend` by the kernels: directly, or through :class:`BlendFunction` for autograd."""
+    """Equals :func:`efusion.reference.blend.blend` by the kernels: directly, or through :class:`BlendFunction` for autograd."""
     plan = depth_plan(levels, *stack.shape[-2:], preset, stack.dtype, stack.device, relative, sparse=True)
     if needs_grad(stack, weights, *plan[0], *plan[1]):
         return BlendFunction.apply(stack, weights, *plan_arguments(plan), preset)
@@ -192,7 +192,7 @@ class BlendFunction(torch.autograd.Function):
       ``dLap_l = band_l w_l g_l``; ``h_0`` and ``q_0`` are the frame's gradients.
 
     When autograd records the backward (``create_graph=True``) it is the reference code's
-    gradient instead (:func:`~efusion.pyramid.reference_gradients`), differentiable again.
+    gradient instead (:func:`.gradients.reference_gradients`), differentiable again.
     """
 
     @staticmethod
@@ -221,7 +221,7 @@ class BlendFunction(torch.autograd.Function):
 
 
 class FusionFunction(torch.autograd.Function):
-    """:func:`exposure_fusion` by the kernels as one autograd function (one gradient buffer).
+    """:func:`efusion.exposure_fusion` (reference: :func:`efusion.reference.measures.fusion_weights` then :func:`efusion.reference.blend.blend`) by the kernels as one autograd function (one gradient buffer).
 
     ``apply(stack, mask, contrast, saturation, exposure, mu, sigma, coefficients, template,
     preset)``; backward: :class:`BlendFunction`'s, then :class:`WeightsFunction`'s with the
@@ -281,7 +281,7 @@ def _blend_backward(grad, stack, weights, vector, template, kept, preset, needs_
     as the forward kept them (``pyramids``), with the forward's workspace.
 
     Returns ``(grad_stack, grad_weights, grad_vector)``. With ``weights_grad`` the weights'
-    gradient is not returned but handed to it band by band (:class:`~efusion.weights.WeightsBackward`):
+    gradient is not returned but handed to it band by band (:class:`~efusion.backends.cpu.weights.WeightsBackward`):
     the finest level's ``h_0`` of every frame is made one band of rows at a time, from each
     frame's ``h_1`` (kept, a quarter of a frame's weights), and backpropagated while in cache
     instead of being written out whole and read back. ``grad_stack`` (uninitialised) is the

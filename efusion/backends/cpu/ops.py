@@ -56,7 +56,7 @@ def _fuse_op(
     sigma: float, sigma_tensor: Optional[Tensor], levels: float, levels_tensor: Optional[Tensor],
     relative: int, preset: str,
 ) -> Tensor:
-    """:func:`exposure_fusion` of a validated ``[B, N, C, H, W]`` stack by the kernels."""
+    """:func:`efusion.exposure_fusion` of a validated ``[B, N, C, H, W]`` stack by the kernels."""
     preset_ = get_preset(preset)
     pairs = [(contrast, contrast_tensor), (saturation, saturation_tensor), (exposure, exposure_tensor),
              (mu, mu_tensor), (sigma, sigma_tensor)]
@@ -75,7 +75,7 @@ def _fuse_op_fake(stack, mask, *args):
 @torch.library.custom_op("efusion::blend", mutates_args=(), device_types="cpu")
 def _blend_op(stack: Tensor, weights: Tensor, levels: float, levels_tensor: Optional[Tensor], relative: int,
               preset: str) -> Tensor:
-    """:func:`blend` of a validated ``[B, N, C, H, W]`` stack by the kernels."""
+    """:func:`efusion.blend` of a validated ``[B, N, C, H, W]`` stack by the kernels."""
     preset_ = get_preset(preset)
     plan = depth_plan(_from_op(levels, levels_tensor), *stack.shape[-2:], preset_, stack.dtype, stack.device,
                        _relative_from_code(relative), sparse=True)

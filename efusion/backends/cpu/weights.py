@@ -39,7 +39,7 @@ def kernel_params(params: Sequence[ParamLike], dtype: torch.dtype, device: torch
 
 
 def _luma_band_into(frame: Tensor, r0: int, r1: int, out: Tensor, preset: Preset, ws: Workspace) -> None:
-    """Gray rows ``[r0, r1)`` of ``frame [..., C, H, W]`` into ``out [..., 1, r1 - r0, W]``."""
+    """Equals :func:`~efusion.reference.measures.luma`: gray rows ``[r0, r1)`` of ``frame [..., C, H, W]`` into ``out [..., 1, r1 - r0, W]``."""
     x = frame[..., r0:r1, :]
     if x.shape[-3] == 1:
         out.copy_(x)
@@ -65,13 +65,13 @@ def _luma_band_into(frame: Tensor, r0: int, r1: int, out: Tensor, preset: Preset
 
 
 def _contrast_band_into(frame: Tensor, r0: int, r1: int, out: Tensor, preset: Preset, ws: Workspace) -> None:
-    """``|Laplacian(luma)|`` rows ``[r0, r1)`` into ``out [..., 1, r1 - r0, W]``."""
+    """Equals :func:`~efusion.reference.measures.contrast`: ``|Laplacian(luma)|`` rows ``[r0, r1)`` into ``out [..., 1, r1 - r0, W]``."""
     _laplacian_band_into(frame, r0, r1, out, preset, ws)
     out.abs_()
 
 
 def _laplacian_band_into(frame: Tensor, r0: int, r1: int, out: Tensor, preset: Preset, ws: Workspace) -> None:
-    """``Laplacian(luma)`` (signed) rows ``[r0, r1)`` into ``out [..., 1, r1 - r0, W]``."""
+    """Equals :func:`~efusion.reference.measures.laplacian` of :func:`~efusion.reference.measures.luma` (signed) on rows ``[r0, r1)`` into ``out [..., 1, r1 - r0, W]``."""
     height, width = frame.shape[-2:]
     mode = preset.laplacian_border
     # gray rows r0 - 1 .. r1 with one column of border on each side
@@ -89,7 +89,7 @@ def _laplacian_band_into(frame: Tensor, r0: int, r1: int, out: Tensor, preset: P
     centre = gray[..., 1:-1, 1:-1]
     up, down = gray[..., :-2, 1:-1], gray[..., 2:, 1:-1]
     left, right = gray[..., 1:-1, :-2], gray[..., 1:-1, 2:]
-    if preset.laplacian_form == "differences":  # as _laplacian(): exact zeros where neighbours cancel
+    if preset.laplacian_form == "differences":  # as measures.laplacian(): exact zeros where neighbours cancel
         pair, other = ws.get("lap_a", out.shape), ws.get("lap_b", out.shape)
         torch.sub(up, centre, out=out)
         out.add_(torch.sub(down, centre, out=pair))
@@ -105,7 +105,7 @@ def _laplacian_band_into(frame: Tensor, r0: int, r1: int, out: Tensor, preset: P
 
 
 def _saturation_squared_band_into(x: Tensor, out: Tensor, preset: Preset, ws: Workspace) -> None:
-    """``_saturation_squared`` of the band ``x [..., 3, k, W]`` into ``out [..., 1, k, W]``."""
+    """:func:`~efusion.reference.measures.saturation_squared` of the band ``x [..., 3, k, W]`` into ``out [..., 1, k, W]``."""
     r, g, b = x[..., 0:1, :, :], x[..., 1:2, :, :], x[..., 2:3, :, :]
     term = ws.get("sat_term", out.shape)
     if preset.saturation_form == "pairwise":
@@ -122,7 +122,7 @@ def _saturation_squared_band_into(x: Tensor, out: Tensor, preset: Preset, ws: Wo
 
 
 def _log_well_exposedness_band_into(x: Tensor, out: Tensor, mu: ParamLike, sigma: ParamLike, ws: Workspace) -> None:
-    """``_log_well_exposedness`` of the band ``x [..., C, k, W]`` into ``out [..., 1, k, W]``."""
+    """:func:`~efusion.reference.measures.log_well_exposedness` of the band ``x [..., C, k, W]`` into ``out [..., 1, k, W]``."""
     mu, sigma = per_channel(mu, x), per_channel(sigma, x)
     term = ws.get("exp_term", out.shape)
     for c in range(x.shape[-3]):
@@ -143,9 +143,9 @@ def _channel_value(value: ParamLike, channel: int) -> ParamLike:
 
 
 def _power_(measure: Tensor, exponent: ParamLike, log_scale: float, ws: Workspace) -> None:
-    """``_power(measure, exponent, log_scale)`` in place, as ``measure ** (exponent * log_scale)``.
+    """Equals :func:`~efusion.reference.measures.power` (``power(measure, exponent, log_scale)``) in place, as ``measure ** (exponent * log_scale)``.
 
-    ``pow`` has ``_power``'s values where they matter, 0 ** p = 0 for p > 0 and x ** 0 = 1 (also
+    ``pow`` has ``power``'s values where they matter, 0 ** p = 0 for p > 0 and x ** 0 = 1 (also
     at 0), in one pass instead of ``exp(p * log(x))``'s several; elsewhere they differ by rounding.
     """
     measure.pow_(exponent * log_scale if log_scale != 1.0 else exponent)
@@ -155,7 +155,7 @@ def _raw_weights_band_into(
     frame: Tensor, r0: int, r1: int, out: Tensor, contrast_exponent, saturation_exponent, exposure_exponent,
     mu, sigma, preset: Preset, ws: Workspace,
 ) -> None:
-    """``_raw_weights`` of rows ``[r0, r1)`` of ``frame [..., C, H, W]`` into ``out [..., 1, r1 - r0, W]``."""
+    """Equals :func:`~efusion.reference.measures.raw_weights` on rows ``[r0, r1)`` of ``frame [..., C, H, W]`` into ``out [..., 1, r1 - r0, W]``."""
 
     x = frame[..., r0:r1, :]
     started = False
@@ -205,7 +205,7 @@ def weights_into(
     rows: int,
     total: Tensor | None = None,
 ) -> None:
-    """:func:`weights_5d` of a float32/float64 ``[B, N, C, H, W]`` stack into ``out [B, N, 1, H, W]``.
+    """Equals :func:`efusion.reference.measures.fusion_weights`: the weights of a float32/float64 ``[B, N, C, H, W]`` stack into ``out [B, N, 1, H, W]``.
 
     Band by band: the raw weights of every frame for a band of rows, then their normalisation.
     ``total [B, 1, 1, H, W]``, when given, receives the normaliser (1 where nothing is left).
@@ -248,7 +248,7 @@ def raw_weights_into(
 
 
 def _normalise_band_(weight: Tensor, mask: Tensor | None, ws: Workspace, total: Tensor | None = None) -> None:
-    """``_normalise`` in place on a band ``[B, N, 1, k, W]`` (the normaliser into ``total``)."""
+    """Equals :func:`~efusion.reference.measures.normalise`, in place on a band ``[B, N, 1, k, W]`` (the normaliser into ``total``)."""
     shape = list(weight.shape)
     shape[1] = 1
     total = ws.get("total", shape) if total is None else total
@@ -264,12 +264,12 @@ def _normalise_band_(weight: Tensor, mask: Tensor | None, ws: Workspace, total: 
 
 
 class WeightsFunction(torch.autograd.Function):
-    """:func:`weights_5d` (float32/float64, eager) as an autograd function.
+    """:func:`efusion.reference.measures.fusion_weights` (float32/float64, eager) as an autograd function.
 
     Forward: the band kernels. Backward: :func:`weights_backward` (the normalisation's gradient in
     closed form, then the measures recomputed and differentiated by hand, band by band), or, when
     autograd records the backward (``create_graph=True``), the reference code's gradient
-    (:func:`~efusion.pyramid.reference_gradients`), so second derivatives work.
+    (:func:`.gradients.reference_gradients`), so second derivatives work.
     ``apply(stack, mask, contrast, saturation, exposure, mu, sigma, preset)``; the mask gets no
     gradient.
     """
@@ -374,7 +374,7 @@ def _add_sum(sums: dict, name: str, value: Tensor) -> None:
 
 
 def _raw_weights_backward_band(frame, r0, r1, raw_grad, grad_frame, values, wanted, sums, preset, ws) -> None:
-    """Backpropagate ``raw_grad`` (the gradient of rows ``[r0, r1)`` of ``_raw_weights(frame)``)
+    """Backpropagate ``raw_grad`` (the gradient of rows ``[r0, r1)`` of ``raw_weights(frame)``)
     into ``grad_frame`` (when given) and the parameter sums.
 
     ``W = P + 1e-12`` where ``P`` multiplies the factors ``m ** (p k)`` of the contrast
@@ -382,7 +382,7 @@ def _raw_weights_backward_band(frame, r0, r1, raw_grad, grad_frame, values, want
     ``exp(e log E)``. All gradients go through one map, ``Q = raw_grad * P``:
     ``d/dp = k sum(Q log m)``, ``d/dm = Q p k / m`` and ``d/d(log E) = Q e``, ``d/de = sum(Q log E)``.
     Where a measure is 0 either ``P`` is 0 or the exponent is, so taking the log of (and dividing
-    by) 1 there gives the reference's gradients, 0 (``_power``'s and ``_safe_sqrt``'s convention;
+    by) 1 there gives the reference's gradients, 0 (``power``'s and ``safe_sqrt``'s convention;
     the Laplacian's ``sign`` is 0 there too).
     """
     contrast_exponent, saturation_exponent, exposure_exponent, mu, sigma = values
@@ -488,7 +488,7 @@ def _laplacian_adjoint_add_(grad: Tensor, r0: int, r1: int, grad_frame: Tensor, 
 
 
 def _saturation_squared_backward_add_(x: Tensor, grad: Tensor, out: Tensor, preset: Preset, ws: Workspace) -> None:
-    """``out [..., 3, k, W] += d _saturation_squared(x) / dx * grad``.
+    """``out [..., 3, k, W] += d saturation_squared(x) / dx * grad``.
 
     The derivative of the forward's operations as they are rounded (as autograd through them
     would take it): near gray pixels the saturation's gradient ``(c - m) / S`` is a ratio of
@@ -520,7 +520,7 @@ def _saturation_squared_backward_add_(x: Tensor, grad: Tensor, out: Tensor, pres
 
 def _log_well_exposedness_backward_(x: Tensor, grad: Tensor, out: Tensor | None, mu, sigma, wanted: set, sums: dict,
                                     ws: Workspace, log_e: Tensor | None = None) -> None:
-    """Backpropagate ``grad`` of ``_log_well_exposedness(x, mu, sigma)`` into ``out`` and mu, sigma.
+    """Backpropagate ``grad`` of ``log_well_exposedness(x, mu, sigma)`` into ``out`` and mu, sigma.
 
     log E = -1/2 sum_c (x_c - mu_c)^2 / sigma_c^2: d/dx_c = -(x_c - mu_c) / sigma_c^2 = -d/dmu_c,
     d/dsigma_c = (x_c - mu_c)^2 / sigma_c^3. With one sigma for every channel the latter sum to
