@@ -33,7 +33,6 @@ __all__ = [
 WEIGHT_FLOOR = 1e-12
 
 
-
 def luma(stack: Tensor, preset: str | Preset = "mertens") -> Tensor:
     """Gray image with the preset's luma weights (MATLAB ``rgb2gray`` or OpenCV ``RGB2GRAY``).
 
@@ -52,7 +51,6 @@ def luma(stack: Tensor, preset: str | Preset = "mertens") -> Tensor:
         red_green = (r.double() * f32(wr) + green).float().double()
         return (b.double() * f32(wb) + red_green).float()
     return r * wr + g * wg + b * wb
-
 
 
 def laplacian(gray: Tensor, preset: Preset) -> Tensor:
@@ -198,7 +196,6 @@ def raw_weights(
     if weight is None:
         weight = torch.ones_like(stack[..., :1, :, :])
     return weight + WEIGHT_FLOOR
-
 
 
 def normalise(weight: Tensor, mask: Tensor | None) -> Tensor:

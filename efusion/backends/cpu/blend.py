@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..._util import is_one, is_zero, scale_
+from ..._util import is_one, is_zero, needs_grad, scale_
 from ...depth import depth_plan
 from ...presets import Preset
 from ...reference.blend import blend as reference_blend
@@ -32,7 +32,7 @@ from .pyramid import (
     up_adjoint_into,
 )
 from .weights import WeightsBackward, weights_into
-from ..._util import needs_grad
+
 
 def fuse_kernels(stack5: Tensor, mask5: Tensor | None, params, plan, preset: Preset) -> Tensor:
     """Weights then blend by the kernels, no autograd."""
@@ -40,7 +40,6 @@ def fuse_kernels(stack5: Tensor, mask5: Tensor | None, params, plan, preset: Pre
     weights5 = torch.empty_like(stack5[:, :, :1])
     weights_into(stack5, weights5, mask5, *params, preset, ws, band_rows(stack5[:, 0].shape, stack5.device))
     return blend_frames(stack5, weights5, plan, preset, ws)[0]
-
 
 
 class Blender:

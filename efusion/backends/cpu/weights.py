@@ -21,6 +21,7 @@ from ...reference.pyramid import border_index
 from .gradients import reference_gradients
 from .pyramid import Workspace, band_rows
 
+
 def kernel_params(params: Sequence[ParamLike], dtype: torch.dtype, device: torch.device) -> list[ParamLike]:
     """``(contrast, saturation, exposure, mu, sigma)`` for the band kernels: cast, and on a CPU the
     three exponents as numbers even when they are tensors.
@@ -33,9 +34,6 @@ def kernel_params(params: Sequence[ParamLike], dtype: torch.dtype, device: torch
     """
     values = [cast_param(p, dtype, device) for p in params]
     return [number(v) for v in values[:3]] + values[3:]
-
-
-
 
 
 def _luma_band_into(frame: Tensor, r0: int, r1: int, out: Tensor, preset: Preset, ws: Workspace) -> None:
@@ -515,7 +513,6 @@ def _saturation_squared_backward_add_(x: Tensor, grad: Tensor, out: Tensor, pres
     torch.add(deviations[0], deviations[1], out=shared).add_(deviations[2]).mul_(third)
     for c, deviation in enumerate(deviations):
         out[..., c:c + 1, :, :].addcmul_(grad, deviation.sub_(shared), value=2.0)
-
 
 
 def _log_well_exposedness_backward_(x: Tensor, grad: Tensor, out: Tensor | None, mu, sigma, wanted: set, sums: dict,
