@@ -84,6 +84,18 @@ def _levels(text: str):
         raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
+def _channel_values(text: str):
+    """``0.5`` or one value per channel, ``0.4,0.5,0.6`` (R, G, B), as a parameter file takes them."""
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        values = [float(part) for part in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number or comma-separated numbers (one per channel, e.g. 0.4,0.5,0.6), got {text!r}"
+        ) from None
+    return values[0] if len(values) == 1 else values
+
+
 def _percent(text: str) -> float:
     try:
         value = float(text)
@@ -114,14 +126,22 @@ def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
     fusion.add_argument(
         "--exposure", type=float, metavar="E", help="exponent of the well-exposedness measure (default 1; 0 turns it off)"
     )
-    fusion.add_argument("--mu", type=float, metavar="M", help="centre of the well-exposedness curve, in [0, 1] (default 0.5)")
-    fusion.add_argument("--sigma", type=float, metavar="S", help="width of the well-exposedness curve, > 0 (default 0.2)")
+    fusion.add_argument(
+        "--mu", type=_channel_values, metavar="M",
+        help="centre of the well-exposedness curve on the [0, 1] sample scale (default 0.5); one value, or one per "
+        "channel as R,G,B",
+    )
+    fusion.add_argument(
+        "--sigma", type=_channel_values, metavar="S",
+        help="width of the well-exposedness curve, > 0 (default 0.2); one value, or one per channel as R,G,B",
+    )
     fusion.add_argument(
         "--levels",
         type=_levels,
         metavar="L",
         help="pyramid depth: a number >= 1, a negative number counted from the deepest possible (-1 = deepest), "
-        "or 'auto' (default: the preset's automatic depth); non-integers blend two depths",
+        "or 'auto' (default: the preset's automatic depth); non-integers blend two depths; a depth beyond what the "
+        "frames allow is clamped to it, with a warning",
     )
     fusion.add_argument(
         "--preset",
@@ -355,8 +375,33 @@ def _fusion_params(args: argparse.Namespace) -> dict[str, Any]:
     given = {key: getattr(args, key) for key in PARAM_NAMES if getattr(args, key) is not None}
     if given.get("levels") == "auto":
         given["levels"] = None
-    params.update(validate_params(given, source="command line"))
+    for key, value in given.items():  # the library's rules; a bad value is a usage error
+        try:
+            params.update(validate_params({key: value}, source=f"--{key}"))
+        except ParamsError as error:
+            raise CommandError(str(error), code=2) from None
     return params
+
+
+def _warn_clamped_depth(args: argparse.Namespace, params: dict[str, Any], height: int, width: int) -> None:
+    """The fusion clamps a depth beyond the frames' deepest pyramid (or below one level): say so,
+    once per command, since the result is then that of another depth than asked for."""
+    from .presets import get_preset
+
+    levels = params.get("levels")
+    if levels is None or getattr(args, "_depth_warned", False):
+        return
+    maximum = get_preset(params.get("preset", "mertens")).max_levels(height, width)
+    depth = float(levels) if levels >= 1 else maximum + 1 + float(levels)
+    if 1 <= depth <= maximum:
+        return
+    args._depth_warned = True
+    shown = f"--levels {args.levels}" if args.levels is not None else f"levels {levels} (from {args.params})"
+    if depth > maximum:
+        reason = f"is deeper than the {maximum} levels {width}x{height} frames allow; using {maximum}"
+    else:
+        reason = f"counts below one level for {width}x{height} frames ({maximum} levels at most); using 1"
+    print(f"{PROG}: warning: {shown} {reason}", file=sys.stderr, flush=True)
 
 
 def _fusion_settings(args: argparse.Namespace) -> tuple[dict[str, Any], torch.device, torch.dtype]:
@@ -415,6 +460,7 @@ def _fuse_files(frames: list[Path], out: Path, args, params, device, dtype) -> t
     import efusion
 
     bracket = open_bracket(frames)
+    _warn_clamped_depth(args, params, *bracket.shape[1:])
     depth = args.bit_depth if args.bit_depth is not None else default_bit_depth(out, bracket.bit_depth)
     check_output(out, depth)
     float_files = bracket.bit_depth == 32  # only float samples can be NaN or infinite
@@ -735,6 +781,8 @@ def _eval_bracket(label, source, args, params, device, dtype, fused, reference) 
     if bracket.bit_depth == 32:
         for path, frame in zip(paths, bracket.frames):  # the fusion takes float frames unclipped: NaN scores
             _check_finite(path, frame, cannot="score the bracket")
+    if params is not None:
+        _warn_clamped_depth(args, params, height, width)
     if min(height, width) < _MEF_MIN_SIZE:
         raise CommandError(
             f"{label}: frames are {width}x{height}, too small for MEF-SSIM: it needs at least {_MEF_MIN_SIZE} pixels on "

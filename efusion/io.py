@@ -857,9 +857,10 @@ def read_params(path: str | os.PathLike) -> dict[str, Any]:
 def validate_params(params: Mapping[str, Any], *, source: str = "params") -> dict[str, Any]:
     """Check fusion parameters and return them as plain Python values.
 
-    Exponents (contrast, saturation, exposure) must be numbers >= 0, ``mu`` a number, ``sigma``
-    a number > 0 (each of them may also be a list of one value per channel, e.g. R, G, B),
-    ``levels`` ``None`` (or ``"auto"``) or a number >= 1 or <= -1, ``preset`` one of :data:`efusion.PRESETS`.
+    The rules are the fusion's own (:mod:`efusion._checks`): exponents (contrast, saturation,
+    exposure) numbers >= 0, ``mu`` a number, ``sigma`` a number > 0 (``mu`` and ``sigma`` may also
+    be a list of one value per channel, e.g. R, G, B), ``levels`` ``None`` (or ``"auto"``) or a
+    number >= 1 or <= -1, ``preset`` one of :data:`efusion.PRESETS`; every number finite.
     Tensors and numpy values are accepted (converted with ``.tolist()``), so a trained module's
     values can be passed directly; a one-element list becomes a number.
 
@@ -889,6 +890,11 @@ def validate_params(params: Mapping[str, Any], *, source: str = "params") -> dic
 
 
 def _check_param(key: str, value, source: str, presets: list[str]):
+    """One value, checked by the library's own rules (:mod:`efusion._checks`, what
+    :func:`efusion.exposure_fusion` applies), so a file or flag accepts exactly what the fusion does;
+    files also refuse infinities, which the fusion would turn into NaN."""
+    from . import _checks
+
     if key == "preset":
         if not isinstance(value, str) or value not in presets:
             raise ParamsError(f"{source}: 'preset' must be one of {', '.join(presets)}, got {value!r}")
@@ -897,13 +903,21 @@ def _check_param(key: str, value, source: str, presets: list[str]):
         return None
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
         raise ParamsError(f"{source}: {key!r} must be a finite number, got {value!r}")
-    if key in ("contrast", "saturation", "exposure") and value < 0:
-        raise ParamsError(f"{source}: {key!r} must be >= 0 (0 switches the measure off), got {value!r}")
-    if key == "sigma" and value <= 0:
-        raise ParamsError(f"{source}: 'sigma' must be > 0, got {value!r}")
+    try:
+        if key == "levels":
+            _checks.check_levels(value)
+        elif key == "sigma":
+            _checks.check_scalar(value, key, minimum=0.0, strict=True)
+        elif key == "mu":
+            _checks.check_scalar(value, key)
+        else:  # the exponents: 0 switches a measure off
+            _checks.check_scalar(value, key, minimum=0.0)
+    except (TypeError, ValueError) as error:
+        message = str(error)
+        if message.startswith(f"{key} "):
+            message = f"{key!r}{message[len(key):]}"
+        raise ParamsError(f"{source}: {message}") from None
     if key == "levels":
-        if not (value >= 1 or value <= -1):
-            raise ParamsError(f"{source}: 'levels' must be >= 1, or <= -1 to count from the deepest (-1), got {value!r}")
         return int(value) if isinstance(value, int) else float(value)
     return float(value)
 

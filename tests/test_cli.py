@@ -552,7 +552,7 @@ class TestBadInput:
 
     def test_bad_option_value(self, tmp_path, capsys, bracket8):
         out = tmp_path / "fused.png"
-        self.check(capsys, ["fuse", *bracket8, "-o", out, "--levels", "0.5"], out, "'levels' must be >= 1")
+        self.check(capsys, ["fuse", *bracket8, "-o", out, "--levels", "0.5"], out, "'levels' must be >= 1", code=2)
 
     def test_clip_percentages_too_large(self, tmp_path, capsys, bracket8):
         out = tmp_path / "fused.png"
