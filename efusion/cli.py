@@ -290,8 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fuse.add_argument("inputs", nargs="+", metavar="INPUT", help="frame files of one bracket, or folders (one bracket each)")
     where = fuse.add_argument_group("where to write (one of)").add_mutually_exclusive_group(required=True)
-    where.add_argument("-o", "--output", metavar="OUT", help="output file (.png, .jpg, .tif) for one bracket")
-    where.add_argument("--out-dir", metavar="DIR", help="output folder: one file per input folder, named after it")
+    where.add_argument(
+        "-o", "--output", metavar="OUT", help="output file (.png, .jpg, .tif) for one bracket; missing folders are created"
+    )
+    where.add_argument(
+        "--out-dir", metavar="DIR", help="output folder (created if missing): one file per input folder, named after it"
+    )
     fuse.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary (errors are still shown)")
     _add_output_options(fuse, batch=True)
     _add_fusion_options(fuse)
@@ -544,6 +548,12 @@ def _fuse_one(args, params, device, dtype) -> int:
         frames = inputs
         label = str(frames[0]) if len(frames) == 1 else f"{frames[0]} (and {len(frames) - 1} more frames)"
         _warn_repeated_frames(frames)
+    if out.is_dir():  # before the suffix check, which would call it an unsupported format
+        raise CommandError(
+            f"{out}: is a folder; -o takes a file name such as {out / 'fused.png'} (use --out-dir {out} to write one "
+            "result per input folder into it)",
+            code=2,
+        )
     check_output(out, args.bit_depth)
     if args.format is not None and _FORMATS[_FORMAT_SUFFIX[args.format]] != _FORMATS.get(out.suffix.lower()):
         raise CommandError(
@@ -559,8 +569,6 @@ def _fuse_one(args, params, device, dtype) -> int:
     for frame in frames:
         if _same_file(frame, out):
             raise CommandError(f"{out}: is one of the input frames; inputs are never overwritten")
-    if out.is_dir():
-        raise CommandError(f"{out}: is a folder; -o takes a file name (use --out-dir for a folder)")
     if out.exists() and not args.force:
         raise CommandError(f"{out}: already exists (pass --force to overwrite it)")
     _check_writable(out.parent)

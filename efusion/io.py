@@ -142,8 +142,25 @@ def list_frames(folder: str | os.PathLike) -> list[Path]:
     except OSError as error:
         raise ImageIOError(f"{folder}: cannot list the folder ({error.strerror or error})") from None
     if not frames:
+        if _holds_bracket_folders(folder):  # a shoot of brackets given as one bracket
+            pattern = os.path.join(str(folder), "*", "")
+            raise ImageIOError(
+                f"{folder}: holds folders of images, not images: give each bracket folder, e.g. {pattern}"
+            )
         raise ImageIOError(f"{folder}: no image files in the folder (looked for {', '.join(IMAGE_SUFFIXES)})")
     return frames
+
+
+def _holds_bracket_folders(folder: Path) -> bool:
+    """Whether some sub-folder of ``folder`` holds image files."""
+    try:
+        for sub in folder.iterdir():
+            if sub.is_dir() and not sub.name.startswith("."):
+                if any(p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") for p in sub.iterdir()):
+                    return True
+    except OSError:
+        return False
+    return False
 
 
 def read_image(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device=None) -> tuple[Tensor, Tensor | None]:

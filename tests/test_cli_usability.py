@@ -115,3 +115,41 @@ def test_clamped_depth_is_reported_once(tmp_path, capsys, frames8, levels, deepe
 def test_depth_within_range_is_not_reported(tmp_path, capsys, bracket8):
     code, _, err = run(["fuse", *bracket8, "-o", tmp_path / "f.png", "--levels", "-1"], capsys)
     assert code == 0 and err == ""
+
+
+# ----------------------------------------------------------------------------------------------
+# 9: -o names a folder; -o into folders that do not exist yet
+
+
+def test_output_is_an_existing_folder(tmp_path, capsys, bracket8):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    code, _, err = run(["fuse", *bracket8, "-o", folder], capsys)
+    assert code == 2
+    assert_one_error_line(err, str(folder), "is a folder", "--out-dir")
+    assert "suffix" not in err
+    assert list(folder.iterdir()) == []
+
+
+def test_output_in_missing_folders_is_created_as_help_says(tmp_path, capsys, bracket8):
+    code, stdout, _ = run(["fuse", "--help"], capsys)
+    assert "missing folders are created" in " ".join(stdout.split())
+    out = tmp_path / "new" / "sub" / "fused.png"
+    code, stdout, err = run(["fuse", *bracket8, "-o", out], capsys)
+    assert code == 0, err
+    assert out.is_file() and Image.open(out).size == (32, 24)
+
+
+# ----------------------------------------------------------------------------------------------
+# 12: a folder of bracket folders
+
+
+def test_folder_of_brackets_suggests_the_glob(tmp_path, capsys, frames8):
+    shoot = tmp_path / "shoot"
+    for name in ("a", "b"):
+        write_frames(shoot / name, frames8)
+    for argv in (["fuse", shoot, "--out-dir", tmp_path / "o"], ["fuse", shoot, "-o", tmp_path / "f.png"], ["eval", shoot]):
+        code, _, err = run(argv, capsys)
+        assert code == 1
+        assert_one_error_line(err, str(shoot), "folders of images", f"{shoot}/*/")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "f.png").exists()
