@@ -30,6 +30,7 @@ from .metrics import _rgb_to_gray
 from .io import (
     IMAGE_SUFFIXES,
     PARAM_NAMES,
+    MAX_PIXELS,
     ImageIOError,
     ParamsError,
     _FORMATS,
@@ -96,6 +97,18 @@ def _channel_values(text: str):
     return values[0] if len(values) == 1 else values
 
 
+def _pixel_count(text: str) -> int:
+    """A number of pixels: ``250000000`` or ``250M``."""
+    scale, digits = (1_000_000, text[:-1]) if text[-1:].upper() == "M" else (1, text)
+    try:
+        value = int(digits)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of pixels (e.g. 250000000 or 250M), got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels >= 1, got {text}")
+    return value * scale
+
+
 def _percent(text: str) -> float:
     try:
         value = float(text)
@@ -159,6 +172,11 @@ def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to compute (default auto: cuda when available)"
     )
     compute.add_argument("--dtype", choices=tuple(_DTYPES), default="float32", help="floating type of the computation (default float32)")
+    compute.add_argument(
+        "--max-pixels", type=_pixel_count, default=MAX_PIXELS, metavar="N",
+        help=f"refuse frames with more pixels, e.g. 250M (default {MAX_PIXELS}, Pillow's guard against decompression "
+        "bombs: small files that claim a huge size)",
+    )
 
 
 def _add_output_options(parser: argparse.ArgumentParser, *, batch: bool) -> None:
@@ -463,7 +481,7 @@ def _fuse_files(frames: list[Path], out: Path, args, params, device, dtype) -> t
     """Read, fuse and write one bracket; returns (number of frames, stack shape ``(N, C, H, W)``)."""
     import efusion
 
-    bracket = open_bracket(frames)
+    bracket = open_bracket(frames, max_pixels=args.max_pixels)
     _warn_clamped_depth(args, params, *bracket.shape[1:])
     depth = args.bit_depth if args.bit_depth is not None else default_bit_depth(out, bracket.bit_depth)
     check_output(out, depth)
@@ -700,8 +718,8 @@ def _eval(args: argparse.Namespace) -> int:
     params = None if args.fused_only else _fusion_params(args)
     device = _device(args.device)
     dtype = _DTYPES[args.dtype]
-    fused = _read_scored_image(Path(args.fused)) if args.fused is not None else None
-    reference = _read_scored_image(Path(args.reference))[0] if args.reference is not None else None
+    fused = _read_scored_image(Path(args.fused), args.max_pixels) if args.fused is not None else None
+    reference = _read_scored_image(Path(args.reference), args.max_pixels)[0] if args.reference is not None else None
 
     reports, failed = [], 0
     try:
@@ -756,10 +774,10 @@ def _bracket_error(label: str, error: BaseException) -> str:
     return f"{label}: unexpected {type(error).__name__}: {_one_line(error)}"
 
 
-def _read_scored_image(path: Path) -> tuple[torch.Tensor, int | None]:
+def _read_scored_image(path: Path, max_pixels: int | None = MAX_PIXELS) -> tuple[torch.Tensor, int | None]:
     """A fused or reference image as float64 ``[C, H, W]`` clipped to [0, 1] as the metrics expect,
     and its code values per sample (255, 65535, or None for float)."""
-    image = read_bracket([path], dtype=torch.float64)
+    image = read_bracket([path], dtype=torch.float64, max_pixels=max_pixels)
     if torch.isnan(image.frames).any():
         raise CommandError(f"{path}: has NaN samples; cannot score it")
     return image.frames[0].clamp_(0, 1), _CODE_VALUES.get(image.bit_depth)
@@ -781,7 +799,7 @@ def _eval_bracket(label, source, args, params, device, dtype, fused, reference) 
     from .quality import psnr, ssim
 
     paths = list_frames(source) if isinstance(source, Path) else source
-    bracket = read_bracket(paths, dtype=torch.float64)
+    bracket = read_bracket(paths, dtype=torch.float64, max_pixels=args.max_pixels)
     count, _, height, width = bracket.frames.shape
     if count < 2:
         where = f"{label}: holds one frame ({paths[0]})" if isinstance(source, Path) else f"{paths[0]}: one frame"

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 from numbers import Real
@@ -38,6 +39,7 @@ from torch import Tensor
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "MAX_PIXELS",
     "PARAM_NAMES",
     "Bracket",
     "ImageIOError",
@@ -61,6 +63,11 @@ __all__ = [
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 #: keys a parameter file may hold: the keyword arguments of :func:`efusion.exposure_fusion`
 PARAM_NAMES = ("contrast", "saturation", "exposure", "mu", "sigma", "levels", "preset")
+
+#: frames with more pixels are refused unless ``max_pixels`` says otherwise: Pillow's own refusal
+#: point (twice its ``MAX_IMAGE_PIXELS`` warning), a guard against decompression bombs (a small
+#: file that claims a huge size), applied here to every format
+MAX_PIXELS = 2 * 89_478_485
 
 _FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}
 #: bit depths each output format can hold (32 = float32)
@@ -163,23 +170,28 @@ def _holds_bracket_folders(folder: Path) -> bool:
     return False
 
 
-def read_image(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device=None) -> tuple[Tensor, Tensor | None]:
+def read_image(
+    path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device=None, max_pixels: int | None = MAX_PIXELS
+) -> tuple[Tensor, Tensor | None]:
     """Read one image file as float.
 
     Args:
         path: a JPEG, PNG or TIFF file.
         dtype, device: of the returned tensors.
+        max_pixels: refuse a larger image (see :func:`read_bracket`).
 
     Returns:
         ``(image, alpha)``: image ``[C, H, W]`` with C = 1 (gray) or 3 (RGB), integer samples
         scaled to [0, 1] and float samples as stored; alpha ``[1, H, W]`` in [0, 1], or ``None``.
     """
-    bracket = read_bracket([path], dtype=dtype, device=device)
+    bracket = read_bracket([path], dtype=dtype, device=device, max_pixels=max_pixels)
     alpha = None if bracket.mask is None else bracket.mask[0]
     return bracket.frames[0], alpha
 
 
-def read_bracket(paths: Sequence[str | os.PathLike], *, dtype: torch.dtype = torch.float32, device=None) -> Bracket:
+def read_bracket(
+    paths: Sequence[str | os.PathLike], *, dtype: torch.dtype = torch.float32, device=None, max_pixels: int | None = MAX_PIXELS
+) -> Bracket:
     """Read the frames of one bracket into one stack.
 
     Every header is checked first (format, size after EXIF orientation), so a bracket with a
@@ -192,19 +204,21 @@ def read_bracket(paths: Sequence[str | os.PathLike], *, dtype: torch.dtype = tor
         paths: frame files (at least one); the stack keeps their order.
         dtype: floating dtype of the stack.
         device: where the stack lives (default CPU).
+        max_pixels: refuse frames with more pixels than this (default :data:`MAX_PIXELS`, Pillow's
+            decompression-bomb limit, for every format); ``None`` for no limit.
 
     Returns:
         a :class:`Bracket`.
 
     Raises:
         ImageIOError: a file is missing, unreadable, truncated, of an unsupported format, or
-            the frames differ in size.
+            the frames differ in size, or a frame has more than ``max_pixels`` pixels.
     """
     _check_float_dtype(dtype)
-    return open_bracket(paths).read(dtype=dtype, device=device)
+    return open_bracket(paths, max_pixels=max_pixels).read(dtype=dtype, device=device)
 
 
-def open_bracket(paths: Sequence[str | os.PathLike]) -> LazyBracket:
+def open_bracket(paths: Sequence[str | os.PathLike], *, max_pixels: int | None = MAX_PIXELS) -> LazyBracket:
     """Check the headers of a bracket's frames; decode no pixel yet.
 
     Raises the errors of :func:`read_bracket` that headers reveal (missing file, unsupported
@@ -213,7 +227,15 @@ def open_bracket(paths: Sequence[str | os.PathLike]) -> LazyBracket:
     paths = [Path(p) for p in paths]
     if not paths:
         raise ImageIOError("a bracket needs at least one frame, got none")
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
+        raise ValueError(f"max_pixels must be a whole number >= 1 or None, got {max_pixels!r}")
     infos = [_probe(p) for p in paths]
+    for info in infos:
+        if max_pixels is not None and info.width * info.height > max_pixels:
+            raise ImageIOError(
+                f"{info.path}: {info.size} is {info.width * info.height} pixels, more than the limit of {max_pixels} "
+                "that guards against decompression bombs (raise it with --max-pixels N, or max_pixels=)"
+            )
     first = infos[0]
     for info in infos[1:]:
         if (info.height, info.width) != (first.height, first.width):
@@ -348,10 +370,28 @@ def _probe(path: Path) -> _FrameInfo:
         raise ImageIOError(f"{path}: not a readable {fmt} image ({_one_line(error)})") from None
 
 
+@contextlib.contextmanager
+def _pillow_unlimited() -> Iterator[None]:
+    """Pillow without its own decompression-bomb check, which :func:`open_bracket` makes (with
+    a limit the caller can change) from the header: Pillow's global limit cannot be raised per call."""
+    from PIL import Image
+
+    with _PILLOW_LIMIT_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+_PILLOW_LIMIT_LOCK = threading.RLock()
+
+
 def _probe_pillow(path: Path, fmt: str) -> _FrameInfo:
     from PIL import Image
 
-    with Image.open(path, formats=["JPEG", "PNG"]) as image:  # a mislabelled suffix still reads
+    with _pillow_unlimited(), Image.open(path, formats=["JPEG", "PNG"]) as image:  # a mislabelled suffix still reads
         fmt = image.format
         orientation = _valid_orientation(image.getexif().get(_EXIF_ORIENTATION, 1))
         width, height = image.size
@@ -516,7 +556,7 @@ def _decode(info: _FrameInfo):
         from PIL import Image
 
         data = info.path.read_bytes()  # read once: verified by Pillow, decoded by OpenCV
-        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+        with _pillow_unlimited(), Image.open(io.BytesIO(data), formats=["PNG"]) as image:
             image.verify()  # checks every chunk's CRC and the end marker: catches truncation
         level = cv2.utils.logging.getLogLevel()
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -533,7 +573,7 @@ def _decode(info: _FrameInfo):
         return array, False
     from PIL import Image
 
-    with Image.open(info.path, formats=["JPEG", "PNG"]) as image:
+    with _pillow_unlimited(), Image.open(info.path, formats=["JPEG", "PNG"]) as image:
         image.load()
         mode = image.mode
         if mode == "1":

@@ -153,3 +153,59 @@ def test_folder_of_brackets_suggests_the_glob(tmp_path, capsys, frames8):
         assert code == 1
         assert_one_error_line(err, str(shoot), "folders of images", f"{shoot}/*/")
     assert not (tmp_path / "o").exists() and not (tmp_path / "f.png").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# 7: the decompression-bomb limit can be raised
+
+
+def huge_png(path, width: int, height: int) -> None:
+    """A valid 1-bit gray PNG of ``width x height`` black pixels: tens of kilobytes on disk."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" * (1 + (width + 7) // 8)
+    compressor = zlib.compressobj(9)
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bomb") / "huge.png"
+    huge_png(path, 14000, 13000)  # 182 MP: above Pillow's refusal at 2 x 89.5 MP
+    return path
+
+
+def test_huge_frame_is_refused_by_default_and_the_message_names_the_option(tmp_path, capsys, bomb, bracket8):
+    code, _, err = run(["fuse", bomb, bracket8[0], "-o", tmp_path / "f.png"], capsys)
+    assert code == 1
+    assert_one_error_line(err, str(bomb), "14000x13000", "--max-pixels")
+
+
+def test_max_pixels_raises_the_limit(tmp_path, capsys, bomb, bracket8):
+    # with the limit raised the header is accepted: the bracket then fails on the frame sizes,
+    # which are compared only after every header was read
+    code, _, err = run(["fuse", bomb, bracket8[0], "-o", tmp_path / "f.png", "--max-pixels", "200M"], capsys)
+    assert code == 1
+    assert_one_error_line(err, "frame is 32x24", "14000x13000")
+    assert "max-pixels" not in err
+
+
+def test_max_pixels_lowers_the_limit(tmp_path, capsys, bracket8):
+    for command in (["fuse", *bracket8, "-o", tmp_path / "f.png"], ["eval", *bracket8]):
+        code, _, err = run([*command, "--max-pixels", "700"], capsys)
+        assert code == 1
+        assert_one_error_line(err, "32x24", "768 pixels", "--max-pixels")
+    assert not (tmp_path / "f.png").exists()
+    assert run(["fuse", *bracket8, "-o", tmp_path / "f.png", "--max-pixels", "768"], capsys)[0] == 0
+
+
+@pytest.mark.parametrize("text", ["0", "-5", "lots", "1.5"])
+def test_bad_max_pixels(capsys, bracket8, tmp_path, text):
+    code, _, err = run(["fuse", *bracket8, "-o", tmp_path / "f.png", "--max-pixels", text], capsys)
+    assert code == 2 and "--max-pixels" in err
