@@ -173,6 +173,10 @@ def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
     )
     compute.add_argument("--dtype", choices=tuple(_DTYPES), default="float32", help="floating type of the computation (default float32)")
     compute.add_argument(
+        "--threads", type=_positive_int, metavar="N",
+        help="CPU threads of the computation (default: torch's, one per core); fewer leave cores to other work",
+    )
+    compute.add_argument(
         "--max-pixels", type=_pixel_count, default=MAX_PIXELS, metavar="N",
         help=f"refuse frames with more pixels, e.g. 250M (default {MAX_PIXELS}, Pillow's guard against decompression "
         "bombs: small files that claim a huge size)",
@@ -351,7 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as stop:  # --help, --version, usage errors
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
+    threads = torch.get_num_threads()
     try:
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
         if args.command == "fuse":
             return _fuse(args)
         if args.command == "eval":
@@ -371,6 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _error(f"unexpected {type(error).__name__}: {_one_line(error)} (set EFUSION_DEBUG=1 for the traceback)")
         return 1
+    finally:
+        if args.threads is not None:  # main() may run inside a larger program: leave its setting
+            torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------------------------
