@@ -244,6 +244,7 @@ def _add_eval_parser(commands, formatter) -> None:
             "  efusion eval bracket/ --fused fused.png --fused-only\n"
             "  efusion eval scene/ --reference ground-truth.tif --preset opencv --levels -1\n"
             "  efusion eval shoot/*/ --params tuned.yaml --json > scores.jsonl\n"
+            "  efusion eval shoot/*/ --fused other-tool/ --fused-only   # other-tool/NAME.jpg for each shoot/NAME/\n"
             "\n"
             "--json prints one JSON object per bracket and line, with the keys\n"
             "  bracket, frames, width, height, params (the fusion parameters used; null with --fused-only),\n"
@@ -257,7 +258,9 @@ def _add_eval_parser(commands, formatter) -> None:
     evaluate.add_argument("inputs", nargs="+", metavar="INPUT", help="frame files of one bracket, or folders (one bracket each)")
     images = evaluate.add_argument_group("what to score")
     images.add_argument(
-        "--fused", metavar="IMAGE", help="also score this fused image of the bracket (e.g. from another tool); one bracket only"
+        "--fused", metavar="IMAGE", action="append",
+        help="also score this fused image of the bracket (e.g. from another tool); repeat it for several (one row "
+        "each); a folder of results scores, for each bracket folder, the image named after it (shoot/a/ -> DIR/a.png)",
     )
     images.add_argument("--fused-only", action="store_true", help="score only --fused, without fusing the bracket with efusion")
     images.add_argument(
@@ -715,27 +718,40 @@ _IMAGE_LABELS = {"efusion": "efusion", "mean": "mean of frames"}
 
 
 def _eval(args: argparse.Namespace) -> int:
-    if args.fused_only and args.fused is None:
+    if args.fused_only and not args.fused:
         raise CommandError("--fused-only needs --fused IMAGE, the image to score instead of efusion's result", code=2)
     brackets = _eval_brackets([Path(p) for p in args.inputs])
+    fused_paths = [Path(p) for p in args.fused or []]
     if len(brackets) > 1:
-        for option, value in (("--fused", args.fused), ("--reference", args.reference)):
-            if value is not None:
+        for path in fused_paths:
+            if not path.is_dir():
                 raise CommandError(
-                    f"{option} belongs to one bracket, but {len(brackets)} folders were given (evaluate them one at a time)",
+                    f"--fused belongs to one bracket, but {len(brackets)} folders were given: give a folder of results "
+                    f"instead, matched to the brackets by name ({path})",
                     code=2,
                 )
+        if args.reference is not None:
+            raise CommandError(
+                f"--reference belongs to one bracket, but {len(brackets)} folders were given (evaluate them one at a time)",
+                code=2,
+            )
     params = None if args.fused_only else _fusion_params(args)
     device = _device(args.device)
     dtype = _DTYPES[args.dtype]
-    fused = _read_scored_image(Path(args.fused), args.max_pixels) if args.fused is not None else None
+    if len(brackets) == 1:  # read before any fusion: a bad file fails at once
+        fused = [(path, _read_scored_image(path, args.max_pixels)) for path in _fused_of(brackets[0][1], fused_paths)]
+    else:
+        fused = None  # found and read for each bracket
     reference = _read_scored_image(Path(args.reference), args.max_pixels)[0] if args.reference is not None else None
 
     reports, failed = [], 0
     try:
         for label, source in brackets:
             try:
-                report = _eval_bracket(label, source, args, params, device, dtype, fused, reference)
+                images = fused
+                if images is None:
+                    images = [(path, _read_scored_image(path, args.max_pixels)) for path in _fused_of(source, fused_paths)]
+                report = _eval_bracket(label, source, args, params, device, dtype, images, reference)
             except Exception as error:
                 if len(brackets) > 1:  # one bad bracket must not stop the others
                     failed += 1
@@ -773,6 +789,34 @@ def _eval_brackets(paths: list[Path]) -> list[tuple[str, Path | list[Path]]]:
     label = str(paths[0]) if len(paths) == 1 else f"{paths[0]} (and {len(paths) - 1} more frames)"
     _warn_repeated_frames(paths)
     return [(label, paths)]
+
+
+def _fused_of(source: Path | list[Path], fused: list[Path]) -> list[Path]:
+    """The --fused images of one bracket: files as given; in a folder, the image named after the
+    bracket's folder (as ``efusion fuse --out-dir`` names its results)."""
+    images = []
+    for path in fused:
+        if not path.is_dir():
+            images.append(path)
+            continue
+        if not isinstance(source, Path):
+            raise CommandError(
+                f"--fused {path}: is a folder of results, matched to bracket folders by name; with frame files give "
+                "the fused image itself",
+                code=2,
+            )
+        name = Path(os.path.abspath(source)).name
+        try:
+            matches = sorted(p for p in path.iterdir() if p.stem == name and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        except OSError as error:
+            raise CommandError(f"{path}: cannot list the folder ({error.strerror or error})") from None
+        if not matches:
+            raise CommandError(f"{path}: no result named {name!r} ({', '.join(IMAGE_SUFFIXES)}) for the bracket {source}")
+        if len(matches) > 1:
+            raise CommandError(f"{path}: several results named {name!r} for the bracket {source}: "
+                               f"{', '.join(p.name for p in matches)}; keep one")
+        images.append(matches[0])
+    return images
 
 
 def _bracket_error(label: str, error: BaseException) -> str:
@@ -824,10 +868,8 @@ def _eval_bracket(label, source, args, params, device, dtype, fused, reference) 
             f"{label}: frames are {width}x{height}, too small for MEF-SSIM: it needs at least {_MEF_MIN_SIZE} pixels on "
             f"each side (an {_MEF_WINDOW}-pixel window at {_MEF_SCALES} scales)"
         )
-    fused_levels = None
-    if fused is not None:
-        fused, fused_levels = fused
-    for option, path, image in (("--fused", args.fused, fused), ("--reference", args.reference, reference)):
+    others = [("--fused", str(path), image) for path, (image, _) in fused]
+    for option, path, image in [*others, ("--reference", args.reference, reference)]:
         if image is not None and tuple(image.shape[-2:]) != (height, width):
             raise CommandError(
                 f"{path}: {option} image is {image.shape[-1]}x{image.shape[-2]} but the bracket's frames are "
@@ -842,8 +884,8 @@ def _eval_bracket(label, source, args, params, device, dtype, fused, reference) 
             result = efusion.exposure_fusion(bracket.frames.to(device=device, dtype=dtype), mask=mask, **params)
         candidates.append(("efusion", None, result.to(torch.float64).clamp(0, 1), None))
         del result, mask
-    if fused is not None:
-        candidates.append(("fused", str(args.fused), fused.to(device), fused_levels))
+    for path, (image, levels) in fused:
+        candidates.append(("fused", str(path), image.to(device), levels))
     frames = bracket.frames.to(device).clamp_(0, 1)  # after the fusion, which takes float frames as they are
     if args.baselines:
         candidates.append(("mean", None, frames.mean(dim=0), None))
