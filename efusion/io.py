@@ -979,14 +979,17 @@ def _check_param(key: str, value, source: str, presets: list[str]):
     return float(value)
 
 
-def write_params(path: str | os.PathLike, params: Mapping[str, Any]) -> Path:
+def write_params(path: str | os.PathLike, params: Mapping[str, Any], *, overwrite: bool = True) -> Path:
     """Write fusion parameters for :func:`read_params` (and ``efusion fuse --params``).
 
     The values are validated first (tensors become plain numbers); ``.json`` writes JSON,
-    ``.yaml``/``.yml`` writes YAML (needs PyYAML). The file is replaced atomically.
+    ``.yaml``/``.yml`` writes YAML (needs PyYAML). The file appears complete or not at all
+    (written aside, then renamed into place); with ``overwrite=False`` an existing file is an
+    error and is left as it is.
 
     Raises:
-        ParamsError: an unknown key, a bad value, or an unsupported suffix.
+        ParamsError: an unknown key, a bad value, an unsupported suffix, or (without
+            ``overwrite``) the file exists.
     """
     path = Path(path)
     checked = validate_params(params, source=str(path))
@@ -1002,7 +1005,9 @@ def write_params(path: str | os.PathLike, params: Mapping[str, Any]) -> Path:
     else:
         raise ParamsError(f"{path}: unsupported parameter file suffix {suffix or '(none)'!r} (use .json, .yaml or .yml)")
     try:
-        with _atomic_file(path, overwrite=True) as fh:
+        if not overwrite and path.exists():
+            raise OutputExistsError(f"{path}: already exists (pass --force / overwrite=True to replace it)")
+        with _atomic_file(path, overwrite=overwrite) as fh:
             fh.write(text.encode("utf-8"))
     except ImageIOError as error:
         raise ParamsError(str(error)) from None

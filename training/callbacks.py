@@ -122,8 +122,11 @@ class ParameterTrajectories(Callback):
             writer.writerow(["step", *names])
             for step, values in zip(self.steps, self.values):
                 writer.writerow([step, *(values.get(n, "") for n in names)])
+        written = [folder / f"{self.name}.csv"]
         if self.plot:
             plot_trajectories(self.steps, self.values, folder / f"{self.name}.png", reference=self.reference)
+            written.append(folder / f"{self.name}.png")
+        print(f"parameter trajectories written to {' and '.join(str(p) for p in written)}", flush=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": list(self.steps), "values": [dict(v) for v in self.values]}

@@ -19,14 +19,33 @@ from typing import Sequence
 
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
-from .data import FusionDataModule
+from efusion.io import _one_line
+
+from .data import DatasetError, FusionDataModule
 from .module import FusionModule, export_checkpoint
 
 __all__ = ["main", "FusionCLI"]
 
 
+PROG = "python -m training"
+
+
+class ConfigError(ValueError):
+    """A config value that the module, the data module or a dataset refused; its message says which."""
+
+
 class FusionCLI(LightningCLI):
-    """LightningCLI for exposure-fusion tuning (no extra options; everything lives in configs)."""
+    """LightningCLI for exposure-fusion tuning (no extra options; everything lives in configs).
+
+    The classes check their arguments as they are made; a refusal there is a :class:`ConfigError`,
+    which :func:`main` prints as one line.
+    """
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as error:
+            raise ConfigError(_one_line(error)) from None
 
 
 class SaveConfigToRun(SaveConfigCallback):
@@ -46,11 +65,12 @@ def _export(argv: Sequence[str]) -> int:
     )
     parser.add_argument("checkpoint", help="a checkpoint (.ckpt) written by `python -m training fit`")
     parser.add_argument("-o", "--output", required=True, help="parameter file to write (.yaml, .yml or .json)")
+    parser.add_argument("--force", action="store_true", help="replace an existing output file (default: never overwrite)")
     args = parser.parse_args(list(argv))
     try:
-        params = export_checkpoint(args.checkpoint, args.output)
+        params = export_checkpoint(args.checkpoint, args.output, overwrite=args.force)
     except (OSError, ValueError) as error:
-        print(f"python -m training export: error: {error}", file=sys.stderr)
+        print(f"python -m training export: error: {_one_line(error)}", file=sys.stderr)
         return 1
     print(f"wrote {args.output}: " + ", ".join(f"{k}={v}" for k, v in params.items()))
     return 0
@@ -66,13 +86,17 @@ def main(args: Sequence[str] | None = None, run: bool = True):
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] == "export":
         return _export(argv[1:])
-    return FusionCLI(
-        FusionModule,
-        FusionDataModule,
-        seed_everything_default=0,
-        save_config_callback=SaveConfigToRun,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-        args=None if args is None else argv,  # None: LightningCLI reads sys.argv itself
-        run=run,
-    )
+    try:
+        return FusionCLI(
+            FusionModule,
+            FusionDataModule,
+            seed_everything_default=0,
+            save_config_callback=SaveConfigToRun,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            args=argv,
+            run=run,
+        )
+    except (ConfigError, DatasetError) as error:  # bad values or data in the config: one line, not a traceback
+        print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr, flush=True)
+        return 2
