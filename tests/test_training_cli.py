@@ -60,6 +60,7 @@ def tiny_config(tmp_path: Path, **model) -> Path:
         "data": {
             "train": {"class_path": "training.data.SyntheticScenes", "init_args": {"length": 2, "size": 24}},
             "val": {"class_path": "training.data.SyntheticScenes", "init_args": {"length": 2, "size": 24, "seed": 99}},
+            "test": {"class_path": "training.data.SyntheticScenes", "init_args": {"length": 2, "size": 24, "seed": 199}},
             "batch_size": 2,
         },
     }
@@ -96,3 +97,85 @@ def test_fit_says_where_it_wrote(tmp_path, capsys):
     for name in ("params.yaml", "trajectories.png", "trajectories.csv"):
         assert (run / name).is_file()
         assert str(run / name) in out, out
+
+
+# ----------------------------------------------------------------------------------------------
+# 1, 2: last.ckpt is the end of training; each run has its own checkpoint folder, which follows
+# --trainer.default_root_dir
+
+
+def with_checkpoints(config: Path, save_dir: str | None = None, epochs: int = 3) -> Path:
+    content = yaml.safe_load(config.read_text())
+    content["trainer"]["max_epochs"] = epochs
+    content["trainer"]["callbacks"].append({
+        "class_path": "training.callbacks.RunCheckpoint",
+        "init_args": {"filename": "best-{epoch:02d}", "monitor": "val/loss", "save_top_k": 1, "save_last": True},
+    })
+    # the loss rises when the parameters walk away from Mertens' defaults (the targets' own):
+    # the best epoch is the first, which is where Lightning 2.6 left last.ckpt
+    content["model"].update(lr=0.5, contrast=1.0)
+    content["data"]["train"]["init_args"]["target_params"] = {"contrast": 1.0}
+    for split in ("val", "test"):
+        content["data"][split]["init_args"]["target_params"] = {"contrast": 1.0}
+    if save_dir is not None:
+        content["trainer"]["logger"]["init_args"]["save_dir"] = save_dir
+        del content["trainer"]["default_root_dir"]
+    config.write_text(yaml.safe_dump(content))
+    return config
+
+
+def saved_contrast(checkpoint: Path) -> float:
+    import torch
+
+    module = FusionModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    assert torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"] > 0
+    return module.fusion.contrast.item()
+
+
+def test_last_checkpoint_is_the_end_of_training_and_each_run_has_its_folder(tmp_path, capsys):
+    config = with_checkpoints(tiny_config(tmp_path))
+    runs = []
+    for _ in range(2):
+        cli = main(["fit", "--config", str(config)])
+        run = Path(cli.trainer.log_dir)
+        runs.append(run)
+        last = run / "checkpoints" / "last.ckpt"
+        import torch
+
+        assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == cli.trainer.global_step
+        assert saved_contrast(last) == pytest.approx(efusion_io.read_params(run / "params.yaml")["contrast"], abs=1e-6)
+        assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "last.ckpt"  # no last-v1.ckpt
+    assert [r.name for r in runs] == ["version_0", "version_1"]
+    # --ckpt_path last means the newest run's last.ckpt
+    cli = main(["test", "--config", str(config), "--ckpt_path", "last"])
+    assert Path(cli.trainer.ckpt_path) == runs[1] / "checkpoints" / "last.ckpt"
+    assert str(runs[1] / "checkpoints" / "last.ckpt") in capsys.readouterr().out
+
+
+def test_run_folders_follow_default_root_dir(tmp_path, monkeypatch):
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    config = with_checkpoints(tiny_config(tmp_path), save_dir="runs", epochs=1)
+    cli = main(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path / "x")])
+    assert Path(cli.trainer.log_dir) == tmp_path / "x" / "runs" / "run" / "version_0"
+    assert (tmp_path / "x" / "runs" / "run" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+    assert list(work.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["synthetic.yaml", "hdr-maps.yaml", "memorial.yaml"])
+def test_shipped_configs_keep_checkpoints_in_the_run_folder(name):
+    from training.callbacks import RunCheckpoint
+
+    cli = main(["--config", str(CONFIGS / name), "--config", str(CONFIGS / "debug.yaml"), "--trainer.logger", "true"],
+               run=False)
+    checkpoints = [c for c in cli.trainer.callbacks if isinstance(c, pl.callbacks.ModelCheckpoint)]
+    assert len(checkpoints) == 1 and isinstance(checkpoints[0], RunCheckpoint)
+    assert checkpoints[0].dirpath is None or "version_" in str(checkpoints[0].dirpath)
+    assert "dirpath" not in (CONFIGS / name).read_text()
+
+
+def test_readme_commands_name_run_folders():
+    readme = (CONFIGS.parent / "README.md").read_text()
+    assert "runs/synthetic/checkpoints" not in readme
+    assert "runs/synthetic/version_0/checkpoints/last.ckpt" in readme
