@@ -46,3 +46,20 @@ def test_notebook_extra_opens_and_runs_the_walkthrough():
     ours = {"efusion", "training", "torch", "os", "warnings", "logging", "tempfile", "pathlib"}  # install_requires or stdlib
     assert imported - ours - set(distribution) == set(), imported
     assert {distribution[m] for m in imported & set(distribution)} <= available["notebook"]
+
+
+def test_readme_usage_snippet_runs_and_its_save_load_route_round_trips(tmp_path, monkeypatch):
+    import torch
+
+    readme = (ROOT / "README.md").read_text()
+    usage = readme[readme.index("## Usage"):]
+    code = usage[usage.index("```python") + len("```python"):usage.index("```", usage.index("```python") + 3)]
+    assert "Fusion(**" in code and "write_params" in code and "read_params" in code
+    code = code.replace("480, 640", "48, 64")  # the same code on a small stack
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md usage", "exec"), namespace)
+    layer, tuned, stack = namespace["layer"], namespace["tuned"], namespace["stack"]
+    with torch.no_grad():
+        assert torch.allclose(tuned(stack), layer(stack), atol=1e-6)
+        assert torch.allclose(namespace["fused"], layer(stack), atol=1e-6)
