@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections.abc
+import errno
 import json
 import math
 import os
@@ -624,6 +625,15 @@ def _fuse_one(args, params, device, dtype) -> int:
     return 0
 
 
+#: errors writing into the output folder that no other bracket of the batch would escape
+_DESTINATION_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _writes_into(error: BaseException, out_dir: Path) -> bool:
+    """Whether ``error`` (an errno-carrying write error) is about a file in ``out_dir``, not an input."""
+    return isinstance(error, ImageIOError) and str(error).startswith(str(out_dir))
+
+
 def _fuse_many(args, params, device, dtype) -> int:
     out_dir = Path(args.out_dir)
     args.format = args.format or "png"
@@ -672,7 +682,7 @@ def _fuse_many(args, params, device, dtype) -> int:
                 try:
                     _fuse_files(list_frames(folder), out, args, params, device, dtype)
                     done += 1
-                except Exception as error:  # one bad bracket must not stop the batch
+                except Exception as error:  # one bad bracket must not stop the batch ...
                     failed += 1
                     if isinstance(error, (ImageIOError, ParamsError, CommandError)):
                         message = str(error)  # already names the file
@@ -681,6 +691,16 @@ def _fuse_many(args, params, device, dtype) -> int:
                     else:
                         message = f"{folder}: unexpected {type(error).__name__}: {_one_line(error)}"
                     tqdm.write(f"{PROG}: error: {message}", file=sys.stderr)
+                    if getattr(error, "errno", None) in _DESTINATION_ERRORS and _writes_into(error, out_dir):
+                        # ... but a full disk or a read-only destination fails every bracket: stop
+                        left = len(jobs) - (done + skipped + failed)
+                        bar.close()
+                        _error(
+                            f"stopped: every bracket would fail writing into {out_dir}; {left} bracket"
+                            f"{'s' if left != 1 else ''} not attempted ({done} done, {skipped} skipped); "
+                            "re-run the same command once it is fixed"
+                        )
+                        return 1
             bar.update(1)
     except KeyboardInterrupt:
         bar.close()

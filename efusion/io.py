@@ -77,7 +77,21 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class ImageIOError(ValueError):
-    """An image file cannot be read or written; the message names the file and says why."""
+    """An image file cannot be read or written; the message names the file and says why.
+
+    Attributes:
+        errno: the operating system's error number when an OS error caused it (e.g.
+            ``errno.ENOSPC`` for a full disk), else ``None``.
+    """
+
+    errno: int | None = None
+
+
+def _os_error(message: str, error: OSError) -> ImageIOError:
+    """An :class:`ImageIOError` for an OS error, keeping its errno."""
+    wrapped = ImageIOError(message)
+    wrapped.errno = error.errno
+    return wrapped
 
 
 class OutputExistsError(ImageIOError):
@@ -787,7 +801,7 @@ def _atomic_file(path: Path, *, overwrite: bool) -> Iterator[IO[bytes]]:
     except FileNotFoundError:
         raise ImageIOError(f"{path}: cannot write, folder {folder} does not exist") from None
     except OSError as error:
-        raise ImageIOError(f"{path}: cannot write into {folder} ({error.strerror or error})") from None
+        raise _os_error(f"{path}: cannot write into {folder} ({error.strerror or error})", error) from None
     os.close(fd)  # reopened by name: some writers (tifffile) want a handle with a file name
     temp = Path(temp_name)
     try:
@@ -805,7 +819,7 @@ def _atomic_file(path: Path, *, overwrite: bool) -> Iterator[IO[bytes]]:
         with contextlib.suppress(OSError):
             temp.unlink()
         if isinstance(error, OSError) and not isinstance(error, ImageIOError):
-            raise ImageIOError(f"{path}: cannot write ({error.strerror or _one_line(error)})") from None
+            raise _os_error(f"{path}: cannot write ({error.strerror or _one_line(error)})", error) from None
         raise
 
 

@@ -342,3 +342,48 @@ def test_one_fused_file_with_several_brackets_is_a_usage_error(capsys, shoot):
     code, _, err = run(["eval", *folders, "--fused", results / "a.png"], capsys)
     assert code == 2
     assert_one_error_line(err, "--fused", "folder of results")
+
+
+# ----------------------------------------------------------------------------------------------
+# 10: a batch stops at an error that would fail every bracket (no space, read-only, no permission)
+
+
+@pytest.fixture
+def three_brackets(tmp_path, frames8):
+    return [write_frames(tmp_path / "shoot" / name, frames8)[0].parent for name in ("a", "b", "c")]
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EROFS", "EACCES"])
+def test_batch_stops_at_a_destination_error(tmp_path, capsys, monkeypatch, three_brackets, code):
+    import errno
+    import os
+
+    from test_io import leftovers
+
+    # the file system cannot be filled or made read-only from a test here (no mount rights; root
+    # ignores permissions), so the error is raised where the kernel reports it: flushing the file
+    calls = []
+
+    def failing_fsync(fd):
+        calls.append(fd)
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    out = tmp_path / "out"
+    status, stdout, err = run(["fuse", *three_brackets, "--out-dir", out], capsys)
+    assert status == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 2, err
+    assert lines[0].startswith("efusion: error: ") and os.strerror(getattr(errno, code)) in lines[0]
+    assert "stopped" in lines[1] and "2 brackets not attempted" in lines[1]
+    assert len(calls) == 1  # the other brackets were not fused
+    assert not out.exists() or (list(out.iterdir()) == [] and leftovers(out) == [])
+
+
+def test_batch_goes_on_after_an_error_of_one_bracket(tmp_path, capsys, three_brackets):
+    (three_brackets[1] / "1.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    status, _, err = run(["fuse", *three_brackets, "--out-dir", out, "-q"], capsys)
+    assert status == 1
+    assert_one_error_line(err, "1.png")
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png"]
