@@ -33,6 +33,7 @@ from .io import (
     PARAM_NAMES,
     MAX_PIXELS,
     ImageIOError,
+    ImageMetadata,
     ParamsError,
     _FORMATS,
     _one_line,
@@ -41,6 +42,7 @@ from .io import (
     list_frames,
     open_bracket,
     read_bracket,
+    read_metadata,
     read_params,
     robust_normalize,
     validate_params,
@@ -518,8 +520,19 @@ def _fuse_files(frames: list[Path], out: Path, args, params, device, dtype) -> t
             del stack
         image = _display(result, args, depth)
     _make_folder(out.parent)
-    write_image(out, image, bit_depth=depth, quality=args.quality, overwrite=args.force)
+    write_image(out, image, bit_depth=depth, quality=args.quality, overwrite=args.force,
+                metadata=_output_metadata(bracket.paths, args, params))
     return len(bracket), (len(bracket), *bracket.shape)
+
+
+def _output_metadata(frames: Sequence[Path], args: argparse.Namespace, params: dict[str, Any]) -> ImageMetadata:
+    """The middle frame's EXIF (the reference exposure of a bracket shot around it) and ICC
+    profile; a frame whose metadata cannot be read gives none (the pixels were read fine)."""
+    try:
+        source = read_metadata(frames[len(frames) // 2])
+    except ImageIOError:
+        source = ImageMetadata()
+    return ImageMetadata(source.exif, source.icc, None)
 
 
 def _check_finite(path: Path, frame: torch.Tensor, also: str = "", cannot: str = "fuse it") -> None:

@@ -43,6 +43,7 @@ __all__ = [
     "PARAM_NAMES",
     "Bracket",
     "ImageIOError",
+    "ImageMetadata",
     "LazyBracket",
     "OutputExistsError",
     "ParamsError",
@@ -52,6 +53,7 @@ __all__ = [
     "open_bracket",
     "read_bracket",
     "read_image",
+    "read_metadata",
     "read_params",
     "robust_normalize",
     "validate_params",
@@ -624,6 +626,121 @@ def _orient(array, orientation: int):
 
 
 # ----------------------------------------------------------------------------------------------
+# Metadata
+
+#: key of efusion's record (how an output was made) in a PNG text chunk; also the prefix of the
+#: JPEG comment and TIFF ImageDescription that hold it
+RECORD_KEY = "efusion"
+_EXIF_KEPT_IN_TIFF = {0x010F: "Make", 0x0110: "Model", 0x0131: "Software", 0x0132: "DateTime", 0x013B: "Artist",
+                      0x8298: "Copyright"}
+_TIFF_ICC_TAG = 34675
+
+
+@dataclass(frozen=True)
+class ImageMetadata:
+    """What :func:`write_image` can carry besides pixels.
+
+    Attributes:
+        exif: EXIF as Pillow's ``Image.Exif.tobytes()`` gives it (``b"Exif\0\0"`` + a TIFF
+            structure), or ``None``.
+        icc: the ICC colour profile, or ``None``.
+        record: efusion's record of how the image was made (a JSON text), or ``None``.
+    """
+
+    exif: bytes | None = None
+    icc: bytes | None = None
+    record: str | None = None
+
+
+def read_metadata(path: str | os.PathLike) -> ImageMetadata:
+    """EXIF, ICC profile and efusion record of an image file.
+
+    The EXIF orientation is reset to 1 (upright): :func:`read_bracket` applies it to the pixels,
+    so a result made from them must not be turned again by a viewer. EXIF is read from JPEG and
+    PNG files (TIFF frames give their ICC profile only).
+
+    Raises:
+        ImageIOError: the file cannot be read.
+    """
+    path = Path(path)
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ImageIOError(f"{path}: unsupported format {path.suffix or '(no suffix)'!r} (expected {', '.join(IMAGE_SUFFIXES)})")
+    try:
+        if fmt == "TIFF":
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                tags = tif.pages[0].tags
+                icc = tags.get(_TIFF_ICC_TAG)
+                description = tags.get("ImageDescription")
+                record = description.value if description is not None else None
+                return ImageMetadata(
+                    None, bytes(icc.value) if icc is not None else None,
+                    record if isinstance(record, str) and record.startswith("{\"" + RECORD_KEY) else None,
+                )
+        from PIL import Image
+
+        with _pillow_unlimited(), Image.open(path, formats=["JPEG", "PNG"]) as image:
+            exif = image.getexif()
+            icc = image.info.get("icc_profile") or None
+            if image.format == "PNG":
+                record = image.info.get(RECORD_KEY)
+            else:
+                comment = image.info.get("comment", b"")
+                text = comment.decode("latin-1") if isinstance(comment, bytes) else str(comment)
+                record = text if text.startswith("{\"" + RECORD_KEY) else None
+        if len(exif):
+            exif[_EXIF_ORIENTATION] = 1
+        return ImageMetadata(exif.tobytes() if len(exif) else None, icc, record)
+    except ImageIOError:
+        raise
+    except Exception as error:
+        raise ImageIOError(f"{path}: cannot read its metadata ({_one_line(error)})") from None
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _png_with_metadata(data: bytes, metadata: ImageMetadata) -> bytes:
+    """An encoded PNG with iCCP, eXIf and tEXt chunks inserted after IHDR (so readers see them
+    before the pixels), as the PNG specification (3rd edition) orders them."""
+    import zlib
+
+    chunks = b""
+    if metadata.icc:
+        chunks += _png_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(metadata.icc))
+    if metadata.exif:
+        exif = metadata.exif[6:] if metadata.exif.startswith(b"Exif\0\0") else metadata.exif
+        chunks += _png_chunk(b"eXIf", exif)
+    if metadata.record:
+        chunks += _png_chunk(b"tEXt", RECORD_KEY.encode("latin-1") + b"\0" + metadata.record.encode("latin-1"))
+    end_of_ihdr = 8 + 8 + 13 + 4  # signature, IHDR length/type, IHDR data, CRC
+    return data[:end_of_ihdr] + chunks + data[end_of_ihdr:]
+
+
+def _tiff_tags(metadata: ImageMetadata) -> list[tuple]:
+    """tifffile ``extratags``: the ICC profile, and the EXIF fields TIFF has as its own tags."""
+    tags: list[tuple] = []
+    if metadata.icc:
+        tags.append((_TIFF_ICC_TAG, 7, len(metadata.icc), metadata.icc, True))
+    if metadata.exif:
+        from PIL import Image
+
+        exif = Image.Exif()
+        exif.load(metadata.exif)
+        for code in _EXIF_KEPT_IN_TIFF:
+            value = exif.get(code)
+            if isinstance(value, str) and value and value.isascii():
+                tags.append((code, 2, 0, value, True))
+    return tags
+
+
+# ----------------------------------------------------------------------------------------------
 # Writing
 
 
@@ -669,6 +786,7 @@ def write_image(
     bit_depth: int | None = None,
     quality: int = 95,
     overwrite: bool = False,
+    metadata: ImageMetadata | None = None,
 ) -> Path:
     """Write an image atomically; the format follows the suffix (.png, .jpg/.jpeg, .tif/.tiff).
 
@@ -685,6 +803,10 @@ def write_image(
         bit_depth: 8, 16 or 32 (float32); default :func:`default_bit_depth` of the path.
         quality: JPEG quality, 1 to 100.
         overwrite: replace an existing file; without it an existing file is an error.
+        metadata: EXIF, ICC profile and efusion record to store (see :func:`read_metadata`):
+            all three in JPEG (APP1, APP2, comment) and PNG (eXIf, iCCP, tEXt chunks); in TIFF
+            the ICC profile, the record (ImageDescription) and the EXIF fields that are TIFF
+            tags (Make, Model, Software, DateTime, Artist, Copyright).
 
     Returns:
         the path written.
@@ -721,22 +843,40 @@ def write_image(
     if gray:
         array = array[:, :, 0]
 
+    metadata = metadata or ImageMetadata()
     with _atomic_file(path, overwrite=overwrite) as fh:
         if fmt == "TIFF":
             import tifffile
 
-            tifffile.imwrite(fh, array, photometric="minisblack" if gray else "rgb", compression="zlib")
-        elif fmt == "PNG" and depth == 16:
-            import cv2
+            tifffile.imwrite(
+                fh, array, photometric="minisblack" if gray else "rgb", compression="zlib",
+                description=metadata.record, metadata=None, extratags=_tiff_tags(metadata),
+            )
+        elif fmt == "PNG":
+            if depth == 16:
+                import cv2
 
-            ok, encoded = cv2.imencode(".png", array if gray else np.ascontiguousarray(array[:, :, ::-1]))
-            if not ok:
-                raise ImageIOError(f"{path}: OpenCV could not encode a 16-bit PNG")
-            fh.write(encoded.tobytes())
+                ok, encoded = cv2.imencode(".png", array if gray else np.ascontiguousarray(array[:, :, ::-1]))
+                if not ok:
+                    raise ImageIOError(f"{path}: OpenCV could not encode a 16-bit PNG")
+                data = encoded.tobytes()
+            else:
+                from PIL import Image
+
+                buffer = io.BytesIO()
+                Image.fromarray(array).save(buffer, format="PNG")
+                data = buffer.getvalue()
+            fh.write(_png_with_metadata(data, metadata))
         else:
             from PIL import Image
 
-            options = {"quality": int(quality)} if fmt == "JPEG" else {}
+            options: dict[str, Any] = {"quality": int(quality)}
+            if metadata.exif:
+                options["exif"] = metadata.exif
+            if metadata.icc:
+                options["icc_profile"] = metadata.icc
+            if metadata.record:
+                options["comment"] = metadata.record.encode("latin-1")
             Image.fromarray(array).save(fh, format=fmt, **options)
     return path
 

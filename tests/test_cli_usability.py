@@ -387,3 +387,55 @@ def test_batch_goes_on_after_an_error_of_one_bracket(tmp_path, capsys, three_bra
     assert status == 1
     assert_one_error_line(err, "1.png")
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png"]
+
+
+# ----------------------------------------------------------------------------------------------
+# 13: the reference frame's EXIF (orientation reset) and ICC profile are carried into the result
+
+ICC = b"\x00\x00\x01\x00fake profile bytes " * 8  # carried as opaque bytes
+
+
+def exif_frames(folder, frames8):
+    """JPEG frames rotated by EXIF (orientation 6), each with its own DateTime, all with an ICC profile."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, frame in enumerate(frames8):
+        exif = Image.Exif()
+        exif[0x010F], exif[0x0110], exif[0x0132], exif[0x0112] = "Canon", "EOS 5D", f"2024:01:0{i + 1} 10:00:00", 6
+        paths.append(folder / f"{i}.jpg")
+        Image.fromarray(np.ascontiguousarray(np.rot90(frame, 1))).save(paths[-1], exif=exif.tobytes(), icc_profile=ICC,
+                                                                       quality=98)
+    return paths
+
+
+@pytest.mark.parametrize("name, extra", [("f.jpg", []), ("f.png", []), ("f16.png", ["--bit-depth", "16"]),
+                                         ("f.tif", []), ("f32.tif", ["--bit-depth", "32"])])
+def test_exif_and_icc_of_the_middle_frame_are_kept(tmp_path, capsys, frames8, name, extra):
+    import tifffile
+
+    frames = exif_frames(tmp_path / "b", frames8)
+    out = tmp_path / name
+    code, _, err = run(["fuse", *frames, "-o", out, *extra], capsys)
+    assert code == 0, err
+    if out.suffix == ".tif":
+        with tifffile.TiffFile(out) as tif:
+            tags = tif.pages[0].tags
+            assert tags["InterColorProfile"].value == ICC
+            assert tags["Make"].value == "Canon" and tags["Model"].value == "EOS 5D"
+            assert tags["DateTime"].value == "2024:01:02 10:00:00"
+            assert "Orientation" not in tags or tags["Orientation"].value == 1
+            assert tif.pages[0].shape[:2] == (24, 32)  # upright pixels
+        return
+    with Image.open(out) as image:
+        exif = image.getexif()
+        assert image.info.get("icc_profile") == ICC
+        assert (exif[0x010F], exif[0x0110], exif[0x0132]) == ("Canon", "EOS 5D", "2024:01:02 10:00:00")
+        assert exif.get(0x0112, 1) == 1  # the pixels are upright: no viewer may turn them again
+        assert image.size == (32, 24)
+
+
+def test_frames_without_metadata_give_plain_outputs(tmp_path, capsys, bracket8):
+    out = tmp_path / "f.jpg"
+    assert run(["fuse", *bracket8, "-o", out], capsys)[0] == 0
+    with Image.open(out) as image:
+        assert "icc_profile" not in image.info and len(image.getexif()) == 0
