@@ -532,7 +532,40 @@ def _output_metadata(frames: Sequence[Path], args: argparse.Namespace, params: d
         source = read_metadata(frames[len(frames) // 2])
     except ImageIOError:
         source = ImageMetadata()
-    return ImageMetadata(source.exif, source.icc, None)
+    record = json.dumps({"efusion": __version__, "settings": _output_settings(args, params)}, allow_nan=False)
+    return ImageMetadata(source.exif, source.icc, record)
+
+
+def _output_settings(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
+    """What decides an output's pixels besides its frames: recorded in it, compared on a re-run."""
+    settings: dict[str, Any] = {"params": _effective_params(params), "range": args.range or "clip"}
+    if args.range == "robust":
+        settings["clip"] = [args.clip_black, args.clip_white]
+    return json.loads(json.dumps(settings))  # as it reads back: lists, not tuples
+
+
+def _settings_change(out: Path, args: argparse.Namespace, params: dict[str, Any]) -> str | None:
+    """How the settings recorded in an existing output differ from this run's (``None``: the
+    same, or nothing recorded, e.g. a file from another tool)."""
+    try:
+        record = read_metadata(out).record
+        recorded = json.loads(record)["settings"] if record else None
+    except (ImageIOError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(recorded, dict):
+        return None
+    current = _output_settings(args, params)
+    if recorded == current:
+        return None
+    changes = []
+    old_params, new_params = recorded.get("params") or {}, current["params"]
+    for name in PARAM_NAMES:
+        if old_params.get(name) != new_params.get(name):
+            changes.append(f"{name} {_shown_value(old_params.get(name))} -> {_shown_value(new_params.get(name))}")
+    for key in ("range", "clip"):
+        if recorded.get(key) != current.get(key):
+            changes.append(f"{key} {recorded.get(key)} -> {current.get(key)}")
+    return ", ".join(changes) or "other settings"
 
 
 def _check_finite(path: Path, frame: torch.Tensor, also: str = "", cannot: str = "fuse it") -> None:
@@ -684,13 +717,18 @@ def _fuse_many(args, params, device, dtype) -> int:
 
     from tqdm import tqdm
 
-    done = skipped = failed = 0
+    done = skipped = failed = changed = 0
     start = time.perf_counter()
     bar = tqdm(total=len(jobs), desc=PROG, unit="bracket", file=sys.stderr, disable=True if args.quiet else None, leave=False)
     try:
         for folder, out in jobs:
             if out.exists() and not args.force:
                 skipped += 1
+                change = _settings_change(out, args, params)
+                if change is not None:  # kept (never overwritten without --force), but said
+                    changed += 1
+                    tqdm.write(f"{PROG}: warning: {out}: made with other settings ({change}); kept, pass --force to "
+                               "re-fuse it", file=sys.stderr)
             else:
                 try:
                     _fuse_files(list_frames(folder), out, args, params, device, dtype)
@@ -731,7 +769,8 @@ def _fuse_many(args, params, device, dtype) -> int:
                 break
     if not args.quiet:
         print(
-            f"{PROG}: {done} done, {skipped} skipped (already there), {failed} failed, "
+            f"{PROG}: {done} done, {skipped} skipped (already there"
+            f"{f'; {changed} made with other settings' if changed else ''}), {failed} failed, "
             f"{time.perf_counter() - start:.1f} s -> {out_dir}"
         )
     return 1 if failed else 0

@@ -439,3 +439,51 @@ def test_frames_without_metadata_give_plain_outputs(tmp_path, capsys, bracket8):
     assert run(["fuse", *bracket8, "-o", out], capsys)[0] == 0
     with Image.open(out) as image:
         assert "icc_profile" not in image.info and len(image.getexif()) == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# 11: each output records the settings it was made with; a re-run with others says so
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "tif"])
+def test_outputs_record_their_settings(tmp_path, capsys, frames8, fmt):
+    import json
+
+    from efusion.io import read_metadata, read_params
+
+    folder = write_frames(tmp_path / "a", frames8)[0].parent
+    params = tmp_path / "p.yaml"
+    params.write_text("contrast: 0.5\nmu: [0.4, 0.5, 0.6]\n")
+    out = tmp_path / "out"
+    code, _, err = run(["fuse", folder, "--out-dir", out, "--format", fmt, "--params", params, "--levels", "3",
+                        "--range", "robust", "-q"], capsys)
+    assert code == 0, err
+    record = json.loads(read_metadata(out / f"a.{fmt}").record)
+    assert record["efusion"] == efusion.__version__
+    expected = {"contrast": 0.5, "saturation": 1.0, "exposure": 1.0, "mu": [0.4, 0.5, 0.6], "sigma": 0.2, "levels": 3,
+                "preset": "mertens"}
+    assert record["settings"]["params"] == expected
+    assert record["settings"]["range"] == "robust" and record["settings"]["clip"] == [1.0, 1.0]
+    assert read_params(params)["contrast"] == record["settings"]["params"]["contrast"]
+
+
+def test_rerun_with_other_settings_warns_and_keeps_the_result(tmp_path, capsys, frames8):
+    folders = [write_frames(tmp_path / name, frames8)[0].parent for name in ("a", "b")]
+    out = tmp_path / "out"
+    assert run(["fuse", *folders, "--out-dir", out, "--contrast", "0.5"], capsys)[0] == 0
+    before = (out / "a.png").read_bytes()
+    code, stdout, err = run(["fuse", *folders, "--out-dir", out], capsys)
+    assert code == 0
+    warnings = err.strip().splitlines()
+    assert len(warnings) == 2 and all("warning" in w and "contrast 0.5 -> 1" in w and "--force" in w for w in warnings), err
+    assert str(out / "a.png") in warnings[0] and str(out / "b.png") in warnings[1]
+    assert "2 made with other settings" in stdout
+    assert (out / "a.png").read_bytes() == before
+    # the same settings again: skipped quietly
+    code, stdout, err = run(["fuse", *folders, "--out-dir", out, "--contrast", "0.5"], capsys)
+    assert code == 0 and err == "" and "2 skipped" in stdout and "other settings" not in stdout
+    # --force re-fuses with the new settings
+    assert run(["fuse", *folders, "--out-dir", out, "--force", "-q"], capsys)[0] == 0
+    assert (out / "a.png").read_bytes() != before
+    code, _, err = run(["fuse", *folders, "--out-dir", out], capsys)
+    assert code == 0 and err == ""
