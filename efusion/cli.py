@@ -306,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
             f"Frames: {', '.join(IMAGE_SUFFIXES)}; 8/16-bit PNG, 8/16-bit and float TIFF; gray or RGB; an alpha channel "
             "excludes\ntransparent pixels from the blend; EXIF orientation is applied. A folder's frames are its image "
             "files sorted\nby name. Outputs are written atomically and never overwritten without --force; in a batch "
-            "existing outputs\nare skipped, so re-running an interrupted batch finishes the rest."
+            "existing outputs\nare skipped, so re-running an interrupted batch finishes the rest; each output records "
+            "its fusion\nsettings, and one made with other settings is kept with a warning (--force re-fuses it)."
         ),
         epilog=(
             "examples:\n"
