@@ -325,7 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--out-dir", metavar="DIR", help="output folder (created if missing): one file per input folder, named after it"
     )
-    fuse.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary (errors are still shown)")
+    fuse.add_argument(
+        "-q", "--quiet", action="store_true",
+        help="no progress bar and no summary (errors are still shown); the bar (frames read, or brackets of a batch) "
+        "is drawn only on a terminal",
+    )
     _add_output_options(fuse, batch=True)
     _add_fusion_options(fuse)
 
@@ -494,8 +498,11 @@ def _make_folder(folder: Path) -> None:
         raise CommandError(f"{folder}: cannot create the output folder ({error.strerror or _one_line(error)})") from None
 
 
-def _fuse_files(frames: list[Path], out: Path, args, params, device, dtype) -> tuple[int, tuple[int, ...]]:
-    """Read, fuse and write one bracket; returns (number of frames, stack shape ``(N, C, H, W)``)."""
+def _fuse_files(frames: list[Path], out: Path, args, params, device, dtype, progress: bool = False) -> tuple[int, tuple[int, ...]]:
+    """Read, fuse and write one bracket; returns (number of frames, stack shape ``(N, C, H, W)``).
+
+    With ``progress``, a bar counts the frames read in the fusion's two passes (on a terminal only).
+    """
     import efusion
 
     bracket = open_bracket(frames, max_pixels=args.max_pixels)
@@ -508,10 +515,20 @@ def _fuse_files(frames: list[Path], out: Path, args, params, device, dtype) -> t
             # frames are decoded when fuse_frames uses them (twice: two passes), so memory holds
             # one frame and the blended pyramid, however many frames the bracket has
             frames = bracket.frames(dtype=dtype, device=device)
-            result = efusion.fuse_frames(
-                _FiniteFrames(frames, bracket.paths) if float_files else frames,
-                masks=bracket.masks(dtype=dtype, device=device), dtype=dtype, **params,
-            )
+            if float_files:
+                frames = _FiniteFrames(frames, bracket.paths)
+            bar = None
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=2 * len(bracket), desc=f"{PROG} {out.name}", unit="frame", file=sys.stderr,
+                           disable=None, leave=False)
+                frames = _CountedFrames(frames, bar)
+            try:
+                result = efusion.fuse_frames(frames, masks=bracket.masks(dtype=dtype, device=device), dtype=dtype, **params)
+            finally:
+                if bar is not None:
+                    bar.close()
         else:  # half precision runs exposure_fusion's reference code, on the whole stack
             stack = bracket.read(dtype=dtype, device=device)
             if float_files:
@@ -573,6 +590,21 @@ def _check_finite(path: Path, frame: torch.Tensor, also: str = "", cannot: str =
     """A float frame with NaN or infinite samples would spread them over much of the result."""
     if not torch.isfinite(frame).all():
         raise ImageIOError(f"{path}: has NaN or infinite samples{also}; cannot {cannot}")
+
+
+class _CountedFrames(collections.abc.Sequence):
+    """Frames that advance a progress bar each time one is decoded (twice each: two passes)."""
+
+    def __init__(self, frames: Sequence[torch.Tensor], bar) -> None:
+        self._frames, self._bar = frames, bar
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def __getitem__(self, index):
+        frame = self._frames[index]
+        self._bar.update(1)
+        return frame
 
 
 class _FiniteFrames(collections.abc.Sequence):
@@ -654,7 +686,7 @@ def _fuse_one(args, params, device, dtype) -> int:
     missing = [folder for folder in (out.parent, *out.parent.parents) if not folder.exists()]  # deepest first
     start = time.perf_counter()
     try:
-        count, shape = _fuse_files(frames, out, args, params, device, dtype)
+        count, shape = _fuse_files(frames, out, args, params, device, dtype, progress=not args.quiet)
     except BaseException as error:
         for folder in missing:  # as --out-dir: no empty folder left behind by a failed run
             try:

@@ -487,3 +487,46 @@ def test_rerun_with_other_settings_warns_and_keeps_the_result(tmp_path, capsys, 
     assert (out / "a.png").read_bytes() != before
     code, _, err = run(["fuse", *folders, "--out-dir", out], capsys)
     assert code == 0 and err == ""
+
+
+# ----------------------------------------------------------------------------------------------
+# 6: a progress bar for one bracket too, on a terminal only
+
+
+class Terminal:
+    """A text stream that says it is a terminal, as tqdm asks before drawing."""
+
+    def __init__(self):
+        import io
+
+        self.buffer = io.StringIO()
+
+    def write(self, text):
+        return self.buffer.write(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+def test_single_bracket_shows_progress_on_a_terminal(tmp_path, monkeypatch, bracket8):
+    import sys
+
+    from efusion.cli import main
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["fuse", *map(str, bracket8), "-o", str(tmp_path / "f.png")]) == 0
+    shown = terminal.buffer.getvalue()
+    assert "/6" in shown and "frame" in shown, shown  # 3 frames, read in each of the 2 passes
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["fuse", *map(str, bracket8), "-o", str(tmp_path / "g.png"), "-q"]) == 0
+    assert terminal.buffer.getvalue() == ""
+
+
+def test_no_progress_when_not_a_terminal(tmp_path, capsys, bracket8):
+    code, _, err = run(["fuse", *bracket8, "-o", tmp_path / "f.png"], capsys)
+    assert code == 0 and err == ""
