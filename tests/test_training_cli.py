@@ -51,7 +51,7 @@ def tiny_config(tmp_path: Path, **model) -> Path:
     config = {
         "seed_everything": 0,
         "trainer": {
-            "accelerator": "cpu", "devices": 1, "max_epochs": 1, "enable_progress_bar": False,
+            "accelerator": "cpu", "devices": 1, "max_epochs": 1, "enable_progress_bar": False, "log_every_n_steps": 1,
             "enable_model_summary": False, "default_root_dir": str(tmp_path),
             "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path), "name": "run"}},
             "callbacks": [{"class_path": "training.callbacks.ParameterTrajectories"}],
@@ -167,8 +167,7 @@ def test_run_folders_follow_default_root_dir(tmp_path, monkeypatch):
 def test_shipped_configs_keep_checkpoints_in_the_run_folder(name):
     from training.callbacks import RunCheckpoint
 
-    cli = main(["--config", str(CONFIGS / name), "--config", str(CONFIGS / "debug.yaml"), "--trainer.logger", "true"],
-               run=False)
+    cli = main(["--config", str(CONFIGS / name), "--config", str(CONFIGS / "debug.yaml")], run=False)
     checkpoints = [c for c in cli.trainer.callbacks if isinstance(c, pl.callbacks.ModelCheckpoint)]
     assert len(checkpoints) == 1 and isinstance(checkpoints[0], RunCheckpoint)
     assert checkpoints[0].dirpath is None or "version_" in str(checkpoints[0].dirpath)

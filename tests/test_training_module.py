@@ -16,7 +16,7 @@ from efusion import synthetic
 from training import losses
 from training.callbacks import FusedImageWriter, ParameterTrajectories
 from training.cli import main
-from training.data import DatasetError, FusionDataModule, SceneFolders, SyntheticScenes
+from training.data import FusionDataModule, SceneFolders, SyntheticScenes
 from training.module import FusionModule, export, export_checkpoint
 
 pl = pytest.importorskip("pytorch_lightning")
@@ -302,7 +302,7 @@ class TestCLI:
         config = {
             "seed_everything": 0,
             "trainer": {
-                "accelerator": "cpu", "devices": 1, "max_epochs": 2, "enable_progress_bar": False,
+                "accelerator": "cpu", "devices": 1, "max_epochs": 2, "enable_progress_bar": False, "log_every_n_steps": 1,
                 "enable_model_summary": False, "default_root_dir": str(tmp_path),
                 "logger": {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path), "name": "run"}},
                 "callbacks": [{"class_path": "training.callbacks.ParameterTrajectories"}],

@@ -143,6 +143,9 @@ def main(args: Sequence[str] | None = None, run: bool = True):
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] == "export":
         return _export(argv[1:])
+    saved_argv = sys.argv
+    if args is not None:  # arguments given from Python: LightningCLI would warn about the process's own sys.argv
+        sys.argv = [saved_argv[0] if saved_argv else PROG]
     try:
         return FusionCLI(
             FusionModule,
@@ -157,3 +160,5 @@ def main(args: Sequence[str] | None = None, run: bool = True):
     except (ConfigError, DatasetError) as error:  # bad values or data in the config: one line, not a traceback
         print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr, flush=True)
         return 2
+    finally:
+        sys.argv = saved_argv
