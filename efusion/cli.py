@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections.abc
+import errno
 import json
 import math
 import os
@@ -30,7 +31,9 @@ from .metrics import _rgb_to_gray
 from .io import (
     IMAGE_SUFFIXES,
     PARAM_NAMES,
+    MAX_PIXELS,
     ImageIOError,
+    ImageMetadata,
     ParamsError,
     _FORMATS,
     _one_line,
@@ -39,6 +42,7 @@ from .io import (
     list_frames,
     open_bracket,
     read_bracket,
+    read_metadata,
     read_params,
     robust_normalize,
     validate_params,
@@ -84,6 +88,30 @@ def _levels(text: str):
         raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
+def _channel_values(text: str):
+    """``0.5`` or one value per channel, ``0.4,0.5,0.6`` (R, G, B), as a parameter file takes them."""
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        values = [float(part) for part in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number or comma-separated numbers (one per channel, e.g. 0.4,0.5,0.6), got {text!r}"
+        ) from None
+    return values[0] if len(values) == 1 else values
+
+
+def _pixel_count(text: str) -> int:
+    """A number of pixels: ``250000000`` or ``250M``."""
+    scale, digits = (1_000_000, text[:-1]) if text[-1:].upper() == "M" else (1, text)
+    try:
+        value = int(digits)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of pixels (e.g. 250000000 or 250M), got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels >= 1, got {text}")
+    return value * scale
+
+
 def _percent(text: str) -> float:
     try:
         value = float(text)
@@ -114,14 +142,22 @@ def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
     fusion.add_argument(
         "--exposure", type=float, metavar="E", help="exponent of the well-exposedness measure (default 1; 0 turns it off)"
     )
-    fusion.add_argument("--mu", type=float, metavar="M", help="centre of the well-exposedness curve, in [0, 1] (default 0.5)")
-    fusion.add_argument("--sigma", type=float, metavar="S", help="width of the well-exposedness curve, > 0 (default 0.2)")
+    fusion.add_argument(
+        "--mu", type=_channel_values, metavar="M",
+        help="centre of the well-exposedness curve on the [0, 1] sample scale (default 0.5); one value, or one per "
+        "channel as R,G,B",
+    )
+    fusion.add_argument(
+        "--sigma", type=_channel_values, metavar="S",
+        help="width of the well-exposedness curve, > 0 (default 0.2); one value, or one per channel as R,G,B",
+    )
     fusion.add_argument(
         "--levels",
         type=_levels,
         metavar="L",
         help="pyramid depth: a number >= 1, a negative number counted from the deepest possible (-1 = deepest), "
-        "or 'auto' (default: the preset's automatic depth); non-integers blend two depths",
+        "or 'auto' (default: the preset's automatic depth); non-integers blend two depths; a depth beyond what the "
+        "frames allow is clamped to it, with a warning",
     )
     fusion.add_argument(
         "--preset",
@@ -139,6 +175,15 @@ def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to compute (default auto: cuda when available)"
     )
     compute.add_argument("--dtype", choices=tuple(_DTYPES), default="float32", help="floating type of the computation (default float32)")
+    compute.add_argument(
+        "--threads", type=_positive_int, metavar="N",
+        help="CPU threads of the computation (default: torch's, one per core); fewer leave cores to other work",
+    )
+    compute.add_argument(
+        "--max-pixels", type=_pixel_count, default=MAX_PIXELS, metavar="N",
+        help=f"refuse frames with more pixels, e.g. 250M (default {MAX_PIXELS}, Pillow's guard against decompression "
+        "bombs: small files that claim a huge size)",
+    )
 
 
 def _add_output_options(parser: argparse.ArgumentParser, *, batch: bool) -> None:
@@ -202,6 +247,7 @@ def _add_eval_parser(commands, formatter) -> None:
             "  efusion eval bracket/ --fused fused.png --fused-only\n"
             "  efusion eval scene/ --reference ground-truth.tif --preset opencv --levels -1\n"
             "  efusion eval shoot/*/ --params tuned.yaml --json > scores.jsonl\n"
+            "  efusion eval shoot/*/ --fused other-tool/ --fused-only   # other-tool/NAME.jpg for each shoot/NAME/\n"
             "\n"
             "--json prints one JSON object per bracket and line, with the keys\n"
             "  bracket, frames, width, height, params (the fusion parameters used; null with --fused-only),\n"
@@ -215,7 +261,9 @@ def _add_eval_parser(commands, formatter) -> None:
     evaluate.add_argument("inputs", nargs="+", metavar="INPUT", help="frame files of one bracket, or folders (one bracket each)")
     images = evaluate.add_argument_group("what to score")
     images.add_argument(
-        "--fused", metavar="IMAGE", help="also score this fused image of the bracket (e.g. from another tool); one bracket only"
+        "--fused", metavar="IMAGE", action="append",
+        help="also score this fused image of the bracket (e.g. from another tool); repeat it for several (one row "
+        "each); a folder of results scores, for each bracket folder, the image named after it (shoot/a/ -> DIR/a.png)",
     )
     images.add_argument("--fused-only", action="store_true", help="score only --fused, without fusing the bracket with efusion")
     images.add_argument(
@@ -258,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
             f"Frames: {', '.join(IMAGE_SUFFIXES)}; 8/16-bit PNG, 8/16-bit and float TIFF; gray or RGB; an alpha channel "
             "excludes\ntransparent pixels from the blend; EXIF orientation is applied. A folder's frames are its image "
             "files sorted\nby name. Outputs are written atomically and never overwritten without --force; in a batch "
-            "existing outputs\nare skipped, so re-running an interrupted batch finishes the rest."
+            "existing outputs\nare skipped, so re-running an interrupted batch finishes the rest; each output records "
+            "its fusion\nsettings, and one made with other settings is kept with a warning (--force re-fuses it)."
         ),
         epilog=(
             "examples:\n"
@@ -270,9 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fuse.add_argument("inputs", nargs="+", metavar="INPUT", help="frame files of one bracket, or folders (one bracket each)")
     where = fuse.add_argument_group("where to write (one of)").add_mutually_exclusive_group(required=True)
-    where.add_argument("-o", "--output", metavar="OUT", help="output file (.png, .jpg, .tif) for one bracket")
-    where.add_argument("--out-dir", metavar="DIR", help="output folder: one file per input folder, named after it")
-    fuse.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary (errors are still shown)")
+    where.add_argument(
+        "-o", "--output", metavar="OUT", help="output file (.png, .jpg, .tif) for one bracket; missing folders are created"
+    )
+    where.add_argument(
+        "--out-dir", metavar="DIR", help="output folder (created if missing): one file per input folder, named after it"
+    )
+    fuse.add_argument(
+        "-q", "--quiet", action="store_true",
+        help="no progress bar and no summary (errors are still shown); the bar (frames read, or brackets of a batch) "
+        "is drawn only on a terminal",
+    )
     _add_output_options(fuse, batch=True)
     _add_fusion_options(fuse)
 
@@ -309,7 +366,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as stop:  # --help, --version, usage errors
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
+    threads = torch.get_num_threads()
     try:
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
         if args.command == "fuse":
             return _fuse(args)
         if args.command == "eval":
@@ -329,6 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _error(f"unexpected {type(error).__name__}: {_one_line(error)} (set EFUSION_DEBUG=1 for the traceback)")
         return 1
+    finally:
+        if args.threads is not None:  # main() may run inside a larger program: leave its setting
+            torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -355,8 +418,33 @@ def _fusion_params(args: argparse.Namespace) -> dict[str, Any]:
     given = {key: getattr(args, key) for key in PARAM_NAMES if getattr(args, key) is not None}
     if given.get("levels") == "auto":
         given["levels"] = None
-    params.update(validate_params(given, source="command line"))
+    for key, value in given.items():  # the library's rules; a bad value is a usage error
+        try:
+            params.update(validate_params({key: value}, source=f"--{key}"))
+        except ParamsError as error:
+            raise CommandError(str(error), code=2) from None
     return params
+
+
+def _warn_clamped_depth(args: argparse.Namespace, params: dict[str, Any], height: int, width: int) -> None:
+    """The fusion clamps a depth beyond the frames' deepest pyramid (or below one level): say so,
+    once per command, since the result is then that of another depth than asked for."""
+    from .presets import get_preset
+
+    levels = params.get("levels")
+    if levels is None or getattr(args, "_depth_warned", False):
+        return
+    maximum = get_preset(params.get("preset", "mertens")).max_levels(height, width)
+    depth = float(levels) if levels >= 1 else maximum + 1 + float(levels)
+    if 1 <= depth <= maximum:
+        return
+    args._depth_warned = True
+    shown = f"--levels {args.levels}" if args.levels is not None else f"levels {levels} (from {args.params})"
+    if depth > maximum:
+        reason = f"is deeper than the {maximum} levels {width}x{height} frames allow; using {maximum}"
+    else:
+        reason = f"counts below one level for {width}x{height} frames ({maximum} levels at most); using 1"
+    print(f"{PROG}: warning: {shown} {reason}", file=sys.stderr, flush=True)
 
 
 def _fusion_settings(args: argparse.Namespace) -> tuple[dict[str, Any], torch.device, torch.dtype]:
@@ -410,11 +498,15 @@ def _make_folder(folder: Path) -> None:
         raise CommandError(f"{folder}: cannot create the output folder ({error.strerror or _one_line(error)})") from None
 
 
-def _fuse_files(frames: list[Path], out: Path, args, params, device, dtype) -> tuple[int, tuple[int, ...]]:
-    """Read, fuse and write one bracket; returns (number of frames, stack shape ``(N, C, H, W)``)."""
+def _fuse_files(frames: list[Path], out: Path, args, params, device, dtype, progress: bool = False) -> tuple[int, tuple[int, ...]]:
+    """Read, fuse and write one bracket; returns (number of frames, stack shape ``(N, C, H, W)``).
+
+    With ``progress``, a bar counts the frames read in the fusion's two passes (on a terminal only).
+    """
     import efusion
 
-    bracket = open_bracket(frames)
+    bracket = open_bracket(frames, max_pixels=args.max_pixels)
+    _warn_clamped_depth(args, params, *bracket.shape[1:])
     depth = args.bit_depth if args.bit_depth is not None else default_bit_depth(out, bracket.bit_depth)
     check_output(out, depth)
     float_files = bracket.bit_depth == 32  # only float samples can be NaN or infinite
@@ -423,10 +515,20 @@ def _fuse_files(frames: list[Path], out: Path, args, params, device, dtype) -> t
             # frames are decoded when fuse_frames uses them (twice: two passes), so memory holds
             # one frame and the blended pyramid, however many frames the bracket has
             frames = bracket.frames(dtype=dtype, device=device)
-            result = efusion.fuse_frames(
-                _FiniteFrames(frames, bracket.paths) if float_files else frames,
-                masks=bracket.masks(dtype=dtype, device=device), dtype=dtype, **params,
-            )
+            if float_files:
+                frames = _FiniteFrames(frames, bracket.paths)
+            bar = None
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=2 * len(bracket), desc=f"{PROG} {out.name}", unit="frame", file=sys.stderr,
+                           disable=None, leave=False)
+                frames = _CountedFrames(frames, bar)
+            try:
+                result = efusion.fuse_frames(frames, masks=bracket.masks(dtype=dtype, device=device), dtype=dtype, **params)
+            finally:
+                if bar is not None:
+                    bar.close()
         else:  # half precision runs exposure_fusion's reference code, on the whole stack
             stack = bracket.read(dtype=dtype, device=device)
             if float_files:
@@ -436,14 +538,73 @@ def _fuse_files(frames: list[Path], out: Path, args, params, device, dtype) -> t
             del stack
         image = _display(result, args, depth)
     _make_folder(out.parent)
-    write_image(out, image, bit_depth=depth, quality=args.quality, overwrite=args.force)
+    write_image(out, image, bit_depth=depth, quality=args.quality, overwrite=args.force,
+                metadata=_output_metadata(bracket.paths, args, params))
     return len(bracket), (len(bracket), *bracket.shape)
+
+
+def _output_metadata(frames: Sequence[Path], args: argparse.Namespace, params: dict[str, Any]) -> ImageMetadata:
+    """The middle frame's EXIF (the reference exposure of a bracket shot around it) and ICC
+    profile; a frame whose metadata cannot be read gives none (the pixels were read fine)."""
+    try:
+        source = read_metadata(frames[len(frames) // 2])
+    except ImageIOError:
+        source = ImageMetadata()
+    record = json.dumps({"efusion": __version__, "settings": _output_settings(args, params)}, allow_nan=False)
+    return ImageMetadata(source.exif, source.icc, record)
+
+
+def _output_settings(args: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
+    """What decides an output's pixels besides its frames: recorded in it, compared on a re-run."""
+    settings: dict[str, Any] = {"params": _effective_params(params), "range": args.range or "clip"}
+    if args.range == "robust":
+        settings["clip"] = [args.clip_black, args.clip_white]
+    return json.loads(json.dumps(settings))  # as it reads back: lists, not tuples
+
+
+def _settings_change(out: Path, args: argparse.Namespace, params: dict[str, Any]) -> str | None:
+    """How the settings recorded in an existing output differ from this run's (``None``: the
+    same, or nothing recorded, e.g. a file from another tool)."""
+    try:
+        record = read_metadata(out).record
+        recorded = json.loads(record)["settings"] if record else None
+    except (ImageIOError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(recorded, dict):
+        return None
+    current = _output_settings(args, params)
+    if recorded == current:
+        return None
+    changes = []
+    old_params, new_params = recorded.get("params") or {}, current["params"]
+    for name in PARAM_NAMES:
+        if old_params.get(name) != new_params.get(name):
+            changes.append(f"{name} {_shown_value(old_params.get(name))} -> {_shown_value(new_params.get(name))}")
+    for key in ("range", "clip"):
+        if recorded.get(key) != current.get(key):
+            changes.append(f"{key} {recorded.get(key)} -> {current.get(key)}")
+    return ", ".join(changes) or "other settings"
 
 
 def _check_finite(path: Path, frame: torch.Tensor, also: str = "", cannot: str = "fuse it") -> None:
     """A float frame with NaN or infinite samples would spread them over much of the result."""
     if not torch.isfinite(frame).all():
         raise ImageIOError(f"{path}: has NaN or infinite samples{also}; cannot {cannot}")
+
+
+class _CountedFrames(collections.abc.Sequence):
+    """Frames that advance a progress bar each time one is decoded (twice each: two passes)."""
+
+    def __init__(self, frames: Sequence[torch.Tensor], bar) -> None:
+        self._frames, self._bar = frames, bar
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def __getitem__(self, index):
+        frame = self._frames[index]
+        self._bar.update(1)
+        return frame
 
 
 class _FiniteFrames(collections.abc.Sequence):
@@ -498,6 +659,12 @@ def _fuse_one(args, params, device, dtype) -> int:
         frames = inputs
         label = str(frames[0]) if len(frames) == 1 else f"{frames[0]} (and {len(frames) - 1} more frames)"
         _warn_repeated_frames(frames)
+    if out.is_dir():  # before the suffix check, which would call it an unsupported format
+        raise CommandError(
+            f"{out}: is a folder; -o takes a file name such as {out / 'fused.png'} (use --out-dir {out} to write one "
+            "result per input folder into it)",
+            code=2,
+        )
     check_output(out, args.bit_depth)
     if args.format is not None and _FORMATS[_FORMAT_SUFFIX[args.format]] != _FORMATS.get(out.suffix.lower()):
         raise CommandError(
@@ -513,15 +680,13 @@ def _fuse_one(args, params, device, dtype) -> int:
     for frame in frames:
         if _same_file(frame, out):
             raise CommandError(f"{out}: is one of the input frames; inputs are never overwritten")
-    if out.is_dir():
-        raise CommandError(f"{out}: is a folder; -o takes a file name (use --out-dir for a folder)")
     if out.exists() and not args.force:
         raise CommandError(f"{out}: already exists (pass --force to overwrite it)")
     _check_writable(out.parent)
     missing = [folder for folder in (out.parent, *out.parent.parents) if not folder.exists()]  # deepest first
     start = time.perf_counter()
     try:
-        count, shape = _fuse_files(frames, out, args, params, device, dtype)
+        count, shape = _fuse_files(frames, out, args, params, device, dtype, progress=not args.quiet)
     except BaseException as error:
         for folder in missing:  # as --out-dir: no empty folder left behind by a failed run
             try:
@@ -537,6 +702,15 @@ def _fuse_one(args, params, device, dtype) -> int:
         print(f"{PROG}: wrote {out} ({count} frame{'s' if count != 1 else ''}, {shape[-1]}x{shape[-2]}, "
               f"{time.perf_counter() - start:.1f} s)")
     return 0
+
+
+#: errors writing into the output folder that no other bracket of the batch would escape
+_DESTINATION_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _writes_into(error: BaseException, out_dir: Path) -> bool:
+    """Whether ``error`` (an errno-carrying write error) is about a file in ``out_dir``, not an input."""
+    return isinstance(error, ImageIOError) and str(error).startswith(str(out_dir))
 
 
 def _fuse_many(args, params, device, dtype) -> int:
@@ -576,18 +750,23 @@ def _fuse_many(args, params, device, dtype) -> int:
 
     from tqdm import tqdm
 
-    done = skipped = failed = 0
+    done = skipped = failed = changed = 0
     start = time.perf_counter()
     bar = tqdm(total=len(jobs), desc=PROG, unit="bracket", file=sys.stderr, disable=True if args.quiet else None, leave=False)
     try:
         for folder, out in jobs:
             if out.exists() and not args.force:
                 skipped += 1
+                change = _settings_change(out, args, params)
+                if change is not None:  # kept (never overwritten without --force), but said
+                    changed += 1
+                    tqdm.write(f"{PROG}: warning: {out}: made with other settings ({change}); kept, pass --force to "
+                               "re-fuse it", file=sys.stderr)
             else:
                 try:
                     _fuse_files(list_frames(folder), out, args, params, device, dtype)
                     done += 1
-                except Exception as error:  # one bad bracket must not stop the batch
+                except Exception as error:  # one bad bracket must not stop the batch ...
                     failed += 1
                     if isinstance(error, (ImageIOError, ParamsError, CommandError)):
                         message = str(error)  # already names the file
@@ -596,6 +775,16 @@ def _fuse_many(args, params, device, dtype) -> int:
                     else:
                         message = f"{folder}: unexpected {type(error).__name__}: {_one_line(error)}"
                     tqdm.write(f"{PROG}: error: {message}", file=sys.stderr)
+                    if getattr(error, "errno", None) in _DESTINATION_ERRORS and _writes_into(error, out_dir):
+                        # ... but a full disk or a read-only destination fails every bracket: stop
+                        left = len(jobs) - (done + skipped + failed)
+                        bar.close()
+                        _error(
+                            f"stopped: every bracket would fail writing into {out_dir}; {left} bracket"
+                            f"{'s' if left != 1 else ''} not attempted ({done} done, {skipped} skipped); "
+                            "re-run the same command once it is fixed"
+                        )
+                        return 1
             bar.update(1)
     except KeyboardInterrupt:
         bar.close()
@@ -613,7 +802,8 @@ def _fuse_many(args, params, device, dtype) -> int:
                 break
     if not args.quiet:
         print(
-            f"{PROG}: {done} done, {skipped} skipped (already there), {failed} failed, "
+            f"{PROG}: {done} done, {skipped} skipped (already there"
+            f"{f'; {changed} made with other settings' if changed else ''}), {failed} failed, "
             f"{time.perf_counter() - start:.1f} s -> {out_dir}"
         )
     return 1 if failed else 0
@@ -633,27 +823,40 @@ _IMAGE_LABELS = {"efusion": "efusion", "mean": "mean of frames"}
 
 
 def _eval(args: argparse.Namespace) -> int:
-    if args.fused_only and args.fused is None:
+    if args.fused_only and not args.fused:
         raise CommandError("--fused-only needs --fused IMAGE, the image to score instead of efusion's result", code=2)
     brackets = _eval_brackets([Path(p) for p in args.inputs])
+    fused_paths = [Path(p) for p in args.fused or []]
     if len(brackets) > 1:
-        for option, value in (("--fused", args.fused), ("--reference", args.reference)):
-            if value is not None:
+        for path in fused_paths:
+            if not path.is_dir():
                 raise CommandError(
-                    f"{option} belongs to one bracket, but {len(brackets)} folders were given (evaluate them one at a time)",
+                    f"--fused belongs to one bracket, but {len(brackets)} folders were given: give a folder of results "
+                    f"instead, matched to the brackets by name ({path})",
                     code=2,
                 )
+        if args.reference is not None:
+            raise CommandError(
+                f"--reference belongs to one bracket, but {len(brackets)} folders were given (evaluate them one at a time)",
+                code=2,
+            )
     params = None if args.fused_only else _fusion_params(args)
     device = _device(args.device)
     dtype = _DTYPES[args.dtype]
-    fused = _read_scored_image(Path(args.fused)) if args.fused is not None else None
-    reference = _read_scored_image(Path(args.reference))[0] if args.reference is not None else None
+    if len(brackets) == 1:  # read before any fusion: a bad file fails at once
+        fused = [(path, _read_scored_image(path, args.max_pixels)) for path in _fused_of(brackets[0][1], fused_paths)]
+    else:
+        fused = None  # found and read for each bracket
+    reference = _read_scored_image(Path(args.reference), args.max_pixels)[0] if args.reference is not None else None
 
     reports, failed = [], 0
     try:
         for label, source in brackets:
             try:
-                report = _eval_bracket(label, source, args, params, device, dtype, fused, reference)
+                images = fused
+                if images is None:
+                    images = [(path, _read_scored_image(path, args.max_pixels)) for path in _fused_of(source, fused_paths)]
+                report = _eval_bracket(label, source, args, params, device, dtype, images, reference)
             except Exception as error:
                 if len(brackets) > 1:  # one bad bracket must not stop the others
                     failed += 1
@@ -693,6 +896,34 @@ def _eval_brackets(paths: list[Path]) -> list[tuple[str, Path | list[Path]]]:
     return [(label, paths)]
 
 
+def _fused_of(source: Path | list[Path], fused: list[Path]) -> list[Path]:
+    """The --fused images of one bracket: files as given; in a folder, the image named after the
+    bracket's folder (as ``efusion fuse --out-dir`` names its results)."""
+    images = []
+    for path in fused:
+        if not path.is_dir():
+            images.append(path)
+            continue
+        if not isinstance(source, Path):
+            raise CommandError(
+                f"--fused {path}: is a folder of results, matched to bracket folders by name; with frame files give "
+                "the fused image itself",
+                code=2,
+            )
+        name = Path(os.path.abspath(source)).name
+        try:
+            matches = sorted(p for p in path.iterdir() if p.stem == name and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        except OSError as error:
+            raise CommandError(f"{path}: cannot list the folder ({error.strerror or error})") from None
+        if not matches:
+            raise CommandError(f"{path}: no result named {name!r} ({', '.join(IMAGE_SUFFIXES)}) for the bracket {source}")
+        if len(matches) > 1:
+            raise CommandError(f"{path}: several results named {name!r} for the bracket {source}: "
+                               f"{', '.join(p.name for p in matches)}; keep one")
+        images.append(matches[0])
+    return images
+
+
 def _bracket_error(label: str, error: BaseException) -> str:
     """The one-line message for a bracket of a batch that failed."""
     if isinstance(error, (ImageIOError, ParamsError, CommandError)):
@@ -702,10 +933,10 @@ def _bracket_error(label: str, error: BaseException) -> str:
     return f"{label}: unexpected {type(error).__name__}: {_one_line(error)}"
 
 
-def _read_scored_image(path: Path) -> tuple[torch.Tensor, int | None]:
+def _read_scored_image(path: Path, max_pixels: int | None = MAX_PIXELS) -> tuple[torch.Tensor, int | None]:
     """A fused or reference image as float64 ``[C, H, W]`` clipped to [0, 1] as the metrics expect,
     and its code values per sample (255, 65535, or None for float)."""
-    image = read_bracket([path], dtype=torch.float64)
+    image = read_bracket([path], dtype=torch.float64, max_pixels=max_pixels)
     if torch.isnan(image.frames).any():
         raise CommandError(f"{path}: has NaN samples; cannot score it")
     return image.frames[0].clamp_(0, 1), _CODE_VALUES.get(image.bit_depth)
@@ -727,7 +958,7 @@ def _eval_bracket(label, source, args, params, device, dtype, fused, reference) 
     from .quality import psnr, ssim
 
     paths = list_frames(source) if isinstance(source, Path) else source
-    bracket = read_bracket(paths, dtype=torch.float64)
+    bracket = read_bracket(paths, dtype=torch.float64, max_pixels=args.max_pixels)
     count, _, height, width = bracket.frames.shape
     if count < 2:
         where = f"{label}: holds one frame ({paths[0]})" if isinstance(source, Path) else f"{paths[0]}: one frame"
@@ -735,15 +966,15 @@ def _eval_bracket(label, source, args, params, device, dtype, fused, reference) 
     if bracket.bit_depth == 32:
         for path, frame in zip(paths, bracket.frames):  # the fusion takes float frames unclipped: NaN scores
             _check_finite(path, frame, cannot="score the bracket")
+    if params is not None:
+        _warn_clamped_depth(args, params, height, width)
     if min(height, width) < _MEF_MIN_SIZE:
         raise CommandError(
             f"{label}: frames are {width}x{height}, too small for MEF-SSIM: it needs at least {_MEF_MIN_SIZE} pixels on "
             f"each side (an {_MEF_WINDOW}-pixel window at {_MEF_SCALES} scales)"
         )
-    fused_levels = None
-    if fused is not None:
-        fused, fused_levels = fused
-    for option, path, image in (("--fused", args.fused, fused), ("--reference", args.reference, reference)):
+    others = [("--fused", str(path), image) for path, (image, _) in fused]
+    for option, path, image in [*others, ("--reference", args.reference, reference)]:
         if image is not None and tuple(image.shape[-2:]) != (height, width):
             raise CommandError(
                 f"{path}: {option} image is {image.shape[-1]}x{image.shape[-2]} but the bracket's frames are "
@@ -758,8 +989,8 @@ def _eval_bracket(label, source, args, params, device, dtype, fused, reference) 
             result = efusion.exposure_fusion(bracket.frames.to(device=device, dtype=dtype), mask=mask, **params)
         candidates.append(("efusion", None, result.to(torch.float64).clamp(0, 1), None))
         del result, mask
-    if fused is not None:
-        candidates.append(("fused", str(args.fused), fused.to(device), fused_levels))
+    for path, (image, levels) in fused:
+        candidates.append(("fused", str(path), image.to(device), levels))
     frames = bracket.frames.to(device).clamp_(0, 1)  # after the fusion, which takes float frames as they are
     if args.baselines:
         candidates.append(("mean", None, frames.mean(dim=0), None))

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 from numbers import Real
@@ -36,13 +37,15 @@ from typing import IO, Any, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .params import NAMES, domain_error
+from .params import NAMES, check_value
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "MAX_PIXELS",
     "PARAM_NAMES",
     "Bracket",
     "ImageIOError",
+    "ImageMetadata",
     "LazyBracket",
     "OutputExistsError",
     "ParamsError",
@@ -52,6 +55,7 @@ __all__ = [
     "open_bracket",
     "read_bracket",
     "read_image",
+    "read_metadata",
     "read_params",
     "robust_normalize",
     "validate_params",
@@ -64,6 +68,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 #: keys a parameter file may hold: the keyword arguments of :func:`efusion.exposure_fusion`
 PARAM_NAMES = (*NAMES, "preset")
 
+#: frames with more pixels are refused unless ``max_pixels`` says otherwise: Pillow's own refusal
+#: point (twice its ``MAX_IMAGE_PIXELS`` warning), a guard against decompression bombs (a small
+#: file that claims a huge size), applied here to every format
+MAX_PIXELS = 2 * 89_478_485
+
 _FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}
 #: bit depths each output format can hold (32 = float32)
 _DEPTHS = {"JPEG": (8,), "PNG": (8, 16), "TIFF": (8, 16, 32)}
@@ -72,7 +81,21 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class ImageIOError(ValueError):
-    """An image file cannot be read or written; the message names the file and says why."""
+    """An image file cannot be read or written; the message names the file and says why.
+
+    Attributes:
+        errno: the operating system's error number when an OS error caused it (e.g.
+            ``errno.ENOSPC`` for a full disk), else ``None``.
+    """
+
+    errno: int | None = None
+
+
+def _os_error(message: str, error: OSError) -> ImageIOError:
+    """An :class:`ImageIOError` for an OS error, keeping its errno."""
+    wrapped = ImageIOError(message)
+    wrapped.errno = error.errno
+    return wrapped
 
 
 class OutputExistsError(ImageIOError):
@@ -144,27 +167,49 @@ def list_frames(folder: str | os.PathLike) -> list[Path]:
     except OSError as error:
         raise ImageIOError(f"{folder}: cannot list the folder ({error.strerror or error})") from None
     if not frames:
+        if _holds_bracket_folders(folder):  # a shoot of brackets given as one bracket
+            pattern = os.path.join(str(folder), "*", "")
+            raise ImageIOError(
+                f"{folder}: holds folders of images, not images: give each bracket folder, e.g. {pattern}"
+            )
         raise ImageIOError(f"{folder}: no image files in the folder (looked for {', '.join(IMAGE_SUFFIXES)})")
     return frames
 
 
-def read_image(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device=None) -> tuple[Tensor, Tensor | None]:
+def _holds_bracket_folders(folder: Path) -> bool:
+    """Whether some sub-folder of ``folder`` holds image files."""
+    try:
+        for sub in folder.iterdir():
+            if sub.is_dir() and not sub.name.startswith("."):
+                if any(p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") for p in sub.iterdir()):
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def read_image(
+    path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device=None, max_pixels: int | None = MAX_PIXELS
+) -> tuple[Tensor, Tensor | None]:
     """Read one image file as float.
 
     Args:
         path: a JPEG, PNG or TIFF file.
         dtype, device: of the returned tensors.
+        max_pixels: refuse a larger image (see :func:`read_bracket`).
 
     Returns:
         ``(image, alpha)``: image ``[C, H, W]`` with C = 1 (gray) or 3 (RGB), integer samples
         scaled to [0, 1] and float samples as stored; alpha ``[1, H, W]`` in [0, 1], or ``None``.
     """
-    bracket = read_bracket([path], dtype=dtype, device=device)
+    bracket = read_bracket([path], dtype=dtype, device=device, max_pixels=max_pixels)
     alpha = None if bracket.mask is None else bracket.mask[0]
     return bracket.frames[0], alpha
 
 
-def read_bracket(paths: Sequence[str | os.PathLike], *, dtype: torch.dtype = torch.float32, device=None) -> Bracket:
+def read_bracket(
+    paths: Sequence[str | os.PathLike], *, dtype: torch.dtype = torch.float32, device=None, max_pixels: int | None = MAX_PIXELS
+) -> Bracket:
     """Read the frames of one bracket into one stack.
 
     Every header is checked first (format, size after EXIF orientation), so a bracket with a
@@ -177,19 +222,21 @@ def read_bracket(paths: Sequence[str | os.PathLike], *, dtype: torch.dtype = tor
         paths: frame files (at least one); the stack keeps their order.
         dtype: floating dtype of the stack.
         device: where the stack lives (default CPU).
+        max_pixels: refuse frames with more pixels than this (default :data:`MAX_PIXELS`, Pillow's
+            decompression-bomb limit, for every format); ``None`` for no limit.
 
     Returns:
         a :class:`Bracket`.
 
     Raises:
         ImageIOError: a file is missing, unreadable, truncated, of an unsupported format, or
-            the frames differ in size.
+            the frames differ in size, or a frame has more than ``max_pixels`` pixels.
     """
     _check_float_dtype(dtype)
-    return open_bracket(paths).read(dtype=dtype, device=device)
+    return open_bracket(paths, max_pixels=max_pixels).read(dtype=dtype, device=device)
 
 
-def open_bracket(paths: Sequence[str | os.PathLike]) -> LazyBracket:
+def open_bracket(paths: Sequence[str | os.PathLike], *, max_pixels: int | None = MAX_PIXELS) -> LazyBracket:
     """Check the headers of a bracket's frames; decode no pixel yet.
 
     Raises the errors of :func:`read_bracket` that headers reveal (missing file, unsupported
@@ -198,7 +245,15 @@ def open_bracket(paths: Sequence[str | os.PathLike]) -> LazyBracket:
     paths = [Path(p) for p in paths]
     if not paths:
         raise ImageIOError("a bracket needs at least one frame, got none")
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
+        raise ValueError(f"max_pixels must be a whole number >= 1 or None, got {max_pixels!r}")
     infos = [_probe(p) for p in paths]
+    for info in infos:
+        if max_pixels is not None and info.width * info.height > max_pixels:
+            raise ImageIOError(
+                f"{info.path}: {info.size} is {info.width * info.height} pixels, more than the limit of {max_pixels} "
+                "that guards against decompression bombs (raise it with --max-pixels N, or max_pixels=)"
+            )
     first = infos[0]
     for info in infos[1:]:
         if (info.height, info.width) != (first.height, first.width):
@@ -333,10 +388,28 @@ def _probe(path: Path) -> _FrameInfo:
         raise ImageIOError(f"{path}: not a readable {fmt} image ({_one_line(error)})") from None
 
 
+@contextlib.contextmanager
+def _pillow_unlimited() -> Iterator[None]:
+    """Pillow without its own decompression-bomb check, which :func:`open_bracket` makes (with
+    a limit the caller can change) from the header: Pillow's global limit cannot be raised per call."""
+    from PIL import Image
+
+    with _PILLOW_LIMIT_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+_PILLOW_LIMIT_LOCK = threading.RLock()
+
+
 def _probe_pillow(path: Path, fmt: str) -> _FrameInfo:
     from PIL import Image
 
-    with Image.open(path, formats=["JPEG", "PNG"]) as image:  # a mislabelled suffix still reads
+    with _pillow_unlimited(), Image.open(path, formats=["JPEG", "PNG"]) as image:  # a mislabelled suffix still reads
         fmt = image.format
         orientation = _valid_orientation(image.getexif().get(_EXIF_ORIENTATION, 1))
         width, height = image.size
@@ -501,7 +574,7 @@ def _decode(info: _FrameInfo):
         from PIL import Image
 
         data = info.path.read_bytes()  # read once: verified by Pillow, decoded by OpenCV
-        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+        with _pillow_unlimited(), Image.open(io.BytesIO(data), formats=["PNG"]) as image:
             image.verify()  # checks every chunk's CRC and the end marker: catches truncation
         level = cv2.utils.logging.getLogLevel()
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -518,7 +591,7 @@ def _decode(info: _FrameInfo):
         return array, False
     from PIL import Image
 
-    with Image.open(info.path, formats=["JPEG", "PNG"]) as image:
+    with _pillow_unlimited(), Image.open(info.path, formats=["JPEG", "PNG"]) as image:
         image.load()
         mode = image.mode
         if mode == "1":
@@ -552,6 +625,121 @@ def _orient(array, orientation: int):
         8: lambda a: np.rot90(a, 1),
     }
     return np.ascontiguousarray(transforms[orientation](array))
+
+
+# ----------------------------------------------------------------------------------------------
+# Metadata
+
+#: key of efusion's record (how an output was made) in a PNG text chunk; also the prefix of the
+#: JPEG comment and TIFF ImageDescription that hold it
+RECORD_KEY = "efusion"
+_EXIF_KEPT_IN_TIFF = {0x010F: "Make", 0x0110: "Model", 0x0131: "Software", 0x0132: "DateTime", 0x013B: "Artist",
+                      0x8298: "Copyright"}
+_TIFF_ICC_TAG = 34675
+
+
+@dataclass(frozen=True)
+class ImageMetadata:
+    """What :func:`write_image` can carry besides pixels.
+
+    Attributes:
+        exif: EXIF as Pillow's ``Image.Exif.tobytes()`` gives it (``b"Exif\0\0"`` + a TIFF
+            structure), or ``None``.
+        icc: the ICC colour profile, or ``None``.
+        record: efusion's record of how the image was made (a JSON text), or ``None``.
+    """
+
+    exif: bytes | None = None
+    icc: bytes | None = None
+    record: str | None = None
+
+
+def read_metadata(path: str | os.PathLike) -> ImageMetadata:
+    """EXIF, ICC profile and efusion record of an image file.
+
+    The EXIF orientation is reset to 1 (upright): :func:`read_bracket` applies it to the pixels,
+    so a result made from them must not be turned again by a viewer. EXIF is read from JPEG and
+    PNG files (TIFF frames give their ICC profile only).
+
+    Raises:
+        ImageIOError: the file cannot be read.
+    """
+    path = Path(path)
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ImageIOError(f"{path}: unsupported format {path.suffix or '(no suffix)'!r} (expected {', '.join(IMAGE_SUFFIXES)})")
+    try:
+        if fmt == "TIFF":
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                tags = tif.pages[0].tags
+                icc = tags.get(_TIFF_ICC_TAG)
+                description = tags.get("ImageDescription")
+                record = description.value if description is not None else None
+                return ImageMetadata(
+                    None, bytes(icc.value) if icc is not None else None,
+                    record if isinstance(record, str) and record.startswith("{\"" + RECORD_KEY) else None,
+                )
+        from PIL import Image
+
+        with _pillow_unlimited(), Image.open(path, formats=["JPEG", "PNG"]) as image:
+            exif = image.getexif()
+            icc = image.info.get("icc_profile") or None
+            if image.format == "PNG":
+                record = image.info.get(RECORD_KEY)
+            else:
+                comment = image.info.get("comment", b"")
+                text = comment.decode("latin-1") if isinstance(comment, bytes) else str(comment)
+                record = text if text.startswith("{\"" + RECORD_KEY) else None
+        if len(exif):
+            exif[_EXIF_ORIENTATION] = 1
+        return ImageMetadata(exif.tobytes() if len(exif) else None, icc, record)
+    except ImageIOError:
+        raise
+    except Exception as error:
+        raise ImageIOError(f"{path}: cannot read its metadata ({_one_line(error)})") from None
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _png_with_metadata(data: bytes, metadata: ImageMetadata) -> bytes:
+    """An encoded PNG with iCCP, eXIf and tEXt chunks inserted after IHDR (so readers see them
+    before the pixels), as the PNG specification (3rd edition) orders them."""
+    import zlib
+
+    chunks = b""
+    if metadata.icc:
+        chunks += _png_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(metadata.icc))
+    if metadata.exif:
+        exif = metadata.exif[6:] if metadata.exif.startswith(b"Exif\0\0") else metadata.exif
+        chunks += _png_chunk(b"eXIf", exif)
+    if metadata.record:
+        chunks += _png_chunk(b"tEXt", RECORD_KEY.encode("latin-1") + b"\0" + metadata.record.encode("latin-1"))
+    end_of_ihdr = 8 + 8 + 13 + 4  # signature, IHDR length/type, IHDR data, CRC
+    return data[:end_of_ihdr] + chunks + data[end_of_ihdr:]
+
+
+def _tiff_tags(metadata: ImageMetadata) -> list[tuple]:
+    """tifffile ``extratags``: the ICC profile, and the EXIF fields TIFF has as its own tags."""
+    tags: list[tuple] = []
+    if metadata.icc:
+        tags.append((_TIFF_ICC_TAG, 7, len(metadata.icc), metadata.icc, True))
+    if metadata.exif:
+        from PIL import Image
+
+        exif = Image.Exif()
+        exif.load(metadata.exif)
+        for code in _EXIF_KEPT_IN_TIFF:
+            value = exif.get(code)
+            if isinstance(value, str) and value and value.isascii():
+                tags.append((code, 2, 0, value, True))
+    return tags
 
 
 # ----------------------------------------------------------------------------------------------
@@ -600,6 +788,7 @@ def write_image(
     bit_depth: int | None = None,
     quality: int = 95,
     overwrite: bool = False,
+    metadata: ImageMetadata | None = None,
 ) -> Path:
     """Write an image atomically; the format follows the suffix (.png, .jpg/.jpeg, .tif/.tiff).
 
@@ -616,6 +805,10 @@ def write_image(
         bit_depth: 8, 16 or 32 (float32); default :func:`default_bit_depth` of the path.
         quality: JPEG quality, 1 to 100.
         overwrite: replace an existing file; without it an existing file is an error.
+        metadata: EXIF, ICC profile and efusion record to store (see :func:`read_metadata`):
+            all three in JPEG (APP1, APP2, comment) and PNG (eXIf, iCCP, tEXt chunks); in TIFF
+            the ICC profile, the record (ImageDescription) and the EXIF fields that are TIFF
+            tags (Make, Model, Software, DateTime, Artist, Copyright).
 
     Returns:
         the path written.
@@ -652,22 +845,40 @@ def write_image(
     if gray:
         array = array[:, :, 0]
 
+    metadata = metadata or ImageMetadata()
     with _atomic_file(path, overwrite=overwrite) as fh:
         if fmt == "TIFF":
             import tifffile
 
-            tifffile.imwrite(fh, array, photometric="minisblack" if gray else "rgb", compression="zlib")
-        elif fmt == "PNG" and depth == 16:
-            import cv2
+            tifffile.imwrite(
+                fh, array, photometric="minisblack" if gray else "rgb", compression="zlib",
+                description=metadata.record, metadata=None, extratags=_tiff_tags(metadata),
+            )
+        elif fmt == "PNG":
+            if depth == 16:
+                import cv2
 
-            ok, encoded = cv2.imencode(".png", array if gray else np.ascontiguousarray(array[:, :, ::-1]))
-            if not ok:
-                raise ImageIOError(f"{path}: OpenCV could not encode a 16-bit PNG")
-            fh.write(encoded.tobytes())
+                ok, encoded = cv2.imencode(".png", array if gray else np.ascontiguousarray(array[:, :, ::-1]))
+                if not ok:
+                    raise ImageIOError(f"{path}: OpenCV could not encode a 16-bit PNG")
+                data = encoded.tobytes()
+            else:
+                from PIL import Image
+
+                buffer = io.BytesIO()
+                Image.fromarray(array).save(buffer, format="PNG")
+                data = buffer.getvalue()
+            fh.write(_png_with_metadata(data, metadata))
         else:
             from PIL import Image
 
-            options = {"quality": int(quality)} if fmt == "JPEG" else {}
+            options: dict[str, Any] = {"quality": int(quality)}
+            if metadata.exif:
+                options["exif"] = metadata.exif
+            if metadata.icc:
+                options["icc_profile"] = metadata.icc
+            if metadata.record:
+                options["comment"] = metadata.record.encode("latin-1")
             Image.fromarray(array).save(fh, format=fmt, **options)
     return path
 
@@ -732,7 +943,7 @@ def _atomic_file(path: Path, *, overwrite: bool) -> Iterator[IO[bytes]]:
     except FileNotFoundError:
         raise ImageIOError(f"{path}: cannot write, folder {folder} does not exist") from None
     except OSError as error:
-        raise ImageIOError(f"{path}: cannot write into {folder} ({error.strerror or error})") from None
+        raise _os_error(f"{path}: cannot write into {folder} ({error.strerror or error})", error) from None
     os.close(fd)  # reopened by name: some writers (tifffile) want a handle with a file name
     temp = Path(temp_name)
     try:
@@ -750,7 +961,7 @@ def _atomic_file(path: Path, *, overwrite: bool) -> Iterator[IO[bytes]]:
         with contextlib.suppress(OSError):
             temp.unlink()
         if isinstance(error, OSError) and not isinstance(error, ImageIOError):
-            raise ImageIOError(f"{path}: cannot write ({error.strerror or _one_line(error)})") from None
+            raise _os_error(f"{path}: cannot write ({error.strerror or _one_line(error)})", error) from None
         raise
 
 
@@ -859,9 +1070,10 @@ def read_params(path: str | os.PathLike) -> dict[str, Any]:
 def validate_params(params: Mapping[str, Any], *, source: str = "params") -> dict[str, Any]:
     """Check fusion parameters and return them as plain Python values.
 
-    Exponents (contrast, saturation, exposure) must be numbers >= 0, ``mu`` a number, ``sigma``
-    a number > 0 (each of them may also be a list of one value per channel, e.g. R, G, B),
-    ``levels`` ``None`` (or ``"auto"``) or a number >= 1 or <= -1, ``preset`` one of :data:`efusion.PRESETS`.
+    The rules are the fusion's own (:func:`efusion.params.check_value`): exponents (contrast, saturation,
+    exposure) numbers >= 0, ``mu`` a number, ``sigma`` a number > 0 (``mu`` and ``sigma`` may also
+    be a list of one value per channel, e.g. R, G, B), ``levels`` ``None`` (or ``"auto"``) or a
+    number >= 1 or <= -1, ``preset`` one of :data:`efusion.PRESETS`; every number finite.
     Tensors and numpy values are accepted (converted with ``.tolist()``), so a trained module's
     values can be passed directly; a one-element list becomes a number.
 
@@ -891,6 +1103,9 @@ def validate_params(params: Mapping[str, Any], *, source: str = "params") -> dic
 
 
 def _check_param(key: str, value, source: str, presets: list[str]):
+    """One value, checked by the library's own rules (:func:`efusion.params.check_value`, what
+    :func:`efusion.exposure_fusion` applies), so a file or flag accepts exactly what the fusion does;
+    files also refuse infinities, which the fusion would turn into NaN."""
     if key == "preset":
         if not isinstance(value, str) or value not in presets:
             raise ParamsError(f"{source}: 'preset' must be one of {', '.join(presets)}, got {value!r}")
@@ -899,22 +1114,29 @@ def _check_param(key: str, value, source: str, presets: list[str]):
         return None
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
         raise ParamsError(f"{source}: {key!r} must be a finite number, got {value!r}")
-    problem = domain_error(key, value)  # the domains are efusion.params'
-    if problem is not None:
-        raise ParamsError(f"{source}: {problem}")
+    try:
+        check_value(key, value)
+    except (TypeError, ValueError) as error:
+        message = str(error)
+        if message.startswith(f"{key} "):
+            message = f"{key!r}{message[len(key):]}"
+        raise ParamsError(f"{source}: {message}") from None
     if key == "levels":
         return int(value) if isinstance(value, int) else float(value)
     return float(value)
 
 
-def write_params(path: str | os.PathLike, params: Mapping[str, Any]) -> Path:
+def write_params(path: str | os.PathLike, params: Mapping[str, Any], *, overwrite: bool = True) -> Path:
     """Write fusion parameters for :func:`read_params` (and ``efusion fuse --params``).
 
     The values are validated first (tensors become plain numbers); ``.json`` writes JSON,
-    ``.yaml``/``.yml`` writes YAML (needs PyYAML). The file is replaced atomically.
+    ``.yaml``/``.yml`` writes YAML (needs PyYAML). The file appears complete or not at all
+    (written aside, then renamed into place); with ``overwrite=False`` an existing file is an
+    error and is left as it is.
 
     Raises:
-        ParamsError: an unknown key, a bad value, or an unsupported suffix.
+        ParamsError: an unknown key, a bad value, an unsupported suffix, or (without
+            ``overwrite``) the file exists.
     """
     path = Path(path)
     checked = validate_params(params, source=str(path))
@@ -930,7 +1152,9 @@ def write_params(path: str | os.PathLike, params: Mapping[str, Any]) -> Path:
     else:
         raise ParamsError(f"{path}: unsupported parameter file suffix {suffix or '(none)'!r} (use .json, .yaml or .yml)")
     try:
-        with _atomic_file(path, overwrite=True) as fh:
+        if not overwrite and path.exists():
+            raise OutputExistsError(f"{path}: already exists (pass --force / overwrite=True to replace it)")
+        with _atomic_file(path, overwrite=overwrite) as fh:
             fh.write(text.encode("utf-8"))
     except ImageIOError as error:
         raise ParamsError(str(error)) from None

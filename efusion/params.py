@@ -23,7 +23,7 @@ from ._util import ParamLike
 
 __all__ = [
     "NAMES", "DEFAULTS", "EXPONENTS", "PER_CHANNEL", "POSITIVE", "LEARNABLE_DEFAULT", "SIGMA_FLOOR",
-    "check_params", "check_levels", "check_layer_value", "parse_learnable", "domain_error",
+    "check_params", "check_levels", "check_layer_value", "parse_learnable", "check_value",
 ]
 
 #: every fusion parameter, in the order the functions take them
@@ -46,16 +46,20 @@ LEARNABLE_DEFAULT = ("contrast", "saturation", "exposure", "mu", "levels")
 SIGMA_FLOOR = 1e-3
 
 
-def domain_error(name: str, value: float) -> str | None:
-    """Why the finite number ``value`` is outside the domain of parameter ``name`` (``None`` if it is
-    inside); the messages parameter files and the command line report."""
-    if name in EXPONENTS and value < 0:
-        return f"{name!r} must be >= 0 (0 switches the measure off), got {value!r}"
-    if name == "sigma" and value <= 0:
-        return f"'sigma' must be > 0, got {value!r}"
-    if name == "levels" and not (value >= 1 or value <= -1):
-        return f"'levels' must be >= 1, or <= -1 to count from the deepest (-1), got {value!r}"
-    return None
+def check_value(name: str, value) -> None:
+    """Check one number against parameter ``name``'s domain (exponents >= 0, ``sigma`` > 0,
+    ``levels`` >= 1 or <= -1, ``mu`` any), raising the errors the fusion functions raise; parameter
+    files and the command line check their values with it."""
+    if name == "levels":
+        check_levels(value)
+    elif name == "sigma":
+        _checks.check_scalar(value, name, minimum=0.0, strict=True)
+    elif name == "mu":
+        _checks.check_scalar(value, name)
+    elif name in EXPONENTS:  # 0 switches a measure off
+        _checks.check_scalar(value, name, minimum=0.0)
+    else:
+        raise ValueError(f"unknown fusion parameter {name!r}; one of {list(NAMES)}")
 
 
 def check_params(contrast, saturation, exposure, mu, sigma, channels: int) -> tuple[ParamLike, ParamLike]:

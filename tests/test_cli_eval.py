@@ -335,7 +335,7 @@ class TestEvalBadInput:
         self.check(capsys, [tmp_path, *json_lines], "2.tif", "NaN or infinite")
 
     def test_bad_parameter(self, tmp_path, capsys, bracket):
-        self.check(capsys, [bracket[0].parent, "--sigma", "-0.1"], "'sigma' must be > 0")
+        self.check(capsys, [bracket[0].parent, "--sigma", "-0.1"], "'sigma' must be > 0", code=2)
         (tmp_path / "p.json").write_text('{"gama": 2}')
         self.check(capsys, [bracket[0].parent, "--params", tmp_path / "p.json"], "p.json", "'gama'")
 

@@ -1,4 +1,4 @@
-"""Lightning callbacks: write fused brackets from ``predict``, record parameter trajectories."""
+"""Lightning callbacks: checkpoints of a run, write fused brackets from ``predict``, record parameter trajectories."""
 from __future__ import annotations
 
 import csv
@@ -6,13 +6,43 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import BasePredictionWriter, Callback
+from pytorch_lightning.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 
 from efusion import io as efusion_io
 
-__all__ = ["FusedImageWriter", "ParameterTrajectories", "plot_trajectories"]
+__all__ = ["FusedImageWriter", "ParameterTrajectories", "RunCheckpoint", "plot_trajectories"]
 
 _SUFFIXES = {"png": ".png", "jpg": ".jpg", "tif": ".tif"}
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """:class:`ModelCheckpoint` whose ``last.ckpt`` is always the latest state of the run.
+
+    Lightning 2.6 writes ``last.ckpt`` only when it also writes a top-k checkpoint, so with
+    ``monitor`` and ``save_top_k: 1`` it stays at the best epoch (a 25-epoch run of
+    ``configs/synthetic.yaml`` left it at epoch 22). Here it is also written after every epoch
+    that saved nothing else, and when training ends. Without ``dirpath`` the files go to
+    ``<run folder>/checkpoints/`` (``runs/<name>/version_N/checkpoints/``), one folder per run.
+    Takes the arguments of :class:`ModelCheckpoint`.
+    """
+
+    def _save_last_if_behind(self, trainer: pl.Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_behind(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_behind(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._save_last_if_behind(trainer)
 
 
 class FusedImageWriter(BasePredictionWriter):
@@ -122,8 +152,11 @@ class ParameterTrajectories(Callback):
             writer.writerow(["step", *names])
             for step, values in zip(self.steps, self.values):
                 writer.writerow([step, *(values.get(n, "") for n in names)])
+        written = [folder / f"{self.name}.csv"]
         if self.plot:
             plot_trajectories(self.steps, self.values, folder / f"{self.name}.png", reference=self.reference)
+            written.append(folder / f"{self.name}.png")
+        print(f"parameter trajectories written to {' and '.join(str(p) for p in written)}", flush=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": list(self.steps), "values": [dict(v) for v in self.values]}

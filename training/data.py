@@ -854,6 +854,11 @@ class FusionDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.datasets = {"train": train, "val": val, "test": test, "predict": predict}
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"data.{name} must be a whole number >= 1, got {value!r}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"data.num_workers must be a whole number >= 0, got {num_workers!r}")
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.num_workers = int(num_workers)

@@ -25,7 +25,7 @@ from torch import Tensor
 import efusion
 from efusion import io as efusion_io
 from efusion.io import _one_line
-from efusion.fusion import PARAMETER_NAMES
+from efusion.params import NAMES as PARAMETER_NAMES
 
 from .losses import FusionLoss, psnr, ssim
 
@@ -302,7 +302,7 @@ class FusionModule(pl.LightningModule):
                 return
             path.parent.mkdir(parents=True, exist_ok=True)
             export(self, path)
-            self.print(f"tuned parameters written to {path}")
+            self.print(f"tuned parameters written to {path} (efusion fuse --params {path})")
 
     def _check_ranks_agree(self) -> None:
         """All processes must hold the same parameters (DDP keeps them in step); fail loudly if not."""
@@ -328,20 +328,24 @@ def _short_name(name: str) -> str:
     return match.group(1) if match else name
 
 
-def export(module: FusionModule, path: str | Path) -> dict[str, Any]:
+def export(module: FusionModule, path: str | Path, *, overwrite: bool = True) -> dict[str, Any]:
     """Write ``module``'s parameters to ``path`` (``.yaml``/``.yml``/``.json``) for ``efusion fuse --params``.
 
     As :meth:`efusion.Fusion.export` gives them: a learned relative depth as a number <= -1
     (levels below the full depth), an absolute one as a number >= 1, per-channel ``mu`` or
-    ``sigma`` as lists. Returns the values written.
+    ``sigma`` as lists. The write is atomic; ``overwrite=False`` refuses an existing file.
+    Returns the values written.
     """
     params = module.exported_params()
-    efusion_io.write_params(path, params)
+    efusion_io.write_params(path, params, overwrite=overwrite)
     return params
 
 
-def export_checkpoint(checkpoint: str | Path, path: str | Path) -> dict[str, Any]:
-    """Load a :class:`FusionModule` checkpoint and :func:`export` its parameters to ``path``."""
+def export_checkpoint(checkpoint: str | Path, path: str | Path, *, overwrite: bool = True) -> dict[str, Any]:
+    """Load a :class:`FusionModule` checkpoint and :func:`export` its parameters to ``path``
+    (``overwrite=False``: refuse an existing file, checked before the checkpoint is loaded)."""
+    if not overwrite and Path(path).exists():
+        raise efusion_io.ParamsError(f"{path}: already exists (pass --force to replace it)")
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
@@ -363,4 +367,4 @@ def export_checkpoint(checkpoint: str | Path, path: str | Path) -> dict[str, Any
         module = FusionModule.load_from_checkpoint(checkpoint, map_location="cpu", **overrides)
     except RuntimeError as error:  # state_dict keys or shapes of another model
         raise ValueError(f"{not_ours}: {_one_line(error)}") from None
-    return export(module, path)
+    return export(module, path, overwrite=overwrite)
