@@ -23,6 +23,10 @@ from . import metrics, quality, synthetic
 from .metrics import MEFSSIMLoss, mef_ssim
 from .quality import psnr, ssim
 
+# alignment and deghosting of hand-held, moving brackets (issue 14)
+from .align import Alignment, align
+from .deghost import deghost
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -51,4 +55,8 @@ __all__ = [
     "metrics",
     "quality",
     "synthetic",
+    # alignment and deghosting (issue 14)
+    "align",
+    "Alignment",
+    "deghost",
 ]

@@ -100,7 +100,7 @@ def jpeg_roundtrip(frames: torch.Tensor, quality: int) -> torch.Tensor:
         Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(buffer, format="JPEG", quality=quality)
         buffer.seek(0)
         with Image.open(buffer) as im:
-            back = np.asarray(im.convert("RGB"))
+            back = np.array(im.convert("RGB"))
         out.append(torch.from_numpy(back).permute(2, 0, 1).double() / 255)
     return torch.stack(out)
 
