@@ -26,6 +26,10 @@ from . import metrics, quality, synthetic
 from .metrics import MEFSSIMLoss, mef_ssim
 from .quality import psnr, ssim
 
+# alignment and deghosting of hand-held, moving brackets
+from .align import Alignment, align
+from .deghost import deghost
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -56,4 +60,7 @@ __all__ = [
     "synthetic",
     "backends",
     "reference",
+    "align",
+    "Alignment",
+    "deghost",
 ]

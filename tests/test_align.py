@@ -1,0 +1,236 @@
+"""efusion.align: known transforms recovered from warped static brackets, whatever the exposures."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import efusion
+from efusion.align import MODELS, warp
+from _align_cases import (
+    bracket_folders,
+    corner_rms,
+    crop,
+    exposure_bracket,
+    homography,
+    jpeg_roundtrip,
+    load_small,
+    psnr,
+    render,
+    smooth_texture,
+)
+from conftest import requires_shared
+
+WIDTH = 256
+#: which models can represent each kind of warp
+CAN_REPRESENT = {
+    "shift": MODELS,
+    "rotation": ("euclidean", "similarity", "homography"),
+    "perspective": ("homography",),
+}
+FOLDERS = bracket_folders()
+#: brackets where some model misses a known warp by more than 0.5 px at 256 px wide (measured at
+#: this commit: 0.5 to 1.4 px corner RMS, mostly the homography model on the brightest or darkest
+#: frame: exposure differences the global intensity mapping does not explain pull the 8 parameters;
+#: Seq_20 passes the 0.5 px check but its fusion is at 34.9 dB). Strict: a fix makes them pass.
+ALIGN_KNOWN_MISSES = {
+    "Seq_10", "Seq_20", "frobisher", "House", "Lamp", "Ostrow", "Set", "memorial", "samsung16",
+    "seed_house", "seed_lighthouse", "seed_taipei",
+}
+
+
+def _bracket_params():
+    return [
+        pytest.param(f, id=f.name, marks=[pytest.mark.xfail(strict=True, reason="known > 0.5 px miss")] if f.name in ALIGN_KNOWN_MISSES else [])
+        for f in FOLDERS
+    ]
+
+
+def middle_frames(folder, count=3, width=int(WIDTH * 1.5)):
+    """``count`` consecutive frames from the middle of a bracket (a hand-held AEB of +-1 or 2 EV)."""
+    source = load_small(folder, width, max_frames=10 ** 6)
+    start = max(0, (source.shape[0] - count) // 2)
+    return source[start : start + count]
+
+
+def crop_size(source):
+    h = round(source.shape[-2] / 1.5)
+    return h, round(source.shape[-1] / 1.5)
+
+
+def transforms(kind, n, size, reference, amount=1.0):
+    """Per-frame homographies of one kind; shifts ~3 % of the width (32 px of a 1000 px frame)."""
+    h, w = size
+    centre = ((w - 1) / 2, (h - 1) / 2)
+    out = []
+    for i in range(n):
+        k = i - reference
+        if k == 0:
+            out.append(torch.eye(3, dtype=torch.float64))
+            continue
+        sign = 1 if k > 0 else -1
+        shift = (amount * 0.031 * w * sign, -amount * 0.02 * w * sign * (abs(k) % 2 * 2 - 1))
+        if kind == "shift":
+            out.append(homography(shift=shift, centre=centre))
+        elif kind == "rotation":
+            out.append(homography(shift=shift, angle_deg=1.7 * sign, centre=centre))
+        else:
+            out.append(homography(shift=shift, angle_deg=-1.2 * sign, perspective=(6e-5 * sign, -4e-5), centre=centre))
+    return torch.stack(out)
+
+
+def check_recovery(source, kind, reference, *, jpeg=90, models=None, tolerance=0.5, amount=1.0):
+    """Warp a static bracket, align it with every model that can represent the warp; return the errors."""
+    size = crop_size(source)
+    truth = transforms(kind, source.shape[0], size, reference, amount)
+    frames = render(source, truth, size, jpeg=jpeg)
+    errors = {}
+    for model in models or CAN_REPRESENT[kind]:
+        result = efusion.align(frames, model=model, reference=reference)
+        errors[model] = [corner_rms(result.homographies[i], truth[i], size) for i in range(source.shape[0])]
+        assert max(errors[model]) < tolerance, f"{kind}/{model}: corner RMS {errors[model]} px"
+    return frames, truth, result
+
+
+class TestGenerated:
+    """Cases that need no ../shared: smooth random texture, exposures 2 EV apart."""
+
+    @pytest.mark.parametrize("kind", sorted(CAN_REPRESENT))
+    def test_recovers_known_warp(self, kind):
+        source = smooth_texture(3, 288, 384)
+        check_recovery(source, kind, reference=1)
+
+    def test_fusion_after_alignment(self):
+        source = smooth_texture(3, 288, 384)
+        frames, truth, result = check_recovery(source, "perspective", reference=1, jpeg=None)
+        static = crop(source, crop_size(source))
+        region = (result.mask.prod(dim=0)[0] > 0.5)
+        assert psnr(efusion.exposure_fusion(result.frames, mask=result.mask), efusion.exposure_fusion(static), region) >= 35
+
+    def test_large_motion(self):
+        # a tenth of the frame and 3 degrees between frames
+        source = smooth_texture(2, 384, 480)
+        size = (256, 320)
+        truth = torch.stack([torch.eye(3, dtype=torch.float64), homography(shift=(-0.1 * 320, 0.06 * 256), angle_deg=3.0, centre=(159.5, 127.5))])
+        frames = render(source, truth, size)
+        for model in ("euclidean", "homography"):
+            result = efusion.align(frames, model=model, reference=0)
+            assert corner_rms(result.homographies[1], truth[1], size) < 0.5
+
+    def test_exposures_4ev_apart(self):
+        frame = smooth_texture(1, 288, 384)[0]
+        source = exposure_bracket(frame, [-2.0, 2.0])
+        assert (source[1] >= 1).float().mean() > 0.05, "the bright frame should be partly clipped"
+        check_recovery(source, "perspective", reference=0)
+
+
+@requires_shared()
+@pytest.mark.slow
+@pytest.mark.parametrize("folder", _bracket_params())
+def test_real_bracket_known_warps(folder):
+    source = middle_frames(folder)
+    for kind in ("shift", "perspective"):
+        frames, truth, result = check_recovery(source, kind, reference=1)
+    # fusion of the aligned bracket against the fusion of the bracket warped by the true
+    # transforms: what a perfect alignment gives with the same bilinear resampling
+    ideal, ideal_mask = warp(frames, truth)
+    region = (result.mask.prod(dim=0)[0] > 0.5) & (ideal_mask.prod(dim=0)[0] > 0.5)
+    fused = efusion.exposure_fusion(result.frames, mask=result.mask)
+    assert psnr(fused, efusion.exposure_fusion(ideal, mask=ideal_mask), region) >= 35
+
+
+@requires_shared()
+@pytest.mark.parametrize("name", ["seed_house", "mef_ma/Room"])
+def test_real_exposures_4ev_apart_and_large_motion(name):
+    folder = [f for f in FOLDERS if f.as_posix().endswith(name)][0]
+    middle = middle_frames(folder, count=1)[0]
+    source = exposure_bracket(middle, [-2.0, 2.0])
+    check_recovery(source, "rotation", reference=0, models=["euclidean", "homography"])
+    check_recovery(middle_frames(folder, count=2), "rotation", reference=0, models=["homography"], amount=3.3)
+
+
+def test_gradcheck_through_warp():
+    g = torch.Generator().manual_seed(0)
+    stack = torch.rand(2, 1, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    hom = torch.stack([torch.eye(3, dtype=torch.float64), homography(shift=(0.3, -0.4), angle_deg=2.0, centre=(2.5, 2.0))])
+    assert torch.autograd.gradcheck(lambda s: warp(s, hom)[0], (stack,))
+
+
+def test_align_gradient_is_the_warp_gradient():
+    # the transforms are estimated without gradients: the frames' gradient is the warp's at them
+    source = smooth_texture(2, 72, 96).requires_grad_(True)
+    result = efusion.align(source, model="similarity", reference=0)
+    probe = torch.rand_like(result.frames)
+    (grad,) = torch.autograd.grad((result.frames * probe).sum(), source)
+    ref_out, _ = warp(source, result.homographies)
+    ref_out = torch.cat([source[:1], ref_out[1:]])
+    (expected,) = torch.autograd.grad((ref_out * probe).sum(), source)
+    torch.testing.assert_close(grad, expected)
+
+
+@requires_shared()
+def test_finite_gradients_real_bracket():
+    folder = [f for f in FOLDERS if f.name == "seed_house"][0]
+    source = middle_frames(folder).float().requires_grad_(True)
+    result = efusion.align(source)
+    efusion.exposure_fusion(result.frames, mask=result.mask).mean().backward()
+    assert torch.isfinite(source.grad).all() and source.grad.abs().sum() > 0
+
+
+class TestContract:
+    def test_shapes_and_identity_reference(self):
+        stack = smooth_texture(3, 40, 56).float()
+        result = efusion.align(stack, model="homography", reference=-1)
+        assert result.frames.shape == stack.shape and result.mask.shape == (3, 1, 40, 56)
+        assert result.homographies.shape == (3, 3, 3) and result.model == "homography"
+        assert torch.equal(result.homographies[2], torch.eye(3))
+        assert torch.equal(result.frames[2], stack[2])
+
+    def test_batch_equals_one_by_one(self):
+        a = smooth_texture(3, 48, 64, seed=1)
+        b = smooth_texture(3, 48, 64, seed=2)
+        shifted = torch.roll(b, shifts=(2, -3), dims=(-2, -1))
+        b = torch.stack([b[0], shifted[1], b[2]])
+        batched = efusion.align(torch.stack([a, b]), model="euclidean")
+        for i, stack in enumerate((a, b)):
+            single = efusion.align(stack, model="euclidean")
+            torch.testing.assert_close(batched.homographies[i], single.homographies)
+            torch.testing.assert_close(batched.frames[i], single.frames)
+            torch.testing.assert_close(batched.mask[i], single.mask)
+
+    def test_reference_none_is_median_brightness(self):
+        stack = smooth_texture(3, 32, 48)[[2, 0, 1]]  # brightest, darkest, middle
+        result = efusion.align(stack, model="translation")
+        assert torch.equal(result.homographies[2], torch.eye(3, dtype=torch.float64))
+
+    def test_mask_is_warped(self):
+        stack = smooth_texture(2, 48, 64)
+        mask = torch.ones(2, 1, 48, 64, dtype=torch.float64)
+        mask[:, :, :, :8] = 0
+        result = efusion.align(stack, model="translation", reference=0, mask=mask)
+        assert (result.mask[:, :, :, :7] == 0).all()
+
+    @pytest.mark.parametrize("model", ["affine", "Homography", ""])
+    def test_bad_model(self, model):
+        with pytest.raises(ValueError, match="model must be one of"):
+            efusion.align(torch.rand(2, 3, 16, 16), model=model)
+
+    @pytest.mark.parametrize("reference", [2, -3, 10])
+    def test_bad_reference_index(self, reference):
+        with pytest.raises(ValueError, match="reference must be a frame index"):
+            efusion.align(torch.rand(2, 3, 16, 16), reference=reference)
+
+    @pytest.mark.parametrize("reference", [1.0, True, "0"])
+    def test_bad_reference_type(self, reference):
+        with pytest.raises(TypeError, match="reference must be None or an int"):
+            efusion.align(torch.rand(2, 3, 16, 16), reference=reference)
+
+    def test_bad_stack(self):
+        with pytest.raises(TypeError):
+            efusion.align(torch.zeros(2, 3, 16, 16, dtype=torch.uint8))
+
+    def test_single_frame(self):
+        stack = torch.rand(1, 3, 16, 16)
+        result = efusion.align(stack)
+        assert torch.equal(result.frames, stack) and torch.equal(result.homographies[0], torch.eye(3))

@@ -1,0 +1,125 @@
+"""efusion.deghost: a moving object is kept once, at the reference frame's place."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import efusion
+from _align_cases import bracket_folders, load_small, psnr, smooth_texture
+from conftest import requires_shared
+
+FOLDERS = bracket_folders()
+#: brackets where deghosting falls more than 3 dB short of the exact object mask (measured at this
+#: commit): the object or its background lies where one frame is clipped or nearly black, so the
+#: disagreement is below the noise the detector allows there. Strict: a fix makes them pass.
+DEGHOST_KNOWN_MISSES = {"House", "MadisonCapitol", "Mask", "Studio", "memorial", "seed_house", "seed_mask", "seed_taipei"}
+
+
+def _bracket_params():
+    return [
+        pytest.param(f, id=f.name, marks=[pytest.mark.xfail(strict=True, reason="known miss")] if f.name in DEGHOST_KNOWN_MISSES else [])
+        for f in FOLDERS
+    ]
+REFERENCE = 1
+SIDE = 40
+
+
+def paste(frames, patch, places):
+    out = frames.clone()
+    for i, (y, x) in enumerate(places):
+        out[i, :, y : y + SIDE, x : x + SIDE] = patch[i]
+    return out
+
+
+def moving_object_case(source):
+    """A static bracket with an object (a piece of the same frames, so it is exposed as the scene
+    is) pasted at a different place in each frame; and the same bracket with the object at the
+    reference frame's place in every frame."""
+    n, _, h, w = source.shape
+    patch = source[:, :, 4 : 4 + SIDE, 4 : 4 + SIDE].flip(-1).flip(-2)
+    places = [(h // 2 - SIDE // 2, 30 + i * 70) for i in range(n)]
+    moving = paste(source, patch, places)
+    static = paste(source, patch, [places[REFERENCE]] * n)
+    others = torch.zeros(1, h, w, dtype=torch.bool)
+    oracle = torch.ones(n, 1, h, w, dtype=source.dtype)
+    ry, rx = places[REFERENCE]
+    for i, (y, x) in enumerate(places):
+        if i != REFERENCE:
+            others[:, y : y + SIDE, x : x + SIDE] = True
+            oracle[i, :, y : y + SIDE, x : x + SIDE] = 0
+            oracle[i, :, ry : ry + SIDE, rx : rx + SIDE] = 0
+    return moving, static, others, oracle
+
+
+def check_deghost(source, margin=3.0):
+    moving, static, others, oracle = moving_object_case(source)
+    weights = efusion.deghost(moving, reference=REFERENCE)
+    target = efusion.exposure_fusion(static)
+    with_deghost = psnr(efusion.exposure_fusion(moving, mask=weights), target, others)
+    without = psnr(efusion.exposure_fusion(moving), target, others)
+    # the best any mask can do: the object's rectangles removed exactly (fewer exposures remain
+    # there, so even this is not the static fusion)
+    best = psnr(efusion.exposure_fusion(moving, mask=oracle), target, others)
+    return with_deghost, without, best
+
+
+def test_generated_moving_object():
+    source = smooth_texture(3, 160, 256)
+    with_deghost, without, best = check_deghost(source)
+    assert with_deghost >= best - 3.0 and with_deghost >= without + 2.0, (with_deghost, without, best)
+
+
+@requires_shared()
+@pytest.mark.slow
+@pytest.mark.parametrize("folder", _bracket_params())
+def test_real_moving_object(folder):
+    source = load_small(folder, 256)
+    with_deghost, without, best = check_deghost(source)
+    # ghosts are removed as well as the exact object mask would (within 3 dB), and clearly better than nothing
+    assert with_deghost >= best - 3.0, (with_deghost, without, best)
+    assert with_deghost >= without + 1.0, (with_deghost, without, best)
+
+
+@requires_shared()
+@pytest.mark.parametrize("name", ["seed_house", "Room"])
+def test_static_bracket_keeps_nearly_everything(name):
+    folder = [f for f in FOLDERS if f.name == name][0]
+    weights = efusion.deghost(load_small(folder, 256), reference=REFERENCE)
+    # false detections on a static bracket (exposure differences a global mapping does not explain)
+    assert weights.mean() > 0.85
+
+
+class TestContract:
+    def test_range_shape_and_reference(self):
+        stack = smooth_texture(3, 48, 64).float()
+        weights = efusion.deghost(stack, reference=0)
+        assert weights.shape == (3, 1, 48, 64) and weights.dtype == stack.dtype
+        assert (weights >= 0).all() and (weights <= 1).all() and (weights[0] == 1).all()
+
+    def test_identical_exposure_matched_frames_agree(self):
+        stack = smooth_texture(3, 48, 64)
+        assert (efusion.deghost(stack) > 0.99).all()
+
+    def test_batch_equals_one_by_one(self):
+        a, b = smooth_texture(3, 40, 48, seed=1), smooth_texture(3, 40, 48, seed=2)
+        b[0, :, 10:20, 10:20] = 1 - b[0, :, 10:20, 10:20]
+        batched = efusion.deghost(torch.stack([a, b]))
+        torch.testing.assert_close(batched[0], efusion.deghost(a))
+        torch.testing.assert_close(batched[1], efusion.deghost(b))
+
+    def test_mask(self):
+        stack = smooth_texture(2, 40, 48)
+        stack[1, :, 5:15, 5:15] = 1 - stack[1, :, 5:15, 5:15]
+        mask = torch.ones(2, 1, 40, 48, dtype=torch.float64)
+        assert efusion.deghost(stack, reference=0)[1, 0, 10, 10] < 0.5
+        mask[1, :, :20, :20] = 0
+        assert (efusion.deghost(stack, reference=0, mask=mask)[1, 0, 5:15, 5:15] == 1).all()
+
+    @pytest.mark.parametrize("reference", [3, -4])
+    def test_bad_reference(self, reference):
+        with pytest.raises(ValueError, match="reference must be a frame index"):
+            efusion.deghost(torch.rand(3, 3, 16, 16), reference=reference)
+
+    def test_bad_stack(self):
+        with pytest.raises(ValueError):
+            efusion.deghost(torch.rand(3, 4, 16, 16))
