@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import TOLERANCES, gradcheck_stack
+from conftest import TOLERANCES, gradcheck_stack, scene
 from efusion import (
     Fusion,
     blend,
@@ -17,16 +17,6 @@ from efusion import (
     laplacian_pyramid,
     mertens_weights,
 )
-
-
-def scene(b=None, n=3, c=3, h=20, w=24, seed=0, dtype=torch.float64):
-    """A small bracket: one smooth scene at n exposures (clipped), so weights differ meaningfully."""
-    g = torch.Generator().manual_seed(seed)
-    shape = (c, h, w) if b is None else (b, 1, c, h, w)
-    radiance = torch.rand(shape, generator=g, dtype=dtype) * 4
-    gains = torch.logspace(-2, 2, n, base=2, dtype=dtype).view(n, 1, 1, 1)
-    stack = (radiance.unsqueeze(-4) if b is None else radiance) * gains
-    return stack.clamp(0, 1)
 
 
 class TestExposureFusion:

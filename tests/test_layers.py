@@ -7,16 +7,7 @@ import torch
 from conftest import gradcheck_stack
 from efusion import Fusion, exposure_fusion
 
-
-def scene(b=None, n=3, c=3, h=20, w=24, seed=0, dtype=torch.float64):
-    """A small bracket: one smooth scene at n exposures (clipped), so weights differ meaningfully."""
-    g = torch.Generator().manual_seed(seed)
-    shape = (c, h, w) if b is None else (b, 1, c, h, w)
-    radiance = torch.rand(shape, generator=g, dtype=dtype) * 4
-    gains = torch.logspace(-2, 2, n, base=2, dtype=dtype).view(n, 1, 1, 1)
-    stack = (radiance.unsqueeze(-4) if b is None else radiance) * gains
-    return stack.clamp(0, 1)
-
+from conftest import scene
 
 
 class TestFusionModule:
