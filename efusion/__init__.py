@@ -23,8 +23,7 @@ from .reference.measures import contrast, luma, saturation, well_exposedness
 
 # they need only torch: ``efusion.metrics`` etc. work after a plain ``import efusion``
 from . import metrics, quality, synthetic
-from .metrics import MEFSSIMLoss, mef_ssim
-from .quality import psnr, ssim
+from .metrics import MEFSSIMLoss, mef_ssim, psnr, ssim
 
 # alignment and deghosting of hand-held, moving brackets
 from .align import Alignment, align

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 
 from . import __version__
-from .metrics import _rgb_to_gray
+from .color import rgb_to_gray as _rgb_to_gray  # MATLAB rgb2gray, as MEF-SSIM scores
 from .io import (
     IMAGE_SUFFIXES,
     PARAM_NAMES,
