@@ -28,6 +28,8 @@ import math
 
 import torch
 
+from .color import REC709_LUMA, srgb_encode
+
 __all__ = ["MID_GREY", "DYNAMIC_RANGE_PERCENTILES", "RESPONSES", "hdr_scene", "render_exposures", "bracket"]
 
 Tensor = torch.Tensor
@@ -39,8 +41,6 @@ DYNAMIC_RANGE_PERCENTILES = (0.01, 0.99)
 #: names accepted by ``render_exposures(response=...)``
 RESPONSES = ("srgb", "gamma2.2", "linear")
 
-#: Rec. ITU-R BT.709-6 luminance weights (also those of sRGB, which shares its primaries)
-_LUMA = (0.2126, 0.7152, 0.0722)
 #: share of the dynamic range placed above the median (the rest is below): a room is mostly shadow
 _HIGHLIGHT_SHARE = 0.3
 #: samples per unit of image height for smooth fields; finer outputs are upsampled from this grid
@@ -789,7 +789,7 @@ def _luminance(rgb: Tensor) -> Tensor:
     """Rec. 709 luminance of ``[..., 3, H, W]`` (``[..., H, W]``); other channel counts: the mean."""
     if rgb.shape[-3] != 3:
         return rgb.mean(dim=-3)
-    return torch.einsum("...chw,c->...hw", rgb, rgb.new_tensor(_LUMA))
+    return torch.einsum("...chw,c->...hw", rgb, rgb.new_tensor(REC709_LUMA))
 
 
 def _quantile(values: Tensor, q: float) -> float:
@@ -903,11 +903,8 @@ def hdr_scene(
 
 
 def _srgb_(linear: Tensor) -> Tensor:
-    """In place: the sRGB transfer function (IEC 61966-2-1:1999, section 5.2) on values in ``[0, 1]``."""
-    low = linear <= 0.0031308
-    toe = linear * 12.92
-    linear.clamp_(min=0.0031308).pow_(1 / 2.4).mul_(1.055).sub_(0.055)
-    return torch.where(low, toe, linear, out=linear)
+    """In place: the sRGB transfer function (:func:`efusion.color.srgb_encode`) on values in ``[0, 1]``."""
+    return srgb_encode(linear, inplace=True)
 
 
 def _gamma22_(linear: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+import efusion.color
 import efusion.synthetic as synthetic
 from efusion.synthetic import MID_GREY, bracket, hdr_scene, render_exposures
 
@@ -332,7 +333,12 @@ def test_docstring_examples():
     assert results.attempted > 0 and results.failed == 0
 
 
+def _imports(path) -> set[str]:
+    source = open(path).read()
+    return {line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))}
+
+
 def test_imports_only_torch_and_math():
-    source = open(synthetic.__file__).read()
-    imports = {line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))}
-    assert imports <= {"__future__", "math", "torch"}
+    # the colour facts (sRGB curve, Rec. 709 weights) live in efusion.color, which needs only torch too
+    assert _imports(synthetic.__file__) <= {"__future__", "math", "torch", ".color"}
+    assert _imports(efusion.color.__file__) <= {"__future__", "torch"}
