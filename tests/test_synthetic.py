@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import doctest
 import math
+import pathlib
 import time
 
 import pytest
@@ -128,7 +129,7 @@ class TestHdrScene:
 
     def test_bands_join_seamlessly(self, monkeypatch):
         banded = hdr_scene(90, 130, seed=9)
-        monkeypatch.setattr(synthetic, "_BAND_PIXELS", 1 << 30)
+        monkeypatch.setattr(synthetic.scene, "_BAND_PIXELS", 1 << 30)
         whole = hdr_scene(90, 130, seed=9)
         assert ((banded - whole).abs() / whole).max() < 1e-3
 
@@ -328,8 +329,9 @@ class TestBracket:
             bracket(0, 8)
 
 
-def test_docstring_examples():
-    results = doctest.testmod(synthetic, optionflags=doctest.ELLIPSIS)
+@pytest.mark.parametrize("module", [synthetic, synthetic.scene, synthetic.camera], ids=lambda m: m.__name__)
+def test_docstring_examples(module):
+    results = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert results.attempted > 0 and results.failed == 0
 
 
@@ -339,6 +341,12 @@ def _imports(path) -> set[str]:
 
 
 def test_imports_only_torch_and_math():
-    # the colour facts (sRGB curve, Rec. 709 weights) live in efusion.color, which needs only torch too
-    assert _imports(synthetic.__file__) <= {"__future__", "math", "torch", ".color"}
+    # the package's modules import each other and efusion.color (sRGB curve, Rec. 709 weights),
+    # which needs only torch too
+    package = pathlib.Path(synthetic.__file__).parent
+    modules = sorted(package.glob("*.py"))
+    assert {m.name for m in modules} >= {"__init__.py", "scene.py", "camera.py", "raster.py"}
+    own = {"." + m.stem for m in modules}
+    for module in modules:
+        assert _imports(module) <= {"__future__", "math", "torch", "..color"} | own, module.name
     assert _imports(efusion.color.__file__) <= {"__future__", "torch"}
