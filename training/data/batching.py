@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.utils.data._utils.collate import default_collate
+from torch.utils.data import default_collate
 
 from efusion.io import _one_line
 
