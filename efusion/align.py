@@ -35,7 +35,7 @@ from . import _checks, _imf
 from .color import OPENCV_GRAY
 from .reference.pyramid import gaussian_pyramid
 
-__all__ = ["Alignment", "align", "warp", "MODELS"]
+__all__ = ["MODELS", "Alignment", "align", "warp"]
 
 #: the motion models, each a subgroup of the next but one (euclidean < similarity < homography)
 MODELS = ("translation", "euclidean", "similarity", "homography")

@@ -56,7 +56,7 @@ def depth_plan(
     if isinstance(levels, numbers.Real):
         depth = float(levels) if levels >= 1 else maximum + 1 + float(levels)
         depth = min(max(depth, 1.0), float(maximum))
-        k = int(math.floor(depth))
+        k = math.floor(depth)
         t = depth - k
         top = k + 1 if t > 0 else k
         band: list[Coefficient] = [1.0 if l < k - 1 else 0.0 for l in range(top)]

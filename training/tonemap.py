@@ -27,7 +27,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -165,7 +165,7 @@ def bilateral_piecewise(signal: Tensor, spatial_sigma: float, range_sigma: float
     """
     low = signal.amin(dim=(-3, -2, -1), keepdim=True)
     high = signal.amax(dim=(-3, -2, -1), keepdim=True)
-    count = max(2, int(math.ceil(float((high - low).max()) / range_sigma)) + 1)
+    count = max(2, math.ceil(float((high - low).max()) / range_sigma) + 1)
     steps = torch.linspace(0.0, 1.0, count, dtype=signal.dtype, device=signal.device).view(1, count, 1, 1)
     levels = low + (high - low) * steps  # [B, count, 1, 1], per image
     weight = torch.exp(-0.5 * ((signal - levels) / range_sigma) ** 2)  # [B, count, H, W]

@@ -14,4 +14,4 @@ from __future__ import annotations
 from .full_reference import psnr, ssim
 from .mef_ssim import MS_SSIM_WEIGHTS, RGB_TO_GRAY_WEIGHTS, MEFSSIMLoss, mef_ssim
 
-__all__ = ["mef_ssim", "MEFSSIMLoss", "MS_SSIM_WEIGHTS", "RGB_TO_GRAY_WEIGHTS", "psnr", "ssim"]
+__all__ = ["MS_SSIM_WEIGHTS", "RGB_TO_GRAY_WEIGHTS", "MEFSSIMLoss", "mef_ssim", "psnr", "ssim"]

@@ -21,7 +21,7 @@ from torch import nn
 from .._util import gaussian_taps, is_positive_number
 from ..color import MATLAB_GRAY, rgb_to_gray
 
-__all__ = ["mef_ssim", "MEFSSIMLoss", "MS_SSIM_WEIGHTS", "RGB_TO_GRAY_WEIGHTS"]
+__all__ = ["MS_SSIM_WEIGHTS", "RGB_TO_GRAY_WEIGHTS", "MEFSSIMLoss", "mef_ssim"]
 
 #: MATLAB ``rgb2gray`` luminance coefficients at full precision (MATLAB documents them rounded
 #: as 0.2989, 0.5870, 0.1140); the reference scores were computed on ``rgb2gray`` images.

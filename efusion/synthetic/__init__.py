@@ -32,4 +32,4 @@ from __future__ import annotations
 from .camera import RESPONSES, bracket, render_exposures
 from .scene import DYNAMIC_RANGE_PERCENTILES, MID_GREY, hdr_scene
 
-__all__ = ["MID_GREY", "DYNAMIC_RANGE_PERCENTILES", "RESPONSES", "hdr_scene", "render_exposures", "bracket"]
+__all__ = ["DYNAMIC_RANGE_PERCENTILES", "MID_GREY", "RESPONSES", "bracket", "hdr_scene", "render_exposures"]

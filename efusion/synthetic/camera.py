@@ -10,7 +10,7 @@ from ..color import srgb_encode
 from ._common import check_float, check_int, check_seed, rec709_luminance
 from .scene import MID_GREY, hdr_scene
 
-__all__ = ["RESPONSES", "render_exposures", "bracket"]
+__all__ = ["RESPONSES", "bracket", "render_exposures"]
 
 Tensor = torch.Tensor
 
@@ -138,7 +138,7 @@ def render_exposures(
 
     batched = radiance.dim() == 4
     images = radiance.detach() if batched else radiance.detach()[None]
-    count, channels = images.shape[:2]
+    count = images.shape[0]
     if exposure is None:
         step = max(1, math.isqrt(images[0, 0].numel() // _MEDIAN_SAMPLES))
         luminance = rec709_luminance(images[:, :, ::step, ::step])

@@ -9,7 +9,7 @@ import torch
 from ._common import check_float, check_int, check_seed, rec709_luminance
 from .raster import Axis, Canvas, Crop, Noise, Rng, Smooth, colour, hsv, lerp_, ramp, smoothstep, square_wave
 
-__all__ = ["MID_GREY", "DYNAMIC_RANGE_PERCENTILES", "hdr_scene"]
+__all__ = ["DYNAMIC_RANGE_PERCENTILES", "MID_GREY", "hdr_scene"]
 
 Tensor = torch.Tensor
 

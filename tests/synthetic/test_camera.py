@@ -5,9 +5,10 @@ import math
 
 import pytest
 import torch
-from _synthetic_cases import luminance, on_grid
 
 from efusion.synthetic import MID_GREY, bracket, hdr_scene, render_exposures
+
+from _synthetic_cases import luminance, on_grid
 
 
 class TestRenderExposures:

@@ -7,7 +7,7 @@ import pathlib
 import pytest
 
 import efusion.color
-import efusion.synthetic as synthetic
+from efusion import synthetic
 
 
 @pytest.mark.parametrize("module", [synthetic, synthetic.scene, synthetic.camera], ids=lambda m: m.__name__)
@@ -17,7 +17,7 @@ def test_docstring_examples(module):
 
 
 def _imports(path) -> set[str]:
-    source = open(path).read()
+    source = pathlib.Path(path).read_text()
     return {line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))}
 
 

@@ -5,10 +5,11 @@ import time
 
 import pytest
 import torch
-from _synthetic_cases import log_range, luminance
 
-import efusion.synthetic as synthetic
+from efusion import synthetic
 from efusion.synthetic import MID_GREY, hdr_scene
+
+from _synthetic_cases import log_range, luminance
 
 
 class TestHdrScene:

@@ -54,10 +54,10 @@ from .readers import RADIANCE_SUFFIXES, read_radiance
 from .sampler import EpochSampler
 
 __all__ = [
+    "RADIANCE_SUFFIXES",
     "DatasetError",
     "EpochSampler",
     "FusionDataModule",
-    "RADIANCE_SUFFIXES",
     "RadianceMaps",
     "SceneDataset",
     "SceneFolders",

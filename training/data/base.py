@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -70,7 +71,7 @@ class SceneDataset(Dataset):
         raise NotImplementedError
 
     # -- public -------------------------------------------------------------------------------
-    def setup(self) -> "SceneDataset":
+    def setup(self) -> SceneDataset:
         """Read and check the data (once); raises :class:`DatasetError` naming the file at fault."""
         if not self._ready:
             self._prepare()

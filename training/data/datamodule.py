@@ -1,6 +1,8 @@
 """The Lightning data module: :class:`FusionDataModule`, datasets per stage and their loaders."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
@@ -51,7 +53,10 @@ class FusionDataModule(pl.LightningDataModule):
         self.num_workers = int(num_workers)
         self.seed = int(seed)
 
-    _STAGES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+    #: the datasets each Lightning stage reads (a class constant, never mutated)
+    _STAGES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)
+    }
 
     def setup(self, stage: str | None = None) -> None:
         stage = str(getattr(stage, "value", stage) or "fit")  # Lightning passes a str enum

@@ -1,8 +1,6 @@
 """The one exception type of the training data."""
 from __future__ import annotations
 
-
-
 __all__ = ["DatasetError"]
 
 

@@ -1,8 +1,9 @@
 """Real brackets in folders: :class:`SceneFolders` (SICE-style layouts, a reference or a radiance map per scene)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

@@ -1,7 +1,8 @@
 """Procedural scenes: :class:`SyntheticScenes`, brackets rendered from :mod:`efusion.synthetic`."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

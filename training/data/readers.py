@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -57,7 +57,7 @@ def read_radiance(path: str | os.PathLike) -> Tensor:
                     raise DatasetError(f"{path}: no R, G, B (or Y) channels, found {sorted(channels)}")
         except DatasetError:
             raise
-        except Exception as error:  # the bindings raise plain RuntimeError / Exception
+        except Exception as error:  # noqa: BLE001 - the bindings raise plain RuntimeError / Exception
             raise DatasetError(f"{path}: cannot read as OpenEXR ({_one_line(error)})") from None
     elif suffix in (".hdr", ".pic"):
         try:

@@ -1,7 +1,7 @@
 """The training sampler: :class:`EpochSampler` hands the epoch to the dataset with every index."""
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from torch.utils.data import DistributedSampler
 

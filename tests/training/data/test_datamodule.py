@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _data_cases import write_bracket
 
 from training.data import (
     DatasetError,
@@ -12,6 +11,8 @@ from training.data import (
     SceneFolders,
     SyntheticScenes,
 )
+
+from _data_cases import write_bracket
 
 
 class TestDataModule:

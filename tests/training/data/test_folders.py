@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _data_cases import small_scene, write_bracket, write_hdr
-from conftest import BURSTS, requires_shared
 
 from efusion import io as efusion_io
 from training.data import DatasetError, FusionDataModule, SceneFolders
+
+from _data_cases import small_scene, write_bracket, write_hdr
+from conftest import BURSTS, requires_shared
 
 
 class TestSceneFolders:

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _data_cases import find_patch
 
 import efusion
 from training.data import DatasetError, SyntheticScenes
+
+from _data_cases import find_patch
 
 
 class TestSyntheticScenes:

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _data_cases import small_scene, write_exr, write_hdr
 
 import efusion
 from training.data import DatasetError, RadianceMaps
+
+from _data_cases import small_scene, write_exr, write_hdr
 
 
 class TestRadianceMaps:

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _data_cases import small_scene, write_exr, write_hdr
-from conftest import SHARED, requires_shared
 
 from training import data
 from training.data import DatasetError, RadianceMaps
+
+from _data_cases import small_scene, write_exr, write_hdr
+from conftest import SHARED, requires_shared
 
 HDR = SHARED / "data" / "hdr"
 
