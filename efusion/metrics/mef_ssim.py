@@ -388,13 +388,13 @@ def mef_ssim(
 
     taps = gaussian_taps(window_size, window_sigma).tolist()  # host numbers: filter weights for add_(alpha=)
     c = (k * 255.0) ** 2
-    per_scale = []
+    scores = []
     for level in range(scales):
         if level:
             stack_gray = _downsample(stack_gray)
             fused_gray = _downsample(fused_gray)
-        per_scale.append(_single_scale(fused_gray, stack_gray, window_size, taps, c))
-    per_scale = torch.stack(per_scale, dim=-1)  # [B, 1 or C, scales]
+        scores.append(_single_scale(fused_gray, stack_gray, window_size, taps, c))
+    per_scale = torch.stack(scores, dim=-1)  # [B, 1 or C, scales]
 
     if scales == 1:
         score = per_scale[..., 0]

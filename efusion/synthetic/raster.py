@@ -80,7 +80,10 @@ class Canvas:
         return Crop(self, r0, r1, c0, c1)
 
     def everything(self) -> Crop:
-        return self.crop(-math.inf, math.inf, -math.inf, math.inf)
+        crop = self.crop(-math.inf, math.inf, -math.inf, math.inf)
+        if crop is None:
+            raise ValueError(f"the canvas band of rows {self.row0}:{self.row1} is empty")
+        return crop
 
     def box(self, cx: float, cy: float, rx: float, ry: float | None = None) -> Crop | None:
         """Crop around a centre with half sizes (plus two pixels of margin for anti-aliasing)."""
@@ -119,7 +122,7 @@ class Smooth:
     """
 
     def __init__(self, region: Crop | None, field):
-        self.region = region
+        self._region = region
         if region is None:
             return
         y_axis, x_axis = region.y_axis, region.x_axis
@@ -131,6 +134,13 @@ class Smooth:
             j0, j1, wx = self._taps(0, region.x_axis.count, x_axis.count / region.x_axis.count, x_axis.count)
             values = torch.lerp(values[:, :, j0], values[:, :, j1], wx)
         self.values = values  # [C, coarse rows, region columns]
+
+    @property
+    def region(self) -> Crop:
+        """The region the field covers (there is none to sample when it was built without one)."""
+        if self._region is None:
+            raise ValueError("this smooth field covers no pixels")
+        return self._region
 
     def _taps(self, first: int, count: int, ratio: float, size: int) -> tuple[Tensor, Tensor, Tensor]:
         canvas = self.region.canvas
@@ -219,6 +229,8 @@ class Noise:
             values = lattice[:, y0:y1, x0:x1].to(device=device, dtype=dtype)
             octave = my @ values @ mx.T
             out = octave.mul_(amplitude) if out is None else out.add_(octave, alpha=amplitude)
+        if out is None:
+            raise ValueError("value noise needs at least one octave")
         return out.mul_(self.gain)
 
     def line(self, x_axis: Axis, device, dtype) -> Tensor:

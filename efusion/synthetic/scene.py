@@ -440,8 +440,8 @@ class _Scene:
             value = diffuse * colour(ball_colour, nx)
             # mirror reflection of the window (weak, as for a dielectric): reflect the view ray
             ex, ey = (cx - vx) + nx * r_img, (cy - vy) + ny * r_img
-            length = torch.sqrt(ex * ex + ey * ey + 1)
-            ex, ey, ez = ex / length, ey / length, 1 / length
+            view_length = torch.sqrt(ex * ex + ey * ey + 1)
+            ex, ey, ez = ex / view_length, ey / view_length, 1 / view_length
             dot = ex * nx + ey * ny + ez * nz
             rx, ry, rz = ex - 2 * dot * nx, ey - 2 * dot * ny, ez - 2 * dot * nz
             hit = (1 - bz) / rz.clamp(min=1e-3)
