@@ -9,18 +9,8 @@ from PIL import Image
 import efusion
 from efusion.presets import get_preset
 
-from test_cli import as_stack, assert_one_error_line, run, write_frames
-from test_io import scene
-
-
-@pytest.fixture
-def frames8() -> np.ndarray:
-    return (scene() * 255).round().astype(np.uint8)
-
-
-@pytest.fixture
-def bracket8(tmp_path, frames8):
-    return write_frames(tmp_path / "bracket", frames8)
+from _image_files import scene, write_frames
+from _cli_helpers import as_stack, assert_one_error_line, run
 
 
 def library_accepts(**params) -> bool:
@@ -249,7 +239,7 @@ def launcher(code: str, **env) -> str:
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     environment = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     environment.update(env, PYTHONPATH=os.pathsep.join([str(root), environment.get("PYTHONPATH", "")]))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=120)
@@ -271,7 +261,7 @@ def test_console_entry_point_is_the_launcher():
     from pathlib import Path
 
     config = configparser.ConfigParser()
-    config.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    config.read(Path(__file__).resolve().parents[2] / "setup.cfg")
     assert "efusion = efusion_cli:main" in config["options.entry_points"]["console_scripts"]
     assert "efusion_cli" in config["options"]["py_modules"]
 
@@ -358,7 +348,7 @@ def test_batch_stops_at_a_destination_error(tmp_path, capsys, monkeypatch, three
     import errno
     import os
 
-    from test_io import leftovers
+    from _image_files import leftovers
 
     # the file system cannot be filled or made read-only from a test here (no mount rights; root
     # ignores permissions), so the error is raised where the kernel reports it: flushing the file

@@ -1,9 +1,7 @@
-"""The ``efusion`` command line, in-process through ``main(argv)`` and as ``python -m efusion``."""
+"""``efusion fuse``: one bracket, batches, and bad input (one line on stderr naming the file)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,56 +11,11 @@ import torch
 from PIL import Image
 
 import efusion
-from efusion.cli import main
 from efusion.io import list_frames, read_bracket, read_image, robust_normalize
 
 from conftest import BURSTS, burst_frames, load_burst_uint8, requires_shared
-from test_io import leftovers, save_png16, scene
-
-
-def run(argv, capsys) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def write_frames(folder: Path, frames: np.ndarray, suffix: str = ".png", **save) -> list[Path]:
-    """Save ``[N, H, W, C]`` uint8 frames with Pillow as ``folder/0<suffix>``, ..."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, frame in enumerate(frames):
-        paths.append(folder / f"{i}{suffix}")
-        Image.fromarray(frame.squeeze(-1) if frame.shape[-1] == 1 else frame).save(paths[-1], **save)
-    return paths
-
-
-def as_stack(frames: np.ndarray) -> torch.Tensor:
-    """uint8 ``[N, H, W, C]`` -> float ``[N, C, H, W]`` the way a user would in memory."""
-    return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
-
-
-def read_tiff(path: Path) -> torch.Tensor:
-    array = tifffile.imread(path)
-    return torch.from_numpy(array if array.ndim == 3 else array[..., None]).permute(2, 0, 1)
-
-
-def assert_one_error_line(err: str, *needles: str) -> None:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("efusion: error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, err)
-
-
-@pytest.fixture
-def frames8() -> np.ndarray:
-    return (scene() * 255).round().astype(np.uint8)
-
-
-@pytest.fixture
-def bracket8(tmp_path, frames8) -> list[Path]:
-    return write_frames(tmp_path / "bracket", frames8)
+from _image_files import leftovers, save_png16, scene, write_frames
+from _cli_helpers import as_stack, assert_one_error_line, read_tiff, run
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,7 +139,7 @@ class TestFuse:
     def test_frames_are_streamed_not_stacked(self, tmp_path, capsys, bracket6, monkeypatch):
         import weakref
 
-        import efusion.io as io
+        from efusion.io import codecs as io
 
         real = io._decode_into
         decoded, alive_before = [], []
@@ -293,7 +246,7 @@ class TestFuse:
 
     @pytest.mark.parametrize("failure", [efusion.io.ImageIOError("disk full"), KeyboardInterrupt()])
     def test_failed_write_leaves_no_folder_it_created(self, tmp_path, capsys, bracket8, monkeypatch, failure):
-        import efusion.cli as cli
+        from efusion.cli import fuse as cli
 
         def failing_write(path, image, **kwargs):
             raise failure
@@ -352,7 +305,7 @@ class TestBatch:
         assert code == 0 and "4 done, 0 skipped" in stdout
 
     def test_interrupted_batch_leaves_no_partial_file_and_resumes(self, tmp_path, capsys, shoot, monkeypatch):
-        import efusion.cli as cli
+        from efusion.cli import fuse as cli
 
         folders = [shoot / "alpha", shoot / "beta", shoot / "delta"]
         out = tmp_path / "fused"
@@ -609,80 +562,6 @@ class TestBadInput:
 
 
 # ----------------------------------------------------------------------------------------------
-# Demo, help, and the module entry point
-
-
-class TestDemo:
-    def test_writes_result_and_contact_sheet(self, tmp_path, capsys):
-        out = tmp_path / "demo"
-        code, stdout, err = run(["demo", "--out-dir", out, "--height", "40", "--width", "56", "--frames", "3"], capsys)
-        assert code == 0 and err == ""
-        assert str(out / "fused.png") in stdout and str(out / "contact-sheet.png") in stdout
-        with Image.open(out / "fused.png") as fused:
-            assert fused.size == (56, 40)
-        with Image.open(out / "contact-sheet.png") as sheet:
-            assert sheet.size == (4 * 56 + 5 * 8, 2 * 40 + 3 * 8)  # 3 frames + result; frames over weights
-        assert sorted(p.name for p in (out / "frames").iterdir()) == ["frame-0.png", "frame-1.png", "frame-2.png"]
-        assert leftovers(out) == []
-
-        # the frames it wrote fuse to the same result from the command line
-        code, _, _ = run(["fuse", out / "frames", "-o", tmp_path / "again.png"], capsys)
-        assert code == 0
-        assert np.abs(np.asarray(Image.open(tmp_path / "again.png"), float) - np.asarray(Image.open(out / "fused.png"), float)).max() <= 2
-
-        before = (out / "fused.png").read_bytes()
-        code, _, err = run(["demo", "--out-dir", out, "--height", "40", "--width", "56"], capsys)
-        assert code == 1
-        assert_one_error_line(err, "already exists", "--force")
-        assert (out / "fused.png").read_bytes() == before
-        code, _, _ = run(["demo", "--out-dir", out, "--height", "40", "--width", "56", "--force", "--contrast", "0"], capsys)
-        assert code == 0 and (out / "fused.png").read_bytes() != before
-
-    @pytest.mark.parametrize("where", ["default", "./efusion-demo/", "forced"])
-    def test_rerun_with_fewer_frames_leaves_only_its_frames(self, tmp_path, capsys, monkeypatch, where):
-        # the printed hint fuses the frames folder: frames of an earlier, longer run must not stay in it
-        monkeypatch.chdir(tmp_path)
-        size = ["--height", "40", "--width", "56"]
-        out_dir = [] if where == "default" else ["--out-dir", "efusion-demo" if where == "forced" else where]
-        force = ["--force"] if where == "forced" else []
-        assert run(["demo", *size, "--frames", "4", "--out-dir", "efusion-demo"], capsys)[0] == 0
-        (tmp_path / "efusion-demo" / "frames" / "notes.txt").write_text("not a demo frame")
-        code, stdout, err = run(["demo", *size, "--frames", "2", "--seed", "3", *out_dir, *force], capsys)
-        assert code == 0 and err == ""
-        frames = tmp_path / "efusion-demo" / "frames"
-        assert sorted(p.name for p in frames.iterdir()) == ["frame-0.png", "frame-1.png", "notes.txt"]
-        code, stdout, _ = run(["fuse", frames, "-o", tmp_path / "again.png"], capsys)
-        assert code == 0 and "2 frames" in stdout
-
-
-def test_help_reads_well(capsys):
-    code, stdout, _ = run(["--help"], capsys)
-    assert code == 0 and "fuse" in stdout and "demo" in stdout and "examples:" in stdout
-    code, stdout, _ = run(["fuse", "--help"], capsys)
-    assert code == 0
-    for option in ("--contrast", "--saturation", "--exposure", "--mu", "--sigma", "--levels", "--preset", "--params",
-                   "--device", "--dtype", "--bit-depth", "--quality", "--range", "--force", "--out-dir"):
-        assert option in stdout
-    assert run(["--version"], capsys)[0] == 0
-
-
-def python_m(*argv, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "100"}
-    env.pop("EFUSION_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "efusion", *map(str, argv)], cwd=cwd, env=env, capture_output=True, text=True)
-
-
-def test_python_m_efusion(tmp_path, bracket8):
-    done = python_m("fuse", bracket8[0].parent, "-o", "fused.jpg", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert (tmp_path / "fused.jpg").exists() and "wrote fused.jpg" in done.stdout
-    failed = python_m("fuse", "missing.png", bracket8[0], "-o", "other.png", cwd=tmp_path)
-    assert failed.returncode == 1
-    assert failed.stderr.strip() == "efusion: error: missing.png: no such file"
-    assert not (tmp_path / "other.png").exists()
-
-
-# ----------------------------------------------------------------------------------------------
 # Real brackets
 
 
@@ -698,4 +577,3 @@ def test_real_bracket_file_result_equals_in_memory(tmp_path, capsys, burst):
     expected = efusion.exposure_fusion(torch.from_numpy(load_burst_uint8(folder)).permute(0, 3, 1, 2).float() / 255)
     assert torch.equal(read_tiff(out), expected)
     assert expected.min() < 0 or expected.max() > 1  # the file really is unclamped
-
