@@ -20,7 +20,7 @@ a launcher that sets the OpenMP wait policy before torch loads and then calls :f
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -13,7 +13,14 @@ from typing import Any
 
 import torch
 
-from ..io import PARAM_NAMES, ImageIOError, ParamsError, read_params, to_display, validate_params
+from ..io import (
+    PARAM_NAMES,
+    ImageIOError,
+    ParamsError,
+    read_params,
+    to_display,
+    validate_params,
+)
 from ..io.errors import one_line
 
 __all__ = [

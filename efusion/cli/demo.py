@@ -10,7 +10,14 @@ from typing import Any
 import torch
 
 from ..io import write_image
-from .common import PROG, CommandError, check_writable, display, fusion_settings, make_folder
+from .common import (
+    PROG,
+    CommandError,
+    check_writable,
+    display,
+    fusion_settings,
+    make_folder,
+)
 
 __all__ = ["DEMO_DIR", "run"]
 

@@ -14,7 +14,14 @@ from typing import Any
 
 import torch
 
-from ..io import IMAGE_SUFFIXES, MAX_PIXELS, ImageIOError, ParamsError, list_frames, read_bracket
+from ..io import (
+    IMAGE_SUFFIXES,
+    MAX_PIXELS,
+    ImageIOError,
+    ParamsError,
+    list_frames,
+    read_bracket,
+)
 from ..io.errors import one_line
 from ..metrics import _rgb_to_gray
 from .common import (
@@ -176,6 +183,7 @@ def _mef_gray(images: torch.Tensor, levels: int | None) -> torch.Tensor:
 def _eval_bracket(label, source, args, params, device, dtype, fused, reference) -> dict[str, Any]:
     """Fuse (unless --fused-only) and score one bracket; returns its JSON report."""
     import efusion
+
     from ..metrics import mef_ssim
     from ..quality import psnr, ssim
 

@@ -9,8 +9,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -164,7 +165,7 @@ def _fuse_many(args, params, device, dtype) -> int:
     created = [folder for folder in (out_dir, *out_dir.parents) if not folder.exists()]  # deepest first
     make_folder(out_dir)
 
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]
 
     done = skipped = failed = changed = 0
     start = time.perf_counter()
@@ -182,7 +183,7 @@ def _fuse_many(args, params, device, dtype) -> int:
                 try:
                     _fuse_files(list_frames(folder), out, args, params, device, dtype)
                     done += 1
-                except Exception as error:  # one bad bracket must not stop the batch ...
+                except Exception as error:  # noqa: BLE001 - one bad bracket must not stop the batch ...
                     failed += 1
                     if isinstance(error, (ImageIOError, ParamsError, CommandError)):
                         message = str(error)  # already names the file
@@ -241,18 +242,18 @@ def _fuse_files(frames: list[Path], out: Path, args, params, device, dtype, prog
         if dtype in (torch.float32, torch.float64):
             # frames are decoded when fuse_frames uses them (twice: two passes), so memory holds
             # one frame and the blended pyramid, however many frames the bracket has
-            frames = bracket.frames(dtype=dtype, device=device)
+            decoded: Sequence[torch.Tensor] = bracket.frames(dtype=dtype, device=device)
             if float_files:
-                frames = _FiniteFrames(frames, bracket.paths)
+                decoded = _FiniteFrames(decoded, bracket.paths)
             bar = None
             if progress:
-                from tqdm import tqdm
+                from tqdm import tqdm  # type: ignore[import-untyped]
 
                 bar = tqdm(total=2 * len(bracket), desc=f"{PROG} {out.name}", unit="frame", file=sys.stderr,
                            disable=None, leave=False)
-                frames = _CountedFrames(frames, bar)
+                decoded = _CountedFrames(decoded, bar)
             try:
-                result = efusion.fuse_frames(frames, masks=bracket.masks(dtype=dtype, device=device), dtype=dtype, **params)
+                result = efusion.fuse_frames(decoded, masks=bracket.masks(dtype=dtype, device=device), dtype=dtype, **params)
             finally:
                 if bar is not None:
                     bar.close()

@@ -23,9 +23,10 @@ import io
 import os
 import threading
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -153,12 +154,12 @@ def open_bracket(paths: Sequence[str | os.PathLike], *, max_pixels: int | None =
     Raises the errors of :func:`read_bracket` that headers reveal (missing file, unsupported
     format, frames of different sizes); decoding errors come when a frame is read.
     """
-    paths = [Path(p) for p in paths]
-    if not paths:
+    files = [Path(p) for p in paths]
+    if not files:
         raise ImageIOError("a bracket needs at least one frame, got none")
     if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
         raise ValueError(f"max_pixels must be a whole number >= 1 or None, got {max_pixels!r}")
-    infos = [_probe(p) for p in paths]
+    infos = [_probe(p) for p in files]
     for info in infos:
         if max_pixels is not None and info.width * info.height > max_pixels:
             raise ImageIOError(
@@ -249,7 +250,7 @@ class LazyBracket:
             return last[3]
         alpha = self.read_frame(index, dtype=dtype, device=device)[1]
         self._last_alpha = None
-        return alpha
+        return cast(Tensor, alpha)  # masks() exists only when some frame has alpha
 
 
 class _LazyFrames(collections.abc.Sequence):
@@ -295,7 +296,7 @@ def _probe(path: Path) -> _FrameInfo:
         if type(error).__name__ == "UnidentifiedImageError":
             raise ImageIOError(f"{path}: not a {fmt} image, or a damaged one") from None
         raise ImageIOError(f"{path}: not a readable {fmt} image ({one_line(error)})") from None
-    except Exception as error:  # codecs raise SyntaxError, ValueError, struct.error, ... on bad data
+    except Exception as error:  # noqa: BLE001 - codecs raise SyntaxError, ValueError, struct.error, ... on bad data
         raise ImageIOError(f"{path}: not a readable {fmt} image ({one_line(error)})") from None
 
 
@@ -321,13 +322,13 @@ def _probe_pillow(path: Path, fmt: str) -> _FrameInfo:
     from PIL import Image
 
     with _pillow_unlimited(), Image.open(path, formats=["JPEG", "PNG"]) as image:  # a mislabelled suffix still reads
-        fmt = image.format
+        found = image.format
         orientation = _valid_orientation(image.getexif().get(_EXIF_ORIENTATION, 1))
         width, height = image.size
         mode = image.mode
         transparency = "transparency" in image.info
     codec, bit_depth = "pillow", 8
-    if fmt == "PNG":
+    if found == "PNG":
         png_depth, colour_type = _png_header(path)
         if png_depth == 16:
             codec, bit_depth = "png16", 16
@@ -362,7 +363,7 @@ def _probe_tiff(path: Path) -> _FrameInfo:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        page = tif.pages[0]
+        page = cast("tifffile.TiffPage", tif.pages[0])
         tag = page.tags.get("Orientation")
         orientation = _valid_orientation(tag.value if tag is not None else 1)
         height, width = page.imagelength, page.imagewidth
@@ -412,7 +413,7 @@ def _decode_into(info: _FrameInfo, frame: Tensor, alpha: Tensor | None) -> None:
         if error.filename is not None or isinstance(error, PermissionError):
             raise ImageIOError(f"{info.path}: cannot read ({error.strerror or error})") from None
         raise ImageIOError(f"{info.path}: cannot decode the image ({one_line(error)})") from None
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - any decoder failure is a bad file
         raise ImageIOError(f"{info.path}: cannot decode the image ({one_line(error)})") from None
     array = _orient(array, info.orientation)
     if array.ndim == 2:
@@ -432,7 +433,7 @@ def _decode_into(info: _FrameInfo, frame: Tensor, alpha: Tensor | None) -> None:
         wide_alpha = None if alpha is None else torch.empty(alpha.shape, dtype=torch.float64, device=alpha.device)
         _fill(info, source, colour, scale, wide, wide_alpha, associated)
         frame.copy_(wide)
-        if wide_alpha is not None and info.alpha:
+        if alpha is not None and wide_alpha is not None and info.alpha:
             alpha.copy_(wide_alpha)
         return
     _fill(info, source, colour, scale, frame, alpha, associated)
@@ -469,7 +470,7 @@ def _decode(info: _FrameInfo):
         import tifffile
 
         with tifffile.TiffFile(info.path) as tif:
-            page = tif.pages[0]
+            page = cast("tifffile.TiffPage", tif.pages[0])
             array = page.asarray()
             associated = bool(page.extrasamples) and int(page.extrasamples[0]) == 1
             if array.ndim == 3 and page.planarconfig == 2 and array.shape[0] == page.samplesperpixel:
@@ -481,7 +482,6 @@ def _decode(info: _FrameInfo):
         return array, associated
     if info.codec == "png16":
         import cv2
-
         from PIL import Image
 
         data = info.path.read_bytes()  # read once: verified by Pillow, decoded by OpenCV
@@ -490,34 +490,35 @@ def _decode(info: _FrameInfo):
         level = cv2.utils.logging.getLogLevel()
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
         try:
-            array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+            png = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
         finally:
             cv2.utils.logging.setLogLevel(level)
         del data
-        if array is None:
+        if png is None:
             raise ImageIOError(f"{info.path}: cannot decode the PNG image")
-        if array.ndim == 3:  # OpenCV's BGR(A) order to RGB(A)
-            order = [2, 1, 0, 3][: array.shape[2]]
-            array = array[:, :, order]
-        return array, False
+        if png.ndim == 3:  # OpenCV's BGR(A) order to RGB(A)
+            order = [2, 1, 0, 3][: png.shape[2]]
+            png = png[:, :, order]
+        return png, False
     from PIL import Image
 
     with _pillow_unlimited(), Image.open(info.path, formats=["JPEG", "PNG"]) as image:
         image.load()
         mode = image.mode
+        picture: Image.Image = image
         if mode == "1":
-            image = image.convert("L")
+            picture = image.convert("L")
         elif mode in ("I;16B", "I;16L"):
             return np.asarray(image).astype(np.uint16), False
         elif mode == "I":
             return np.clip(np.asarray(image), 0, 65535).astype(np.uint16), False
         elif mode in ("La", "RGBa"):
-            image = image.convert(mode.upper())
+            picture = image.convert(mode.upper())
         elif mode in ("L", "RGB") and info.alpha:  # a tRNS colour key
-            image = image.convert(mode + "A")
+            picture = image.convert(mode + "A")
         elif mode not in ("L", "LA", "RGB", "RGBA", "I;16", "F"):
-            image = image.convert("RGBA" if info.alpha else "RGB")
-        return np.asarray(image), False
+            picture = image.convert("RGBA" if info.alpha else "RGB")
+        return np.asarray(picture), False
 
 
 def _orient(array, orientation: int):
@@ -584,7 +585,7 @@ def read_metadata(path: str | os.PathLike) -> ImageMetadata:
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
-                tags = tif.pages[0].tags
+                tags = cast("tifffile.TiffPage", tif.pages[0]).tags
                 icc = tags.get(_TIFF_ICC_TAG)
                 description = tags.get("ImageDescription")
                 record = description.value if description is not None else None
@@ -608,7 +609,7 @@ def read_metadata(path: str | os.PathLike) -> ImageMetadata:
         return ImageMetadata(exif.tobytes() if len(exif) else None, icc, record)
     except ImageIOError:
         raise
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - any decoder failure is a bad file
         raise ImageIOError(f"{path}: cannot read its metadata ({one_line(error)})") from None
 
 

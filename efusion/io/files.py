@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 from .errors import ImageIOError, OutputExistsError, one_line
 from .formats import IMAGE_SUFFIXES
@@ -51,9 +52,12 @@ def _holds_bracket_folders(folder: Path) -> bool:
     """Whether some sub-folder of ``folder`` holds image files."""
     try:
         for sub in folder.iterdir():
-            if sub.is_dir() and not sub.name.startswith("."):
-                if any(p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") for p in sub.iterdir()):
-                    return True
+            if (
+                sub.is_dir()
+                and not sub.name.startswith(".")
+                and any(p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") for p in sub.iterdir())
+            ):
+                return True
     except OSError:
         return False
     return False

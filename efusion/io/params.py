@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from numbers import Real
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..params import NAMES, check_value
 from .errors import ImageIOError, OutputExistsError, ParamsError, one_line
@@ -59,7 +60,7 @@ def read_params(path: str | os.PathLike) -> dict[str, Any]:
             raise ParamsError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})") from None
     else:
         try:
-            import yaml
+            import yaml  # type: ignore[import-untyped]
         except ImportError:
             raise ParamsError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use a .json file") from None
         try:
@@ -150,7 +151,7 @@ def write_params(path: str | os.PathLike, params: Mapping[str, Any], *, overwrit
         text = json.dumps(checked, indent=2) + "\n"
     elif suffix in (".yaml", ".yml"):
         try:
-            import yaml
+            import yaml  # type: ignore[import-untyped]
         except ImportError:
             raise ParamsError(f"{path}: writing YAML needs PyYAML (pip install pyyaml), or use a .json file") from None
         text = yaml.safe_dump(checked, sort_keys=False)
