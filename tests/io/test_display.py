@@ -1,13 +1,14 @@
-"""efusion.io.display: the robust range (against the IPOL reference formula)."""
+"""efusion.io.display: the robust range (against the IPOL reference formula) and the display mapping."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from efusion.io import (
-    robust_normalize,
-)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from efusion.io import robust_normalize, to_display
 
 
 def robust_reference(u: np.ndarray, w_sat: float, b_sat: float) -> np.ndarray:
@@ -57,3 +58,28 @@ class TestRobustNormalize:
 # Parameter files
 
 
+class TestToDisplay:
+    """The mapping from a fusion result to stored values: clip, robust range, or raw float32."""
+
+    @settings(max_examples=25, deadline=None)
+    @given(values=st.lists(st.floats(-2.0, 3.0), min_size=12, max_size=12), bit_depth=st.sampled_from([8, 16]))
+    def test_integer_output_is_clipped_unless_robust(self, values, bit_depth):
+        image = torch.tensor(values, dtype=torch.float64).view(3, 2, 2)
+        for mode in (None, "clip"):
+            out = to_display(image, mode, bit_depth=bit_depth)
+            assert torch.equal(out, torch.clamp(image, 0, 1))  # identity inside [0, 1], saturates outside
+
+    def test_float32_output_keeps_out_of_range_values_unless_asked(self):
+        image = torch.tensor([-0.5, 0.25, 1.5]).view(1, 1, 3)
+        assert torch.equal(to_display(image, None, bit_depth=32), image)
+        assert torch.equal(to_display(image, "clip", bit_depth=32), torch.tensor([0.0, 0.25, 1.0]).view(1, 1, 3))
+
+    def test_robust_is_robust_normalize(self):
+        u = np.random.default_rng(7).normal(0.5, 0.4, (9, 11, 3))
+        image = torch.from_numpy(u).permute(2, 0, 1)
+        out = to_display(image, "robust", black=2.0, white=0.5, bit_depth=32)
+        assert torch.allclose(out, torch.from_numpy(robust_reference(u, 0.5, 2.0)).permute(2, 0, 1), atol=1e-12)
+
+    def test_exception(self):
+        with pytest.raises(ValueError, match="'stretch'"):
+            to_display(torch.zeros(1, 2, 2), "stretch")
