@@ -31,7 +31,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from .errors import ImageIOError, OutputExistsError, one_line
+from .errors import ImageIOError, one_line, output_exists
 from .files import atomic_file
 from .formats import DEPTHS, FORMATS, IMAGE_SUFFIXES
 
@@ -743,7 +743,7 @@ def write_image(
     if fmt == "JPEG" and not 1 <= int(quality) <= 100:
         raise ValueError(f"JPEG quality must be between 1 and 100, got {quality}")
     if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path}: already exists (pass --force / overwrite=True to replace it)")
+        raise output_exists(path)
 
     pixels = image.detach().to("cpu", torch.float32)
     if depth == 32:

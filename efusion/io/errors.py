@@ -5,7 +5,7 @@ file or value :class:`ParamsError`; each message names the file (or flag) and sa
 """
 from __future__ import annotations
 
-__all__ = ["ImageIOError", "OutputExistsError", "ParamsError", "one_line"]
+__all__ = ["ImageIOError", "OutputExistsError", "ParamsError", "one_line", "output_exists"]
 
 
 class ImageIOError(ValueError):
@@ -21,6 +21,11 @@ class ImageIOError(ValueError):
 
 class OutputExistsError(ImageIOError):
     """The output file exists and overwriting was not asked for."""
+
+
+def output_exists(path: object) -> OutputExistsError:
+    """The :class:`OutputExistsError` for ``path``, saying how to replace it."""
+    return OutputExistsError(f"{path}: already exists (pass --force / overwrite=True to replace it)")
 
 
 class ParamsError(ValueError):

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from .errors import ImageIOError, OutputExistsError, one_line
+from .errors import ImageIOError, one_line, output_exists
 from .formats import IMAGE_SUFFIXES
 
 __all__ = ["atomic_file", "list_frames"]
@@ -104,10 +104,10 @@ def _rename_no_clobber(temp: Path, path: Path) -> None:
     try:
         os.link(temp, path)
     except FileExistsError:
-        raise OutputExistsError(f"{path}: already exists (pass --force / overwrite=True to replace it)") from None
+        raise output_exists(path) from None
     except OSError:  # no hard links here (some network or FAT file systems): check, then rename
         if path.exists():
-            raise OutputExistsError(f"{path}: already exists (pass --force / overwrite=True to replace it)") from None
+            raise output_exists(path) from None
         os.replace(temp, path)
         return
     temp.unlink()

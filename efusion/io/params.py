@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..params import NAMES, check_value
-from .errors import ImageIOError, OutputExistsError, ParamsError, one_line
+from .errors import ImageIOError, ParamsError, one_line, output_exists
 from .files import atomic_file
 
 __all__ = ["PARAM_NAMES", "read_params", "validate_params", "write_params"]
@@ -159,7 +159,7 @@ def write_params(path: str | os.PathLike, params: Mapping[str, Any], *, overwrit
         raise ParamsError(f"{path}: unsupported parameter file suffix {suffix or '(none)'!r} (use .json, .yaml or .yml)")
     try:
         if not overwrite and path.exists():
-            raise OutputExistsError(f"{path}: already exists (pass --force / overwrite=True to replace it)")
+            raise output_exists(path)
         with atomic_file(path, overwrite=overwrite) as fh:
             fh.write(text.encode("utf-8"))
     except ImageIOError as error:
