@@ -56,6 +56,7 @@ class CommandError(Exception):
 
 
 def print_error(message: str) -> None:
+    """Print ``message`` as the one ``efusion: error: ...`` line on stderr."""
     print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
 
 
@@ -70,6 +71,7 @@ def warn_repeated_frames(frames: list[Path]) -> None:
 
 
 def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name the same file or folder (through links, ``..``, ...); ``False`` when unsure."""
     try:
         return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
     except OSError:
@@ -122,6 +124,7 @@ def fusion_settings(args: argparse.Namespace) -> tuple[dict[str, Any], torch.dev
 
 
 def choose_device(name: str) -> torch.device:
+    """The device of ``--device`` (``auto``: CUDA when available); a missing CUDA is a :class:`CommandError`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -148,6 +151,7 @@ def check_writable(folder: Path) -> None:
 
 
 def make_folder(folder: Path) -> None:
+    """Create ``folder`` and its parents; failure is a :class:`CommandError` naming it."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
