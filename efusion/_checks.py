@@ -149,7 +149,7 @@ def check_levels(levels, name: str = "levels") -> None:
         if levels.dim() != 0 or not levels.is_floating_point():
             raise ValueError(f"{name} must be a floating-point 0-dim tensor, got shape {list(levels.shape)} dtype {levels.dtype}")
         return
-    if not (levels >= 1 or levels <= -1):
+    if not (float(levels) >= 1 or float(levels) <= -1):
         raise ValueError(
             f"{name} must be >= 1 (pyramid depth) or <= -1 (counted from the automatic maximum, -1 = maximum), got {levels}"
         )

@@ -7,10 +7,15 @@ and it needs a gradient.
 """
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 from torch import Tensor
 
 ParamLike = float | Tensor
+_T = TypeVar("_T")
+# the five weight parameters in their fixed order: contrast, saturation, exposure, mu, sigma
+WeightParams = tuple[ParamLike, ParamLike, ParamLike, ParamLike, ParamLike]
 
 
 def is_one(value: ParamLike) -> bool:
@@ -48,3 +53,11 @@ def number(value: ParamLike) -> ParamLike:
 def needs_grad(*values) -> bool:
     """Whether autograd records a call with these inputs (non-tensors are ignored)."""
     return torch.is_grad_enabled() and any(isinstance(v, Tensor) and v.requires_grad for v in values)
+
+
+def present(value: _T | None) -> _T:
+    """``value``, which the caller's logic guarantees is not ``None`` (a real check, unlike ``assert``:
+    it also holds under ``python -O``, and it tells readers and mypy the same)."""
+    if value is None:
+        raise RuntimeError("efusion internal error: a value that must exist here is missing")
+    return value
