@@ -50,7 +50,7 @@ from torch.utils.data._utils.collate import default_collate
 
 import efusion
 from efusion import io as efusion_io
-from efusion.io import _one_line
+from efusion.io.errors import one_line
 
 from .tonemap import OPERATORS, tonemap
 
@@ -118,7 +118,7 @@ def read_radiance(path: str | os.PathLike) -> Tensor:
         except DatasetError:
             raise
         except Exception as error:  # the bindings raise plain RuntimeError / Exception
-            raise DatasetError(f"{path}: cannot read as OpenEXR ({_one_line(error)})") from None
+            raise DatasetError(f"{path}: cannot read as OpenEXR ({one_line(error)})") from None
     elif suffix in (".hdr", ".pic"):
         try:
             import cv2
@@ -524,7 +524,7 @@ class RadianceMaps(SceneDataset):
                     noise_std=self.noise_std, seed=self.seed + number,
                 )
             except ValueError as error:
-                raise DatasetError(f"{path}: cannot render a bracket ({_one_line(error)})") from None
+                raise DatasetError(f"{path}: cannot render a bracket ({one_line(error)})") from None
             item = {"frames": frames}
             if not self._fuses_after_augment:
                 item["target"] = _target_from(frames, radiance, self.tonemap, self.tonemap_options, self.target_params)
@@ -820,7 +820,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     except RuntimeError as error:
         names = [item.get("name") for item in items]
         raise DatasetError(
-            f"cannot batch scenes {names}: {_one_line(error)} (frames of different sizes need a crop, gray and colour "
+            f"cannot batch scenes {names}: {one_line(error)} (frames of different sizes need a crop, gray and colour "
             "scenes batch_size 1)"
         ) from None
 
