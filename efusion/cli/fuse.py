@@ -238,8 +238,20 @@ def _fuse_files(frames: list[Path], out: Path, args, params, device, dtype, prog
     depth = args.bit_depth if args.bit_depth is not None else default_bit_depth(out, bracket.bit_depth)
     check_output(out, depth)
     float_files = bracket.bit_depth == 32  # only float samples can be NaN or infinite
+    motion = args.align != "none" or args.deghost
+    if args.reference is not None and not -len(bracket) <= args.reference < len(bracket):
+        raise CommandError(f"--reference {args.reference}: the bracket has {len(bracket)} frames (0 to {len(bracket) - 1})",
+                           code=2)
     with torch.inference_mode():
-        if dtype in (torch.float32, torch.float64):
+        if motion:
+            whole = bracket.read(dtype=dtype, device=device)
+            if float_files:
+                for path, frame in zip(whole.paths, whole.frames):
+                    check_finite(path, frame)
+            steady, mask = _undo_motion(whole.frames, whole.mask, args, whole.paths)
+            result = efusion.exposure_fusion(steady, mask=mask, **params)
+            del whole, steady, mask
+        elif dtype in (torch.float32, torch.float64):
             # frames are decoded when fuse_frames uses them (twice: two passes), so memory holds
             # one frame and the blended pyramid, however many frames the bracket has
             decoded: Sequence[torch.Tensor] = bracket.frames(dtype=dtype, device=device)
@@ -271,6 +283,28 @@ def _fuse_files(frames: list[Path], out: Path, args, params, device, dtype, prog
     return len(bracket), (len(bracket), *bracket.shape)
 
 
+def _undo_motion(frames: torch.Tensor, mask: torch.Tensor | None, args: argparse.Namespace,
+                 paths: Sequence[Path]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``--align`` / ``--deghost``: the frames warped onto the reference and the mask the fusion takes."""
+    import efusion
+
+    if args.align != "none":
+        aligned = efusion.align(frames, model=args.align, reference=args.reference, mask=mask)
+        frames = aligned.frames
+        mask = aligned.mask if mask is None else aligned.mask * mask
+        if args.verbose:
+            for path, homography in zip(paths, aligned.homographies):
+                rows = "; ".join(" ".join(f"{v:.6g}" for v in row) for row in homography.double().tolist())
+                print(f"{PROG}: {path}: homography onto the reference [{rows}]")
+    if args.deghost:
+        agreement = efusion.deghost(frames, reference=args.reference, mask=mask)
+        mask = agreement if mask is None else mask * agreement
+        if args.verbose:
+            for path, kept in zip(paths, agreement.mean(dim=(-3, -2, -1)).tolist()):
+                print(f"{PROG}: {path}: deghosting keeps {100 * kept:.1f}% of its pixels")
+    return frames, mask
+
+
 def _output_metadata(frames: Sequence[Path], args: argparse.Namespace, params: dict[str, Any]) -> ImageMetadata:
     """The middle frame's EXIF (the reference exposure of a bracket shot around it) and ICC
     profile; a frame whose metadata cannot be read gives none (the pixels were read fine)."""
@@ -287,6 +321,8 @@ def _output_settings(args: argparse.Namespace, params: dict[str, Any]) -> dict[s
     settings: dict[str, Any] = {"params": effective_params(params), "range": args.range or "clip"}
     if args.range == "robust":
         settings["clip"] = [args.clip_black, args.clip_white]
+    if args.align != "none" or args.deghost:  # recorded only when used: older outputs stay comparable
+        settings["motion"] = {"align": args.align, "deghost": args.deghost, "reference": args.reference}
     return json.loads(json.dumps(settings))  # as it reads back: lists, not tuples
 
 
@@ -308,7 +344,7 @@ def _settings_change(out: Path, args: argparse.Namespace, params: dict[str, Any]
     for name in PARAM_NAMES:
         if old_params.get(name) != new_params.get(name):
             changes.append(f"{name} {shown_value(old_params.get(name))} -> {shown_value(new_params.get(name))}")
-    for key in ("range", "clip"):
+    for key in ("range", "clip", "motion"):
         if recorded.get(key) != current.get(key):
             changes.append(f"{key} {recorded.get(key)} -> {current.get(key)}")
     return ", ".join(changes) or "other settings"

@@ -133,6 +133,35 @@ def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: ``--align`` choices: no alignment, then efusion.align's motion models
+ALIGN_MODELS = ("none", "translation", "euclidean", "similarity", "homography")
+
+
+def _add_motion_options(parser: argparse.ArgumentParser) -> None:
+    motion = parser.add_argument_group(
+        "hand-held brackets and moving scenes",
+        "Both read the whole bracket into memory (the streaming fusion reads one frame at a time).",
+    )
+    motion.add_argument(
+        "--align", choices=ALIGN_MODELS, default="none",
+        help="warp every frame onto the reference frame first, whatever their exposures (default none: for a tripod); "
+        "homography also corrects perspective, translation only shifts",
+    )
+    motion.add_argument(
+        "--deghost", action="store_true",
+        help="keep what moved between frames only from the reference frame (after --align, if given)",
+    )
+    motion.add_argument(
+        "--reference", type=int, metavar="INDEX",
+        help="frame the others are aligned to and whose moving content is kept, counted from 0 in the frames' order "
+        "(negative from the end; default: the frame of median brightness)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="also print what was estimated (with --align: each frame's homography onto the reference)",
+    )
+
+
 def _add_output_options(parser: argparse.ArgumentParser, *, batch: bool) -> None:
     out = parser.add_argument_group("output")
     if batch:
@@ -261,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  efusion fuse IMG_01.jpg IMG_02.jpg IMG_03.jpg -o fused.jpg --quality 92\n"
             "  efusion fuse bracket/ -o fused.tif --bit-depth 32     # unclamped float32 for an HDR pipeline\n"
             "  efusion fuse shoot/*/ --out-dir fused/ --format tif --range robust\n"
-            "  efusion fuse bracket/ -o fused.png --params tuned.yaml --levels -1"
+            "  efusion fuse bracket/ -o fused.png --params tuned.yaml --levels -1\n"
+            "  efusion fuse handheld/ -o fused.jpg --align homography --deghost -v   # shaken bracket, moving people"
         ),
     )
     fuse.add_argument("inputs", nargs="+", metavar="INPUT", help="frame files of one bracket, or folders (one bracket each)")
@@ -279,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_output_options(fuse, batch=True)
     _add_fusion_options(fuse)
+    _add_motion_options(fuse)
 
     _add_eval_parser(commands, formatter)
 
@@ -301,6 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--height", type=_positive_int, default=320, metavar="H", help="frame height in pixels (default 320)")
     demo.add_argument("--width", type=_positive_int, default=480, metavar="W", help="frame width in pixels (default 480)")
     demo.add_argument("--seed", type=int, default=0, help="scene seed (default 0)")
+    demo.add_argument(
+        "--align", choices=ALIGN_MODELS[1:], metavar="MODEL",
+        help="shake the bracket as a hand-held camera would (shifts up to 4%% of the frame), then align it with MODEL "
+        f"({', '.join(ALIGN_MODELS[1:])}): also writes unaligned.png and before-after.png",
+    )
     _add_output_options(demo, batch=False)
     _add_fusion_options(demo)
     return parser
