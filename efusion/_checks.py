@@ -138,17 +138,18 @@ def as_channel_param(value, name: str):
     return torch.tensor([float(v) for v in value], dtype=torch.float64)
 
 
-def check_levels(levels) -> None:
-    """``levels``: ``None``, a number >= 1 (absolute depth) or <= -1 (counted from the maximum)."""
+def check_levels(levels, name: str = "levels") -> None:
+    """``levels``: ``None``, a number >= 1 (absolute depth) or <= -1 (counted from the maximum);
+    ``name`` is how the messages call it."""
     if levels is None:
         return
     if isinstance(levels, bool) or not isinstance(levels, (Number, Tensor)):
-        raise TypeError(f"levels must be None, a number or a 0-dim tensor, got {type(levels).__name__}")
+        raise TypeError(f"{name} must be None, a number or a 0-dim tensor, got {type(levels).__name__}")
     if isinstance(levels, Tensor):
         if levels.dim() != 0 or not levels.is_floating_point():
-            raise ValueError(f"levels must be a floating-point 0-dim tensor, got shape {list(levels.shape)} dtype {levels.dtype}")
+            raise ValueError(f"{name} must be a floating-point 0-dim tensor, got shape {list(levels.shape)} dtype {levels.dtype}")
         return
-    if not (levels >= 1 or levels <= -1):
+    if not (float(levels) >= 1 or float(levels) <= -1):
         raise ValueError(
-            f"levels must be >= 1 (pyramid depth) or <= -1 (counted from the automatic maximum, -1 = maximum), got {levels}"
+            f"{name} must be >= 1 (pyramid depth) or <= -1 (counted from the automatic maximum, -1 = maximum), got {levels}"
         )

@@ -11,11 +11,15 @@ check), written here once.
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
 ParamLike = float | Tensor
+_T = TypeVar("_T")
+# the five weight parameters in their fixed order: contrast, saturation, exposure, mu, sigma
+WeightParams = tuple[ParamLike, ParamLike, ParamLike, ParamLike, ParamLike]
 
 
 def is_one(value: ParamLike) -> bool:
@@ -80,3 +84,11 @@ def masked_mean(values: Tensor, valid: Tensor | None) -> Tensor:
         return values.mean(dim=(1, 2, 3))
     valid = valid.to(values.dtype).expand_as(values)
     return (values * valid).sum(dim=(1, 2, 3)) / valid.sum(dim=(1, 2, 3)).clamp(min=1.0)
+
+
+def present(value: _T | None) -> _T:
+    """``value``, which the caller's logic guarantees is not ``None`` (a real check, unlike ``assert``:
+    it also holds under ``python -O``, and it tells readers and mypy the same)."""
+    if value is None:
+        raise RuntimeError("efusion internal error: a value that must exist here is missing")
+    return value

@@ -46,18 +46,20 @@ LEARNABLE_DEFAULT = ("contrast", "saturation", "exposure", "mu", "levels")
 SIGMA_FLOOR = 1e-3
 
 
-def check_value(name: str, value) -> None:
+def check_value(name: str, value, *, label: str | None = None) -> None:
     """Check one number against parameter ``name``'s domain (exponents >= 0, ``sigma`` > 0,
     ``levels`` >= 1 or <= -1, ``mu`` any), raising the errors the fusion functions raise; parameter
-    files and the command line check their values with it."""
+    files and the command line check their values with it. ``label`` is how the message calls the
+    value (default ``name``; parameter files quote it: ``'sigma' must be > 0``)."""
+    shown = name if label is None else label
     if name == "levels":
-        check_levels(value)
+        check_levels(value, shown)
     elif name == "sigma":
-        _checks.check_scalar(value, name, minimum=0.0, strict=True)
+        _checks.check_scalar(value, shown, minimum=0.0, strict=True)
     elif name == "mu":
-        _checks.check_scalar(value, name)
+        _checks.check_scalar(value, shown)
     elif name in EXPONENTS:  # 0 switches a measure off
-        _checks.check_scalar(value, name, minimum=0.0)
+        _checks.check_scalar(value, shown, minimum=0.0)
     else:
         raise ValueError(f"unknown fusion parameter {name!r}; one of {list(NAMES)}")
 

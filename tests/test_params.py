@@ -67,3 +67,16 @@ def test_check_layer_value():
         params.check_layer_value("contrast", [1.0, 2.0])
     with pytest.raises(ValueError, match="sigma must be > 0"):
         params.check_layer_value("sigma", 0.0)
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [("sigma", 0.0, "'sigma' must be > 0"), ("contrast", -1.0, "'contrast' must be >= 0"),
+     ("levels", 0.5, "'levels' must be >= 1"), ("mu", float("nan"), "'mu' must be a number, got NaN")],
+)
+def test_check_value_label_names_the_value_in_the_message(name, value, message):
+    # parameter files and flags quote the key; the message is made whole, never rewritten
+    with pytest.raises(ValueError, match=f"^{message}"):
+        params.check_value(name, value, label=repr(name))
+    with pytest.raises(ValueError, match=f"^{message.replace(repr(name), name)}"):
+        params.check_value(name, value)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 import efusion
 from efusion import io as efusion_io
-from efusion.io import _one_line
+from efusion.io.errors import one_line
 from efusion.params import NAMES as PARAMETER_NAMES
 
 from .losses import FusionLoss, psnr, ssim
@@ -354,7 +354,7 @@ def export_checkpoint(checkpoint: str | Path, path: str | Path, *, overwrite: bo
     try:
         content = torch.load(checkpoint, map_location="cpu", weights_only=False)
     except Exception as error:  # noqa: BLE001 - pickle, zip and torch errors alike: the file is not a torch checkpoint
-        raise ValueError(f"{not_ours}: cannot load it ({_one_line(error)})") from None
+        raise ValueError(f"{not_ours}: cannot load it ({one_line(error)})") from None
     if not isinstance(content, dict) or "pytorch-lightning_version" not in content or "state_dict" not in content:
         raise ValueError(f"{not_ours}: no Lightning state_dict in it")
     hparams = content.get("hyper_parameters", {})
@@ -367,5 +367,5 @@ def export_checkpoint(checkpoint: str | Path, path: str | Path, *, overwrite: bo
     try:
         module = FusionModule.load_from_checkpoint(checkpoint, map_location="cpu", **overrides)
     except RuntimeError as error:  # state_dict keys or shapes of another model
-        raise ValueError(f"{not_ours}: {_one_line(error)}") from None
+        raise ValueError(f"{not_ours}: {one_line(error)}") from None
     return export(module, path, overwrite=overwrite)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from .._util import WeightParams
 from ..presets import Preset
 from ..reference.blend import blend as reference_blend
 from ..reference.measures import fusion_weights
@@ -20,7 +21,7 @@ class ReferenceBackend:
     def accepts(self, op: str, stack: Tensor, inputs: tuple, *, preset, mask: Tensor | None = None) -> bool:
         return True
 
-    def weights(self, stack: Tensor, mask: Tensor | None, params: tuple, preset: Preset) -> Tensor:
+    def weights(self, stack: Tensor, mask: Tensor | None, params: WeightParams, preset: Preset) -> Tensor:
         """:func:`efusion.reference.measures.fusion_weights`."""
         return fusion_weights(stack, mask, *params, preset)
 
@@ -28,7 +29,7 @@ class ReferenceBackend:
         """:func:`efusion.reference.blend.blend`."""
         return reference_blend(stack, weights, levels, preset, relative)
 
-    def fuse(self, stack: Tensor, mask: Tensor | None, params: tuple, levels, preset: Preset,
+    def fuse(self, stack: Tensor, mask: Tensor | None, params: WeightParams, levels, preset: Preset,
              relative: bool | None) -> Tensor:
         """The weights, then the blend."""
         return reference_blend(stack, fusion_weights(stack, mask, *params, preset), levels, preset, relative)
@@ -38,4 +39,4 @@ class ReferenceBackend:
         return None
 
 
-BACKEND = ReferenceBackend()
+BACKEND: ReferenceBackend = ReferenceBackend()

@@ -36,14 +36,14 @@ def blend(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool
     residuals: list[Tensor | None] = [None] * top
 
     def add(acc: list[Tensor | None], level: int, value: Tensor) -> None:
-        acc[level] = value if acc[level] is None else acc[level] + value
+        previous = acc[level]
+        acc[level] = value if previous is None else previous + value
 
     for n in range(frames):
         image, weight = stack[:, n], weights[:, n]
         for level in range(top):
-            needs_band = not is_zero(band_coef[level])
             coarser = pyr_down(image, preset) if level < top - 1 else None
-            if needs_band:
+            if coarser is not None and not is_zero(band_coef[level]):  # the coarsest level has no band
                 add(bands, level, weight * (image - pyr_up(coarser, image.shape[-2:], preset)))
             if not is_zero(residual_coef[level]):
                 add(residuals, level, weight * image)
@@ -51,11 +51,12 @@ def blend(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool
                 image, weight = coarser, pyr_down(weight, preset)
 
     def level_sum(level: int) -> Tensor | None:
+        band, residual = bands[level], residuals[level]
         terms = []
-        if bands[level] is not None:
-            terms.append(scaled(band_coef[level], bands[level]))
-        if residuals[level] is not None:
-            terms.append(scaled(residual_coef[level], residuals[level]))
+        if band is not None:
+            terms.append(scaled(band_coef[level], band))
+        if residual is not None:
+            terms.append(scaled(residual_coef[level], residual))
         return None if not terms else terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
     result = level_sum(top - 1)
@@ -66,7 +67,7 @@ def blend(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool
         upsampled = pyr_up(result, sizes[level], preset) if result is not None else None
         here = level_sum(level)
         result = here if upsampled is None else upsampled if here is None else here + upsampled
-    return result
+    return _collapsed(result)
 
 
 def textbook_blend(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool | None = None,
@@ -108,4 +109,11 @@ def textbook_blend(stack: Tensor, weights: Tensor, levels, preset: Preset, relat
         upsampled = None if result is None else pyr_up(result, size, preset)
         here = levels_out[l]
         result = here if upsampled is None else upsampled if here is None else here + upsampled
+    return _collapsed(result)
+
+
+def _collapsed(result: Tensor | None) -> Tensor:
+    """The collapsed pyramid; ``depth_plan`` always gives the coarsest level a residual term."""
+    if result is None:
+        raise RuntimeError("the depth plan selected no pyramid level (a bug in efusion.depth)")
     return result

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch.utils.data import default_collate
 
-from efusion.io import _one_line
+from efusion.io.errors import one_line
 
 from .errors import DatasetError
 
@@ -44,6 +44,6 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     except RuntimeError as error:
         names = [item.get("name") for item in items]
         raise DatasetError(
-            f"cannot batch scenes {names}: {_one_line(error)} (frames of different sizes need a crop, gray and colour "
+            f"cannot batch scenes {names}: {one_line(error)} (frames of different sizes need a crop, gray and colour "
             "scenes batch_size 1)"
         ) from None

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from efusion.io import _one_line
+from efusion.io.errors import one_line
 
 from .base import SceneDataset, check_render_options, target_from
 from .errors import DatasetError
@@ -102,7 +102,7 @@ class RadianceMaps(SceneDataset):
                     noise_std=self.noise_std, seed=self.seed + number,
                 )
             except ValueError as error:
-                raise DatasetError(f"{path}: cannot render a bracket ({_one_line(error)})") from None
+                raise DatasetError(f"{path}: cannot render a bracket ({one_line(error)})") from None
             item = {"frames": frames}
             if not self._fuses_after_augment:
                 item["target"] = target_from(frames, radiance, self.tonemap, self.tonemap_options, self.target_params)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from efusion import io as efusion_io
-from efusion.io import _one_line
+from efusion.io.errors import one_line
 
 from .errors import DatasetError
 
@@ -58,7 +58,7 @@ def read_radiance(path: str | os.PathLike) -> Tensor:
         except DatasetError:
             raise
         except Exception as error:  # noqa: BLE001 - the bindings raise plain RuntimeError / Exception
-            raise DatasetError(f"{path}: cannot read as OpenEXR ({_one_line(error)})") from None
+            raise DatasetError(f"{path}: cannot read as OpenEXR ({one_line(error)})") from None
     elif suffix in (".hdr", ".pic"):
         try:
             import cv2

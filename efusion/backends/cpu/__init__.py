@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..._util import needs_grad
+from ..._util import WeightParams, needs_grad
 from ...depth import depth_plan
 from ...presets import PRESETS, Preset
 from .blend import Blender, FusionFunction, blend_fast, fuse_kernels, plan_arguments
@@ -58,7 +58,7 @@ class CpuBackend:
             return False
         return True
 
-    def weights(self, stack: Tensor, mask: Tensor | None, params: tuple, preset: Preset) -> Tensor:
+    def weights(self, stack: Tensor, mask: Tensor | None, params: WeightParams, preset: Preset) -> Tensor:
         """:func:`efusion.reference.measures.fusion_weights` by :func:`.weights.weights_into`."""
         mask = None if mask is None else mask.to(stack.dtype)
         if needs_grad(stack, *params):
@@ -73,13 +73,13 @@ class CpuBackend:
             return torch.ops.efusion.blend(stack, weights, *op_arguments(levels), relative_code(relative), preset.name)
         return blend_fast(stack, weights, levels, preset, relative)
 
-    def fuse(self, stack: Tensor, mask: Tensor | None, params: tuple, levels, preset: Preset,
+    def fuse(self, stack: Tensor, mask: Tensor | None, params: WeightParams, levels, preset: Preset,
              relative: bool | None) -> Tensor:
         """The reference weights and blend by the kernels (or ``efusion::fuse``)."""
         if torch.compiler.is_compiling():
             return torch.ops.efusion.fuse(stack, mask, *op_arguments(*params, levels), relative_code(relative), preset.name)
         mask = None if mask is None else mask.to(stack.dtype)
-        plan = depth_plan(levels, *stack.shape[-2:], preset, stack.dtype, stack.device, relative, sparse=True)
+        plan = depth_plan(levels, stack.shape[-2], stack.shape[-1], preset, stack.dtype, stack.device, relative, sparse=True)
         if needs_grad(stack, *params, *plan[0], *plan[1]):
             vector, template = plan_arguments(plan)
             return FusionFunction.apply(stack, mask, *params, vector, template, preset)
@@ -93,7 +93,7 @@ class CpuBackend:
         blend_args = [x, w, *op_arguments(None), -1, "opencv"]
         return [(torch.ops.efusion.fuse.default, fuse_args), (torch.ops.efusion.blend.default, blend_args)]
 
-    def fuse_frames(self, passes, first_pass, shape, weight_shape, dtype: torch.dtype, device, params: tuple, levels,
+    def fuse_frames(self, passes, first_pass, shape, weight_shape, dtype: torch.dtype, device, params: WeightParams, levels,
                     preset: Preset, masked: bool) -> Tensor | None:
         """:func:`efusion.fuse_frames`'s two passes over the frames (``[B, C, H, W]``).
 
@@ -121,7 +121,7 @@ class CpuBackend:
             no_weight = torch.logical_not(total > 0)
             total.masked_fill_(no_weight, 1.0)
         # pass 2: each frame's normalised weights, then its weighted pyramid into the blend
-        blender = Blender(shape, depth_plan(levels, *shape[-2:], preset, dtype, device, None), preset, ws)
+        blender = Blender(shape, depth_plan(levels, shape[-2], shape[-1], preset, dtype, device, None), preset, ws)
         seen = 0
         for frame, mask, _ in passes(image):
             if seen == count:
@@ -139,4 +139,4 @@ class CpuBackend:
         return blender.result()
 
 
-BACKEND = CpuBackend()
+BACKEND: CpuBackend = CpuBackend()

@@ -17,8 +17,8 @@ from efusion import synthetic
 from efusion.metrics import RGB_TO_GRAY_WEIGHTS, mef_ssim
 from efusion.quality import psnr, ssim
 
+from _cli_helpers import assert_one_error_line, run
 from conftest import BURSTS, REFERENCE, requires_shared
-from test_cli import assert_one_error_line, run
 
 RESULT_KEYS = {"image", "path", "mef_ssim", "mef_ssim_single_scale", "mef_ssim_per_scale", "psnr", "ssim"}
 REPORT_KEYS = {"bracket", "frames", "width", "height", "params", "reference", "results"}
