@@ -50,8 +50,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -70,7 +70,7 @@ DEFAULT_FRAMES = "2,3,9,16"
 DEFAULT_MAX_MEGAPIXEL_FRAMES = 110
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 #: the parameters of the gradient measurements, all learnable (levels -1: the automatic depth)
-GRAD_PARAMS = dict(contrast=1.0, saturation=1.0, exposure=1.0, mu=0.5, sigma=0.2, levels=-1.0)
+GRAD_PARAMS = {"contrast": 1.0, "saturation": 1.0, "exposure": 1.0, "mu": 0.5, "sigma": 0.2, "levels": -1.0}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,8 +83,8 @@ def parse_size(text: str) -> tuple[int, int]:
         height, width = (int(v) for v in text.lower().split("x"))
     else:
         pixels = float(text) * 1e6
-        height = int(round(math.sqrt(pixels * 3 / 4)))
-        width = int(round(height * 4 / 3))
+        height = round(math.sqrt(pixels * 3 / 4))
+        width = round(height * 4 / 3)
     if height < 1 or width < 1:
         raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
     return height, width
@@ -262,7 +262,7 @@ def probe_memory(method: str, input_path: str, device: str, dtype: str, preset: 
     baseline, _ = _rss_mb()
     reset = _reset_peak()
     fn()
-    current, peak = _rss_mb()
+    _, peak = _rss_mb()
     if not reset or peak is None:  # lifetime peak: an upper bound if loading the inputs peaked higher
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"method": "VmHWM after clear_refs" if reset else "ru_maxrss", "baseline_mb": baseline,
@@ -274,7 +274,7 @@ def measure_memory(method: str, input_path: str, args) -> dict:
                "--device", args.device, "--dtype", args.dtype, "--preset", args.preset]
     if args.threads:
         command += ["--threads", str(args.threads)]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -312,9 +312,9 @@ def run_case(height: int, width: int, frames: int, args, log: Callable[[str], No
     result["times_s"] = times
     ratios = {}
     if "opencv" in medians:
-        for m in medians:
+        for m, median in medians.items():
             if m != "opencv":
-                ratios[f"{m}/opencv"] = medians[m] / medians["opencv"]
+                ratios[f"{m}/opencv"] = median / medians["opencv"]
     if "forward_backward" in medians:
         for base in ("eager", "forward_grad"):
             if base in medians:
@@ -513,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if torch.device(args.device).type != "cuda" and args.dtype in ("float16", "bfloat16"):
         args.skip.append("compiled")  # half precision on a CPU runs the (slow) reference path
     try:
-        import cv2  # noqa: F401
+        import cv2
     except ImportError:
         args.skip.append("opencv")
     default_grid = args.sizes is None and args.frames is None and not args.quick

@@ -64,7 +64,7 @@ def _number_plan(asked: float, maximum: int) -> tuple[list[Coefficient], list[Co
     """:func:`depth_plan` of a Python number: constant coefficients."""
     depth = asked if asked >= 1 else maximum + 1 + asked
     depth = min(max(depth, 1.0), float(maximum))
-    k = int(math.floor(depth))
+    k = math.floor(depth)
     t = depth - k
     top = k + 1 if t > 0 else k
     band: list[Coefficient] = [1.0 if l < k - 1 else 0.0 for l in range(top)]

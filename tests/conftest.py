@@ -85,7 +85,7 @@ def gradcheck_stack(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float
     """
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(*shape, generator=g, dtype=dtype)
-    n, c, h, w = x.shape[-4:]
+    n, c = x.shape[-4:-2]
     x[..., 0, :, :3, :4] = 0.5
     if c == 3:
         x[..., 0, :, :3, 4:] = x[..., 0, :1, :3, 4:]
@@ -109,6 +109,7 @@ def scene(b=None, n=3, c=3, h=20, w=24, seed=0, dtype=torch.float64):
 def frames8():
     """A small 8-bit bracket as uint8 ``[N, H, W, 3]`` (for the image-file and command-line tests)."""
     import numpy as np
+
     from _image_files import scene
 
     return (scene() * 255).round().astype(np.uint8)

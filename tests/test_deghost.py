@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import efusion
+
 from _align_cases import bracket_folders, load_small, psnr, smooth_texture
 from conftest import requires_shared
 
@@ -83,7 +84,7 @@ def test_real_moving_object(folder):
 @requires_shared()
 @pytest.mark.parametrize("name", ["seed_house", "Room"])
 def test_static_bracket_keeps_nearly_everything(name):
-    folder = [f for f in FOLDERS if f.name == name][0]
+    folder = next(f for f in FOLDERS if f.name == name)
     weights = efusion.deghost(load_small(folder, 256), reference=REFERENCE)
     # false detections on a static bracket (exposure differences a global mapping does not explain)
     assert weights.mean() > 0.85

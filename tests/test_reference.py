@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BURSTS, REFERENCE, burst_dir, burst_frames, load_burst_uint8, requires_shared
 from efusion import exposure_fusion
+
+from conftest import BURSTS, REFERENCE, burst_dir, burst_frames, load_burst_uint8, requires_shared
 
 #: exponents (contrast, saturation, exposure) of the references whose name says so
 EXPONENTS = {"seed_house_e": (0.0, 0.0, 1.0), "seed_house_mix": (2.0, 1.5, 1.25)}
@@ -102,7 +103,7 @@ def test_gradients_finite_on_real_bursts(burst):
     """No NaN/Inf in any gradient: the input and every parameter, on every real burst."""
     stack = as_stack(load_burst_uint8(BURSTS / burst), torch.float32).requires_grad_()
     params = {k: torch.tensor(v, requires_grad=True) for k, v in
-              dict(contrast=1.0, saturation=1.0, exposure=1.0, mu=0.5, sigma=0.2, levels=-1.5).items()}
+              {"contrast": 1.0, "saturation": 1.0, "exposure": 1.0, "mu": 0.5, "sigma": 0.2, "levels": -1.5}.items()}
     out = exposure_fusion(stack, **params)
     probe = torch.rand(out.shape, generator=torch.Generator().manual_seed(0))
     (out * probe).sum().backward()

@@ -14,7 +14,7 @@ from efusion import cli as efusion_cli
 from efusion import io as efusion_io
 from efusion import synthetic
 from training import losses
-from training.callbacks import FusedImageWriter, ParameterTrajectories
+from training.callbacks import FusedImageWriter
 from training.cli import main
 from training.data import FusionDataModule, SceneFolders, SyntheticScenes
 from training.module import FusionModule, export, export_checkpoint
@@ -26,11 +26,11 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 OVERLAYS = ("debug.yaml", "ddp.yaml", "learn-depth.yaml", "mef-ssim.yaml", "predict.yaml")
 
 
-def _trainer(**kwargs) -> "pl.Trainer":
-    options = dict(
-        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0,
-    )
+def _trainer(**kwargs) -> pl.Trainer:
+    options = {
+        "accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
+        "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
+    }
     options.update(kwargs)
     return pl.Trainer(**options)
 
@@ -227,13 +227,13 @@ class TestExport:
                               batch_size=2)
         # the same checkpoint callback in every trainer, as the CLI's configs have (else Lightning warns
         # that the callbacks which wrote the checkpoint are missing)
-        checkpointing = dict(enable_checkpointing=True, default_root_dir=str(tmp_path))
+        checkpointing = {"enable_checkpointing": True, "default_root_dir": str(tmp_path)}
         _trainer(max_steps=1, **checkpointing).fit(
             FusionModule(learnable=["contrast", "mu"], loss="mef_ssim", export_path=None), dm)
         ckpt = next(tmp_path.rglob("*.ckpt"))
-        for other, named in ((dict(learnable=["contrast", "mu"], loss="l1"), "loss='mef_ssim' there, 'l1' here"),
-                             (dict(learnable=["contrast"], loss="mef_ssim"), "learnable=['contrast', 'mu'] there"),
-                             (dict(learnable=["contrast", "mu"], loss="mef_ssim", preset="opencv"), "preset=")):
+        for other, named in (({"learnable": ["contrast", "mu"], "loss": "l1"}, "loss='mef_ssim' there, 'l1' here"),
+                             ({"learnable": ["contrast"], "loss": "mef_ssim"}, "learnable=['contrast', 'mu'] there"),
+                             ({"learnable": ["contrast", "mu"], "loss": "mef_ssim", "preset": "opencv"}, "preset=")):
             with pytest.raises(ValueError, match="belongs to another run") as error:
                 _trainer(**checkpointing).test(FusionModule(export_path=None, **other), dm, ckpt_path=ckpt,
                                                verbose=False)

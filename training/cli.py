@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
@@ -29,7 +29,7 @@ from efusion.io.errors import one_line
 from .data import DatasetError, FusionDataModule
 from .module import FusionModule, export_checkpoint
 
-__all__ = ["main", "FusionCLI"]
+__all__ = ["FusionCLI", "main"]
 
 
 PROG = "python -m training"

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -352,7 +353,7 @@ def export_checkpoint(checkpoint: str | Path, path: str | Path, *, overwrite: bo
     not_ours = f"{checkpoint}: not a FusionModule checkpoint (one written by `python -m training fit`)"
     try:
         content = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    except Exception as error:  # pickle, zip and torch errors alike: the file is not a torch checkpoint
+    except Exception as error:  # noqa: BLE001 - pickle, zip and torch errors alike: the file is not a torch checkpoint
         raise ValueError(f"{not_ours}: cannot load it ({one_line(error)})") from None
     if not isinstance(content, dict) or "pytorch-lightning_version" not in content or "state_dict" not in content:
         raise ValueError(f"{not_ours}: no Lightning state_dict in it")

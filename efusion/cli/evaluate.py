@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..color import rgb_to_gray
 from ..io import (
     IMAGE_SUFFIXES,
     MAX_PIXELS,
@@ -23,7 +24,6 @@ from ..io import (
     read_bracket,
 )
 from ..io.errors import one_line
-from ..metrics import _rgb_to_gray
 from .common import (
     DTYPES,
     CommandError,
@@ -174,7 +174,7 @@ def _read_scored_image(path: Path, max_pixels: int | None = MAX_PIXELS) -> tuple
 def _mef_gray(images: torch.Tensor, levels: int | None) -> torch.Tensor:
     """Gray ``[..., 1, H, W]`` on the 0-255 scale as the reference scores prepare images: MATLAB's
     ``rgb2gray`` of [0, 1] images, which rounds integer images' gray to their code values."""
-    gray = _rgb_to_gray(images)
+    gray = rgb_to_gray(images)
     if levels is not None:
         gray = torch.round(gray * levels) / levels
     return gray * 255.0
@@ -184,8 +184,7 @@ def _eval_bracket(label, source, args, params, device, dtype, fused, reference) 
     """Fuse (unless --fused-only) and score one bracket; returns its JSON report."""
     import efusion
 
-    from ..metrics import mef_ssim
-    from ..quality import psnr, ssim
+    from ..metrics import mef_ssim, psnr, ssim
 
     paths = list_frames(source) if isinstance(source, Path) else source
     bracket = read_bracket(paths, dtype=torch.float64, max_pixels=args.max_pixels)
@@ -257,7 +256,7 @@ def _eval_bracket(label, source, args, params, device, dtype, fused, reference) 
         if reference is not None:
             target = reference
             if image.shape[0] != target.shape[0]:  # gray against colour: compare gray
-                image, target = _rgb_to_gray(image), _rgb_to_gray(target)
+                image, target = rgb_to_gray(image), rgb_to_gray(target)
             ratio = psnr(image, target).item()
             entry["psnr"] = None if math.isinf(ratio) else ratio  # identical images; JSON has no infinity
             entry["ssim"] = ssim(image, target).item()

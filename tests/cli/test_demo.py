@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _image_files import leftovers
 from _cli_helpers import assert_one_error_line, run
+from _image_files import leftovers
 
 
 class TestDemo:

@@ -7,9 +7,8 @@ from PIL import Image
 
 import efusion
 
-from _image_files import write_frames
 from _cli_helpers import assert_one_error_line, run
-
+from _image_files import write_frames
 
 # ----------------------------------------------------------------------------------------------
 # issue 16 item 5: several --fused, and a folder of results matched to the brackets by name

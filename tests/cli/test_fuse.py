@@ -13,10 +13,9 @@ from PIL import Image
 import efusion
 from efusion.io import list_frames, read_bracket, read_image, robust_normalize
 
-from conftest import BURSTS, burst_frames, load_burst_uint8, requires_shared
-from _image_files import leftovers, save_png16, scene, write_frames
 from _cli_helpers import as_stack, assert_one_error_line, read_tiff, run
-
+from _image_files import leftovers, save_png16, scene, write_frames
+from conftest import BURSTS, burst_frames, load_burst_uint8, requires_shared
 
 # ----------------------------------------------------------------------------------------------
 # Fusing files
@@ -699,7 +698,7 @@ def test_batch_stops_at_a_destination_error(tmp_path, capsys, monkeypatch, three
 
     monkeypatch.setattr(os, "fsync", failing_fsync)
     out = tmp_path / "out"
-    status, stdout, err = run(["fuse", *three_brackets, "--out-dir", out], capsys)
+    status, _, err = run(["fuse", *three_brackets, "--out-dir", out], capsys)
     assert status == 1
     lines = err.strip().splitlines()
     assert len(lines) == 2, err

@@ -13,8 +13,8 @@ from PIL import Image
 
 import efusion
 
-from _image_files import scene, write_frames
 from _cli_helpers import run
+from _image_files import scene, write_frames
 
 
 def test_help_reads_well(capsys):
@@ -31,7 +31,8 @@ def test_help_reads_well(capsys):
 def python_m(*argv, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "100"}
     env.pop("EFUSION_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "efusion", *map(str, argv)], cwd=cwd, env=env, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "efusion", *map(str, argv)], cwd=cwd, env=env, capture_output=True,
+                          text=True, check=False)
 
 
 def test_python_m_efusion(tmp_path, bracket8):
@@ -85,7 +86,8 @@ def launcher(code: str, **env) -> str:
     root = Path(__file__).resolve().parents[2]
     environment = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     environment.update(env, PYTHONPATH=os.pathsep.join([str(root), environment.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=120,
+                          check=False)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 

@@ -6,12 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _cli_helpers import assert_one_error_line, run
-from _image_files import write_frames
 from PIL import Image
 
 import efusion
 from efusion.synthetic import bracket
+
+from _cli_helpers import assert_one_error_line, run
+from _image_files import write_frames
 
 PAD = 12
 #: (rows, columns) each frame is shifted by: the shake of a hand-held bracket

@@ -11,8 +11,8 @@ import efusion
 from efusion.cli import build_parser
 from efusion.presets import get_preset
 
-from _image_files import write_frames
 from _cli_helpers import as_stack, assert_one_error_line, run
+from _image_files import write_frames
 
 
 def parse(*argv):

@@ -24,7 +24,6 @@ from efusion.io import (
 
 from _image_files import leftovers, save_png16, scene
 
-
 # ----------------------------------------------------------------------------------------------
 # Reading
 
@@ -58,7 +57,7 @@ class TestReadImage:
         # float16 cannot hold code values above 65504 (they become inf before the division)
         pixels = np.array([[[0, 1, 32768], [65503, 65534, 65535]]], dtype=np.uint16).repeat(3, 0)
         save_png16(tmp_path / "a.png", pixels)
-        frame, alpha = read_image(tmp_path / "a.png", dtype=dtype)
+        frame, _ = read_image(tmp_path / "a.png", dtype=dtype)
         expected = (torch.from_numpy(pixels.astype(np.int64)).permute(2, 0, 1).double() / 65535).to(dtype)
         assert frame.dtype == dtype and torch.isfinite(frame).all()
         assert torch.equal(frame, expected)

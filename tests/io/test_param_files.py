@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from _image_files import leftovers
 
 
 class TestParams:
-    PARAMS = {"contrast": 0.4, "saturation": 1.7, "exposure": 2.5, "mu": 0.55, "sigma": 0.2, "levels": 4.5, "preset": "opencv"}
+    PARAMS: ClassVar[dict] = {"contrast": 0.4, "saturation": 1.7, "exposure": 2.5, "mu": 0.55, "sigma": 0.2, "levels": 4.5, "preset": "opencv"}
 
     @pytest.mark.parametrize("name", ["p.yaml", "p.yml", "p.json"])
     def test_round_trip(self, tmp_path, name):
