@@ -140,7 +140,7 @@ def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
     fusion.add_argument("--contrast", type=float, metavar="E", help="exponent of the contrast measure (default 1; 0 turns it off)")
     fusion.add_argument("--saturation", type=float, metavar="E", help="exponent of the saturation measure (default 1; 0 turns it off)")
     fusion.add_argument(
-        "--exposure", type=float, metavar="E", help="exponent of the well-exposedness measure (default 1; 0 turns it off)"
+        "--exposure", type=float, metavar="E", help="exponent of the well-exposedness measure (default 1, with --preset opencv 0 as in OpenCV; 0 turns it off)"
     )
     fusion.add_argument(
         "--mu", type=_channel_values, metavar="M",
@@ -161,8 +161,9 @@ def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
     )
     fusion.add_argument(
         "--preset",
-        choices=("mertens", "opencv"),
-        help="reproduce Mertens' MATLAB code (mertens, default) or OpenCV's MergeMertens (opencv)",
+        choices=("mertens", "opencv", "opencv-rgb"),
+        help="reproduce Mertens' MATLAB code (mertens, default), OpenCV's MergeMertens as its users call it on "
+        "cv2.imread's BGR frames (opencv), or OpenCV fed RGB frames (opencv-rgb)",
     )
     fusion.add_argument(
         "--params",
@@ -1049,8 +1050,13 @@ def _effective_params(params: dict[str, Any]) -> dict[str, Any]:
 
     from .fusion import exposure_fusion
 
+    from .params import EXPONENTS, resolve_exponents
+
     signature = inspect.signature(exposure_fusion).parameters
-    return {name: params.get(name, signature[name].default) for name in PARAM_NAMES}
+    effective = {name: params.get(name, signature[name].default) for name in PARAM_NAMES}
+    exponents = resolve_exponents(*(effective.get(n) for n in EXPONENTS), effective.get("preset") or "mertens")
+    effective.update((n, v) for n, v in zip(EXPONENTS, exponents) if n in effective)
+    return effective
 
 
 def _shown_value(value) -> str:

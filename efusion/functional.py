@@ -21,18 +21,20 @@ from torch import Tensor
 
 from . import _checks, backends
 from ._util import ParamLike
-from .params import DEFAULTS, check_levels, check_params
+from .params import DEFAULTS, check_levels, check_params, resolve_exponents
 from .presets import Preset, get_preset
+from .reference.masks import fill_masked
 
 __all__ = ["blend", "exposure_fusion", "fuse_frames", "mertens_weights"]
 
-_CONTRAST, _SATURATION, _EXPOSURE = DEFAULTS["contrast"], DEFAULTS["saturation"], DEFAULTS["exposure"]
+_CONTRAST, _SATURATION, _EXPOSURE = DEFAULTS["contrast"], DEFAULTS["saturation"], DEFAULTS["exposure"]  # None: the preset's
 _MU, _SIGMA = DEFAULTS["mu"], DEFAULTS["sigma"]
 
 
 def weights_5d(stack: Tensor, mask: Tensor | None, contrast: ParamLike, saturation: ParamLike, exposure: ParamLike,
                mu: ParamLike, sigma: ParamLike, preset: Preset) -> Tensor:
     """Normalised weights of a validated ``[B, N, C, H, W]`` stack -> ``[B, N, 1, H, W]``, by the selected backend."""
+    _checks.check_samples(stack, mask)
     params = (contrast, saturation, exposure, mu, sigma)
     backend = backends.select("weights", stack, (mask, *params), preset=preset, mask=mask)
     return backend.weights(stack, mask, params, preset)
@@ -41,6 +43,7 @@ def weights_5d(stack: Tensor, mask: Tensor | None, contrast: ParamLike, saturati
 def fuse_5d(stack: Tensor, mask: Tensor | None, contrast, saturation, exposure, mu, sigma, levels, preset: Preset,
             relative: bool | None) -> Tensor:
     """:func:`exposure_fusion` of a validated ``[B, N, C, H, W]`` stack -> ``[B, C, H, W]``, by the selected backend."""
+    _checks.check_samples(stack, mask)
     if stack.shape[1] == 1 and mask is None:
         return stack[:, 0].clone()  # one frame: its weight is exactly 1 everywhere
     params = (contrast, saturation, exposure, mu, sigma)
@@ -51,9 +54,9 @@ def fuse_5d(stack: Tensor, mask: Tensor | None, contrast, saturation, exposure, 
 def mertens_weights(
     stack: Tensor | Sequence[Tensor],
     *,
-    contrast: ParamLike = _CONTRAST,
-    saturation: ParamLike = _SATURATION,
-    exposure: ParamLike = _EXPOSURE,
+    contrast: ParamLike | None = _CONTRAST,
+    saturation: ParamLike | None = _SATURATION,
+    exposure: ParamLike | None = _EXPOSURE,
     mu: ParamLike = _MU,
     sigma: ParamLike = _SIGMA,
     preset: str | Preset = "mertens",
@@ -87,6 +90,7 @@ def mertens_weights(
     """
     stack5, unbatched = _checks.as_stack(stack)
     preset = get_preset(preset)
+    contrast, saturation, exposure = resolve_exponents(contrast, saturation, exposure, preset)
     mu, sigma = check_params(contrast, saturation, exposure, mu, sigma, stack5.shape[2])
     mask5 = _checks.as_mask(mask, stack5, unbatched)
     weights = weights_5d(stack5, mask5, contrast, saturation, exposure, mu, sigma, preset)
@@ -129,9 +133,9 @@ def blend(
 def exposure_fusion(
     stack: Tensor | Sequence[Tensor],
     *,
-    contrast: ParamLike = _CONTRAST,
-    saturation: ParamLike = _SATURATION,
-    exposure: ParamLike = _EXPOSURE,
+    contrast: ParamLike | None = _CONTRAST,
+    saturation: ParamLike | None = _SATURATION,
+    exposure: ParamLike | None = _EXPOSURE,
     mu: ParamLike = _MU,
     sigma: ParamLike = _SIGMA,
     levels: float | Tensor | None = None,
@@ -174,6 +178,7 @@ def exposure_fusion(
     """
     stack5, unbatched = _checks.as_stack(stack)
     preset = get_preset(preset)
+    contrast, saturation, exposure = resolve_exponents(contrast, saturation, exposure, preset)
     mu, sigma = check_params(contrast, saturation, exposure, mu, sigma, stack5.shape[2])
     check_levels(levels)
     mask5 = _checks.as_mask(mask, stack5, unbatched)
@@ -190,9 +195,9 @@ _INTEGER_RANGES = {torch.uint8: 255.0, torch.uint16: 65535.0}
 def fuse_frames(
     frames: FrameSource,
     *,
-    contrast: ParamLike = _CONTRAST,
-    saturation: ParamLike = _SATURATION,
-    exposure: ParamLike = _EXPOSURE,
+    contrast: ParamLike | None = _CONTRAST,
+    saturation: ParamLike | None = _SATURATION,
+    exposure: ParamLike | None = _EXPOSURE,
     mu: ParamLike = _MU,
     sigma: ParamLike = _SIGMA,
     levels: float | Tensor | None = None,
@@ -237,6 +242,7 @@ def fuse_frames(
         torch.Size([3, 32, 48])
     """
     preset = get_preset(preset)
+    contrast, saturation, exposure = resolve_exponents(contrast, saturation, exposure, preset)
     read_frames = _frame_reader(frames, "frames")
     read_masks = None if masks is None else _frame_reader(masks, "masks")
     check_levels(levels)
@@ -264,7 +270,11 @@ def fuse_frames(
                 if mask is None:
                     raise ValueError(f"masks has {i} entries for more frames")
                 mask = _check_frame_mask(mask, i, weight_shape, dtype)
-            yield _to_unit_float(frame.reshape(shape), dtype, preset, out), mask, frame.requires_grad
+            converted = _to_unit_float(frame.reshape(shape), dtype, preset, out)
+            _checks.check_samples(converted, None if mask is None else mask.unsqueeze(-4), "frames", i)
+            if mask is not None:  # as exposure_fusion: masked pixels filled from the unmasked ones
+                converted = fill_masked(converted, mask, preset)
+            yield converted, mask, frame.requires_grad
         if masks_iter is not None and next(masks_iter, None) is not None:
             raise ValueError("masks has more entries than frames")
 
@@ -347,7 +357,7 @@ def _to_unit_float(frame: Tensor, dtype: torch.dtype, preset: Preset, out: Tenso
     out.copy_(frame)
     full_scale = _INTEGER_RANGES.get(frame.dtype)
     if full_scale is not None:
-        if preset.name == "opencv" and dtype == torch.float32:
+        if preset.integer_scale == "reciprocal" and dtype == torch.float32:
             out.mul_(float(torch.tensor(1.0 / full_scale, dtype=torch.float32)))  # convertTo(CV_32F, 1/255)
         else:
             out.div_(full_scale)  # im2double

@@ -21,6 +21,7 @@ from .params import (
     check_layer_value,
     check_levels,
     parse_learnable,
+    resolve_exponents,
 )
 from .presets import get_preset
 
@@ -84,9 +85,9 @@ class Fusion(nn.Module):
 
     def __init__(
         self,
-        contrast: float = DEFAULTS["contrast"],
-        saturation: float = DEFAULTS["saturation"],
-        exposure: float = DEFAULTS["exposure"],
+        contrast: float | None = DEFAULTS["contrast"],
+        saturation: float | None = DEFAULTS["saturation"],
+        exposure: float | None = DEFAULTS["exposure"],
         mu: float | Sequence[float] = DEFAULTS["mu"],
         sigma: float | Sequence[float] = DEFAULTS["sigma"],
         levels: float | None = None,
@@ -96,6 +97,7 @@ class Fusion(nn.Module):
         super().__init__()
         self.preset = get_preset(preset).name
         self.learnable = parse_learnable(learnable)
+        contrast, saturation, exposure = resolve_exponents(contrast, saturation, exposure, preset)
         values = {"contrast": contrast, "saturation": saturation, "exposure": exposure, "mu": mu, "sigma": sigma}
         for name, value in values.items():
             tensor = check_layer_value(name, value)

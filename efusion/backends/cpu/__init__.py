@@ -19,6 +19,7 @@ from torch import Tensor
 from ..._util import needs_grad
 from ...depth import depth_plan
 from ...presets import PRESETS, Preset
+from ...reference.measures import may_overflow
 from .blend import Blender, FusionFunction, blend_fast, fuse_kernels, plan_arguments
 from .ops import op_arguments, relative_code
 from .pyramid import Workspace, band_rows
@@ -27,12 +28,21 @@ from .weights import WeightsFunction, raw_weights_into, weights_into
 __all__ = ["CpuBackend", "BACKEND"]
 
 _DTYPES = (torch.float32, torch.float64)
+#: the number of frames the overflow bound assumes for fuse_frames, which learns it while streaming
+_MANY_FRAMES = 1 << 16
 
 
 def _functorch_wrapped(values) -> bool:
     """Whether a ``torch.func`` transform (grad, vmap, ...) wraps one of ``values``: those need the
     reference code's plain operations."""
     return any(isinstance(t, Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in values)
+
+
+def _without_zeros(mask: Tensor) -> bool:
+    """Whether ``mask`` is positive everywhere (read on the host only for CPU tensors outside ``torch.compile``)."""
+    if mask.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    return bool((mask > 0).all())
 
 
 class CpuBackend:
@@ -42,6 +52,17 @@ class CpuBackend:
     name = "cpu"
 
     def accepts(self, op: str, stack: Tensor, inputs: tuple, *, preset: Preset, mask: Tensor | None = None) -> bool:
+        # the kernels have neither the fill of masked pixels nor the log-domain normalisation: a
+        # mask with zeros, or exponents whose product may overflow, run the reference code
+        # (inputs: weights (mask, c, s, e, mu, sigma), fuse (mask, c, s, e, mu, sigma, levels),
+        # fuse_frames (c, s, e, mu, sigma, levels) with a number of frames not known in advance)
+        if op in ("weights", "fuse", "fuse_frames"):
+            contrast, saturation = inputs[1:3] if op != "fuse_frames" else inputs[0:2]
+            frames = stack.shape[1] if op != "fuse_frames" else _MANY_FRAMES
+            if may_overflow(contrast, saturation, frames, stack.dtype):
+                return False
+        if mask is not None and op in ("weights", "fuse") and not _without_zeros(mask):
+            return False
         if torch.compiler.is_compiling():
             # Inductor fuses the reference code well on GPUs and with gradients; without gradients on
             # a CPU the kernels as opaque operators run about twice as fast as the traced reference
