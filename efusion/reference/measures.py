@@ -200,9 +200,12 @@ def measure_terms(
     return terms
 
 
-def product_weights(terms: list[tuple[str, Tensor, ParamLike]], like: Tensor, skip: Tensor | None = None) -> Tensor:
+def product_weights(terms: list[tuple[str, Tensor, ParamLike]], like: Tensor, skip: Tensor | None = None,
+                    large: list[Tensor] | None = None) -> Tensor:
     """``C^c * S^s * E^e + 1e-12`` from :func:`measure_terms`; where ``skip`` is true every factor is
-    1 (no inf there, nor in the gradient: pixels the log-domain weights take over)."""
+    1 (no inf there, nor in the gradient: pixels the log-domain weights take over). ``large``, when
+    given, receives a map of where a factor exceeds the square root of the dtype's largest value
+    (a product, or its gradient, may overflow there)."""
     weight: Tensor | None = None
     for form, measure, exponent in terms:
         if skip is not None:
@@ -213,6 +216,9 @@ def product_weights(terms: list[tuple[str, Tensor, ParamLike]], like: Tensor, sk
             factor = safe_sqrt(measure) if is_one(exponent) else power(measure, exponent, 0.5)
         else:
             factor = (exponent * measure).exp()
+        if large is not None:
+            beyond = factor.detach() > math.sqrt(torch.finfo(factor.dtype).max)
+            large.append(beyond if not large else large.pop() | beyond)
         weight = factor if weight is None else weight * factor
     if weight is None:
         weight = torch.ones_like(like[..., :1, :, :])
@@ -310,9 +316,10 @@ def fusion_weights(stack, mask, contrast, saturation, exposure, mu, sigma, prese
 
     The weights are measured on :func:`~efusion.reference.masks.fill_masked`'s stack (``filled``:
     the stack is filled already), so pixels under ``mask = 0`` do not reach them. Where the
-    product ``C^c S^s E^e`` overflows (or its sum over frames does), the pixel's weights come from
-    the log domain (:func:`log_weights`, :func:`log_normalise`); elsewhere they are the product's,
-    bit for bit.
+    product ``C^c S^s E^e`` overflows (or its sum over frames does, or one of its factors exceeds
+    the square root of the dtype's largest value, where its gradient could overflow), the pixel's
+    weights come from the log domain (:func:`log_weights`, :func:`log_normalise`); elsewhere they
+    are the product's, bit for bit.
     """
     compute = compute_dtype(stack.dtype)
     x = stack.to(compute)
@@ -320,9 +327,12 @@ def fusion_weights(stack, mask, contrast, saturation, exposure, mu, sigma, prese
         x = fill_masked(x, mask, preset)
     params = [cast_param(p, compute, stack.device) for p in (contrast, saturation, exposure, mu, sigma)]
     terms = measure_terms(x, *params, preset)
-    raw = product_weights(terms, x)
+    large: list[Tensor] = []
+    raw = product_weights(terms, x, large=large)
     masked = raw if mask is None else raw * mask.to(raw.dtype)
-    overflow = masked.sum(dim=1, keepdim=True).isfinite().logical_not()
+    overflow = masked.detach().sum(dim=1, keepdim=True).isfinite().logical_not()
+    if large:  # a factor beyond sqrt(max): finite here, but its gradient (huge times tiny) may not be
+        overflow = overflow | large[0].any(dim=1, keepdim=True)
     # a CPU tensor answers without a device sync; elsewhere both paths are computed, no host read
     if stack.device.type == "cpu" and not torch.compiler.is_compiling() and not bool(overflow.any()):
         weight = normalise(raw, mask)
