@@ -40,25 +40,29 @@ def masked_brackets(draw):
 
 
 class TestMaskedValuesDoNotReachTheResult:
-    @settings(max_examples=30, deadline=None)
-    @given(masked_brackets())
-    def test_output_and_weights(self, case):
+    @pytest.mark.parametrize("backend", ["cpu", "reference"])
+    @settings(max_examples=20, deadline=None)
+    @given(case=masked_brackets())
+    def test_output_and_weights(self, backend, case):
         x, mask, preset, junk, seed = case
         other = with_junk(x, mask, junk, seed + 1)
-        out = exposure_fusion(x, mask=mask, preset=preset, contrast=1.5, exposure=1.0)
-        assert torch.isfinite(out).all()
-        assert torch.equal(exposure_fusion(other, mask=mask, preset=preset, contrast=1.5, exposure=1.0), out)
-        assert torch.equal(mertens_weights(other, mask=mask, preset=preset), mertens_weights(x, mask=mask, preset=preset))
+        with backends.use(backend):
+            out = exposure_fusion(x, mask=mask, preset=preset, contrast=1.5, exposure=1.0)
+            assert torch.isfinite(out).all()
+            assert torch.equal(exposure_fusion(other, mask=mask, preset=preset, contrast=1.5, exposure=1.0), out)
+            assert torch.equal(mertens_weights(other, mask=mask, preset=preset), mertens_weights(x, mask=mask, preset=preset))
 
-    @settings(max_examples=15, deadline=None)
-    @given(masked_brackets())
-    def test_gradient_with_respect_to_unmasked_pixels(self, case):
+    @pytest.mark.parametrize("backend", ["cpu", "reference"])
+    @settings(max_examples=10, deadline=None)
+    @given(case=masked_brackets())
+    def test_gradient_with_respect_to_unmasked_pixels(self, backend, case):
         x, mask, preset, junk, seed = case
         probe = torch.rand(x.shape[1:], generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
 
         def gradient(stack):
             stack = stack.clone().requires_grad_()
-            (exposure_fusion(stack, mask=mask, preset=preset) * probe).sum().backward()
+            with backends.use(backend):
+                (exposure_fusion(stack, mask=mask, preset=preset) * probe).sum().backward()
             return stack.grad
 
         clean, dirty = gradient(x), gradient(with_junk(x, mask, junk, seed + 1))

@@ -19,6 +19,7 @@ from torch import Tensor
 from ..._util import needs_grad
 from ...depth import depth_plan
 from ...presets import PRESETS, Preset
+from ...reference.masks import fill_masked
 from ...reference.measures import may_overflow
 from .blend import Blender, FusionFunction, blend_fast, fuse_kernels, plan_arguments
 from .ops import op_arguments, relative_code
@@ -38,13 +39,6 @@ def _functorch_wrapped(values) -> bool:
     return any(isinstance(t, Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in values)
 
 
-def _without_zeros(mask: Tensor) -> bool:
-    """Whether ``mask`` is positive everywhere (read on the host only for CPU tensors outside ``torch.compile``)."""
-    if mask.device.type != "cpu" or torch.compiler.is_compiling():
-        return False
-    return bool((mask > 0).all())
-
-
 class CpuBackend:
     """The kernels as a backend (see the module docstring and :class:`efusion.backends.reference.ReferenceBackend`
     for the ops' signatures)."""
@@ -52,8 +46,8 @@ class CpuBackend:
     name = "cpu"
 
     def accepts(self, op: str, stack: Tensor, inputs: tuple, *, preset: Preset, mask: Tensor | None = None) -> bool:
-        # the kernels have neither the fill of masked pixels nor the log-domain normalisation: a
-        # mask with zeros, or exponents whose product may overflow, run the reference code
+        # the kernels have no log-domain normalisation: exponents whose product may overflow run
+        # the reference code
         # (inputs: weights (mask, c, s, e, mu, sigma), fuse (mask, c, s, e, mu, sigma, levels),
         # fuse_frames (c, s, e, mu, sigma, levels) with a number of frames not known in advance)
         if op in ("weights", "fuse", "fuse_frames"):
@@ -61,8 +55,6 @@ class CpuBackend:
             frames = stack.shape[1] if op != "fuse_frames" else _MANY_FRAMES
             if may_overflow(contrast, saturation, frames, stack.dtype):
                 return False
-        if mask is not None and op in ("weights", "fuse") and not _without_zeros(mask):
-            return False
         if torch.compiler.is_compiling():
             # Inductor fuses the reference code well on GPUs and with gradients; without gradients on
             # a CPU the kernels as opaque operators run about twice as fast as the traced reference
@@ -80,8 +72,10 @@ class CpuBackend:
         return True
 
     def weights(self, stack: Tensor, mask: Tensor | None, params: tuple, preset: Preset) -> Tensor:
-        """:func:`efusion.reference.measures.fusion_weights` by :func:`.weights.weights_into`."""
-        mask = None if mask is None else mask.to(stack.dtype)
+        """:func:`efusion.reference.measures.fusion_weights` by :func:`.weights.weights_into` (of the
+        stack with its masked pixels filled by :func:`~efusion.reference.masks.fill_masked`)."""
+        if mask is not None:
+            stack, mask = fill_masked(stack, mask, preset), mask.to(stack.dtype)
         if needs_grad(stack, *params):
             return WeightsFunction.apply(stack, mask, *params, preset)
         out = torch.empty_like(stack[:, :, :1])
@@ -96,7 +90,10 @@ class CpuBackend:
 
     def fuse(self, stack: Tensor, mask: Tensor | None, params: tuple, levels, preset: Preset,
              relative: bool | None) -> Tensor:
-        """The reference weights and blend by the kernels (or ``efusion::fuse``)."""
+        """The reference weights and blend by the kernels (or ``efusion::fuse``), of the stack with
+        its masked pixels filled by :func:`~efusion.reference.masks.fill_masked` (as the reference)."""
+        if mask is not None:
+            stack = fill_masked(stack, mask, preset)
         if torch.compiler.is_compiling():
             return torch.ops.efusion.fuse(stack, mask, *op_arguments(*params, levels), relative_code(relative), preset.name)
         mask = None if mask is None else mask.to(stack.dtype)
