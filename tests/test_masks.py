@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import scene
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import scene
 from efusion import backends, exposure_fusion, fuse_frames, mertens_weights
 from efusion.reference.masks import fill_masked
 

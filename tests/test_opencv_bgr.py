@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import BURSTS, burst_frames, requires_shared
+
 from efusion import exposure_fusion, fuse_frames
 
 cv2 = pytest.importorskip("cv2")

@@ -6,11 +6,18 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-
 from conftest import scene
+
 from efusion import backends, exposure_fusion, fuse_frames, get_preset, mertens_weights
 from efusion.cli import main
-from efusion.reference.measures import log_normalise, log_weights, measure_terms, normalise, power, product_weights
+from efusion.reference.measures import (
+    log_normalise,
+    log_weights,
+    measure_terms,
+    normalise,
+    power,
+    product_weights,
+)
 
 
 def noisy(dtype=torch.float64, seed=0):

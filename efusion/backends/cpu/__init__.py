@@ -51,9 +51,9 @@ class CpuBackend:
         # (inputs: weights (mask, c, s, e, mu, sigma), fuse (mask, c, s, e, mu, sigma, levels),
         # fuse_frames (c, s, e, mu, sigma, levels) with a number of frames not known in advance)
         if op in ("weights", "fuse", "fuse_frames"):
-            contrast, saturation = inputs[1:3] if op != "fuse_frames" else inputs[0:2]
+            exponents = inputs[1:3] if op != "fuse_frames" else inputs[0:2]
             frames = stack.shape[1] if op != "fuse_frames" else _MANY_FRAMES
-            if may_overflow(contrast, saturation, frames, stack.dtype):
+            if len(exponents) == 2 and may_overflow(*exponents, frames, stack.dtype):
                 return False
         if torch.compiler.is_compiling():
             # Inductor fuses the reference code well on GPUs and with gradients; without gradients on
