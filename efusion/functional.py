@@ -34,7 +34,6 @@ _MU, _SIGMA = DEFAULTS["mu"], DEFAULTS["sigma"]
 def weights_5d(stack: Tensor, mask: Tensor | None, contrast: ParamLike, saturation: ParamLike, exposure: ParamLike,
                mu: ParamLike, sigma: ParamLike, preset: Preset) -> Tensor:
     """Normalised weights of a validated ``[B, N, C, H, W]`` stack -> ``[B, N, 1, H, W]``, by the selected backend."""
-    _checks.check_samples(stack, mask)
     params = (contrast, saturation, exposure, mu, sigma)
     backend = backends.select("weights", stack, (mask, *params), preset=preset, mask=mask)
     return backend.weights(stack, mask, params, preset)
@@ -43,7 +42,6 @@ def weights_5d(stack: Tensor, mask: Tensor | None, contrast: ParamLike, saturati
 def fuse_5d(stack: Tensor, mask: Tensor | None, contrast, saturation, exposure, mu, sigma, levels, preset: Preset,
             relative: bool | None) -> Tensor:
     """:func:`exposure_fusion` of a validated ``[B, N, C, H, W]`` stack -> ``[B, C, H, W]``, by the selected backend."""
-    _checks.check_samples(stack, mask)
     if stack.shape[1] == 1 and mask is None:
         return stack[:, 0].clone()  # one frame: its weight is exactly 1 everywhere
     params = (contrast, saturation, exposure, mu, sigma)
@@ -102,6 +100,7 @@ def mertens_weights(
     contrast, saturation, exposure = resolve_exponents(contrast, saturation, exposure, preset)
     mu, sigma = check_params(contrast, saturation, exposure, mu, sigma, stack5.shape[2])
     mask5 = _checks.as_mask(mask, stack5, unbatched)
+    _checks.check_samples(stack5, mask5)
     weights = weights_5d(stack5, mask5, contrast, saturation, exposure, mu, sigma, preset)
     return weights.squeeze(0) if unbatched else weights
 
@@ -203,6 +202,7 @@ def exposure_fusion(
     mu, sigma = check_params(contrast, saturation, exposure, mu, sigma, stack5.shape[2])
     check_levels(levels)
     mask5 = _checks.as_mask(mask, stack5, unbatched)
+    _checks.check_samples(stack5, mask5)
     result = fuse_5d(stack5, mask5, contrast, saturation, exposure, mu, sigma, levels, preset, None)
     return result.squeeze(0) if unbatched else result
 

@@ -52,7 +52,9 @@ class _Softplus(nn.Module):
 class Fusion(nn.Module):
     """Mertens exposure fusion as a layer, with optionally learnable parameters.
 
-    ``forward(stack, mask=None)`` is :func:`exposure_fusion` with the layer's parameters.
+    ``forward(stack, mask=None)`` is :func:`exposure_fusion` with the layer's parameters, except
+    that it does not check the stack's values (NaN, values above 2): in training, a non-finite
+    loss is the training loop's to handle (``efusion``'s training skips or names such a step).
 
     Learnable parameters are ``nn.Parameter``; the others are buffers, so ``.to()``,
     ``state_dict()`` and ``load_state_dict()`` carry all of them. Constraints during training:
