@@ -46,8 +46,20 @@ def fill_masked(stack: Tensor, mask: Tensor, preset: str | Preset = "mertens") -
     """
     preset = get_preset(preset)
     valid = (mask > 0).expand(*stack.shape[:-3], 1, *stack.shape[-2:])
-    if valid.device.type == "cpu" and not torch.compiler.is_compiling() and bool(valid.all()):
-        return stack
+    if valid.device.type == "cpu" and not torch.compiler.is_compiling():
+        # on the host, frames without a masked pixel are left alone (no pyramid for them)
+        holes = valid.logical_not().flatten(-3).any(-1)
+        if not bool(holes.any()):
+            return stack
+        if not bool(holes.all()):
+            out = stack.clone()
+            out[holes] = _push_pull(stack[holes], valid[holes], preset)
+            return out
+    return _push_pull(stack, valid, preset)
+
+
+def _push_pull(stack: Tensor, valid: Tensor, preset: Preset) -> Tensor:
+    """:func:`fill_masked` of ``stack [..., C, H, W]`` where ``valid [..., 1, H, W]`` (bool) is false."""
     images = [torch.where(valid, stack, 0.0)]
     weights = [valid.to(stack.dtype)]
     while images[-1].shape[-2] > 1 or images[-1].shape[-1] > 1:
