@@ -99,15 +99,17 @@ class Fusion(nn.Module):
         super().__init__()
         self.preset = get_preset(preset).name
         self.learnable = parse_learnable(learnable)
+        given = {"contrast": contrast, "saturation": saturation, "exposure": exposure}
         contrast, saturation, exposure = resolve_exponents(contrast, saturation, exposure, preset)
         values = {"contrast": contrast, "saturation": saturation, "exposure": exposure, "mu": mu, "sigma": sigma}
         for name, value in values.items():
             tensor = check_layer_value(name, value)
             if name in self.learnable:
                 if name in POSITIVE and not bool((tensor > 0).all()):
+                    default = f" (the {self.preset!r} preset's default)" if given.get(name, 0.0) is None else ""
                     raise ValueError(
-                        f"learnable {name} must start > 0, got {value!r}: an exponent of 0 switches its measure "
-                        "off, which a gradient cannot undo; start from a small positive value or keep it fixed"
+                        f"learnable {name} must start > 0, got {value!r}{default}: an exponent of 0 switches its "
+                        "measure off, which a gradient cannot undo; start from a small positive value or keep it fixed"
                     )
                 self.register_parameter(name, nn.Parameter(tensor))
                 if name in POSITIVE:
