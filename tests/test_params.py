@@ -20,8 +20,13 @@ def test_defaults_are_the_signatures():
 
 
 def test_defaults_are_mertens():
-    # exposure_fusion.m's default [1 1 1] exponents; well_exposedness.m's Gaussian (0.5, 0.2)
-    assert params.DEFAULTS == {"contrast": 1.0, "saturation": 1.0, "exposure": 1.0, "mu": 0.5, "sigma": 0.2, "levels": None}
+    # exponents: the preset's; well_exposedness.m's Gaussian (0.5, 0.2)
+    assert params.DEFAULTS == {"contrast": None, "saturation": None, "exposure": None, "mu": 0.5, "sigma": 0.2, "levels": None}
+    # exposure_fusion.m's default [1 1 1]; cv2.createMergeMertens()'s (1, 1, 0)
+    assert params.resolve_exponents(None, None, None, "mertens") == (1.0, 1.0, 1.0)
+    assert params.resolve_exponents(None, None, None, "opencv") == (1.0, 1.0, 0.0)
+    assert params.resolve_exponents(None, 0.5, 2.0, "opencv") == (1.0, 0.5, 2.0)
+    assert params.resolve_exponents(None, None, None, "opencv-rgb") == (1.0, 1.0, 1.0)
 
 
 def test_layer_export_names_every_parameter():
@@ -40,7 +45,7 @@ def test_layer_export_names_every_parameter():
     ],
 )
 def test_check_params_errors(kwargs, error, match):
-    values = {**{k: params.DEFAULTS[k] for k in params.NAMES[:5]}, **kwargs}
+    values = {**dict(zip(params.NAMES[:5], (1.0, 1.0, 1.0, 0.5, 0.2))), **kwargs}
     with pytest.raises(error, match=match):
         params.check_params(*(values[k] for k in params.NAMES[:5]), channels=3)
 

@@ -82,6 +82,8 @@ def opencv_cases() -> list[tuple[str, tuple[float, float, float]]]:
 
 @requires_shared(BURSTS)
 class TestOpenCVMergeMertens:
+    """OpenCV fed RGB frames: preset "opencv-rgb" (tests/test_opencv_bgr.py: as its users call it)."""
+
     @pytest.mark.parametrize("burst, exponents", opencv_cases())
     def test_psnr_at_least_60db(self, burst, exponents):
         cv2 = pytest.importorskip("cv2")
@@ -91,7 +93,7 @@ class TestOpenCVMergeMertens:
         # OpenCV converts 8-bit frames with a float32 multiplication by 1/255 (convertTo's scale)
         stack = torch.from_numpy(frames).permute(0, 3, 1, 2).float() * np.float32(1.0 / 255.0)
         c, s, e = exponents
-        out = exposure_fusion(stack, contrast=c, saturation=s, exposure=e, preset="opencv")
+        out = exposure_fusion(stack, contrast=c, saturation=s, exposure=e, preset="opencv-rgb")
         value = psnr(out.permute(1, 2, 0).numpy(), expected)
         assert value >= 60, f"{burst} {exponents}: PSNR vs OpenCV {value:.1f} dB"
 

@@ -7,6 +7,7 @@ from torch import Tensor
 from .._util import WeightParams
 from ..presets import Preset
 from ..reference.blend import blend as reference_blend
+from ..reference.masks import fill_masked
 from ..reference.measures import fusion_weights
 
 __all__ = ["ReferenceBackend", "BACKEND"]
@@ -31,8 +32,10 @@ class ReferenceBackend:
 
     def fuse(self, stack: Tensor, mask: Tensor | None, params: WeightParams, levels, preset: Preset,
              relative: bool | None) -> Tensor:
-        """The weights, then the blend."""
-        return reference_blend(stack, fusion_weights(stack, mask, *params, preset), levels, preset, relative)
+        """The weights, then the blend, both of :func:`~efusion.reference.masks.fill_masked`'s stack."""
+        if mask is not None:
+            stack = fill_masked(stack, mask, preset)
+        return reference_blend(stack, fusion_weights(stack, mask, *params, preset, filled=True), levels, preset, relative)
 
     def fuse_frames(self, *args, **kwargs) -> None:
         """``None``: :func:`efusion.fuse_frames` stacks the frames and calls :meth:`fuse`."""

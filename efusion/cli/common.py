@@ -165,13 +165,18 @@ def check_finite(path: Path, frame: torch.Tensor, also: str = "", cannot: str = 
 
 
 def effective_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Every fusion parameter: the given ones over :func:`efusion.exposure_fusion`'s defaults."""
+    """Every fusion parameter: the given ones over :func:`efusion.exposure_fusion`'s defaults (the
+    exponents left ``None`` resolved to the preset's, so outputs record the values used)."""
     import inspect
 
-    from ..fusion import exposure_fusion
+    from ..functional import exposure_fusion
+    from ..params import EXPONENTS, resolve_exponents
 
     signature = inspect.signature(exposure_fusion).parameters
-    return {name: params.get(name, signature[name].default) for name in PARAM_NAMES}
+    effective = {name: params.get(name, signature[name].default) for name in PARAM_NAMES}
+    exponents = resolve_exponents(*(effective.get(n) for n in EXPONENTS), effective.get("preset") or "mertens")
+    effective.update((n, v) for n, v in zip(EXPONENTS, exponents) if n in effective)
+    return effective
 
 
 def shown_value(value) -> str:

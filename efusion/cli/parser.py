@@ -6,6 +6,7 @@ import argparse
 from .. import __version__
 from ..io import IMAGE_SUFFIXES, MAX_PIXELS, OUTPUT_FORMATS, PARAM_NAMES
 from ..io.display import RANGES
+from ..presets import PRESETS
 from .common import DTYPES, PROG
 from .demo import DEMO_DIR
 
@@ -87,7 +88,8 @@ def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
     fusion.add_argument("--contrast", type=float, metavar="E", help="exponent of the contrast measure (default 1; 0 turns it off)")
     fusion.add_argument("--saturation", type=float, metavar="E", help="exponent of the saturation measure (default 1; 0 turns it off)")
     fusion.add_argument(
-        "--exposure", type=float, metavar="E", help="exponent of the well-exposedness measure (default 1; 0 turns it off)"
+        "--exposure", type=float, metavar="E",
+        help="exponent of the well-exposedness measure (default 1, with --preset opencv 0 as in OpenCV; 0 turns it off)"
     )
     fusion.add_argument(
         "--mu", type=_channel_values, metavar="M",
@@ -108,8 +110,9 @@ def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
     )
     fusion.add_argument(
         "--preset",
-        choices=("mertens", "opencv"),
-        help="reproduce Mertens' MATLAB code (mertens, default) or OpenCV's MergeMertens (opencv)",
+        choices=tuple(PRESETS),
+        help="reproduce Mertens' MATLAB code (mertens, default), OpenCV's MergeMertens as its users call it on "
+        "cv2.imread's BGR frames (opencv), or OpenCV fed RGB frames (opencv-rgb)",
     )
     fusion.add_argument(
         "--params",

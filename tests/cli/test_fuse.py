@@ -858,3 +858,32 @@ def test_single_bracket_shows_progress_on_a_terminal(tmp_path, monkeypatch, brac
 def test_no_progress_when_not_a_terminal(tmp_path, capsys, bracket8):
     code, _, err = run(["fuse", *bracket8, "-o", tmp_path / "f.png"], capsys)
     assert code == 0 and err == ""
+
+
+class TestMistakenFloatInputs:
+    """Issue 12, item 5: float files beyond MAX_SAMPLE = 2 (unscaled 8/16-bit data) or with NaN are refused."""
+
+    def _bracket(self, folder: Path, frames: np.ndarray) -> Path:
+        folder.mkdir()
+        for i, frame in enumerate(frames):
+            tifffile.imwrite(folder / f"{i}.tif", frame, photometric="rgb")
+        return folder
+
+    def test_unscaled_float_tiff_is_refused_in_one_line(self, tmp_path, capsys, frames8):
+        folder = self._bracket(tmp_path / "b", frames8.astype(np.float32))  # 0..255 stored as float
+        code, _, err = run(["fuse", folder, "-o", tmp_path / "out.tif"], capsys)
+        assert code != 0 and not (tmp_path / "out.tif").exists()
+        assert_one_error_line(err, "above 2", "divide 8-bit images by 255")
+
+    def test_nan_in_a_float_tiff_is_refused_in_one_line(self, tmp_path, capsys, frames8):
+        frames = frames8.astype(np.float32) / 255
+        frames[1, 3, 4, :] = np.nan
+        folder = self._bracket(tmp_path / "b", frames)
+        code, _, err = run(["fuse", folder, "-o", tmp_path / "out.tif"], capsys)
+        assert code != 0
+        assert_one_error_line(err, "1.tif", "NaN or infinite")  # efusion.io refuses the file itself
+
+    def test_mild_overshoot_is_accepted(self, tmp_path, capsys, frames8):
+        folder = self._bracket(tmp_path / "b", frames8.astype(np.float32) / 255 * 1.5)
+        code, _, _ = run(["fuse", folder, "-o", tmp_path / "out.tif", "--bit-depth", "32"], capsys)
+        assert code == 0 and np.isfinite(tifffile.imread(tmp_path / "out.tif")).all()

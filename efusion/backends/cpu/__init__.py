@@ -19,6 +19,8 @@ from torch import Tensor
 from ..._util import WeightParams, needs_grad
 from ...depth import depth_plan
 from ...presets import PRESETS, Preset
+from ...reference.masks import fill_masked
+from ...reference.measures import may_overflow
 from .blend import Blender, FusionFunction, blend_fast, fuse_kernels, plan_arguments
 from .ops import op_arguments, relative_code
 from .pyramid import Workspace, band_rows
@@ -27,6 +29,8 @@ from .weights import WeightsFunction, raw_weights_into, weights_into
 __all__ = ["CpuBackend", "BACKEND"]
 
 _DTYPES = (torch.float32, torch.float64)
+#: the number of frames the overflow bound assumes for fuse_frames, which learns it while streaming
+_MANY_FRAMES = 1 << 16
 
 
 def _functorch_wrapped(values) -> bool:
@@ -42,6 +46,15 @@ class CpuBackend:
     name = "cpu"
 
     def accepts(self, op: str, stack: Tensor, inputs: tuple, *, preset: Preset, mask: Tensor | None = None) -> bool:
+        # the kernels have no log-domain normalisation: exponents whose product may overflow run
+        # the reference code
+        # (inputs: weights (mask, c, s, e, mu, sigma), fuse (mask, c, s, e, mu, sigma, levels),
+        # fuse_frames (c, s, e, mu, sigma, levels) with a number of frames not known in advance)
+        if op in ("weights", "fuse", "fuse_frames"):
+            exponents = inputs[1:3] if op != "fuse_frames" else inputs[0:2]
+            frames = stack.shape[1] if op != "fuse_frames" else _MANY_FRAMES
+            if len(exponents) == 2 and may_overflow(*exponents, frames, stack.dtype):
+                return False
         if torch.compiler.is_compiling():
             # Inductor fuses the reference code well on GPUs and with gradients; without gradients on
             # a CPU the kernels as opaque operators run about twice as fast as the traced reference
@@ -59,8 +72,10 @@ class CpuBackend:
         return True
 
     def weights(self, stack: Tensor, mask: Tensor | None, params: WeightParams, preset: Preset) -> Tensor:
-        """:func:`efusion.reference.measures.fusion_weights` by :func:`.weights.weights_into`."""
-        mask = None if mask is None else mask.to(stack.dtype)
+        """:func:`efusion.reference.measures.fusion_weights` by :func:`.weights.weights_into` (of the
+        stack with its masked pixels filled by :func:`~efusion.reference.masks.fill_masked`)."""
+        if mask is not None:
+            stack, mask = fill_masked(stack, mask, preset), mask.to(stack.dtype)
         if needs_grad(stack, *params):
             return WeightsFunction.apply(stack, mask, *params, preset)
         out = torch.empty_like(stack[:, :, :1])
@@ -75,7 +90,10 @@ class CpuBackend:
 
     def fuse(self, stack: Tensor, mask: Tensor | None, params: WeightParams, levels, preset: Preset,
              relative: bool | None) -> Tensor:
-        """The reference weights and blend by the kernels (or ``efusion::fuse``)."""
+        """The reference weights and blend by the kernels (or ``efusion::fuse``), of the stack with
+        its masked pixels filled by :func:`~efusion.reference.masks.fill_masked` (as the reference)."""
+        if mask is not None:
+            stack = fill_masked(stack, mask, preset)
         if torch.compiler.is_compiling():
             return torch.ops.efusion.fuse(stack, mask, *op_arguments(*params, levels), relative_code(relative), preset.name)
         mask = None if mask is None else mask.to(stack.dtype)
