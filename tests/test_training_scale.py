@@ -86,6 +86,8 @@ def _run(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.Complet
 
 
 @pytest.mark.slow
+# the resumed run writes into the killed run's checkpoint folder on purpose; Lightning notes it is not empty
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
 def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     straight = _config(tmp_path / "straight.yaml", checkpoints=tmp_path / "ckpt_a", export=tmp_path / "a.yaml")
     main(["fit", "--config", str(straight)])
