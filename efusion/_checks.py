@@ -5,8 +5,9 @@ host; they run only for CPU tensors outside ``torch.compile``, so GPU forward pa
 """
 from __future__ import annotations
 
+import math
 import numbers
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -122,7 +123,7 @@ def check_scalar(value, name: str, *, minimum: float | None = None, strict: bool
         low = float(value.detach().min())
     else:
         low = float(value)
-        if low != low:
+        if math.isnan(low):
             raise ValueError(f"{name} must be a number, got NaN")
         if minimum is None:
             return

@@ -13,7 +13,7 @@ line take their defaults and checks from here.
 from __future__ import annotations
 
 import warnings
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
@@ -24,8 +24,19 @@ from ._util import ParamLike
 from .presets import get_preset
 
 __all__ = [
-    "NAMES", "DEFAULTS", "EXPONENTS", "PER_CHANNEL", "POSITIVE", "LEARNABLE_DEFAULT", "SIGMA_FLOOR",
-    "check_params", "check_levels", "resolve_exponents", "check_layer_value", "parse_learnable", "check_value",
+    "DEFAULTS",
+    "EXPONENTS",
+    "LEARNABLE_DEFAULT",
+    "NAMES",
+    "PER_CHANNEL",
+    "POSITIVE",
+    "SIGMA_FLOOR",
+    "check_layer_value",
+    "check_levels",
+    "check_params",
+    "check_value",
+    "parse_learnable",
+    "resolve_exponents",
 ]
 
 #: every fusion parameter, in the order the functions take them

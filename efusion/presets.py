@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .color import MATLAB_GRAY, OPENCV_GRAY
 
-__all__ = ["Preset", "PRESETS", "get_preset"]
+__all__ = ["PRESETS", "Preset", "get_preset"]
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class Preset:
             ratio = _f32(_f32(math.log(side)) / _f32(math.log(2.0)))
         else:
             ratio = math.log(side) / math.log(2.0)
-        return max(1, int(math.floor(ratio)) + (1 if self.extra_level else 0))
+        return max(1, math.floor(ratio) + (1 if self.extra_level else 0))
 
 
 def _f32(value: float) -> float:

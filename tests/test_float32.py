@@ -11,12 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import BURSTS, IMAGE_SUFFIXES, requires_shared
-from test_io import save_png16
 
 from efusion import exposure_fusion
 from efusion.cli import main
 from efusion.io import list_frames, read_bracket
+
+from conftest import BURSTS, IMAGE_SUFFIXES, requires_shared
+from test_io import save_png16
 
 
 def bracket_folders() -> list[str]:

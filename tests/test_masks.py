@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import scene
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from efusion import backends, exposure_fusion, fuse_frames, mertens_weights
 from efusion.reference.masks import fill_masked
+
+from conftest import scene
 
 JUNK = st.sampled_from(["random", "nan", "inf", "ones", "huge"])
 

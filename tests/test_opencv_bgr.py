@@ -12,9 +12,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import BURSTS, burst_frames, requires_shared
 
 from efusion import exposure_fusion, fuse_frames
+
+from conftest import BURSTS, burst_frames, requires_shared
 
 cv2 = pytest.importorskip("cv2")
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import scene
 
 from efusion import backends, exposure_fusion, fuse_frames, get_preset, mertens_weights
 from efusion.cli import main
@@ -18,6 +17,8 @@ from efusion.reference.measures import (
     power,
     product_weights,
 )
+
+from conftest import scene
 
 
 def noisy(dtype=torch.float64, seed=0):

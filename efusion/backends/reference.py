@@ -10,7 +10,7 @@ from ..reference.blend import blend as reference_blend
 from ..reference.masks import fill_masked
 from ..reference.measures import fusion_weights
 
-__all__ = ["ReferenceBackend", "BACKEND"]
+__all__ = ["BACKEND", "ReferenceBackend"]
 
 
 class ReferenceBackend:
@@ -39,7 +39,7 @@ class ReferenceBackend:
 
     def fuse_frames(self, *args, **kwargs) -> None:
         """``None``: :func:`efusion.fuse_frames` stacks the frames and calls :meth:`fuse`."""
-        return None
+        return
 
 
 BACKEND: ReferenceBackend = ReferenceBackend()

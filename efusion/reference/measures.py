@@ -27,10 +27,28 @@ from .masks import fill_masked
 from .pyramid import pad
 
 __all__ = [
-    "WEIGHT_FLOOR", "luma", "laplacian", "contrast", "saturation_squared", "safe_sqrt", "saturation",
-    "per_channel", "log_well_exposedness", "channel_sum", "well_exposedness", "power", "raw_weights",
-    "normalise", "compute_dtype", "cast_param", "fusion_weights", "measure_terms", "product_weights",
-    "log_weights", "log_normalise", "may_overflow",
+    "WEIGHT_FLOOR",
+    "cast_param",
+    "channel_sum",
+    "compute_dtype",
+    "contrast",
+    "fusion_weights",
+    "laplacian",
+    "log_normalise",
+    "log_weights",
+    "log_well_exposedness",
+    "luma",
+    "may_overflow",
+    "measure_terms",
+    "normalise",
+    "per_channel",
+    "power",
+    "product_weights",
+    "raw_weights",
+    "safe_sqrt",
+    "saturation",
+    "saturation_squared",
+    "well_exposedness",
 ]
 
 #: Mertens' ``W = W + 1e-12`` (exposure_fusion.m), also OpenCV's ``+ 1e-12f``: avoids 0 / 0.

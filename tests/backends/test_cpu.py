@@ -63,9 +63,8 @@ class TestSelection:
         assert seen == ["reference"]
 
     def test_errors(self):
-        with pytest.raises(ValueError, match="unknown backend 'gpu'"):
-            with backends.use("gpu"):
-                pass
+        with pytest.raises(ValueError, match="unknown backend 'gpu'"), backends.use("gpu"):
+            pass
         with pytest.raises(ValueError, match="already registered"):
             backends.register("cpu", backends.get("cpu"))
         with pytest.raises(ValueError, match="unknown op"):

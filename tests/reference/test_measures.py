@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import gradcheck_stack
 from efusion import contrast, luma, mertens_weights, saturation, well_exposedness
+
+from conftest import gradcheck_stack
 
 cv2 = pytest.importorskip("cv2")
 

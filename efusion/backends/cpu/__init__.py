@@ -26,7 +26,7 @@ from .ops import op_arguments, relative_code
 from .pyramid import Workspace, band_rows
 from .weights import WeightsFunction, raw_weights_into, weights_into
 
-__all__ = ["CpuBackend", "BACKEND"]
+__all__ = ["BACKEND", "CpuBackend"]
 
 _DTYPES = (torch.float32, torch.float64)
 #: the number of frames the overflow bound assumes for fuse_frames, which learns it while streaming
@@ -67,9 +67,7 @@ class CpuBackend:
             return False
         if op in ("weights", "fuse") and needs_grad(mask):  # the mask gets no gradient here
             return False
-        if op == "fuse_frames" and needs_grad(*inputs):  # autograd needs the frames stacked
-            return False
-        return True
+        return not (op == "fuse_frames" and needs_grad(*inputs))  # autograd needs the frames stacked
 
     def weights(self, stack: Tensor, mask: Tensor | None, params: WeightParams, preset: Preset) -> Tensor:
         """:func:`efusion.reference.measures.fusion_weights` by :func:`.weights.weights_into` (of the

@@ -8,7 +8,8 @@ return the reference code's gradient instead (:func:`.gradients.reference_gradie
 """
 from __future__ import annotations
 
-from typing import Any, Sequence, cast
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from torch import Tensor

@@ -1,7 +1,7 @@
 """Second derivatives through the ``"cpu"`` backend's autograd functions."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor

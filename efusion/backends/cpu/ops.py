@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -50,10 +49,10 @@ def _relative_from_code(code: int) -> bool | None:
 
 @torch.library.custom_op("efusion::fuse", mutates_args=(), device_types="cpu")
 def _fuse_op(
-    stack: Tensor, mask: Optional[Tensor],
-    contrast: float, contrast_tensor: Optional[Tensor], saturation: float, saturation_tensor: Optional[Tensor],
-    exposure: float, exposure_tensor: Optional[Tensor], mu: float, mu_tensor: Optional[Tensor],
-    sigma: float, sigma_tensor: Optional[Tensor], levels: float, levels_tensor: Optional[Tensor],
+    stack: Tensor, mask: Tensor | None,
+    contrast: float, contrast_tensor: Tensor | None, saturation: float, saturation_tensor: Tensor | None,
+    exposure: float, exposure_tensor: Tensor | None, mu: float, mu_tensor: Tensor | None,
+    sigma: float, sigma_tensor: Tensor | None, levels: float, levels_tensor: Tensor | None,
     relative: int, preset: str,
 ) -> Tensor:
     """:func:`efusion.exposure_fusion` of a validated ``[B, N, C, H, W]`` stack by the kernels."""
@@ -73,7 +72,7 @@ def _fuse_op_fake(stack, mask, *args):
 
 
 @torch.library.custom_op("efusion::blend", mutates_args=(), device_types="cpu")
-def _blend_op(stack: Tensor, weights: Tensor, levels: float, levels_tensor: Optional[Tensor], relative: int,
+def _blend_op(stack: Tensor, weights: Tensor, levels: float, levels_tensor: Tensor | None, relative: int,
               preset: str) -> Tensor:
     """:func:`efusion.blend` of a validated ``[B, N, C, H, W]`` stack by the kernels."""
     preset_ = get_preset(preset)

@@ -9,7 +9,7 @@ happens while the band's weights are still there.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
