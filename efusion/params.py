@@ -60,12 +60,12 @@ LEARNABLE_DEFAULT = ("contrast", "saturation", "exposure", "mu", "levels")
 SIGMA_FLOOR = 1e-3
 
 
-def resolve_exponents(contrast, saturation, exposure, preset) -> tuple:
+def resolve_exponents(contrast, saturation, exposure, preset) -> tuple[ParamLike, ParamLike, ParamLike]:
     """The three exponents with each ``None`` replaced by the preset's default
     (:attr:`efusion.Preset.exponent_defaults`)."""
-    defaults = get_preset(preset).exponent_defaults
-    given = (contrast, saturation, exposure)
-    return tuple(default if value is None else value for value, default in zip(given, defaults))
+    default_c, default_s, default_e = get_preset(preset).exponent_defaults
+    return (default_c if contrast is None else contrast, default_s if saturation is None else saturation,
+            default_e if exposure is None else exposure)
 
 
 def check_value(name: str, value, *, label: str | None = None) -> None:

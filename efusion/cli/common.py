@@ -174,7 +174,8 @@ def effective_params(params: dict[str, Any]) -> dict[str, Any]:
 
     signature = inspect.signature(exposure_fusion).parameters
     effective = {name: params.get(name, signature[name].default) for name in PARAM_NAMES}
-    exponents = resolve_exponents(*(effective.get(n) for n in EXPONENTS), effective.get("preset") or "mertens")
+    contrast, saturation, exposure = (effective.get(n) for n in EXPONENTS)
+    exponents = resolve_exponents(contrast, saturation, exposure, effective.get("preset") or "mertens")
     effective.update((n, v) for n, v in zip(EXPONENTS, exponents) if n in effective)
     return effective
 

@@ -343,8 +343,8 @@ def fusion_weights(stack, mask, contrast, saturation, exposure, mu, sigma, prese
     x = stack.to(compute)
     if mask is not None and not filled:
         x = fill_masked(x, mask, preset)
-    params = [cast_param(p, compute, stack.device) for p in (contrast, saturation, exposure, mu, sigma)]
-    terms = measure_terms(x, *params, preset)
+    c, s, e, m, w = (cast_param(p, compute, stack.device) for p in (contrast, saturation, exposure, mu, sigma))
+    terms = measure_terms(x, c, s, e, m, w, preset)
     large: list[Tensor] = []
     raw = product_weights(terms, x, large=large)
     masked = raw if mask is None else raw * mask.to(raw.dtype)

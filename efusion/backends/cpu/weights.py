@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..._util import ParamLike, f32, is_one, is_zero, number, scale_
+from ..._util import ParamLike, WeightParams, f32, is_one, is_zero, number, present, scale_
 from ...presets import Preset
 from ...reference.measures import WEIGHT_FLOOR, cast_param, fusion_weights, per_channel
 from ...reference.pyramid import border_index
@@ -22,7 +22,7 @@ from .gradients import reference_gradients
 from .pyramid import Workspace, band_rows
 
 
-def kernel_params(params: Sequence[ParamLike], dtype: torch.dtype, device: torch.device) -> list[ParamLike]:
+def kernel_params(params: Sequence[ParamLike], dtype: torch.dtype, device: torch.device) -> WeightParams:
     """``(contrast, saturation, exposure, mu, sigma)`` for the band kernels: cast, and on a CPU the
     three exponents as numbers even when they are tensors.
 
@@ -32,8 +32,8 @@ def kernel_params(params: Sequence[ParamLike], dtype: torch.dtype, device: torch
     decided by the backward's ``wanted``, not by their type. Off the CPU they stay tensors (reading
     one would wait for the device).
     """
-    values = [cast_param(p, dtype, device) for p in params]
-    return [number(v) for v in values[:3]] + values[3:]
+    contrast, saturation, exposure, mu, sigma = (cast_param(p, dtype, device) for p in params)
+    return number(contrast), number(saturation), number(exposure), mu, sigma
 
 
 def _luma_band_into(frame: Tensor, r0: int, r1: int, out: Tensor, preset: Preset, ws: Workspace) -> None:
@@ -130,7 +130,7 @@ def _log_well_exposedness_band_into(x: Tensor, out: Tensor, mu: ParamLike, sigma
         target = out if c == 0 else term
         torch.sub(x[..., c:c + 1, :, :], _channel_value(mu, c), out=target).square_()
         if isinstance(sigma, Tensor):
-            target.div_(_channel_value(sigma, c).square())
+            target.div_(_channel_value(sigma, c) ** 2)
         if c:
             out.add_(term)
     out.mul_(-0.5 if isinstance(sigma, Tensor) else -0.5 / (sigma * sigma))
@@ -351,7 +351,7 @@ class WeightsBackward:
         dot = torch.sum(raw_grad, dim=1, keepdim=True, out=ws.get("dot", shape))
         torch.sub(band_grad, dot, out=raw_grad).div_(self.total[..., r0:r1, :])
         if self.mask is not None:
-            raw_grad.mul_(_rows(self.mask, r0, r1))
+            raw_grad.mul_(present(_rows(self.mask, r0, r1)))
         for n in range(self.stack.shape[1]):
             _raw_weights_backward_band(
                 self.stack[:, n], r0, r1, raw_grad[:, n], None if self.grad_stack is None else self.grad_stack[:, n],
@@ -437,10 +437,10 @@ def _raw_weights_backward_band(frame, r0, r1, raw_grad, grad_frame, values, want
                 scale_(measure_grad, exponent)
                 _laplacian_adjoint_add_(measure_grad, r0, r1, grad_frame, _luma_gradient_weights(frame, preset), preset, ws)
             else:
-                scale_(torch.div(q, safe, out=measure_grad), exponent * k)
-                _saturation_squared_backward_add_(x, measure_grad, band_grad, preset, ws)
+                scale_(torch.div(q, present(safe), out=measure_grad), exponent * k)
+                _saturation_squared_backward_add_(x, measure_grad, present(band_grad), preset, ws)
         if name in wanted:
-            _add_sum(sums, name, torch.dot(q.view(-1), safe.log_().view(-1)) * k)
+            _add_sum(sums, name, torch.dot(q.view(-1), present(safe).log_().view(-1)) * k)
     if exposure:
         if "exposure" in wanted:
             _add_sum(sums, "exposure", torch.dot(q.view(-1), log_e.view(-1)))
