@@ -8,6 +8,7 @@ per-level coefficients, which interpolate between depths for a fractional ``leve
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .._util import is_zero, scaled
@@ -36,10 +37,14 @@ def blend(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool
     residuals: list[Tensor | None] = [None] * top
 
     def add(acc: list[Tensor | None], level: int, value: Tensor) -> None:
+        value = value if by_frame else value.sum(dim=1)
         acc[level] = value if acc[level] is None else acc[level] + value
 
-    for n in range(frames):
-        image, weight = stack[:, n], weights[:, n]
+    # one frame at a time; a traced graph with a symbolic frame count takes all frames at once
+    # and sums over them at each level (another order of additions: not bit for bit)
+    by_frame = not isinstance(frames, torch.SymInt)
+    for n in range(frames if by_frame else 1):
+        image, weight = (stack[:, n], weights[:, n]) if by_frame else (stack, weights)
         for level in range(top):
             needs_band = not is_zero(band_coef[level])
             coarser = pyr_down(image, preset) if level < top - 1 else None
