@@ -22,15 +22,18 @@ segment is kept, so an optimiser can bring it back.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import numbers
+from typing import Iterator
 
 import torch
 from torch import Tensor
 
 from .presets import Preset
 
-__all__ = ["Coefficient", "depth_plan", "TRACED_LEVELS", "traced_depth_plan"]
+__all__ = ["Coefficient", "depth_plan", "TRACED_LEVELS", "traced_levels", "traced_depth_plan"]
 
 Coefficient = float | Tensor
 
@@ -92,20 +95,34 @@ def depth_plan(
 
 
 
-#: levels a graph traced with symbolic sizes holds (:func:`traced_depth_plan`): the automatic depth
-#: of every image whose shorter side is below 2^17 = 131072 pixels (2^16 for ``"opencv"``)
+#: levels a graph traced with symbolic sizes holds by default (:func:`traced_depth_plan`): the
+#: automatic depth of every image whose shorter side is below 2^17 = 131072 pixels (2^16 for ``"opencv"``)
 TRACED_LEVELS = 16
+_traced_levels: contextvars.ContextVar[int] = contextvars.ContextVar("efusion_traced_levels", default=TRACED_LEVELS)
+
+
+@contextlib.contextmanager
+def traced_levels(levels: int) -> Iterator[None]:
+    """Unroll graphs traced inside the block to ``levels`` pyramid levels (default
+    :data:`TRACED_LEVELS`): fewer levels trace faster, and cap the depth of larger images."""
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+        raise ValueError(f"traced levels must be an integer >= 1, got {levels!r}")
+    token = _traced_levels.set(levels)
+    try:
+        yield
+    finally:
+        _traced_levels.reset(token)
 
 
 def traced_depth_plan(
     levels, height, width, preset: Preset, dtype: torch.dtype, device: torch.device, relative: bool | None,
-    unrolled: int = TRACED_LEVELS,
+    unrolled: int | None = None,
 ) -> tuple[list[Coefficient], list[Coefficient]]:
     """:func:`depth_plan` computed inside a traced graph, for sizes that are symbolic.
 
     Used by ``torch.export`` (and so :mod:`efusion.export`) with dynamic height and width: the
     pyramid is unrolled to ``unrolled`` levels and every coefficient is a tensor computed from
-    the input's shape. The rule is the preset's own (:meth:`~efusion.presets.Preset.max_levels`),
+    the input's shape (``unrolled``: default :data:`TRACED_LEVELS` or :func:`traced_levels`'s). The rule is the preset's own (:meth:`~efusion.presets.Preset.max_levels`),
     evaluated as ``maximum = 1 + sum_d [min(H, W) >= s_d]`` where ``s_d`` is the smallest side
     whose automatic depth is ``d`` (found once, at trace time, from ``max_levels`` itself, so
     OpenCV's float32 rounding is kept); it is capped at ``unrolled``. A number or tensor
@@ -113,6 +130,7 @@ def traced_depth_plan(
     band-pass term with coefficient 1 and the Gaussian term with coefficient 0 at the level
     below the top, which sums to the same values).
     """
+    unrolled = _traced_levels.get() if unrolled is None else unrolled
     side = torch.minimum(
         torch.scalar_tensor(height, dtype=torch.int64, device=device),
         torch.scalar_tensor(width, dtype=torch.int64, device=device),

@@ -35,6 +35,7 @@ def blend(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool
     top = len(band_coef)
     bands: list[Tensor | None] = [None] * top
     residuals: list[Tensor | None] = [None] * top
+    sizes: list = [None] * top  # of each level (as the pyramid made them, also when traced)
 
     def add(acc: list[Tensor | None], level: int, value: Tensor) -> None:
         value = value if by_frame else value.sum(dim=1)
@@ -46,6 +47,7 @@ def blend(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool
     for n in range(frames if by_frame else 1):
         image, weight = (stack[:, n], weights[:, n]) if by_frame else (stack, weights)
         for level in range(top):
+            sizes[level] = image.shape[-2:]
             needs_band = not is_zero(band_coef[level])
             coarser = pyr_down(image, preset) if level < top - 1 else None
             if needs_band:
@@ -64,9 +66,6 @@ def blend(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool
         return None if not terms else terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
     result = level_sum(top - 1)
-    sizes = [(height, width)]
-    for _ in range(top - 1):
-        sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
     for level in reversed(range(top - 1)):
         upsampled = pyr_up(result, sizes[level], preset) if result is not None else None
         here = level_sum(level)
