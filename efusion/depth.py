@@ -137,6 +137,7 @@ def traced_depth_plan(
     )
     thresholds = torch.tensor([_smallest_side(preset, d) for d in range(2, unrolled + 1)], device=device)
     maximum = (1 + (side >= thresholds).sum()).to(dtype)
+    depth: Tensor
     if levels is None:
         depth = maximum
     elif isinstance(levels, numbers.Real):

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.fx.experimental import _config as fx_config
 from torch.export import Dim, ExportedProgram
+from torch.fx.experimental import _config as fx_config
 
 from . import backends
 from .depth import TRACED_LEVELS, traced_levels
@@ -97,7 +97,8 @@ def to_exported_program(layer: Fusion, example: Tensor | None = None, *, unrolle
     example = _check(layer, example)
     # The coarse pyramid levels of any example are 1 sample wide; size-oblivious reasoning keeps
     # the tracer from fixing those sizes to 1 (the graph gathers by index, valid for any size).
-    with fx_config.patch(backed_size_oblivious=True), traced_levels(TRACED_LEVELS if unrolled is None else unrolled):
+    oblivious = fx_config.patch(backed_size_oblivious=True)  # type: ignore[attr-defined]
+    with oblivious, traced_levels(TRACED_LEVELS if unrolled is None else unrolled):
         return torch.export.export(_Exported(layer), (example,), dynamic_shapes=dynamic_shapes())
 
 
@@ -120,9 +121,11 @@ def to_onnx(layer: Fusion, path: str | os.PathLike, *, example: Tensor | None = 
         the ``torch.onnx.ONNXProgram`` (also written to ``path``).
     """
     program = to_exported_program(layer, example, unrolled=unrolled)
-    kwargs = {} if opset is None else {"opset_version": int(opset)}
     onnx_program = torch.onnx.export(
-        program, input_names=["stack"], output_names=["fused"], dynamo=True, verbose=False, **kwargs
+        program, input_names=["stack"], output_names=["fused"], dynamo=True, verbose=False,
+        opset_version=None if opset is None else int(opset),
     )
+    if onnx_program is None:  # only the legacy TorchScript exporter returns nothing
+        raise RuntimeError("torch.onnx.export returned no ONNX program")
     onnx_program.save(os.fspath(path))
     return onnx_program

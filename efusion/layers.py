@@ -113,6 +113,7 @@ class Fusion(nn.Module):
             else:
                 self.register_buffer(name, tensor)
         check_levels(levels)
+        self.relative_levels: bool | None
         if "levels" in self.learnable:
             start = -1.0 if levels is None else float(levels)
             self.relative_levels = start < 0
@@ -162,7 +163,7 @@ class Fusion(nn.Module):
         return out
 
     @classmethod
-    def from_params(cls, params: dict, learnable: bool | Iterable[str] = ()) -> "Fusion":
+    def from_params(cls, params: dict, learnable: bool | Iterable[str] = ()) -> Fusion:
         """A layer from :meth:`export`'s dictionary (or a parameter file's, :func:`efusion.io.read_params`).
 
         This is the portable route between configurations and versions: plain numbers, no tensor

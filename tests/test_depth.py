@@ -100,5 +100,5 @@ class TestTracedDepthPlan:
         assert depth.grad is not None
 
     def test_capped_at_the_unrolled_levels(self):
-        eager, traced = self.both(None, 1000, 1000, "mertens", unrolled=5)  # automatic depth 9
+        _, traced = self.both(None, 1000, 1000, "mertens", unrolled=5)  # automatic depth 9
         assert len(traced[1]) == 5 and float(traced[1][4]) == 1.0
