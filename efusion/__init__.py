@@ -7,60 +7,49 @@ Mertens, Kautz & Van Reeth, "Exposure Fusion", Pacific Graphics 2007, doi:10.110
 >>> efusion.exposure_fusion(stack).shape     # [C, H, W]
 torch.Size([3, 64, 96])
 """
-from . import backends, reference
+# metrics, quality and synthetic need only torch: ``efusion.metrics`` etc. work after a plain ``import efusion``
+from . import backends, metrics, quality, reference, synthetic
+from .align import Alignment, align  # alignment and deghosting of hand-held, moving brackets
+from .deghost import deghost
 from .functional import blend, exposure_fusion, fuse_frames, mertens_weights
 from .layers import Fusion
+from .metrics import MEFSSIMLoss, mef_ssim, psnr, ssim
 from .params import LEARNABLE_DEFAULT
 from .presets import PRESETS, Preset, get_preset
-from .reference.pyramid import (
-    collapse_laplacian_pyramid,
-    gaussian_pyramid,
-    laplacian_pyramid,
-    pyr_down,
-    pyr_up,
-)
 from .reference.measures import contrast, luma, saturation, well_exposedness
-
-# they need only torch: ``efusion.metrics`` etc. work after a plain ``import efusion``
-from . import metrics, quality, synthetic
-from .metrics import MEFSSIMLoss, mef_ssim
-from .quality import psnr, ssim
-
-# alignment and deghosting of hand-held, moving brackets
-from .align import Alignment, align
-from .deghost import deghost
+from .reference.pyramid import collapse_laplacian_pyramid, gaussian_pyramid, laplacian_pyramid, pyr_down, pyr_up
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LEARNABLE_DEFAULT",
+    "PRESETS",
+    "Alignment",
+    "Fusion",
+    "MEFSSIMLoss",
+    "Preset",
+    "align",
+    "backends",
+    "blend",
+    "collapse_laplacian_pyramid",
+    "contrast",
+    "deghost",
     "exposure_fusion",
     "fuse_frames",
-    "mertens_weights",
-    "blend",
-    "Fusion",
-    "LEARNABLE_DEFAULT",
-    "Preset",
-    "PRESETS",
+    "gaussian_pyramid",
     "get_preset",
+    "laplacian_pyramid",
+    "luma",
+    "mef_ssim",
+    "mertens_weights",
+    "metrics",
+    "psnr",
     "pyr_down",
     "pyr_up",
-    "gaussian_pyramid",
-    "laplacian_pyramid",
-    "collapse_laplacian_pyramid",
-    "luma",
-    "contrast",
-    "saturation",
-    "well_exposedness",
-    "mef_ssim",
-    "MEFSSIMLoss",
-    "psnr",
-    "ssim",
-    "metrics",
     "quality",
-    "synthetic",
-    "backends",
     "reference",
-    "align",
-    "Alignment",
-    "deghost",
+    "saturation",
+    "ssim",
+    "synthetic",
+    "well_exposedness",
 ]

@@ -13,6 +13,11 @@ from torch import Tensor
 
 Number = numbers.Real
 
+#: the largest sample a float stack may hold. Images are in [0, 1]; frames rendered from HDR data
+#: may overshoot a little (highlights past white), twice the white level is never an image: a
+#: larger value means an integer image converted without scaling (uint8 / 255, uint16 / 65535).
+MAX_SAMPLE = 2.0
+
 
 def _is_compiling() -> bool:
     return torch.compiler.is_compiling()
@@ -138,17 +143,55 @@ def as_channel_param(value, name: str):
     return torch.tensor([float(v) for v in value], dtype=torch.float64)
 
 
-def check_levels(levels) -> None:
-    """``levels``: ``None``, a number >= 1 (absolute depth) or <= -1 (counted from the maximum)."""
+def check_levels(levels, name: str = "levels") -> None:
+    """``levels``: ``None``, a number >= 1 (absolute depth) or <= -1 (counted from the maximum);
+    ``name`` is how the messages call it."""
     if levels is None:
         return
     if isinstance(levels, bool) or not isinstance(levels, (Number, Tensor)):
-        raise TypeError(f"levels must be None, a number or a 0-dim tensor, got {type(levels).__name__}")
+        raise TypeError(f"{name} must be None, a number or a 0-dim tensor, got {type(levels).__name__}")
     if isinstance(levels, Tensor):
         if levels.dim() != 0 or not levels.is_floating_point():
-            raise ValueError(f"levels must be a floating-point 0-dim tensor, got shape {list(levels.shape)} dtype {levels.dtype}")
+            raise ValueError(f"{name} must be a floating-point 0-dim tensor, got shape {list(levels.shape)} dtype {levels.dtype}")
         return
-    if not (levels >= 1 or levels <= -1):
+    if not (float(levels) >= 1 or float(levels) <= -1):
         raise ValueError(
-            f"levels must be >= 1 (pyramid depth) or <= -1 (counted from the automatic maximum, -1 = maximum), got {levels}"
+            f"{name} must be >= 1 (pyramid depth) or <= -1 (counted from the automatic maximum, -1 = maximum), got {levels}"
+        )
+
+
+def check_samples(stack: Tensor, mask: Tensor | None = None, name: str = "stack", first_frame: int = 0) -> None:
+    """Refuse a float stack ``[B, N, C, H, W]`` (or one frame ``[B, C, H, W]``, numbered
+    ``first_frame``) whose unmasked samples are not finite or exceed :data:`MAX_SAMPLE`.
+
+    Values under ``mask = 0`` are not looked at (they never reach the result). A NaN or inf raises
+    a ``ValueError`` naming the frame and the number of non-finite samples in it; a value above
+    ``MAX_SAMPLE`` one saying how to scale integer images. Like the other value checks this runs
+    only for CPU tensors outside ``torch.compile`` (elsewhere it would wait for the device); one
+    pass over the stack (``aminmax``) when all is well.
+    """
+    if stack.device.type != "cpu" or _is_compiling():
+        return
+    frames = stack.unsqueeze(1) if stack.dim() == 4 else stack
+    samples = frames.detach()
+    low, high = torch.aminmax(samples)
+    if bool(low.isfinite()) and bool(high.isfinite()) and float(high) <= MAX_SAMPLE:
+        return
+    valid = None if mask is None else (mask.detach() > 0).expand(*frames.shape[:2], 1, *frames.shape[-2:])
+    finite = samples.isfinite()
+    bad = finite.logical_not() if valid is None else finite.logical_not() & valid
+    counts = bad.sum(dim=(0, 2, 3, 4))
+    for index, count in enumerate(counts.tolist()):
+        if count:
+            raise ValueError(
+                f"{name} frame {first_frame + index} has {count} non-finite value(s) (NaN or inf) in unmasked "
+                "pixels; replace them, or exclude those pixels with a mask of 0"
+            )
+    kept = finite if valid is None else finite & valid
+    largest = float(torch.where(kept, samples, -torch.inf).amax()) if bool(kept.any()) else -float("inf")
+    if largest > MAX_SAMPLE:
+        raise ValueError(
+            f"{name} has values up to {largest:g}, above {MAX_SAMPLE:g}: fusion takes images scaled to [0, 1] "
+            "(a little overshoot from HDR renders is accepted); divide 8-bit images by 255 and 16-bit ones "
+            "by 65535 (or use torchvision.transforms.v2.functional.to_dtype(x, torch.float32, scale=True))"
         )

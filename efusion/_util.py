@@ -4,13 +4,22 @@ A parameter may be a Python number or a tensor. A number can be tested for 0 and
 an exponent of 0 switches its measure off and a factor of 1 is skipped, which both the
 reference code and the kernels rely on. A tensor never counts as 0 or 1: its value may change
 and it needs a gradient.
+
+The other helpers are small facts two modules need (a Gaussian window, a masked mean, a number
+check), written here once.
 """
 from __future__ import annotations
+
+import math
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
 ParamLike = float | Tensor
+_T = TypeVar("_T")
+# the five weight parameters in their fixed order: contrast, saturation, exposure, mu, sigma
+WeightParams = tuple[ParamLike, ParamLike, ParamLike, ParamLike, ParamLike]
 
 
 def is_one(value: ParamLike) -> bool:
@@ -48,3 +57,38 @@ def number(value: ParamLike) -> ParamLike:
 def needs_grad(*values) -> bool:
     """Whether autograd records a call with these inputs (non-tensors are ignored)."""
     return torch.is_grad_enabled() and any(isinstance(v, Tensor) and v.requires_grad for v in values)
+
+
+def is_positive_number(value) -> bool:
+    """Whether ``value`` is a finite real Python number > 0 (``bool`` and tensors are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def gaussian_taps(size: int, sigma: float, *, dtype: torch.dtype = torch.float64, device=None) -> Tensor:
+    """1-D factor of MATLAB's ``fspecial('gaussian', size, sigma)``, normalised to sum 1: ``[size]``.
+
+    Computed in ``dtype`` on ``device`` (``.tolist()`` of the float64 default gives host
+    numbers). ``fspecial`` also zeroes 2-D entries below eps times the peak; for the 11 x 11,
+    sigma 1.5 window of SSIM and MEF-SSIM the smallest entry is exp(-11.1) of the peak, so that
+    never applies.
+    """
+    coords = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
+    taps = torch.exp(-coords.square() / (2.0 * sigma * sigma))
+    return taps / taps.sum()
+
+
+def masked_mean(values: Tensor, valid: Tensor | None) -> Tensor:
+    """Mean of ``[B, C, H, W]`` over C, H, W per image (``[B]``), counting only pixels where the
+    validity map ``valid`` (``[B, 1, H, W]`` or ``values``' shape; None: all) is non-zero."""
+    if valid is None:
+        return values.mean(dim=(1, 2, 3))
+    valid = valid.to(values.dtype).expand_as(values)
+    return (values * valid).sum(dim=(1, 2, 3)) / valid.sum(dim=(1, 2, 3)).clamp(min=1.0)
+
+
+def present(value: _T | None) -> _T:
+    """``value``, which the caller's logic guarantees is not ``None`` (a real check, unlike ``assert``:
+    it also holds under ``python -O``, and it tells readers and mypy the same)."""
+    if value is None:
+        raise RuntimeError("efusion internal error: a value that must exist here is missing")
+    return value

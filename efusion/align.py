@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _checks
-from ._imf import BINS as _BINS, lookup as _lookup_table, cdf as _cdf, imf_table as _imf_table, inverse_cdf as _inverse_cdf
+from . import _checks, _imf
+from .color import OPENCV_GRAY
 from .reference.pyramid import gaussian_pyramid
 
-__all__ = ["Alignment", "align", "warp", "MODELS"]
+__all__ = ["MODELS", "Alignment", "align", "warp"]
 
 #: the motion models, each a subgroup of the next but one (euclidean < similarity < homography)
 MODELS = ("translation", "euclidean", "similarity", "homography")
@@ -217,11 +217,12 @@ def _to_unit(coord: Tensor, size: int) -> Tensor:
 
 
 def _gray(stack5: Tensor, dtype: torch.dtype) -> Tensor:
-    """Luma ``[B, N, H, W]`` (Rec. 601 weights, as Ward's bitmaps use a gray image)."""
+    """Luma ``[B, N, H, W]`` (Rec. 601 weights, :data:`efusion.color.OPENCV_GRAY`, as Ward's bitmaps use a gray image)."""
     x = stack5.to(dtype)
     if x.shape[2] == 1:
         return x[:, :, 0]
-    return 0.299 * x[:, :, 0] + 0.587 * x[:, :, 1] + 0.114 * x[:, :, 2]
+    red, green, blue = OPENCV_GRAY
+    return red * x[:, :, 0] + green * x[:, :, 1] + blue * x[:, :, 2]
 
 
 def _estimate(stack5: Tensor, ref: Tensor, mask5: Tensor | None, model: str) -> Tensor:
@@ -281,16 +282,16 @@ def _mtb_shift(gray: Tensor, valid: Tensor, ref: Tensor) -> Tensor:
     # the range of percentiles where both are unclipped, so that the two bitmaps split the scene
     # at the same radiance whatever the exposures.
     valid_f = valid.to(gray.dtype)
-    cdf = _cdf(gray, valid, dims=2)
+    cdf = _imf.cdf(gray, valid, dims=2)
     lo, hi = _CLIP
-    at_lo = cdf[..., int(lo * _BINS)]
-    at_hi = cdf[..., min(int(hi * _BINS), _BINS - 1) - 1]
+    at_lo = cdf[..., int(lo * _imf.BINS)]
+    at_hi = cdf[..., min(int(hi * _imf.BINS), _imf.BINS - 1) - 1]
     q_lo = torch.maximum(at_lo, at_lo[rows, ref].unsqueeze(1))
     q_hi = torch.minimum(at_hi, at_hi[rows, ref].unsqueeze(1))
     q = torch.where(q_hi > q_lo, 0.5 * (q_lo + q_hi), torch.full_like(q_lo, 0.5))
-    threshold = _inverse_cdf(cdf, q.unsqueeze(-1)).view(b, n, 1, 1)
+    threshold = _imf.inverse_cdf(cdf, q.unsqueeze(-1)).view(b, n, 1, 1)
     ref_gray = gray[rows, ref].unsqueeze(1)
-    ref_threshold = _inverse_cdf(cdf[rows, ref].unsqueeze(1).expand_as(cdf).contiguous(), q.unsqueeze(-1)).view(b, n, 1, 1)
+    ref_threshold = _imf.inverse_cdf(cdf[rows, ref].unsqueeze(1).expand_as(cdf).contiguous(), q.unsqueeze(-1)).view(b, n, 1, 1)
     bits = (gray > threshold).to(gray.dtype)
     keep = ((gray - threshold).abs() > 4.0 / 256.0).to(gray.dtype) * valid_f
     ref_bits = (ref_gray > ref_threshold).to(gray.dtype)
@@ -411,8 +412,8 @@ def _refine(gray, valid, ref, hom_n, model, level, scale, full_size, iterations)
             # histograms of one region, so their quantiles correspond (a global histogram of
             # two differently framed views would bias the mapping and with it the motion)
             common = ((warped[:, 2] > 0.999).reshape(m, -1) & inside.reshape(m, -1) & ref_valid).to(dtype)
-            table = _imf_table(warped_gray, template, common)
-        error = (_lookup_table(table, warped_gray) - template) * okf
+            table = _imf.imf_table(warped_gray, template, common)
+        error = (_imf.lookup(table, warped_gray) - template) * okf
         # Huber weight with a robust scale (mean absolute residual of a Gaussian is 0.8 sigma)
         sigma = (1.253 * error.abs().sum(1) / count.clamp_min(1.0)).clamp_min(1.0 / 255.0)
         k = 1.345 * sigma.unsqueeze(1)

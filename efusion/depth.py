@@ -59,21 +59,31 @@ def depth_plan(
     if levels is None:
         levels = maximum
     if isinstance(levels, numbers.Real):
-        depth = float(levels) if levels >= 1 else maximum + 1 + float(levels)
-        depth = min(max(depth, 1.0), float(maximum))
-        k = int(math.floor(depth))
-        t = depth - k
-        top = k + 1 if t > 0 else k
-        band: list[Coefficient] = [1.0 if l < k - 1 else 0.0 for l in range(top)]
-        residual: list[Coefficient] = [0.0] * top
-        if t > 0:
-            band[k - 1], residual[k - 1], residual[k] = t, 1.0 - t, t
-        else:
-            residual[k - 1] = 1.0
-        return band, residual
+        return _number_plan(float(levels), maximum)
     if maximum == 1:  # a single level: the depth has nothing to choose
         return [0.0], [1.0]
-    value = levels.to(device=device, dtype=dtype)
+    return _tensor_plan(levels.to(device=device, dtype=dtype), maximum, relative, sparse)
+
+
+def _number_plan(asked: float, maximum: int) -> tuple[list[Coefficient], list[Coefficient]]:
+    """:func:`depth_plan` of a Python number: constant coefficients."""
+    depth = asked if asked >= 1 else maximum + 1 + asked
+    depth = min(max(depth, 1.0), float(maximum))
+    k = math.floor(depth)
+    t = depth - k
+    top = k + 1 if t > 0 else k
+    band: list[Coefficient] = [1.0 if l < k - 1 else 0.0 for l in range(top)]
+    residual: list[Coefficient] = [0.0] * top
+    if t > 0:
+        band[k - 1], residual[k - 1], residual[k] = t, 1.0 - t, t
+    else:
+        residual[k - 1] = 1.0
+    return band, residual
+
+
+def _tensor_plan(value: Tensor, maximum: int, relative: bool | None,
+                 sparse: bool) -> tuple[list[Coefficient], list[Coefficient]]:
+    """:func:`depth_plan` of a 0-dim tensor (already in the computation's dtype and device)."""
     if relative is None:
         depth = torch.where(value < 0, value + (maximum + 1), value)
     else:
@@ -82,17 +92,14 @@ def depth_plan(
     t = depth - k
     t = t + (t.clamp(0.0, 1.0) - t).detach()  # clamped value, gradient of the nearest segment
     if sparse and depth.device.type == "cpu":
-        k_value = int(k)
-        band_sparse: list[Coefficient] = [1.0] * (k_value - 1) + [t, 0.0]
-        residual_sparse: list[Coefficient] = [0.0] * (k_value - 1) + [1.0 - t, t]
-        return band_sparse, residual_sparse
-    level = torch.arange(maximum, device=device, dtype=dtype)
-    at_k_minus_1 = (level == k - 1).to(dtype)
-    band_t = (level < k - 1).to(dtype) + t * at_k_minus_1
-    residual_t = (1.0 - t) * at_k_minus_1 + t * (level == k).to(dtype)
+        below: list[Coefficient] = [1.0] * (int(k) - 1)
+        return below + [t, 0.0], [0.0 for _ in below] + [1.0 - t, t]
+    level = torch.arange(maximum, device=depth.device, dtype=depth.dtype)
+    at_k_minus_1 = (level == k - 1).to(depth.dtype)
+    band_t = (level < k - 1).to(depth.dtype) + t * at_k_minus_1
+    residual_t = (1.0 - t) * at_k_minus_1 + t * (level == k).to(depth.dtype)
     band_list: list[Coefficient] = [band_t[l] for l in range(maximum - 1)] + [0.0]
     return band_list, [residual_t[l] for l in range(maximum)]
-
 
 
 #: levels a graph traced with symbolic sizes holds by default (:func:`traced_depth_plan`): the

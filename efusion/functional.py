@@ -22,12 +22,13 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from . import _checks, backends
 from ._util import ParamLike
-from .params import DEFAULTS, check_levels, check_params
+from .params import DEFAULTS, check_levels, check_params, resolve_exponents
 from .presets import Preset, get_preset
+from .reference.masks import fill_masked
 
 __all__ = ["blend", "exposure_fusion", "fuse_frames", "mertens_weights"]
 
-_CONTRAST, _SATURATION, _EXPOSURE = DEFAULTS["contrast"], DEFAULTS["saturation"], DEFAULTS["exposure"]
+_CONTRAST, _SATURATION, _EXPOSURE = DEFAULTS["contrast"], DEFAULTS["saturation"], DEFAULTS["exposure"]  # None: the preset's
 _MU, _SIGMA = DEFAULTS["mu"], DEFAULTS["sigma"]
 
 
@@ -54,9 +55,9 @@ def fuse_5d(stack: Tensor, mask: Tensor | None, contrast, saturation, exposure, 
 def mertens_weights(
     stack: Tensor | Sequence[Tensor],
     *,
-    contrast: ParamLike = _CONTRAST,
-    saturation: ParamLike = _SATURATION,
-    exposure: ParamLike = _EXPOSURE,
+    contrast: ParamLike | None = _CONTRAST,
+    saturation: ParamLike | None = _SATURATION,
+    exposure: ParamLike | None = _EXPOSURE,
     mu: ParamLike = _MU,
     sigma: ParamLike = _SIGMA,
     preset: str | Preset = "mertens",
@@ -71,13 +72,22 @@ def mertens_weights(
         stack: frames ``[N, C, H, W]`` or ``[B, N, C, H, W]`` (or a list of ``[C, H, W]``),
             float in [0, 1]; C = 3 (RGB) or 1 (gray: no saturation measure).
         contrast, saturation, exposure: exponents >= 0 (0 switches a measure off), numbers or
-            0-dim tensors (tensors carry gradients).
+            0-dim tensors (tensors carry gradients); ``None``: the preset's default
+            (:attr:`~efusion.Preset.exponent_defaults`). Any finite values give finite weights:
+            where the product overflows they are normalised in the log domain.
         mu, sigma: centre and width (> 0) of the well-exposedness Gaussian, numbers, or one
             value per channel as a list or a tensor (tensors, also 0-dim, carry gradients).
-        preset: ``"mertens"`` (default) or ``"opencv"``.
+        preset: ``"mertens"`` (default), ``"opencv"`` (OpenCV on ``cv2.imread``'s BGR frames) or
+            ``"opencv-rgb"`` (OpenCV fed RGB frames).
         mask: optional, broadcastable to ``[..., N, 1, H, W]``; multiplies the weights before
             normalisation (0 excludes a frame at a pixel; where every frame is excluded the
-            weights are 0).
+            weights are 0). The weights are measured with masked pixels filled from unmasked
+            ones (:func:`efusion.reference.masks.fill_masked`): nothing under ``mask = 0``,
+            NaN included, reaches them.
+
+    Raises:
+        ValueError: an unmasked sample is NaN or inf, or above ``MAX_SAMPLE = 2`` (an unscaled
+            integer image); checked for CPU tensors outside ``torch.compile``.
 
     Returns:
         weights ``[N, 1, H, W]`` or ``[B, N, 1, H, W]``, summing to 1 over N (where not masked).
@@ -90,8 +100,10 @@ def mertens_weights(
     """
     stack5, unbatched = _checks.as_stack(stack)
     preset = get_preset(preset)
+    contrast, saturation, exposure = resolve_exponents(contrast, saturation, exposure, preset)
     mu, sigma = check_params(contrast, saturation, exposure, mu, sigma, stack5.shape[2])
     mask5 = _checks.as_mask(mask, stack5, unbatched)
+    _checks.check_samples(stack5, mask5)
     weights = weights_5d(stack5, mask5, contrast, saturation, exposure, mu, sigma, preset)
     return weights.squeeze(0) if unbatched else weights
 
@@ -132,9 +144,9 @@ def blend(
 def exposure_fusion(
     stack: Tensor | Sequence[Tensor],
     *,
-    contrast: ParamLike = _CONTRAST,
-    saturation: ParamLike = _SATURATION,
-    exposure: ParamLike = _EXPOSURE,
+    contrast: ParamLike | None = _CONTRAST,
+    saturation: ParamLike | None = _SATURATION,
+    exposure: ParamLike | None = _EXPOSURE,
     mu: ParamLike = _MU,
     sigma: ParamLike = _SIGMA,
     levels: float | Tensor | None = None,
@@ -145,22 +157,34 @@ def exposure_fusion(
 
     ``blend(stack, mertens_weights(stack, ...), levels=levels)``. With the defaults it
     reproduces Mertens' ``exposure_fusion(I, [1 1 1])``; ``preset="opencv"`` reproduces
-    ``cv2.createMergeMertens(contrast, saturation, exposure).process``.
+    ``cv2.createMergeMertens(contrast, saturation, exposure).process(bgr_frames)`` for frames
+    read with ``cv2.imread`` (BGR) and given here in RGB, its default exposure exponent 0
+    included; ``preset="opencv-rgb"`` reproduces OpenCV fed RGB frames.
 
     Args:
         stack: frames ``[N, C, H, W]`` or ``[B, N, C, H, W]`` (or a list of ``[C, H, W]``),
             float in [0, 1]; C = 3 (RGB) or 1 (gray: the saturation measure is off). Frame
-            order does not matter. Non-finite values are not checked (that would need a
-            host-device sync): they propagate to the output through the pyramid.
+            order does not matter. On CPU tensors outside ``torch.compile``, NaN or inf in an
+            unmasked pixel and values above ``MAX_SAMPLE = 2`` (HDR renders may overshoot 1 a
+            little; more is an unscaled 8/16-bit image) raise ``ValueError``; elsewhere they are
+            not checked (that would need a host-device sync) and NaN spreads through the pyramid.
         contrast, saturation, exposure: exponents >= 0 of the three measures (0 switches a
-            measure off), numbers or 0-dim tensors (tensors carry gradients).
+            measure off; ``None``: the preset's default, 1 1 1, or 1 1 0 for ``"opencv"``),
+            numbers or 0-dim tensors (tensors carry gradients). Any finite values give a finite
+            result: where ``C^c S^s E^e`` overflows the weights are normalised in the log domain.
         mu, sigma: centre and width (> 0) of the well-exposedness Gaussian, per channel and
             multiplied over channels; numbers, or one value per channel as a list or a tensor
             (tensors, also 0-dim, carry gradients).
         levels: pyramid depth, see :func:`blend`.
-        preset: ``"mertens"`` (default) or ``"opencv"``.
+        preset: ``"mertens"`` (default), ``"opencv"`` (OpenCV on BGR frames, see above) or
+            ``"opencv-rgb"``.
         mask: optional, broadcastable to ``[..., N, 1, H, W]``: multiplies the weights before
             normalisation (0 excludes a frame at a pixel: padding frames, alpha, ghost masks).
+            Exact: masked pixels are first filled from the frame's unmasked ones
+            (:func:`efusion.reference.masks.fill_masked`), so the result and its gradient with
+            respect to unmasked pixels do not depend on anything under ``mask = 0`` (NaN and inf
+            included). A pixel masked in every frame gets weight 0 everywhere: its output is only
+            what the coarser pyramid levels bring in from unmasked pixels nearby.
 
     Returns:
         fused image ``[C, H, W]`` or ``[B, C, H, W]``, not clamped (Mertens fusion can leave
@@ -177,9 +201,11 @@ def exposure_fusion(
     """
     stack5, unbatched = _checks.as_stack(stack)
     preset = get_preset(preset)
+    contrast, saturation, exposure = resolve_exponents(contrast, saturation, exposure, preset)
     mu, sigma = check_params(contrast, saturation, exposure, mu, sigma, stack5.shape[2])
     check_levels(levels)
     mask5 = _checks.as_mask(mask, stack5, unbatched)
+    _checks.check_samples(stack5, mask5)
     result = fuse_5d(stack5, mask5, contrast, saturation, exposure, mu, sigma, levels, preset, None)
     return result.squeeze(0) if unbatched else result
 
@@ -193,9 +219,9 @@ _INTEGER_RANGES = {torch.uint8: 255.0, torch.uint16: 65535.0}
 def fuse_frames(
     frames: FrameSource,
     *,
-    contrast: ParamLike = _CONTRAST,
-    saturation: ParamLike = _SATURATION,
-    exposure: ParamLike = _EXPOSURE,
+    contrast: ParamLike | None = _CONTRAST,
+    saturation: ParamLike | None = _SATURATION,
+    exposure: ParamLike | None = _EXPOSURE,
     mu: ParamLike = _MU,
     sigma: ParamLike = _SIGMA,
     levels: float | Tensor | None = None,
@@ -227,7 +253,8 @@ def fuse_frames(
         contrast, saturation, exposure, mu, sigma, levels, preset: as in :func:`exposure_fusion`.
         masks: optional, one per frame (same container kind as ``frames``), each broadcastable
             to ``[1, H, W]`` (``[B, 1, H, W]`` for batched frames); they multiply the weights
-            before normalisation (0 excludes a pixel of that frame), values taken as they are.
+            before normalisation (0 excludes a pixel of that frame), values taken as they are;
+            masked pixels are filled from the frame's unmasked ones, as in :func:`exposure_fusion`.
         dtype: float32 or float64, the precision of the computation and of the result; by
             default float64 for float64 frames and float32 otherwise.
 
@@ -240,6 +267,7 @@ def fuse_frames(
         torch.Size([3, 32, 48])
     """
     preset = get_preset(preset)
+    contrast, saturation, exposure = resolve_exponents(contrast, saturation, exposure, preset)
     read_frames = _frame_reader(frames, "frames")
     read_masks = None if masks is None else _frame_reader(masks, "masks")
     check_levels(levels)
@@ -267,7 +295,11 @@ def fuse_frames(
                 if mask is None:
                     raise ValueError(f"masks has {i} entries for more frames")
                 mask = _check_frame_mask(mask, i, weight_shape, dtype)
-            yield _to_unit_float(frame.reshape(shape), dtype, preset, out), mask, frame.requires_grad
+            converted = _to_unit_float(frame.reshape(shape), dtype, preset, out)
+            _checks.check_samples(converted, None if mask is None else mask.unsqueeze(-4), "frames", i)
+            if mask is not None:  # as exposure_fusion: masked pixels filled from the unmasked ones
+                converted = fill_masked(converted, mask, preset)
+            yield converted, mask, frame.requires_grad
         if masks_iter is not None and next(masks_iter, None) is not None:
             raise ValueError("masks has more entries than frames")
 
@@ -350,7 +382,7 @@ def _to_unit_float(frame: Tensor, dtype: torch.dtype, preset: Preset, out: Tenso
     out.copy_(frame)
     full_scale = _INTEGER_RANGES.get(frame.dtype)
     if full_scale is not None:
-        if preset.name == "opencv" and dtype == torch.float32:
+        if preset.integer_scale == "reciprocal" and dtype == torch.float32:
             out.mul_(float(torch.tensor(1.0 / full_scale, dtype=torch.float32)))  # convertTo(CV_32F, 1/255)
         else:
             out.div_(full_scale)  # im2double

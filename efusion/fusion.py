@@ -8,5 +8,13 @@ from .layers import Fusion
 from .params import LEARNABLE_DEFAULT, SIGMA_FLOOR
 from .params import NAMES as PARAMETER_NAMES
 
-__all__ = ["blend", "exposure_fusion", "fuse_frames", "mertens_weights", "Fusion", "LEARNABLE_DEFAULT",
-           "PARAMETER_NAMES", "SIGMA_FLOOR"]
+__all__ = [
+           "LEARNABLE_DEFAULT",
+           "PARAMETER_NAMES",
+           "SIGMA_FLOOR",
+           "Fusion",
+           "blend",
+           "exposure_fusion",
+           "fuse_frames",
+           "mertens_weights",
+]

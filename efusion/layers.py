@@ -22,6 +22,7 @@ from .params import (
     check_layer_value,
     check_levels,
     parse_learnable,
+    resolve_exponents,
 )
 from .presets import get_preset
 
@@ -52,7 +53,9 @@ class _Softplus(nn.Module):
 class Fusion(nn.Module):
     """Mertens exposure fusion as a layer, with optionally learnable parameters.
 
-    ``forward(stack, mask=None)`` is :func:`exposure_fusion` with the layer's parameters.
+    ``forward(stack, mask=None)`` is :func:`exposure_fusion` with the layer's parameters, except
+    that it does not check the stack's values (NaN, values above 2): in training, a non-finite
+    loss is the training loop's to handle (``efusion``'s training skips or names such a step).
 
     Learnable parameters are ``nn.Parameter``; the others are buffers, so ``.to()``,
     ``state_dict()`` and ``load_state_dict()`` carry all of them. Constraints during training:
@@ -85,9 +88,9 @@ class Fusion(nn.Module):
 
     def __init__(
         self,
-        contrast: float = DEFAULTS["contrast"],
-        saturation: float = DEFAULTS["saturation"],
-        exposure: float = DEFAULTS["exposure"],
+        contrast: float | None = DEFAULTS["contrast"],
+        saturation: float | None = DEFAULTS["saturation"],
+        exposure: float | None = DEFAULTS["exposure"],
         mu: float | Sequence[float] = DEFAULTS["mu"],
         sigma: float | Sequence[float] = DEFAULTS["sigma"],
         levels: float | None = None,
@@ -97,14 +100,17 @@ class Fusion(nn.Module):
         super().__init__()
         self.preset = get_preset(preset).name
         self.learnable = parse_learnable(learnable)
+        given = {"contrast": contrast, "saturation": saturation, "exposure": exposure}
+        contrast, saturation, exposure = resolve_exponents(contrast, saturation, exposure, preset)
         values = {"contrast": contrast, "saturation": saturation, "exposure": exposure, "mu": mu, "sigma": sigma}
         for name, value in values.items():
             tensor = check_layer_value(name, value)
             if name in self.learnable:
                 if name in POSITIVE and not bool((tensor > 0).all()):
+                    default = f" (the {self.preset!r} preset's default)" if given.get(name, 0.0) is None else ""
                     raise ValueError(
-                        f"learnable {name} must start > 0, got {value!r}: an exponent of 0 switches its measure "
-                        "off, which a gradient cannot undo; start from a small positive value or keep it fixed"
+                        f"learnable {name} must start > 0, got {value!r}{default}: an exponent of 0 switches its "
+                        "measure off, which a gradient cannot undo; start from a small positive value or keep it fixed"
                     )
                 self.register_parameter(name, nn.Parameter(tensor))
                 if name in POSITIVE:

@@ -1,7 +1,8 @@
 """The fusion parameters, defined once: names, defaults, domains, validation, per-channel rules.
 
 ``contrast``, ``saturation``, ``exposure``: exponents >= 0 of Mertens' three measures (0
-switches a measure off); ``mu``, ``sigma``: centre and width (> 0) of the well-exposedness
+switches a measure off; ``None``, the default, is the preset's own default, see
+:func:`resolve_exponents`); ``mu``, ``sigma``: centre and width (> 0) of the well-exposedness
 Gaussian, one value or one per channel; ``levels``: the pyramid depth (see :mod:`efusion.depth`).
 Mertens, Kautz & Van Reeth, "Exposure Fusion", Pacific Graphics 2007, Section 3.1 (the defaults
 are ``exposure_fusion.m``'s).
@@ -20,18 +21,20 @@ from torch import Tensor
 from . import _checks
 from ._checks import check_levels
 from ._util import ParamLike
+from .presets import get_preset
 
 __all__ = [
     "NAMES", "DEFAULTS", "EXPONENTS", "PER_CHANNEL", "POSITIVE", "LEARNABLE_DEFAULT", "SIGMA_FLOOR",
-    "check_params", "check_levels", "check_layer_value", "parse_learnable", "check_value",
+    "check_params", "check_levels", "resolve_exponents", "check_layer_value", "parse_learnable", "check_value",
 ]
 
 #: every fusion parameter, in the order the functions take them
 NAMES = ("contrast", "saturation", "exposure", "mu", "sigma", "levels")
-#: Mertens' ``exposure_fusion(I, [1 1 1])`` with ``well_exposedness.m``'s Gaussian; ``levels=None``
-#: is the preset's automatic depth
+#: exponents ``None``: the preset's (:attr:`efusion.Preset.exponent_defaults`: Mertens'
+#: ``exposure_fusion(I, [1 1 1])``, OpenCV's ``createMergeMertens(1, 1, 0)``); ``well_exposedness.m``'s
+#: Gaussian; ``levels=None`` is the preset's automatic depth
 DEFAULTS: dict[str, float | None] = {
-    "contrast": 1.0, "saturation": 1.0, "exposure": 1.0, "mu": 0.5, "sigma": 0.2, "levels": None,
+    "contrast": None, "saturation": None, "exposure": None, "mu": 0.5, "sigma": 0.2, "levels": None,
 }
 #: the exponents of the three measures: >= 0, one value
 EXPONENTS = ("contrast", "saturation", "exposure")
@@ -46,18 +49,28 @@ LEARNABLE_DEFAULT = ("contrast", "saturation", "exposure", "mu", "levels")
 SIGMA_FLOOR = 1e-3
 
 
-def check_value(name: str, value) -> None:
+def resolve_exponents(contrast, saturation, exposure, preset) -> tuple:
+    """The three exponents with each ``None`` replaced by the preset's default
+    (:attr:`efusion.Preset.exponent_defaults`)."""
+    defaults = get_preset(preset).exponent_defaults
+    given = (contrast, saturation, exposure)
+    return tuple(default if value is None else value for value, default in zip(given, defaults))
+
+
+def check_value(name: str, value, *, label: str | None = None) -> None:
     """Check one number against parameter ``name``'s domain (exponents >= 0, ``sigma`` > 0,
     ``levels`` >= 1 or <= -1, ``mu`` any), raising the errors the fusion functions raise; parameter
-    files and the command line check their values with it."""
+    files and the command line check their values with it. ``label`` is how the message calls the
+    value (default ``name``; parameter files quote it: ``'sigma' must be > 0``)."""
+    shown = name if label is None else label
     if name == "levels":
-        check_levels(value)
+        check_levels(value, shown)
     elif name == "sigma":
-        _checks.check_scalar(value, name, minimum=0.0, strict=True)
+        _checks.check_scalar(value, shown, minimum=0.0, strict=True)
     elif name == "mu":
-        _checks.check_scalar(value, name)
+        _checks.check_scalar(value, shown)
     elif name in EXPONENTS:  # 0 switches a measure off
-        _checks.check_scalar(value, name, minimum=0.0)
+        _checks.check_scalar(value, shown, minimum=0.0)
     else:
         raise ValueError(f"unknown fusion parameter {name!r}; one of {list(NAMES)}")
 

@@ -48,6 +48,23 @@ class Preset:
             MATLAB keeps ``floor(log2(min(H, W)))``.
         float32_depth: OpenCV computes ``log2`` with single-precision ``logf`` (which makes
             8192 and 32768 one level short); MATLAB uses double precision.
+        channel_order: the order of the channels the reference code sees, for frames given to
+            efusion in RGB: ``"rgb"``, or ``"bgr"`` for OpenCV as its users call it (frames read
+            with ``cv2.imread``), whose ``merge.cpp`` still converts with ``COLOR_RGB2GRAY`` and so
+            weights the blue channel with 0.299 and red with 0.114.
+        integer_scale: ``"divide"`` (MATLAB ``im2double``: uint8 / 255) or ``"reciprocal"``
+            (OpenCV ``convertTo(CV_32F, 1/255)``: times the float32 reciprocal) for integer frames
+            converted to float32.
+        exponent_defaults: the contrast, saturation and exposure exponents the reference code
+            uses when none are given (``exposure_fusion(I, [1 1 1])``;
+            ``cv2.createMergeMertens()`` has ``exposure_weight = 0``).
+        flat_contrast: magnitude below which a float32 Laplacian of the gray image counts as 0
+            (0: none). In float64 the gray image of 8- or 16-bit data is flat wherever the data is,
+            so the Laplacian there is exactly 0; in float32 the rounding of the luma leaves residuals
+            of about 1e-8, which beat the 1e-12 weight floor and flip weights between frames by up
+            to 0.97. A float32 Laplacian below ``2**-19`` (an eighth of a 16-bit step) is such
+            rounding, not contrast. OpenCV's own float32 arithmetic keeps its residuals (the
+            ``"opencv"`` presets reproduce them).
     """
 
     name: str
@@ -60,6 +77,29 @@ class Preset:
     up_borders: tuple[str, str]
     extra_level: bool
     float32_depth: bool
+    channel_order: str = "rgb"
+    integer_scale: str = "divide"
+    exponent_defaults: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    flat_contrast: float = 0.0
+
+    @property
+    def rgb_index(self) -> tuple[int, int, int]:
+        """Index, in an RGB stack, of the channel the reference code treats as its first, second
+        and third (``(0, 1, 2)``, or ``(2, 1, 0)`` for ``channel_order="bgr"``)."""
+        return (2, 1, 0) if self.channel_order == "bgr" else (0, 1, 2)
+
+    def channels(self, x):
+        """The channel views ``x[..., c:c+1, :, :]`` of a ``[..., 3, H, W]`` tensor in the reference
+        code's order (what it calls R, G, B)."""
+        return tuple(x[..., i:i + 1, :, :] for i in self.rgb_index)
+
+    @property
+    def luma_by_channel(self) -> tuple[float, float, float]:
+        """The luma weight of each channel of an RGB stack (``luma_weights`` in ``rgb_index`` order)."""
+        weights = [0.0, 0.0, 0.0]
+        for weight, index in zip(self.luma_weights, self.rgb_index):
+            weights[index] = weight
+        return weights[0], weights[1], weights[2]
 
     def max_levels(self, height: int, width: int) -> int:
         """Automatic pyramid depth (levels in total, the last being the Gaussian residual), >= 1.
@@ -95,9 +135,12 @@ PRESETS: dict[str, Preset] = {
         up_borders=("replicate", "replicate"),
         extra_level=False,
         float32_depth=False,
+        flat_contrast=2.0 ** -19,
     ),
-    # OpenCV merge.cpp (MergeMertensImpl::process): cvtColor RGB2GRAY, Laplacian(ksize=1),
-    # pyrDown / pyrUp; borders probed on opencv-python-headless 4.x/5.x with unit impulses.
+    # OpenCV merge.cpp (MergeMertensImpl::process) as its users call it: frames from cv2.imread
+    # (BGR), cvtColor RGB2GRAY on them, Laplacian(ksize=1), pyrDown / pyrUp, default exposure
+    # weight 0 (createMergeMertens(1, 1, 0)); borders probed on opencv-python-headless 4.x/5.x
+    # with unit impulses.
     "opencv": Preset(
         name="opencv",
         luma_weights=OPENCV_GRAY,
@@ -109,12 +152,30 @@ PRESETS: dict[str, Preset] = {
         up_borders=("reflect101", "replicate"),
         extra_level=True,
         float32_depth=True,
+        channel_order="bgr",
+        integer_scale="reciprocal",
+        exponent_defaults=(1.0, 1.0, 0.0),
+    ),
+    # OpenCV fed RGB frames (efusion's "opencv" preset before it followed cv2.imread's BGR), with
+    # Mertens' default exponents (1, 1, 1)
+    "opencv-rgb": Preset(
+        name="opencv-rgb",
+        luma_weights=OPENCV_GRAY,
+        laplacian_border="reflect101",
+        luma_form="opencv_fma",
+        saturation_form="opencv",
+        laplacian_form="opencv",
+        down_border="reflect101",
+        up_borders=("reflect101", "replicate"),
+        extra_level=True,
+        float32_depth=True,
+        integer_scale="reciprocal",
     ),
 }
 
 
 def get_preset(preset: str | Preset) -> Preset:
-    """Look a preset up by name (``"mertens"`` or ``"opencv"``) or pass a :class:`Preset` through."""
+    """Look a preset up by name (``"mertens"``, ``"opencv"`` or ``"opencv-rgb"``) or pass a :class:`Preset` through."""
     if isinstance(preset, Preset):
         return preset
     if not isinstance(preset, str) or preset not in PRESETS:

@@ -5,4 +5,4 @@ the ``"cpu"`` backend in :mod:`efusion.backends.cpu.pyramid`).
 """
 from .reference.pyramid import collapse_laplacian_pyramid, gaussian_pyramid, laplacian_pyramid, pyr_down, pyr_up
 
-__all__ = ["pyr_down", "pyr_up", "gaussian_pyramid", "laplacian_pyramid", "collapse_laplacian_pyramid"]
+__all__ = ["collapse_laplacian_pyramid", "gaussian_pyramid", "laplacian_pyramid", "pyr_down", "pyr_up"]

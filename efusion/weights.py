@@ -6,4 +6,4 @@ Kept for compatibility: the measures live in :mod:`efusion.reference.measures` a
 from .functional import mertens_weights
 from .reference.measures import WEIGHT_FLOOR, contrast, luma, saturation, well_exposedness
 
-__all__ = ["luma", "contrast", "saturation", "well_exposedness", "mertens_weights", "WEIGHT_FLOOR"]
+__all__ = ["WEIGHT_FLOOR", "contrast", "luma", "mertens_weights", "saturation", "well_exposedness"]

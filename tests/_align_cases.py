@@ -64,7 +64,7 @@ def render(source: torch.Tensor, homographies: torch.Tensor, size, jpeg: int | N
     The crop is the centre ``size`` of ``source``; frame n shows ``source_n`` at ``T G_n^-1 y``, so
     that ``frame_n(G_n x) = source_n(T x)`` = the static frame at reference pixel x.
     """
-    n, c, hs, ws = source.shape
+    n, _, hs, ws = source.shape
     h, w = size
     oy, ox = (hs - h) // 2, (ws - w) // 2
     t = torch.tensor([[1, 0, ox], [0, 1, oy], [0, 0, 1]], dtype=torch.float64)

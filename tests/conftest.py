@@ -85,7 +85,7 @@ def gradcheck_stack(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float
     """
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(*shape, generator=g, dtype=dtype)
-    n, c, h, w = x.shape[-4:]
+    n, c = x.shape[-4:-2]
     x[..., 0, :, :3, :4] = 0.5
     if c == 3:
         x[..., 0, :, :3, 4:] = x[..., 0, :1, :3, 4:]
@@ -103,3 +103,21 @@ def scene(b=None, n=3, c=3, h=20, w=24, seed=0, dtype=torch.float64):
     gains = torch.logspace(-2, 2, n, base=2, dtype=dtype).view(n, 1, 1, 1)
     stack = (radiance.unsqueeze(-4) if b is None else radiance) * gains
     return stack.clamp(0, 1)
+
+
+@pytest.fixture
+def frames8():
+    """A small 8-bit bracket as uint8 ``[N, H, W, 3]`` (for the image-file and command-line tests)."""
+    import numpy as np
+
+    from _image_files import scene
+
+    return (scene() * 255).round().astype(np.uint8)
+
+
+@pytest.fixture
+def bracket8(tmp_path, frames8) -> list[Path]:
+    """:func:`frames8` written as PNG files ``tmp_path/bracket/0.png``, ..."""
+    from _image_files import write_frames
+
+    return write_frames(tmp_path / "bracket", frames8)

@@ -1,20 +1,18 @@
 """efusion.align: known transforms recovered from warped static brackets, whatever the exposures."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 import efusion
 from efusion.align import MODELS, warp
+
 from _align_cases import (
     bracket_folders,
     corner_rms,
     crop,
     exposure_bracket,
     homography,
-    jpeg_roundtrip,
     load_small,
     psnr,
     render,
@@ -103,7 +101,7 @@ class TestGenerated:
 
     def test_fusion_after_alignment(self):
         source = smooth_texture(3, 288, 384)
-        frames, truth, result = check_recovery(source, "perspective", reference=1, jpeg=None)
+        *_, result = check_recovery(source, "perspective", reference=1, jpeg=None)
         static = crop(source, crop_size(source))
         region = (result.mask.prod(dim=0)[0] > 0.5)
         assert psnr(efusion.exposure_fusion(result.frames, mask=result.mask), efusion.exposure_fusion(static), region) >= 35
@@ -143,7 +141,7 @@ def test_real_bracket_known_warps(folder):
 @requires_shared()
 @pytest.mark.parametrize("name", ["seed_house", "mef_ma/Room"])
 def test_real_exposures_4ev_apart_and_large_motion(name):
-    folder = [f for f in FOLDERS if f.as_posix().endswith(name)][0]
+    folder = next(f for f in FOLDERS if f.as_posix().endswith(name))
     middle = middle_frames(folder, count=1)[0]
     source = exposure_bracket(middle, [-2.0, 2.0])
     check_recovery(source, "rotation", reference=0, models=["euclidean", "homography"])
@@ -171,7 +169,7 @@ def test_align_gradient_is_the_warp_gradient():
 
 @requires_shared()
 def test_finite_gradients_real_bracket():
-    folder = [f for f in FOLDERS if f.name == "seed_house"][0]
+    folder = next(f for f in FOLDERS if f.name == "seed_house")
     source = middle_frames(folder).float().requires_grad_(True)
     result = efusion.align(source)
     efusion.exposure_fusion(result.frames, mask=result.mask).mean().backward()

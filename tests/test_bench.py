@@ -39,7 +39,29 @@ def test_json_structure(bench, tmp_path):
     diffs = case["max_abs_diff"]
     assert diffs["stream_vs_eager"] == 0 and diffs["compiled_vs_eager"] == 0
     assert diffs["eager_vs_reference"] < 1e-5
-    assert "memory" not in case and report["targets"] == {}
+    assert "memory" not in case and "loaded" not in case
+    # the per-cell targets are checked on whatever ran; the 12 MP ones need a 12 MP case
+    assert set(report["targets"]) == {"eager/opencv, worst cell"}
+    target = report["targets"]["eager/opencv, worst cell"]
+    assert target["value"] == case["ratio"]["eager/opencv"] and target["met"] == (target["value"] <= 0.5)
+
+
+def test_load_times_every_method_beside_busy_processes(bench, tmp_path):
+    path = tmp_path / "results.json"
+    bench.main(["--sizes", "24x32", "--frames", "2", "--repeats", "1", "--skip", "memory,compiled", "--load", "1",
+                "--json", str(path)])
+    (case,) = json.loads(path.read_text())["cases"]
+    loaded = case["loaded"]
+    assert loaded["processes"] == 1 and set(loaded["time_s"]) == set(case["time_s"])
+    for method, seconds in loaded["time_s"].items():
+        assert seconds > 0 and loaded["slowdown"][method] == seconds / case["time_s"][method]
+    assert loaded["ratio"]["eager/opencv"] == loaded["time_s"]["eager"] / loaded["time_s"]["opencv"]
+
+
+def test_busy_processes_run_during_the_block_and_are_reaped_after(bench):
+    with bench.busy_processes(2) as spinners:
+        assert len(spinners) == 2 and all(p.poll() is None for p in spinners)
+    assert all(p.poll() is not None for p in spinners)
 
 
 def test_memory_probe_in_a_fresh_process(bench, tmp_path):

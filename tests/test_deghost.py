@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import efusion
+
 from _align_cases import bracket_folders, load_small, psnr, smooth_texture
 from conftest import requires_shared
 
@@ -12,7 +13,11 @@ FOLDERS = bracket_folders()
 #: brackets where deghosting falls more than 3 dB short of the exact object mask (measured at this
 #: commit): the object or its background lies where one frame is clipped or nearly black, so the
 #: disagreement is below the noise the detector allows there. Strict: a fix makes them pass.
-DEGHOST_KNOWN_MISSES = {"House", "MadisonCapitol", "Mask", "Studio", "memorial", "seed_house", "seed_mask", "seed_taipei"}
+#: Farmhouse and Set joined with issue 12's exact masks: the exact object mask no longer leaks the
+#: object through the coarse pyramid levels, which raised the bound (Farmhouse 18.8 -> 23.9 dB, Set
+#: 24.3 -> 27.1 dB) more than deghosting itself gained (19.4 -> 20.0 dB, 23.4 -> 23.9 dB).
+DEGHOST_KNOWN_MISSES = {"Farmhouse", "House", "MadisonCapitol", "Mask", "Set", "Studio", "memorial", "seed_house", "seed_mask",
+                        "seed_taipei"}
 
 
 def _bracket_params():
@@ -83,7 +88,7 @@ def test_real_moving_object(folder):
 @requires_shared()
 @pytest.mark.parametrize("name", ["seed_house", "Room"])
 def test_static_bracket_keeps_nearly_everything(name):
-    folder = [f for f in FOLDERS if f.name == name][0]
+    folder = next(f for f in FOLDERS if f.name == name)
     weights = efusion.deghost(load_small(folder, 256), reference=REFERENCE)
     # false detections on a static bracket (exposure differences a global mapping does not explain)
     assert weights.mean() > 0.85

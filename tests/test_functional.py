@@ -12,6 +12,7 @@ from efusion import (
     blend,
     collapse_laplacian_pyramid,
     exposure_fusion,
+    fuse_frames,
     gaussian_pyramid,
     get_preset,
     laplacian_pyramid,
@@ -62,13 +63,29 @@ class TestExposureFusion:
         # depth clamps to one level: a per-pixel weighted average
         torch.testing.assert_close(out, (mertens_weights(x) * x).sum(0))
 
-    def test_non_finite_input_propagates(self):
-        # documented: no check (it would need a host-device sync); NaN spreads through the pyramid
+    def test_non_finite_input_is_refused_with_frame_and_count(self):
         x = scene()
         x[1, 0, 5, 5] = float("nan")
-        out = exposure_fusion(x)
-        assert torch.isnan(out[:, 5, 5]).all()
-        assert torch.isfinite(exposure_fusion(x, levels=1)[:, 0, 0]).all()
+        x[1, 2, 0, 0] = float("inf")
+        with pytest.raises(ValueError, match="frame 1 has 2 non-finite value"):
+            exposure_fusion(x)
+        with pytest.raises(ValueError, match="frame 1 has 2 non-finite value"):
+            mertens_weights(x)
+        mask = torch.ones(x.shape[0], 1, *x.shape[-2:])
+        mask[1, :, 5, 5] = 0
+        with pytest.raises(ValueError, match="frame 1 has 1 non-finite value"):  # the one left unmasked
+            exposure_fusion(x, mask=mask)
+        mask[1, :, 0, 0] = 0
+        assert torch.isfinite(exposure_fusion(x, mask=mask)).all()  # masked: not looked at
+
+    def test_unscaled_integer_values_are_refused(self):
+        x = scene()
+        with pytest.raises(ValueError, match="values up to 255.*divide 8-bit images by 255"):
+            exposure_fusion(x * 255)
+        with pytest.raises(ValueError, match="above 2"):
+            fuse_frames(list(x * 255))
+        # HDR renders overshoot a little: accepted up to efusion._checks.MAX_SAMPLE = 2
+        assert torch.isfinite(exposure_fusion(x * 2)).all()
 
     @pytest.mark.parametrize(
         "stack, kwargs, error, match",

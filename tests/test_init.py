@@ -23,6 +23,6 @@ def test_submodules_after_plain_import_without_codecs():
         "assert float(efusion.quality.ssim(stack[1], stack[1])) == 1\n"
         "print(sorted(m for m in ('cv2', 'tifffile', 'PIL', 'yaml') if m in sys.modules))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"  # image codecs load only when efusion.io needs them

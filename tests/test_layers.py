@@ -126,6 +126,7 @@ class TestFusionModule:
         "kwargs, error, match",
         [
             (dict(contrast=0.0, learnable=["contrast"]), ValueError, "learnable contrast must start > 0"),
+            (dict(preset="opencv", learnable=True), ValueError, "exposure must start > 0, got 0.0 \\(the 'opencv' preset's default"),
             (dict(learnable=["gamma"]), ValueError, "unknown learnable parameter"),
             (dict(sigma=-1.0), ValueError, "sigma must be > 0"),
             (dict(exposure=-1.0), ValueError, "exposure must be >= 0"),

@@ -41,7 +41,7 @@ def test_notebook_extra_opens_and_runs_the_walkthrough():
     for name in (ROOT / "notebooks").glob("*.ipynb"):
         for cell in json.loads(name.read_text())["cells"]:
             if cell["cell_type"] == "code":
-                imported |= set(re.findall(r"^\s*(?:from|import)\s+(\w+)", "".join(cell["source"]), re.M))
+                imported |= set(re.findall(r"^\s*(?:from|import)\s+(\w+)", "".join(cell["source"]), re.MULTILINE))
     distribution = {"matplotlib": "matplotlib", "pytorch_lightning": "pytorch-lightning"}
     ours = {"efusion", "training", "torch", "os", "warnings", "logging", "tempfile", "pathlib"}  # install_requires or stdlib
     assert imported - ours - set(distribution) == set(), imported
@@ -58,7 +58,7 @@ def test_readme_usage_snippet_runs_and_its_save_load_route_round_trips(tmp_path,
     code = code.replace("480, 640", "48, 64")  # the same code on a small stack
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(code, "README.md usage", "exec"), namespace)
+    exec(compile(code, "README.md usage", "exec"), namespace)  # noqa: S102 - runs the README's own example
     layer, tuned, stack = namespace["layer"], namespace["tuned"], namespace["stack"]
     with torch.no_grad():
         assert torch.allclose(tuned(stack), layer(stack), atol=1e-6)

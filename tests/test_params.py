@@ -20,8 +20,13 @@ def test_defaults_are_the_signatures():
 
 
 def test_defaults_are_mertens():
-    # exposure_fusion.m's default [1 1 1] exponents; well_exposedness.m's Gaussian (0.5, 0.2)
-    assert params.DEFAULTS == {"contrast": 1.0, "saturation": 1.0, "exposure": 1.0, "mu": 0.5, "sigma": 0.2, "levels": None}
+    # exponents: the preset's; well_exposedness.m's Gaussian (0.5, 0.2)
+    assert params.DEFAULTS == {"contrast": None, "saturation": None, "exposure": None, "mu": 0.5, "sigma": 0.2, "levels": None}
+    # exposure_fusion.m's default [1 1 1]; cv2.createMergeMertens()'s (1, 1, 0)
+    assert params.resolve_exponents(None, None, None, "mertens") == (1.0, 1.0, 1.0)
+    assert params.resolve_exponents(None, None, None, "opencv") == (1.0, 1.0, 0.0)
+    assert params.resolve_exponents(None, 0.5, 2.0, "opencv") == (1.0, 0.5, 2.0)
+    assert params.resolve_exponents(None, None, None, "opencv-rgb") == (1.0, 1.0, 1.0)
 
 
 def test_layer_export_names_every_parameter():
@@ -40,7 +45,7 @@ def test_layer_export_names_every_parameter():
     ],
 )
 def test_check_params_errors(kwargs, error, match):
-    values = {**{k: params.DEFAULTS[k] for k in params.NAMES[:5]}, **kwargs}
+    values = {**dict(zip(params.NAMES[:5], (1.0, 1.0, 1.0, 0.5, 0.2))), **kwargs}
     with pytest.raises(error, match=match):
         params.check_params(*(values[k] for k in params.NAMES[:5]), channels=3)
 
@@ -67,3 +72,16 @@ def test_check_layer_value():
         params.check_layer_value("contrast", [1.0, 2.0])
     with pytest.raises(ValueError, match="sigma must be > 0"):
         params.check_layer_value("sigma", 0.0)
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [("sigma", 0.0, "'sigma' must be > 0"), ("contrast", -1.0, "'contrast' must be >= 0"),
+     ("levels", 0.5, "'levels' must be >= 1"), ("mu", float("nan"), "'mu' must be a number, got NaN")],
+)
+def test_check_value_label_names_the_value_in_the_message(name, value, message):
+    # parameter files and flags quote the key; the message is made whole, never rewritten
+    with pytest.raises(ValueError, match=f"^{message}"):
+        params.check_value(name, value, label=repr(name))
+    with pytest.raises(ValueError, match=f"^{message.replace(repr(name), name)}"):
+        params.check_value(name, value)

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BURSTS, REFERENCE, burst_dir, burst_frames, load_burst_uint8, requires_shared
 from efusion import exposure_fusion
+
+from conftest import BURSTS, REFERENCE, burst_dir, burst_frames, load_burst_uint8, requires_shared
 
 #: exponents (contrast, saturation, exposure) of the references whose name says so
 EXPONENTS = {"seed_house_e": (0.0, 0.0, 1.0), "seed_house_mix": (2.0, 1.5, 1.25)}
@@ -81,6 +82,8 @@ def opencv_cases() -> list[tuple[str, tuple[float, float, float]]]:
 
 @requires_shared(BURSTS)
 class TestOpenCVMergeMertens:
+    """OpenCV fed RGB frames: preset "opencv-rgb" (tests/test_opencv_bgr.py: as its users call it)."""
+
     @pytest.mark.parametrize("burst, exponents", opencv_cases())
     def test_psnr_at_least_60db(self, burst, exponents):
         cv2 = pytest.importorskip("cv2")
@@ -90,7 +93,7 @@ class TestOpenCVMergeMertens:
         # OpenCV converts 8-bit frames with a float32 multiplication by 1/255 (convertTo's scale)
         stack = torch.from_numpy(frames).permute(0, 3, 1, 2).float() * np.float32(1.0 / 255.0)
         c, s, e = exponents
-        out = exposure_fusion(stack, contrast=c, saturation=s, exposure=e, preset="opencv")
+        out = exposure_fusion(stack, contrast=c, saturation=s, exposure=e, preset="opencv-rgb")
         value = psnr(out.permute(1, 2, 0).numpy(), expected)
         assert value >= 60, f"{burst} {exponents}: PSNR vs OpenCV {value:.1f} dB"
 
@@ -102,7 +105,7 @@ def test_gradients_finite_on_real_bursts(burst):
     """No NaN/Inf in any gradient: the input and every parameter, on every real burst."""
     stack = as_stack(load_burst_uint8(BURSTS / burst), torch.float32).requires_grad_()
     params = {k: torch.tensor(v, requires_grad=True) for k, v in
-              dict(contrast=1.0, saturation=1.0, exposure=1.0, mu=0.5, sigma=0.2, levels=-1.5).items()}
+              {"contrast": 1.0, "saturation": 1.0, "exposure": 1.0, "mu": 0.5, "sigma": 0.2, "levels": -1.5}.items()}
     out = exposure_fusion(stack, **params)
     probe = torch.rand(out.shape, generator=torch.Generator().manual_seed(0))
     (out * probe).sum().backward()

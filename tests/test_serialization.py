@@ -156,7 +156,7 @@ class TestStateDictAcrossLearnableSets:
 
 class TestFromParams:
     def test_export_round_trip(self):
-        layer = trained({"learnable": True, "mu": [0.4, 0.5, 0.6], "preset": "opencv"})
+        layer = trained({"learnable": True, "mu": [0.4, 0.5, 0.6], "preset": "opencv", "exposure": 1.0})
         other = Fusion.from_params(layer.export(), learnable=["mu"])
         assert other.learnable == ("mu",) and other.preset == "opencv"
         assert_params_close(other.export(), layer.export())

@@ -8,10 +8,10 @@ import yaml
 
 pl = pytest.importorskip("pytorch_lightning")
 
-from efusion import io as efusion_io  # noqa: E402
-from training.cli import main  # noqa: E402
-from training.data import FusionDataModule, SyntheticScenes  # noqa: E402
-from training.module import FusionModule  # noqa: E402
+from efusion import io as efusion_io
+from training.cli import main
+from training.data import FusionDataModule, SyntheticScenes
+from training.module import FusionModule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -144,7 +144,7 @@ def test_last_checkpoint_is_the_end_of_training_and_each_run_has_its_folder(tmp_
 
         assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == cli.trainer.global_step
         assert saved_contrast(last) == pytest.approx(efusion_io.read_params(run / "params.yaml")["contrast"], abs=1e-6)
-        assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "last.ckpt"  # no last-v1.ckpt
+        assert max(p.name for p in (run / "checkpoints").iterdir()) == "last.ckpt"  # no last-v1.ckpt
     assert [r.name for r in runs] == ["version_0", "version_1"]
     # --ckpt_path last means the newest run's last.ckpt
     cli = main(["test", "--config", str(config), "--ckpt_path", "last"])

@@ -14,7 +14,7 @@ from efusion import cli as efusion_cli
 from efusion import io as efusion_io
 from efusion import synthetic
 from training import losses
-from training.callbacks import FusedImageWriter, ParameterTrajectories
+from training.callbacks import FusedImageWriter
 from training.cli import main
 from training.data import FusionDataModule, SceneFolders, SyntheticScenes
 from training.module import FusionModule, export, export_checkpoint
@@ -26,11 +26,11 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 OVERLAYS = ("debug.yaml", "ddp.yaml", "learn-depth.yaml", "mef-ssim.yaml", "predict.yaml")
 
 
-def _trainer(**kwargs) -> "pl.Trainer":
-    options = dict(
-        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0,
-    )
+def _trainer(**kwargs) -> pl.Trainer:
+    options = {
+        "accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
+        "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
+    }
     options.update(kwargs)
     return pl.Trainer(**options)
 
@@ -225,18 +225,23 @@ class TestExport:
         # `--ckpt_path last` of a base config finds an overlay's run there (same checkpoint folder)
         dm = FusionDataModule(train=SyntheticScenes(length=2, size=48), test=SyntheticScenes(length=2, size=48, seed=9),
                               batch_size=2)
-        trainer = _trainer(max_steps=1, enable_checkpointing=True, default_root_dir=str(tmp_path))
-        trainer.fit(FusionModule(learnable=["contrast", "mu"], loss="mef_ssim", export_path=None), dm)
+        # the same checkpoint callback in every trainer, as the CLI's configs have (else Lightning warns
+        # that the callbacks which wrote the checkpoint are missing)
+        checkpointing = {"enable_checkpointing": True, "default_root_dir": str(tmp_path)}
+        _trainer(max_steps=1, **checkpointing).fit(
+            FusionModule(learnable=["contrast", "mu"], loss="mef_ssim", export_path=None), dm)
         ckpt = next(tmp_path.rglob("*.ckpt"))
-        for other, named in ((dict(learnable=["contrast", "mu"], loss="l1"), "loss='mef_ssim' there, 'l1' here"),
-                             (dict(learnable=["contrast"], loss="mef_ssim"), "learnable=['contrast', 'mu'] there"),
-                             (dict(learnable=["contrast", "mu"], loss="mef_ssim", preset="opencv"), "preset=")):
+        for other, named in (({"learnable": ["contrast", "mu"], "loss": "l1"}, "loss='mef_ssim' there, 'l1' here"),
+                             ({"learnable": ["contrast"], "loss": "mef_ssim"}, "learnable=['contrast', 'mu'] there"),
+                             ({"learnable": ["contrast", "mu"], "loss": "mef_ssim", "preset": "opencv"}, "preset=")):
             with pytest.raises(ValueError, match="belongs to another run") as error:
-                _trainer().test(FusionModule(export_path=None, **other), dm, ckpt_path=ckpt, verbose=False)
+                _trainer(**checkpointing).test(FusionModule(export_path=None, **other), dm, ckpt_path=ckpt,
+                                               verbose=False)
             assert named in str(error.value)
         # the same run (learnable in another order) resumes
-        results = _trainer().test(FusionModule(learnable=["mu", "contrast"], loss="mef_ssim", export_path=None), dm,
-                                  ckpt_path=ckpt, verbose=False)
+        results = _trainer(**checkpointing).test(
+            FusionModule(learnable=["mu", "contrast"], loss="mef_ssim", export_path=None), dm, ckpt_path=ckpt,
+            verbose=False)
         assert math.isfinite(results[0]["test/psnr"])
 
     def test_export_of_a_file_that_is_not_a_checkpoint_names_it(self, tmp_path, capsys):

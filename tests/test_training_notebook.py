@@ -21,5 +21,5 @@ def test_notebook_executes(name):
     printed = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", []))
     recovered = [line.split() for line in printed.splitlines() if " hidden " in line and " learned " in line]
     assert len(recovered) == 5  # contrast, saturation, exposure, mu, levels
-    for name, _, hidden, _, learned in recovered:
-        assert float(learned) == pytest.approx(float(hidden), rel=0.1), name
+    for param, _, hidden, _, learned in recovered:
+        assert float(learned) == pytest.approx(float(hidden), rel=0.1), param

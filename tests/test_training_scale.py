@@ -18,8 +18,8 @@ import yaml
 
 pl = pytest.importorskip("pytorch_lightning")
 
-from efusion import io as efusion_io  # noqa: E402
-from training.cli import main  # noqa: E402
+from efusion import io as efusion_io
+from training.cli import main
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -82,10 +82,12 @@ def _run(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.Complet
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), env.get("PYTHONPATH", "")])
     env.setdefault("OMP_NUM_THREADS", "1")
     return subprocess.run([sys.executable, "-m", "training", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, check=False)
 
 
 @pytest.mark.slow
+# the resumed run writes into the killed run's checkpoint folder on purpose; Lightning notes it is not empty
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
 def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     straight = _config(tmp_path / "straight.yaml", checkpoints=tmp_path / "ckpt_a", export=tmp_path / "a.yaml")
     main(["fit", "--config", str(straight)])

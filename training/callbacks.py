@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
@@ -11,8 +12,6 @@ from pytorch_lightning.callbacks import BasePredictionWriter, Callback, ModelChe
 from efusion import io as efusion_io
 
 __all__ = ["FusedImageWriter", "ParameterTrajectories", "RunCheckpoint", "plot_trajectories"]
-
-_SUFFIXES = {"png": ".png", "jpg": ".jpg", "tif": ".tif"}
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -62,10 +61,10 @@ class FusedImageWriter(BasePredictionWriter):
 
     def __init__(self, output_dir: str, format: str = "png", bit_depth: int | None = None, overwrite: bool = False) -> None:
         super().__init__(write_interval="batch")
-        if format not in _SUFFIXES:
-            raise ValueError(f"format must be one of {sorted(_SUFFIXES)}, got {format!r}")
+        if format not in efusion_io.OUTPUT_FORMATS:
+            raise ValueError(f"format must be one of {sorted(efusion_io.OUTPUT_FORMATS)}, got {format!r}")
         self.output_dir = Path(output_dir)
-        self.suffix = _SUFFIXES[format]
+        self.suffix = f".{format}"
         self.bit_depth = efusion_io.check_output(self.output_dir / f"x{self.suffix}", bit_depth)
         self.overwrite = bool(overwrite)
         self.written: list[Path] = []

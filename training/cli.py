@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 
-from efusion.io import _one_line
+from efusion.io.errors import one_line
 
 from .data import DatasetError, FusionDataModule
 from .module import FusionModule, export_checkpoint
 
-__all__ = ["main", "FusionCLI"]
+__all__ = ["FusionCLI", "main"]
 
 
 PROG = "python -m training"
@@ -50,7 +50,7 @@ class FusionCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, TypeError) as error:
-            raise ConfigError(_one_line(error)) from None
+            raise ConfigError(one_line(error)) from None
 
     def before_instantiate_classes(self) -> None:
         """Relative log and checkpoint folders of a config are taken inside --trainer.default_root_dir."""
@@ -127,7 +127,7 @@ def _export(argv: Sequence[str]) -> int:
     try:
         params = export_checkpoint(args.checkpoint, args.output, overwrite=args.force)
     except (OSError, ValueError) as error:
-        print(f"python -m training export: error: {_one_line(error)}", file=sys.stderr)
+        print(f"python -m training export: error: {one_line(error)}", file=sys.stderr)
         return 1
     print(f"wrote {args.output}: " + ", ".join(f"{k}={v}" for k, v in params.items()))
     return 0
@@ -158,7 +158,7 @@ def main(args: Sequence[str] | None = None, run: bool = True):
             run=run,
         )
     except (ConfigError, DatasetError) as error:  # bad values or data in the config: one line, not a traceback
-        print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr, flush=True)
+        print(f"{PROG}: error: {one_line(error)}", file=sys.stderr, flush=True)
         return 2
     finally:
         sys.argv = saved_argv

@@ -1,7 +1,8 @@
 """Losses and image-quality scores for tuning the fusion against target images.
 
-- :func:`psnr`: peak signal-to-noise ratio for a peak of 1, over valid pixels.
-- :func:`ssim`: :func:`efusion.quality.ssim` (Wang, Bovik, Sheikh & Simoncelli, IEEE TIP 13(4),
+- :func:`psnr`: :func:`efusion.metrics.psnr` for a peak of 1 over valid pixels, with the MSE
+  floored so identical images score a finite 120 dB.
+- :func:`ssim`: :func:`efusion.metrics.ssim` (Wang, Bovik, Sheikh & Simoncelli, IEEE TIP 13(4),
   2004, doi:10.1109/TIP.2003.819861; 11 x 11 Gaussian window, sigma 1.5), with invalid pixels
   taken from the target so they count as matching.
 - :class:`FusionLoss`: ``l1``, ``mse``, ``ssim`` (1 - SSIM), ``mix`` (Zhao, Gallo, Frosio &
@@ -21,7 +22,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from efusion import quality
+from efusion import metrics
+from efusion._util import masked_mean
 
 __all__ = ["LOSSES", "FusionLoss", "psnr", "ssim"]
 
@@ -29,28 +31,20 @@ __all__ = ["LOSSES", "FusionLoss", "psnr", "ssim"]
 LOSSES = ("l1", "mse", "ssim", "mix", "mef_ssim")
 
 
-def _masked_mean(values: Tensor, valid: Tensor | None) -> Tensor:
-    """Mean of ``[B, C, H, W]`` over C, H, W per image, counting only valid pixels."""
-    if valid is None:
-        return values.mean(dim=(1, 2, 3))
-    valid = valid.to(values.dtype).expand_as(values)
-    return (values * valid).sum(dim=(1, 2, 3)) / valid.sum(dim=(1, 2, 3)).clamp(min=1.0)
-
-
 def psnr(image: Tensor, target: Tensor, valid: Tensor | None = None, *, eps: float = 1e-12) -> Tensor:
-    """PSNR in dB for a peak value of 1, ``10 log10(1 / MSE)`` per image (``[B]``); the MSE is
-    floored at ``eps`` (120 dB), so identical images give a finite score that averages."""
-    mse = _masked_mean((image - target).square(), valid)
-    return 10.0 * torch.log10(1.0 / mse.clamp(min=eps))
+    """PSNR in dB for a peak value of 1, ``10 log10(1 / MSE)`` per image (``[B]``): :func:`efusion.metrics.psnr`
+    over the valid pixels, with the MSE floored at ``eps`` (120 dB), so identical images give a
+    finite score that averages."""
+    return metrics.psnr(image, target, valid=valid, mse_floor=eps)
 
 
 def ssim(image: Tensor, target: Tensor, valid: Tensor | None = None, *, gray: bool = True) -> Tensor:
-    """SSIM per image, ``[B]``: :func:`efusion.quality.ssim` (on luma with ``gray=True``, its
+    """SSIM per image, ``[B]``: :func:`efusion.metrics.ssim` (on luma with ``gray=True``, its
     default and ``efusion eval``'s; each channel averaged with ``gray=False``). Invalid pixels
     are replaced by the target's, so windows over them count as matching there."""
     if valid is not None:
         image = torch.where(valid > 0, image, target)
-    return quality.ssim(image, target, gray=gray)
+    return metrics.ssim(image, target, gray=gray)
 
 
 class FusionLoss(nn.Module):
@@ -99,13 +93,13 @@ class FusionLoss(nn.Module):
         if target is None:
             raise ValueError(f"loss {self.name!r} needs a target image; the batch has none (use loss: mef_ssim)")
         if self.name == "l1":
-            per_image = _masked_mean((fused - target).abs(), valid)
+            per_image = masked_mean((fused - target).abs(), valid)
         elif self.name == "mse":
-            per_image = _masked_mean((fused - target).square(), valid)
+            per_image = masked_mean((fused - target).square(), valid)
         elif self.name == "ssim":
             per_image = 1.0 - ssim(fused, target, valid, gray=False)
         else:
-            l1 = _masked_mean((fused - target).abs(), valid)
+            l1 = masked_mean((fused - target).abs(), valid)
             per_image = self.alpha * (1.0 - ssim(fused, target, valid, gray=False)) + (1.0 - self.alpha) * l1
         return per_image.mean()
 

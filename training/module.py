@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -24,7 +25,7 @@ from torch import Tensor
 
 import efusion
 from efusion import io as efusion_io
-from efusion.io import _one_line
+from efusion.io.errors import one_line
 from efusion.params import NAMES as PARAMETER_NAMES
 
 from .losses import FusionLoss, psnr, ssim
@@ -352,8 +353,8 @@ def export_checkpoint(checkpoint: str | Path, path: str | Path, *, overwrite: bo
     not_ours = f"{checkpoint}: not a FusionModule checkpoint (one written by `python -m training fit`)"
     try:
         content = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    except Exception as error:  # pickle, zip and torch errors alike: the file is not a torch checkpoint
-        raise ValueError(f"{not_ours}: cannot load it ({_one_line(error)})") from None
+    except Exception as error:  # noqa: BLE001 - pickle, zip and torch errors alike: the file is not a torch checkpoint
+        raise ValueError(f"{not_ours}: cannot load it ({one_line(error)})") from None
     if not isinstance(content, dict) or "pytorch-lightning_version" not in content or "state_dict" not in content:
         raise ValueError(f"{not_ours}: no Lightning state_dict in it")
     hparams = content.get("hyper_parameters", {})
@@ -366,5 +367,5 @@ def export_checkpoint(checkpoint: str | Path, path: str | Path, *, overwrite: bo
     try:
         module = FusionModule.load_from_checkpoint(checkpoint, map_location="cpu", **overrides)
     except RuntimeError as error:  # state_dict keys or shapes of another model
-        raise ValueError(f"{not_ours}: {_one_line(error)}") from None
+        raise ValueError(f"{not_ours}: {one_line(error)}") from None
     return export(module, path, overwrite=overwrite)

@@ -27,16 +27,20 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from efusion import color
+from efusion.color import REC709_LUMA, rgb_to_gray
+
 __all__ = ["OPERATORS", "durand", "luminance", "reinhard", "srgb_encode", "tonemap"]
 
-#: Rec. ITU-R BT.709-6 luminance weights of linear RGB (sRGB shares the primaries)
-REC709 = (0.2126, 0.7152, 0.0722)
+#: Rec. ITU-R BT.709-6 luminance weights of linear RGB (sRGB shares the primaries); the one
+#: table is :data:`efusion.color.REC709_LUMA`
+REC709 = REC709_LUMA
 #: keeps logs and ratios finite at black pixels (radiance maps hold exact zeros)
 _TINY = 1e-8
 
@@ -52,14 +56,12 @@ def _check_radiance(radiance: Tensor) -> None:
 
 def luminance(rgb: Tensor) -> Tensor:
     """Luminance of linear RGB with Rec. 709 weights: ``[..., 3, H, W]`` -> ``[..., 1, H, W]``."""
-    weights = torch.tensor(REC709, dtype=rgb.dtype, device=rgb.device).view(3, 1, 1)
-    return (rgb * weights).sum(dim=-3, keepdim=True)
+    return rgb_to_gray(rgb, REC709_LUMA)
 
 
 def srgb_encode(linear: Tensor) -> Tensor:
     """The sRGB transfer function (IEC 61966-2-1:1999) of values clipped to [0, 1]."""
-    linear = linear.clamp(0.0, 1.0)
-    return torch.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear.clamp(min=0.0031308) ** (1 / 2.4) - 0.055)
+    return color.srgb_encode(linear.clamp(0.0, 1.0))
 
 
 def _recolour(radiance: Tensor, lum_in: Tensor, lum_out: Tensor, saturation: float) -> Tensor:
@@ -163,7 +165,7 @@ def bilateral_piecewise(signal: Tensor, spatial_sigma: float, range_sigma: float
     """
     low = signal.amin(dim=(-3, -2, -1), keepdim=True)
     high = signal.amax(dim=(-3, -2, -1), keepdim=True)
-    count = max(2, int(math.ceil(float((high - low).max()) / range_sigma)) + 1)
+    count = max(2, math.ceil(float((high - low).max()) / range_sigma) + 1)
     steps = torch.linspace(0.0, 1.0, count, dtype=signal.dtype, device=signal.device).view(1, count, 1, 1)
     levels = low + (high - low) * steps  # [B, count, 1, 1], per image
     weight = torch.exp(-0.5 * ((signal - levels) / range_sigma) ** 2)  # [B, count, H, W]

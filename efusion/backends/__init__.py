@@ -26,6 +26,8 @@ from typing import Any, Iterator, Protocol
 
 from torch import Tensor
 
+from .._util import WeightParams
+
 __all__ = ["Backend", "register", "available", "use", "current_options", "select", "get"]
 
 #: operations a backend may implement
@@ -40,6 +42,23 @@ class Backend(Protocol):
     def accepts(self, op: str, stack: Tensor, inputs: tuple, *, preset, mask: Tensor | None = None) -> bool:
         """Whether this backend runs ``op`` for a validated ``[B, N, C, H, W]`` stack and the call's
         other ``inputs`` (tensors or numbers; ``mask`` is also among them)."""
+        ...
+
+    def weights(self, stack: Tensor, mask: Tensor | None, params: WeightParams, preset) -> Tensor:
+        """Normalised weights ``[B, N, 1, H, W]`` of a validated stack (equals the reference's)."""
+        ...
+
+    def blend(self, stack: Tensor, weights: Tensor, levels, preset, relative: bool | None) -> Tensor:
+        """The Laplacian blend ``[B, C, H, W]`` of a stack by given weights (equals the reference's)."""
+        ...
+
+    def fuse(self, stack: Tensor, mask: Tensor | None, params: WeightParams, levels, preset,
+             relative: bool | None) -> Tensor:
+        """Weights then blend (equals the reference's)."""
+        ...
+
+    def fuse_frames(self, *args: Any, **kwargs: Any) -> Tensor | None:
+        """Streamed fusion of frames read one at a time, or ``None`` to let the caller stack them."""
         ...
 
 

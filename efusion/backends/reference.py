@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from .._util import WeightParams
 from ..presets import Preset
 from ..reference.blend import blend as reference_blend
+from ..reference.masks import fill_masked
 from ..reference.measures import fusion_weights
 
 __all__ = ["ReferenceBackend", "BACKEND"]
@@ -20,7 +22,7 @@ class ReferenceBackend:
     def accepts(self, op: str, stack: Tensor, inputs: tuple, *, preset, mask: Tensor | None = None) -> bool:
         return True
 
-    def weights(self, stack: Tensor, mask: Tensor | None, params: tuple, preset: Preset) -> Tensor:
+    def weights(self, stack: Tensor, mask: Tensor | None, params: WeightParams, preset: Preset) -> Tensor:
         """:func:`efusion.reference.measures.fusion_weights`."""
         return fusion_weights(stack, mask, *params, preset)
 
@@ -28,14 +30,16 @@ class ReferenceBackend:
         """:func:`efusion.reference.blend.blend`."""
         return reference_blend(stack, weights, levels, preset, relative)
 
-    def fuse(self, stack: Tensor, mask: Tensor | None, params: tuple, levels, preset: Preset,
+    def fuse(self, stack: Tensor, mask: Tensor | None, params: WeightParams, levels, preset: Preset,
              relative: bool | None) -> Tensor:
-        """The weights, then the blend."""
-        return reference_blend(stack, fusion_weights(stack, mask, *params, preset), levels, preset, relative)
+        """The weights, then the blend, both of :func:`~efusion.reference.masks.fill_masked`'s stack."""
+        if mask is not None:
+            stack = fill_masked(stack, mask, preset)
+        return reference_blend(stack, fusion_weights(stack, mask, *params, preset, filled=True), levels, preset, relative)
 
     def fuse_frames(self, *args, **kwargs) -> None:
         """``None``: :func:`efusion.fuse_frames` stacks the frames and calls :meth:`fuse`."""
         return None
 
 
-BACKEND = ReferenceBackend()
+BACKEND: ReferenceBackend = ReferenceBackend()

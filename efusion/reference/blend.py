@@ -39,7 +39,8 @@ def blend(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool
 
     def add(acc: list[Tensor | None], level: int, value: Tensor) -> None:
         value = value if by_frame else value.sum(dim=1)
-        acc[level] = value if acc[level] is None else acc[level] + value
+        previous = acc[level]
+        acc[level] = value if previous is None else previous + value
 
     # one frame at a time; a traced graph with a symbolic frame count takes all frames at once
     # and sums over them at each level (another order of additions: not bit for bit)
@@ -48,9 +49,8 @@ def blend(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool
         image, weight = (stack[:, n], weights[:, n]) if by_frame else (stack, weights)
         for level in range(top):
             sizes[level] = image.shape[-2:]
-            needs_band = not is_zero(band_coef[level])
             coarser = pyr_down(image, preset) if level < top - 1 else None
-            if needs_band:
+            if coarser is not None and not is_zero(band_coef[level]):  # the coarsest level has no band
                 add(bands, level, weight * (image - pyr_up(coarser, image.shape[-2:], preset)))
             if not is_zero(residual_coef[level]):
                 add(residuals, level, weight * image)
@@ -58,11 +58,12 @@ def blend(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool
                 image, weight = coarser, pyr_down(weight, preset)
 
     def level_sum(level: int) -> Tensor | None:
+        band, residual = bands[level], residuals[level]
         terms = []
-        if bands[level] is not None:
-            terms.append(scaled(band_coef[level], bands[level]))
-        if residuals[level] is not None:
-            terms.append(scaled(residual_coef[level], residuals[level]))
+        if band is not None:
+            terms.append(scaled(band_coef[level], band))
+        if residual is not None:
+            terms.append(scaled(residual_coef[level], residual))
         return None if not terms else terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
     result = level_sum(top - 1)
@@ -70,7 +71,7 @@ def blend(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool
         upsampled = pyr_up(result, sizes[level], preset) if result is not None else None
         here = level_sum(level)
         result = here if upsampled is None else upsampled if here is None else here + upsampled
-    return result
+    return _collapsed(result)
 
 
 def textbook_blend(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool | None = None,
@@ -112,4 +113,11 @@ def textbook_blend(stack: Tensor, weights: Tensor, levels, preset: Preset, relat
         upsampled = None if result is None else pyr_up(result, size, preset)
         here = levels_out[l]
         result = here if upsampled is None else upsampled if here is None else here + upsampled
+    return _collapsed(result)
+
+
+def _collapsed(result: Tensor | None) -> Tensor:
+    """The collapsed pyramid; ``depth_plan`` always gives the coarsest level a residual term."""
+    if result is None:
+        raise RuntimeError("the depth plan selected no pyramid level (a bug in efusion.depth)")
     return result

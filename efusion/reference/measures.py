@@ -15,18 +15,22 @@ so values are exactly the reference code's.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from .. import _checks
 from .._util import ParamLike, f32, is_one, is_zero
 from ..presets import Preset, get_preset
+from .masks import fill_masked
 from .pyramid import pad
 
 __all__ = [
     "WEIGHT_FLOOR", "luma", "laplacian", "contrast", "saturation_squared", "safe_sqrt", "saturation",
     "per_channel", "log_well_exposedness", "channel_sum", "well_exposedness", "power", "raw_weights",
-    "normalise", "compute_dtype", "cast_param", "fusion_weights",
+    "normalise", "compute_dtype", "cast_param", "fusion_weights", "measure_terms", "product_weights",
+    "log_weights", "log_normalise", "may_overflow",
 ]
 
 #: Mertens' ``W = W + 1e-12`` (exposure_fusion.m), also OpenCV's ``+ 1e-12f``: avoids 0 / 0.
@@ -43,7 +47,7 @@ def luma(stack: Tensor, preset: str | Preset = "mertens") -> Tensor:
         return stack
     preset = get_preset(preset)
     wr, wg, wb = preset.luma_weights
-    r, g, b = stack[..., 0:1, :, :], stack[..., 1:2, :, :], stack[..., 2:3, :, :]
+    r, g, b = preset.channels(stack)
     if preset.luma_form == "opencv_fma" and stack.dtype == torch.float32:
         # OpenCV's vectorised cvtColor evaluates fma(b, wb, fma(r, wr, g * wg)) in float32; an
         # fma is exact products and one rounding, which float64 arithmetic reproduces here.
@@ -54,7 +58,15 @@ def luma(stack: Tensor, preset: str | Preset = "mertens") -> Tensor:
 
 
 def laplacian(gray: Tensor, preset: Preset) -> Tensor:
-    """3x3 Laplacian ``[0 1 0; 1 -4 1; 0 1 0]`` with the preset's border."""
+    """3x3 Laplacian ``[0 1 0; 1 -4 1; 0 1 0]`` with the preset's border; in float32, magnitudes
+    below the preset's ``flat_contrast`` (luma rounding, see :class:`~efusion.presets.Preset`) are 0."""
+    response = _laplacian(gray, preset)
+    if preset.flat_contrast and response.dtype == torch.float32:
+        return torch.where(response.abs() < preset.flat_contrast, 0.0, response)
+    return response
+
+
+def _laplacian(gray: Tensor, preset: Preset) -> Tensor:
     mode = preset.laplacian_border
     padded = pad(pad(gray, -1, 1, 1, mode, mode), -2, 1, 1, mode, mode)
     up, down = padded[..., :-2, 1:-1], padded[..., 2:, 1:-1]
@@ -84,7 +96,7 @@ def contrast(stack: Tensor, preset: str | Preset = "mertens") -> Tensor:
 
 
 def saturation_squared(stack: Tensor, preset: Preset) -> Tensor:
-    r, g, b = stack[..., 0:1, :, :], stack[..., 1:2, :, :], stack[..., 2:3, :, :]
+    r, g, b = preset.channels(stack)
     if preset.saturation_form == "pairwise":
         # population variance of three values = sum of squared pairwise differences / 9
         return ((r - g).square() + (g - b).square() + (b - r).square()) / 9.0
@@ -165,6 +177,73 @@ def power(measure: Tensor, exponent: ParamLike, log_scale: float = 1.0) -> Tenso
     return torch.where(alive, (exponent * log_measure).exp(), 0.0)
 
 
+def measure_terms(
+    stack: Tensor,
+    contrast_exponent: ParamLike,
+    saturation_exponent: ParamLike,
+    exposure_exponent: ParamLike,
+    mu: ParamLike,
+    sigma: ParamLike,
+    preset: Preset,
+) -> list[tuple[str, Tensor, ParamLike]]:
+    """The measures a weight multiplies, as ``(form, map [..., 1, H, W], exponent)``: ``"plain"``
+    (the contrast ``C``, weighed as ``C^c``), ``"squared"`` (``S^2``, weighed as ``(S^2)^(s/2)``)
+    and ``"log"`` (``log E``, weighed as ``exp(e log E)``); measures switched off are left out."""
+    terms: list[tuple[str, Tensor, ParamLike]] = []
+    if not is_zero(contrast_exponent):
+        terms.append(("plain", laplacian(luma(stack, preset), preset).abs(), contrast_exponent))
+    if stack.shape[-3] == 3 and not is_zero(saturation_exponent):
+        terms.append(("squared", saturation_squared(stack, preset), saturation_exponent))
+    if not is_zero(exposure_exponent):
+        exposure_exponent = exposure_exponent.to(stack.dtype) if isinstance(exposure_exponent, Tensor) else exposure_exponent
+        terms.append(("log", log_well_exposedness(stack, mu, sigma), exposure_exponent))
+    return terms
+
+
+def product_weights(terms: list[tuple[str, Tensor, ParamLike]], like: Tensor, skip: Tensor | None = None,
+                    large: list[Tensor] | None = None) -> Tensor:
+    """``C^c * S^s * E^e + 1e-12`` from :func:`measure_terms`; where ``skip`` is true every factor is
+    1 (no inf there, nor in the gradient: pixels the log-domain weights take over). ``large``, when
+    given, receives a map of where a factor exceeds the square root of the dtype's largest value
+    (a product, or its gradient, may overflow there)."""
+    weight: Tensor | None = None
+    for form, measure, exponent in terms:
+        if skip is not None:
+            measure = torch.where(skip, 0.0 if form == "log" else 1.0, measure)
+        if form == "plain":
+            factor = measure if is_one(exponent) else power(measure, exponent)
+        elif form == "squared":  # S^s = (S^2)^(s/2)
+            factor = safe_sqrt(measure) if is_one(exponent) else power(measure, exponent, 0.5)
+        else:
+            factor = (exponent * measure).exp()
+        if large is not None:
+            beyond = factor.detach() > math.sqrt(torch.finfo(factor.dtype).max)
+            large.append(beyond if not large else large.pop() | beyond)
+        weight = factor if weight is None else weight * factor
+    if weight is None:
+        weight = torch.ones_like(like[..., :1, :, :])
+    return weight + WEIGHT_FLOOR
+
+
+def log_weights(terms: list[tuple[str, Tensor, ParamLike]], like: Tensor) -> Tensor:
+    """``log(C^c * S^s * E^e + 1e-12)`` from :func:`measure_terms`, computed as
+    ``logaddexp(c log C + s log S + e log E, log 1e-12)``: finite for any finite exponents >= 0,
+    with finite gradients (``log 0`` by the double-``where`` pattern, as :func:`power`)."""
+    total: Tensor | None = None
+    for form, measure, exponent in terms:
+        if form == "log":
+            term = exponent * measure
+        else:
+            positive = measure > 0
+            log_measure = torch.where(positive, measure, 1.0).log() * (0.5 if form == "squared" else 1.0)
+            alive = positive | (exponent == 0) if isinstance(exponent, Tensor) else positive
+            term = torch.where(alive, exponent * log_measure, -math.inf)
+        total = term if total is None else total + term
+    if total is None:
+        total = torch.zeros_like(like[..., :1, :, :])
+    return torch.logaddexp(total, torch.tensor(math.log(WEIGHT_FLOOR), dtype=total.dtype, device=total.device))
+
+
 def raw_weights(
     stack: Tensor,
     contrast_exponent: ParamLike,
@@ -174,28 +253,10 @@ def raw_weights(
     sigma: ParamLike,
     preset: Preset,
 ) -> Tensor:
-    """``C^c * S^s * E^e + 1e-12`` for a stack ``[..., C, H, W]`` -> ``[..., 1, H, W]``."""
-    weight: Tensor | None = None
-
-    def times(factor: Tensor) -> None:
-        nonlocal weight
-        weight = factor if weight is None else weight * factor
-
-    if not is_zero(contrast_exponent):
-        measure = laplacian(luma(stack, preset), preset).abs()
-        times(measure if is_one(contrast_exponent) else power(measure, contrast_exponent))
-    if stack.shape[-3] == 3 and not is_zero(saturation_exponent):
-        squared = saturation_squared(stack, preset)
-        if is_one(saturation_exponent):
-            times(safe_sqrt(squared))
-        else:  # S^s = (S^2)^(s/2)
-            times(power(squared, saturation_exponent, 0.5))
-    if not is_zero(exposure_exponent):
-        exposure_exponent = exposure_exponent.to(stack.dtype) if isinstance(exposure_exponent, Tensor) else exposure_exponent
-        times((exposure_exponent * log_well_exposedness(stack, mu, sigma)).exp())
-    if weight is None:
-        weight = torch.ones_like(stack[..., :1, :, :])
-    return weight + WEIGHT_FLOOR
+    """``C^c * S^s * E^e + 1e-12`` for a stack ``[..., C, H, W]`` -> ``[..., 1, H, W]`` (may overflow
+    to inf for large exponents; :func:`fusion_weights` then normalises in the log domain)."""
+    terms = measure_terms(stack, contrast_exponent, saturation_exponent, exposure_exponent, mu, sigma, preset)
+    return product_weights(terms, stack)
 
 
 def normalise(weight: Tensor, mask: Tensor | None) -> Tensor:
@@ -206,6 +267,36 @@ def normalise(weight: Tensor, mask: Tensor | None) -> Tensor:
     total = weight.sum(dim=1, keepdim=True)
     has_weight = total > 0
     return torch.where(has_weight, weight / torch.where(has_weight, total, 1.0), 0.0)
+
+
+def log_normalise(log_weight: Tensor, mask: Tensor | None) -> Tensor:
+    """:func:`normalise` of ``exp(log_weight)`` without overflow: the largest log weight over the
+    frames (dim 1) is subtracted before ``exp`` (a softmax); pixels where a mask removes every
+    frame get 0."""
+    if mask is not None:
+        mask = mask.to(log_weight.dtype)
+        kept = mask > 0
+        log_weight = torch.where(kept, log_weight + torch.where(kept, mask, 1.0).log(), -math.inf)
+    peak = log_weight.detach().amax(dim=1, keepdim=True)  # a softmax does not depend on it: no gradient
+    weight = (log_weight - torch.where(peak.isfinite(), peak, 0.0)).exp()
+    total = weight.sum(dim=1, keepdim=True)
+    has_weight = total > 0
+    return torch.where(has_weight, weight / torch.where(has_weight, total, 1.0), 0.0)
+
+
+def may_overflow(contrast_exponent: ParamLike, saturation_exponent: ParamLike, frames: int, dtype: torch.dtype) -> bool:
+    """Whether ``C^c S^s E^e`` summed over ``frames`` may overflow ``dtype`` for samples within
+    ``[-MAX_SAMPLE, MAX_SAMPLE]`` (``C <= 16``, ``S <= 4``, ``E <= 1``): a bound for the kernels,
+    which have no log-domain fallback. Tensor exponents off the CPU are not read (that would wait
+    for the device) and count as safe."""
+    bound = math.log(max(frames, 1))
+    for exponent, largest in ((contrast_exponent, 8.0 * _checks.MAX_SAMPLE), (saturation_exponent, 2.0 * _checks.MAX_SAMPLE)):
+        if isinstance(exponent, Tensor):
+            if exponent.device.type != "cpu" or torch.compiler.is_compiling():
+                continue
+            exponent = float(exponent.detach().max())
+        bound += exponent * math.log(largest)
+    return bound > math.log(torch.finfo(compute_dtype(dtype)).max) - 1.0
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -219,11 +310,33 @@ def cast_param(value: ParamLike, dtype: torch.dtype, device: torch.device) -> Pa
     return float(value)
 
 
-def fusion_weights(stack, mask, contrast, saturation, exposure, mu, sigma, preset: Preset) -> Tensor:
-    """Normalised weights of a validated ``[B, N, C, H, W]`` stack -> ``[B, N, 1, H, W]`` by the reference code (plain tensor operations, differentiable to any order)."""
+def fusion_weights(stack, mask, contrast, saturation, exposure, mu, sigma, preset: Preset, *, filled: bool = False) -> Tensor:
+    """Normalised weights of a validated ``[B, N, C, H, W]`` stack -> ``[B, N, 1, H, W]`` by the
+    reference code (plain tensor operations, differentiable to any order).
+
+    The weights are measured on :func:`~efusion.reference.masks.fill_masked`'s stack (``filled``:
+    the stack is filled already), so pixels under ``mask = 0`` do not reach them. Where the
+    product ``C^c S^s E^e`` overflows (or its sum over frames does, or one of its factors exceeds
+    the square root of the dtype's largest value, where its gradient could overflow), the pixel's
+    weights come from the log domain (:func:`log_weights`, :func:`log_normalise`); elsewhere they
+    are the product's, bit for bit.
+    """
     compute = compute_dtype(stack.dtype)
     x = stack.to(compute)
+    if mask is not None and not filled:
+        x = fill_masked(x, mask, preset)
     params = [cast_param(p, compute, stack.device) for p in (contrast, saturation, exposure, mu, sigma)]
-    weight = normalise(raw_weights(x, *params, preset), mask)
+    terms = measure_terms(x, *params, preset)
+    large: list[Tensor] = []
+    raw = product_weights(terms, x, large=large)
+    masked = raw if mask is None else raw * mask.to(raw.dtype)
+    overflow = masked.detach().sum(dim=1, keepdim=True).isfinite().logical_not()
+    if large:  # a factor beyond sqrt(max): finite here, but its gradient (huge times tiny) may not be
+        overflow = overflow | large[0].any(dim=1, keepdim=True)
+    # a CPU tensor answers without a device sync; elsewhere both paths are computed, no host read
+    if stack.device.type == "cpu" and not torch.compiler.is_compiling() and not bool(overflow.any()):
+        weight = normalise(raw, mask)
+    else:
+        direct = normalise(product_weights(terms, x, overflow), mask)
+        weight = torch.where(overflow, log_normalise(log_weights(terms, x), mask), direct)
     return weight.to(stack.dtype)
-

@@ -127,7 +127,7 @@ def pyr_down(x: Tensor, preset: str | Preset = "mertens") -> Tensor:
 
     Args:
         x: tensor ``[..., H, W]``.
-        preset: ``"mertens"`` or ``"opencv"``.
+        preset: a preset (``"mertens"``, ``"opencv"``, ``"opencv-rgb"``) or its name.
 
     Returns:
         tensor ``[..., ceil(H / 2), ceil(W / 2)]``.
@@ -149,7 +149,7 @@ def pyr_up(x: Tensor, size: Sequence[int], preset: str | Preset = "mertens") -> 
     Args:
         x: tensor ``[..., h, w]``.
         size: fine ``(H, W)`` with ``H`` in ``{2h - 1, 2h}`` and ``W`` in ``{2w - 1, 2w}``.
-        preset: ``"mertens"`` or ``"opencv"``.
+        preset: a preset (``"mertens"``, ``"opencv"``, ``"opencv-rgb"``) or its name.
 
     Returns:
         tensor ``[..., H, W]``.
@@ -172,7 +172,7 @@ def gaussian_pyramid(x: Tensor, levels: int, preset: str | Preset = "mertens") -
     Args:
         x: tensor ``[..., H, W]``.
         levels: number of levels, >= 1 (level 0 is ``x`` itself).
-        preset: ``"mertens"`` or ``"opencv"``.
+        preset: a preset (``"mertens"``, ``"opencv"``, ``"opencv-rgb"``) or its name.
 
     Returns:
         list of ``levels`` tensors, level ``l`` of size ``ceil(H / 2^l) x ceil(W / 2^l)``.
@@ -193,7 +193,7 @@ def laplacian_pyramid(x: Tensor, levels: int, preset: str | Preset = "mertens") 
     Args:
         x: tensor ``[..., H, W]``.
         levels: number of levels, >= 1 (1 returns ``[x]``).
-        preset: ``"mertens"`` or ``"opencv"``.
+        preset: a preset (``"mertens"``, ``"opencv"``, ``"opencv-rgb"``) or its name.
 
     Returns:
         list of ``levels`` tensors; the shapes of :func:`gaussian_pyramid`.
@@ -208,7 +208,7 @@ def collapse_laplacian_pyramid(pyramid: Sequence[Tensor], preset: str | Preset =
 
     Args:
         pyramid: levels as returned by :func:`laplacian_pyramid` (finest first).
-        preset: ``"mertens"`` or ``"opencv"``.
+        preset: a preset (``"mertens"``, ``"opencv"``, ``"opencv-rgb"``) or its name.
 
     Returns:
         tensor with the shape of ``pyramid[0]``.

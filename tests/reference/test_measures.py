@@ -79,6 +79,16 @@ class TestMeasuresAgainstOpenCV:
         frame = (rng.integers(0, 256, (20, 30, 3)).astype(np.float32)) * np.float32(1 / 255)
         gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
         x = torch.from_numpy(frame).permute(2, 0, 1)
+        np.testing.assert_allclose(luma(x, "opencv-rgb")[0].numpy(), gray, atol=1.2e-7)
+        lap = np.abs(cv2.Laplacian(gray, cv2.CV_32F))
+        np.testing.assert_allclose(contrast(x, "opencv-rgb")[0].numpy(), lap, atol=1e-6)
+
+    def test_luma_and_contrast_of_bgr_frames(self):
+        # OpenCV's users hold cv2.imread's BGR frames; merge.cpp converts them with RGB2GRAY anyway
+        rng = np.random.default_rng(1)
+        frame = (rng.integers(0, 256, (20, 30, 3)).astype(np.float32)) * np.float32(1 / 255)  # RGB
+        gray = cv2.cvtColor(np.ascontiguousarray(frame[..., ::-1]), cv2.COLOR_RGB2GRAY)
+        x = torch.from_numpy(frame).permute(2, 0, 1)
         np.testing.assert_allclose(luma(x, "opencv")[0].numpy(), gray, atol=1.2e-7)
         lap = np.abs(cv2.Laplacian(gray, cv2.CV_32F))
         np.testing.assert_allclose(contrast(x, "opencv")[0].numpy(), lap, atol=1e-6)

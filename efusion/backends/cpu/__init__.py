@@ -16,9 +16,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..._util import needs_grad
+from ..._util import WeightParams, needs_grad
 from ...depth import depth_plan
 from ...presets import PRESETS, Preset
+from ...reference.masks import fill_masked
+from ...reference.measures import may_overflow
 from .blend import Blender, FusionFunction, blend_fast, fuse_kernels, plan_arguments
 from .ops import op_arguments, relative_code
 from .pyramid import Workspace, band_rows
@@ -27,6 +29,8 @@ from .weights import WeightsFunction, raw_weights_into, weights_into
 __all__ = ["CpuBackend", "BACKEND"]
 
 _DTYPES = (torch.float32, torch.float64)
+#: the number of frames the overflow bound assumes for fuse_frames, which learns it while streaming
+_MANY_FRAMES = 1 << 16
 
 
 def _functorch_wrapped(values) -> bool:
@@ -42,6 +46,15 @@ class CpuBackend:
     name = "cpu"
 
     def accepts(self, op: str, stack: Tensor, inputs: tuple, *, preset: Preset, mask: Tensor | None = None) -> bool:
+        # the kernels have no log-domain normalisation: exponents whose product may overflow run
+        # the reference code
+        # (inputs: weights (mask, c, s, e, mu, sigma), fuse (mask, c, s, e, mu, sigma, levels),
+        # fuse_frames (c, s, e, mu, sigma, levels) with a number of frames not known in advance)
+        if op in ("weights", "fuse", "fuse_frames"):
+            exponents = inputs[1:3] if op != "fuse_frames" else inputs[0:2]
+            frames = stack.shape[1] if op != "fuse_frames" else _MANY_FRAMES
+            if len(exponents) == 2 and may_overflow(*exponents, frames, stack.dtype):
+                return False
         if torch.compiler.is_compiling():
             # Inductor fuses the reference code well on GPUs and with gradients; without gradients on
             # a CPU the kernels as opaque operators run about twice as fast as the traced reference
@@ -58,9 +71,11 @@ class CpuBackend:
             return False
         return True
 
-    def weights(self, stack: Tensor, mask: Tensor | None, params: tuple, preset: Preset) -> Tensor:
-        """:func:`efusion.reference.measures.fusion_weights` by :func:`.weights.weights_into`."""
-        mask = None if mask is None else mask.to(stack.dtype)
+    def weights(self, stack: Tensor, mask: Tensor | None, params: WeightParams, preset: Preset) -> Tensor:
+        """:func:`efusion.reference.measures.fusion_weights` by :func:`.weights.weights_into` (of the
+        stack with its masked pixels filled by :func:`~efusion.reference.masks.fill_masked`)."""
+        if mask is not None:
+            stack, mask = fill_masked(stack, mask, preset), mask.to(stack.dtype)
         if needs_grad(stack, *params):
             return WeightsFunction.apply(stack, mask, *params, preset)
         out = torch.empty_like(stack[:, :, :1])
@@ -73,13 +88,16 @@ class CpuBackend:
             return torch.ops.efusion.blend(stack, weights, *op_arguments(levels), relative_code(relative), preset.name)
         return blend_fast(stack, weights, levels, preset, relative)
 
-    def fuse(self, stack: Tensor, mask: Tensor | None, params: tuple, levels, preset: Preset,
+    def fuse(self, stack: Tensor, mask: Tensor | None, params: WeightParams, levels, preset: Preset,
              relative: bool | None) -> Tensor:
-        """The reference weights and blend by the kernels (or ``efusion::fuse``)."""
+        """The reference weights and blend by the kernels (or ``efusion::fuse``), of the stack with
+        its masked pixels filled by :func:`~efusion.reference.masks.fill_masked` (as the reference)."""
+        if mask is not None:
+            stack = fill_masked(stack, mask, preset)
         if torch.compiler.is_compiling():
             return torch.ops.efusion.fuse(stack, mask, *op_arguments(*params, levels), relative_code(relative), preset.name)
         mask = None if mask is None else mask.to(stack.dtype)
-        plan = depth_plan(levels, *stack.shape[-2:], preset, stack.dtype, stack.device, relative, sparse=True)
+        plan = depth_plan(levels, stack.shape[-2], stack.shape[-1], preset, stack.dtype, stack.device, relative, sparse=True)
         if needs_grad(stack, *params, *plan[0], *plan[1]):
             vector, template = plan_arguments(plan)
             return FusionFunction.apply(stack, mask, *params, vector, template, preset)
@@ -93,7 +111,7 @@ class CpuBackend:
         blend_args = [x, w, *op_arguments(None), -1, "opencv"]
         return [(torch.ops.efusion.fuse.default, fuse_args), (torch.ops.efusion.blend.default, blend_args)]
 
-    def fuse_frames(self, passes, first_pass, shape, weight_shape, dtype: torch.dtype, device, params: tuple, levels,
+    def fuse_frames(self, passes, first_pass, shape, weight_shape, dtype: torch.dtype, device, params: WeightParams, levels,
                     preset: Preset, masked: bool) -> Tensor | None:
         """:func:`efusion.fuse_frames`'s two passes over the frames (``[B, C, H, W]``).
 
@@ -121,7 +139,7 @@ class CpuBackend:
             no_weight = torch.logical_not(total > 0)
             total.masked_fill_(no_weight, 1.0)
         # pass 2: each frame's normalised weights, then its weighted pyramid into the blend
-        blender = Blender(shape, depth_plan(levels, *shape[-2:], preset, dtype, device, None), preset, ws)
+        blender = Blender(shape, depth_plan(levels, shape[-2], shape[-1], preset, dtype, device, None), preset, ws)
         seen = 0
         for frame, mask, _ in passes(image):
             if seen == count:
@@ -139,4 +157,4 @@ class CpuBackend:
         return blender.result()
 
 
-BACKEND = CpuBackend()
+BACKEND: CpuBackend = CpuBackend()

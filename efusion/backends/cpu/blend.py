@@ -8,12 +8,12 @@ return the reference code's gradient instead (:func:`.gradients.reference_gradie
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence, cast
 
 import torch
 from torch import Tensor
 
-from ..._util import is_one, is_zero, needs_grad, scale_
+from ..._util import WeightParams, is_one, is_zero, needs_grad, present, scale_
 from ...depth import depth_plan
 from ...presets import Preset
 from ...reference.blend import blend as reference_blend
@@ -34,7 +34,7 @@ from .pyramid import (
 from .weights import WeightsBackward, weights_into
 
 
-def fuse_kernels(stack5: Tensor, mask5: Tensor | None, params, plan, preset: Preset) -> Tensor:
+def fuse_kernels(stack5: Tensor, mask5: Tensor | None, params: WeightParams, plan, preset: Preset) -> Tensor:
     """Weights then blend by the kernels, no autograd."""
     ws = Workspace(stack5)
     weights5 = torch.empty_like(stack5[:, :, :1])
@@ -70,9 +70,10 @@ class Blender:
         self.rows = [band_rows(shape, ws.device) for shape in self.shapes]
 
     def _accumulator(self, acc: list[Tensor | None], level: int) -> Tensor:
-        if acc[level] is None:
-            acc[level] = torch.zeros(self.shapes[level], dtype=self.ws.dtype, device=self.ws.device)
-        return acc[level]
+        value = acc[level]
+        if value is None:
+            value = acc[level] = torch.zeros(self.shapes[level], dtype=self.ws.dtype, device=self.ws.device)
+        return value
 
     def add(self, image: Tensor, weight: Tensor) -> None:
         preset, ws = self.preset, self.ws
@@ -88,7 +89,7 @@ class Blender:
                 else:  # this frame's own, kept for the backward
                     shape = self.shapes[level + 1]
                     coarser = image.new_empty(shape)
-                    coarser_weight = image.new_empty((*shape[:-3], 1, *shape[-2:]))
+                    coarser_weight = image.new_empty((*shape[:-3], 1, shape[-2], shape[-1]))
                     self.pyramids[-1][0].append(coarser)
                     self.pyramids[-1][1].append(coarser_weight)
                 down_into(image, coarser, preset.down_border, ws, rows)
@@ -97,7 +98,8 @@ class Blender:
                     accumulate_band_into(self._accumulator(self.bands, level), weight, image, coarser, preset, ws, rows)
             if not is_zero(self.residual_coef[level]):
                 self._accumulator(self.residuals, level).addcmul_(weight, image)
-            image, weight = coarser, coarser_weight
+            if coarser is not None and coarser_weight is not None:
+                image, weight = coarser, coarser_weight
 
     def _level_sum(self, level: int) -> Tensor | None:
         terms = []
@@ -125,7 +127,7 @@ class Blender:
             else:
                 add_up_into(here, result, self.preset, self.ws, self.rows[level])
                 result = here
-        return result
+        return present(result)
 
 
 def _level_shapes(shape: Sequence[int], top: int) -> list[torch.Size]:
@@ -140,12 +142,12 @@ def _level_shapes(shape: Sequence[int], top: int) -> list[torch.Size]:
 def _gaussian_buffers(ws: Workspace, shapes: list[torch.Size], level: int) -> tuple[Tensor, Tensor]:
     """Reused buffers for a frame's Gaussian level and its weights' (``[B, C, h, w]``, ``[B, 1, h, w]``)."""
     shape = shapes[level]
-    return ws.get(f"gauss{level}", shape), ws.get(f"weight{level}", (*shape[:-3], 1, *shape[-2:]))
+    return ws.get(f"gauss{level}", shape), ws.get(f"weight{level}", (*shape[:-3], 1, shape[-2], shape[-1]))
 
 
 def blend_fast(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool | None) -> Tensor:
     """Equals :func:`efusion.reference.blend.blend` by the kernels: directly, or through :class:`BlendFunction` for autograd."""
-    plan = depth_plan(levels, *stack.shape[-2:], preset, stack.dtype, stack.device, relative, sparse=True)
+    plan = depth_plan(levels, stack.shape[-2], stack.shape[-1], preset, stack.dtype, stack.device, relative, sparse=True)
     if needs_grad(stack, weights, *plan[0], *plan[1]):
         return BlendFunction.apply(stack, weights, *plan_arguments(plan), preset)
     return blend_frames(stack, weights, plan, preset, Workspace(stack))[0]
@@ -171,7 +173,9 @@ def blend_frames(stack: Tensor, weights: Tensor, plan, preset: Preset, ws: Works
 
 def fill_plan(template, vector: Tensor | None):
     """Put the tensor coefficients (views of ``vector``) back into the template's ``None`` slots."""
-    entries = iter(range(0 if vector is None else vector.shape[0]))
+    if vector is None:  # no tensor coefficients: the template is the plan
+        return tuple(list(part) for part in template)
+    entries = iter(range(vector.shape[0]))
     return tuple([vector[next(entries)] if c is None else c for c in part] for part in template)
 
 
@@ -246,10 +250,10 @@ class FusionFunction(torch.autograd.Function):
         return result
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: Tensor) -> tuple:
         stack, mask, weights, total, vector, *rest = ctx.saved_tensors
         tensors, kept_values = rest[:5], rest[5:]
-        params = [t if t is not None else number for t, number in zip(tensors, ctx.numbers)]
+        params = cast(WeightParams, tuple(t if t is not None else number for t, number in zip(tensors, ctx.numbers)))
         needs = ctx.needs_input_grad
         if torch.is_grad_enabled():  # create_graph=True
             plan = fill_plan(ctx.template, vector)
@@ -270,7 +274,7 @@ class FusionFunction(torch.autograd.Function):
             grad, stack, weights, vector, ctx.template, dict(zip(ctx.kept_keys, kept_values)), ctx.preset,
             needs_stack, needs_weights, needs_vector, ctx.pyramids, ctx.ws, weights_grad, grad_stack,
         )
-        param_grads = weights_grad.result()[1:] if needs_weights else [None] * 5
+        param_grads = weights_grad.result()[1:] if weights_grad is not None else [None] * 5
         return (grad_stack, None, *param_grads, grad_vector, None, None)
 
 
@@ -318,7 +322,7 @@ def _blend_backward(grad, stack, weights, vector, template, kept, preset, needs_
             image, weight = images[level], frame_weights[level]
             if needs_weights and (level > 0 or h_finest):
                 if level == 0:
-                    h = grad_weights[:, n]
+                    h = present(grad_weights)[:, n]
                 elif level == 1 and not h_finest:
                     h = weight.new_empty(weight.shape)
                 else:
@@ -327,7 +331,7 @@ def _blend_backward(grad, stack, weights, vector, template, kept, preset, needs_
                               band_coef[level] if band else 0, residual_coef[level], preset, ws, rows[level])
                 h_coarser = h
             if needs_stack:
-                q = grad_stack[:, n] if level == 0 else ws.get(f"q{level}", image.shape)
+                q = present(grad_stack)[:, n] if level == 0 else ws.get(f"q{level}", image.shape)
                 if band:
                     scale_(torch.mul(weight, g[level], out=q), band_coef[level])  # dLap
                     if q_coarser is not None:
@@ -343,7 +347,7 @@ def _blend_backward(grad, stack, weights, vector, template, kept, preset, needs_
                 q_coarser = q
         h1_kept.append(h_coarser if needs_weights and top > 1 and not h_finest else None)
 
-    if needs_weights and not h_finest:
+    if needs_weights and weights_grad is not None:  # h_0 band by band (not h_finest)
         band = top > 1 and not is_zero(band_coef[0])
         height = shapes[0][-2]
         step = weights_grad.rows

@@ -62,7 +62,7 @@ def _fuse_op(
              (mu, mu_tensor), (sigma, sigma_tensor)]
     params = tuple(_from_op(*pair) for pair in pairs)
     mask = None if mask is None else mask.to(stack.dtype)
-    plan = depth_plan(_from_op(levels, levels_tensor), *stack.shape[-2:], preset_, stack.dtype, stack.device,
+    plan = depth_plan(_from_op(levels, levels_tensor), stack.shape[-2], stack.shape[-1], preset_, stack.dtype, stack.device,
                        _relative_from_code(relative), sparse=True)
     return fuse_kernels(stack, mask, params, plan, preset_)
 
@@ -77,7 +77,7 @@ def _blend_op(stack: Tensor, weights: Tensor, levels: float, levels_tensor: Opti
               preset: str) -> Tensor:
     """:func:`efusion.blend` of a validated ``[B, N, C, H, W]`` stack by the kernels."""
     preset_ = get_preset(preset)
-    plan = depth_plan(_from_op(levels, levels_tensor), *stack.shape[-2:], preset_, stack.dtype, stack.device,
+    plan = depth_plan(_from_op(levels, levels_tensor), stack.shape[-2], stack.shape[-1], preset_, stack.dtype, stack.device,
                        _relative_from_code(relative), sparse=True)
     return blend_frames(stack, weights, plan, preset_, Workspace(stack))[0]
 

@@ -57,13 +57,13 @@ def _source(i: int, n: int, mode: str) -> int | None:
 
 def _weighted_sum_into(out: Tensor, terms: list[tuple[float, Tensor | None]]) -> None:
     """``out = sum(weight * term)``, skipping ``None`` (zero) terms, in the interior kernels' order."""
-    terms = [(weight, term) for weight, term in terms if term is not None]
-    if not terms:
+    present = [(weight, term) for weight, term in terms if term is not None]
+    if not present:
         out.zero_()
         return
-    weight, term = terms[0]
+    weight, term = present[0]
     torch.mul(term, weight, out=out) if weight != 1.0 else out.copy_(term)
-    for weight, term in terms[1:]:
+    for weight, term in present[1:]:
         out.add_(term, alpha=weight)
 
 

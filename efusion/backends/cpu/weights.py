@@ -43,7 +43,7 @@ def _luma_band_into(frame: Tensor, r0: int, r1: int, out: Tensor, preset: Preset
         out.copy_(x)
         return
     wr, wg, wb = preset.luma_weights
-    r, g, b = x[..., 0:1, :, :], x[..., 1:2, :, :], x[..., 2:3, :, :]
+    r, g, b = preset.channels(x)
     if preset.luma_form == "opencv_fma" and x.dtype == torch.float32:
         # luma()'s float64 emulation of OpenCV's fma(b, wb, fma(r, wr, g * wg))
         single = ws.get("luma_f32", out.shape)
@@ -100,11 +100,14 @@ def _laplacian_band_into(frame: Tensor, r0: int, r1: int, out: Tensor, preset: P
         out.add_(torch.mul(centre, -4.0, out=term))
         out.add_(right)
         out.add_(down)
+    if preset.flat_contrast and out.dtype == torch.float32:  # as measures.laplacian(): float32 rounding is not contrast
+        flat = ws.get("lap_flat", out.shape, torch.bool)
+        out.masked_fill_(torch.lt(torch.abs(out, out=ws.get("lap_a", out.shape)), preset.flat_contrast, out=flat), 0.0)
 
 
 def _saturation_squared_band_into(x: Tensor, out: Tensor, preset: Preset, ws: Workspace) -> None:
     """:func:`~efusion.reference.measures.saturation_squared` of the band ``x [..., 3, k, W]`` into ``out [..., 1, k, W]``."""
-    r, g, b = x[..., 0:1, :, :], x[..., 1:2, :, :], x[..., 2:3, :, :]
+    r, g, b = preset.channels(x)
     term = ws.get("sat_term", out.shape)
     if preset.saturation_form == "pairwise":
         torch.sub(r, g, out=out).square_()
@@ -451,8 +454,8 @@ def _luma_gradient_weights(frame: Tensor, preset: Preset) -> tuple[float, ...]:
     if frame.shape[-3] == 1:
         return (1.0,)
     if preset.luma_form == "opencv_fma" and frame.dtype == torch.float32:
-        return tuple(f32(w) for w in preset.luma_weights)
-    return preset.luma_weights
+        return tuple(f32(w) for w in preset.luma_by_channel)
+    return preset.luma_by_channel
 
 
 def _laplacian_adjoint_add_(grad: Tensor, r0: int, r1: int, grad_frame: Tensor, luma_weights, preset: Preset,
@@ -492,7 +495,8 @@ def _saturation_squared_backward_add_(x: Tensor, grad: Tensor, out: Tensor, pres
     would take it): near gray pixels the saturation's gradient ``(c - m) / S`` is a ratio of
     rounding-sized numbers, which the reference path's gradients decide.
     """
-    r, g, b = x[..., 0:1, :, :], x[..., 1:2, :, :], x[..., 2:3, :, :]
+    r, g, b = preset.channels(x)
+    out_r, out_g, out_b = preset.channels(out)
     shape = grad.shape
     if preset.saturation_form == "pairwise":  # s2 = ((r-g)^2 + (g-b)^2 + (b-r)^2) / 9
         red_green, green_blue, blue_red = (ws.get(f"bw_pair{i}", shape) for i in range(3))
@@ -500,9 +504,9 @@ def _saturation_squared_backward_add_(x: Tensor, grad: Tensor, out: Tensor, pres
         torch.sub(g, b, out=green_blue)
         torch.sub(b, r, out=blue_red)
         difference = ws.get("bw_diff", shape)
-        out[..., 0:1, :, :].addcmul_(grad, torch.sub(red_green, blue_red, out=difference), value=2.0 / 9.0)
-        out[..., 1:2, :, :].addcmul_(grad, torch.sub(green_blue, red_green, out=difference), value=2.0 / 9.0)
-        out[..., 2:3, :, :].addcmul_(grad, torch.sub(blue_red, green_blue, out=difference), value=2.0 / 9.0)
+        out_r.addcmul_(grad, torch.sub(red_green, blue_red, out=difference), value=2.0 / 9.0)
+        out_g.addcmul_(grad, torch.sub(green_blue, red_green, out=difference), value=2.0 / 9.0)
+        out_b.addcmul_(grad, torch.sub(blue_red, green_blue, out=difference), value=2.0 / 9.0)
         return
     # s2 = sum_c (c - m)^2 with m = (r + g + b) k: d s2 / dc = 2 (c - m) - 2 k sum_c' (c' - m)
     third = f32(1.0 / 3.0) if x.dtype == torch.float32 else 1.0 / 3.0
@@ -511,8 +515,8 @@ def _saturation_squared_backward_add_(x: Tensor, grad: Tensor, out: Tensor, pres
     deviations = [torch.sub(channel, mean, out=ws.get(f"bw_dev{i}", shape)) for i, channel in enumerate((r, g, b))]
     shared = ws.get("bw_shared", shape)
     torch.add(deviations[0], deviations[1], out=shared).add_(deviations[2]).mul_(third)
-    for c, deviation in enumerate(deviations):
-        out[..., c:c + 1, :, :].addcmul_(grad, deviation.sub_(shared), value=2.0)
+    for target, deviation in zip((out_r, out_g, out_b), deviations):
+        target.addcmul_(grad, deviation.sub_(shared), value=2.0)
 
 
 def _log_well_exposedness_backward_(x: Tensor, grad: Tensor, out: Tensor | None, mu, sigma, wanted: set, sums: dict,

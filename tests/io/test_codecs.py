@@ -1,7 +1,6 @@
-"""efusion.io: reading frames, writing results atomically, robust range, parameter files."""
+"""efusion.io.codecs: reading frames and brackets, writing images (atomically), format and depth checks."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,45 +13,16 @@ from PIL import Image, ImageOps
 from efusion.io import (
     ImageIOError,
     OutputExistsError,
-    ParamsError,
     check_output,
     default_bit_depth,
     list_frames,
     open_bracket,
     read_bracket,
     read_image,
-    read_params,
-    robust_normalize,
-    validate_params,
     write_image,
-    write_params,
 )
 
-
-def scene(height: int = 24, width: int = 32, n: int = 3, seed: int = 0) -> np.ndarray:
-    """A small bracket ``[N, H, W, 3]`` in [0, 1]: a smooth radiance ramp with texture, 2 EV apart."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    radiance = 2.0 ** (8 * x / width - 4) * (1 + 0.3 * np.sin(y / 2.0))
-    radiance = radiance[..., None] * np.array([1.0, 0.8, 0.6]) * (1 + 0.05 * rng.random((height, width, 3)))
-    evs = [2.0 * (i - (n - 1) / 2) for i in range(n)]
-    return np.stack([np.clip(radiance * 2.0**ev, 0, 1) ** (1 / 2.2) for ev in evs])
-
-
-def leftovers(folder) -> list[str]:
-    """Temporary files a write may have left behind."""
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".part"))
-
-
-def save_png16(path, array: np.ndarray) -> None:
-    import cv2
-
-    if array.ndim == 3:  # RGB(A) to OpenCV's BGR(A)
-        array = np.ascontiguousarray(array[..., [2, 1, 0, 3][: array.shape[2]]])
-    ok, data = cv2.imencode(".png", array)
-    assert ok
-    path.write_bytes(data.tobytes())
-
+from _image_files import leftovers, save_png16, scene
 
 # ----------------------------------------------------------------------------------------------
 # Reading
@@ -87,7 +57,7 @@ class TestReadImage:
         # float16 cannot hold code values above 65504 (they become inf before the division)
         pixels = np.array([[[0, 1, 32768], [65503, 65534, 65535]]], dtype=np.uint16).repeat(3, 0)
         save_png16(tmp_path / "a.png", pixels)
-        frame, alpha = read_image(tmp_path / "a.png", dtype=dtype)
+        frame, _ = read_image(tmp_path / "a.png", dtype=dtype)
         expected = (torch.from_numpy(pixels.astype(np.int64)).permute(2, 0, 1).double() / 65535).to(dtype)
         assert frame.dtype == dtype and torch.isfinite(frame).all()
         assert torch.equal(frame, expected)
@@ -228,11 +198,11 @@ class TestOpenBracket:
             frames[3]
 
     def test_decodes_only_when_asked(self, paths, monkeypatch):
-        import efusion.io as io
+        from efusion.io import codecs
 
         decoded = []
-        real = io._decode
-        monkeypatch.setattr(io, "_decode", lambda info: decoded.append(info.path.name) or real(info))
+        real = codecs._decode
+        monkeypatch.setattr(codecs, "_decode", lambda info: decoded.append(info.path.name) or real(info))
         bracket = open_bracket(paths)
         frames, masks = bracket.frames(), bracket.masks()
         assert decoded == []
@@ -256,23 +226,6 @@ class TestOpenBracket:
             open_bracket([tmp_path / "a.png", tmp_path / "c.png"])
         with pytest.raises(TypeError, match="floating"):
             open_bracket([tmp_path / "a.png"]).frames(dtype=torch.uint8)
-
-
-class TestListFrames:
-    def test_sorted_images_only(self, tmp_path):
-        for name in ["b.PNG", "a.jpg", "c.tiff", "notes.txt", ".a.png.x1.part", "d.gif"]:
-            (tmp_path / name).write_bytes(b"")
-        (tmp_path / "sub.png").mkdir()
-        assert [p.name for p in list_frames(tmp_path)] == ["a.jpg", "b.PNG", "c.tiff"]
-
-    def test_errors(self, tmp_path):
-        with pytest.raises(ImageIOError, match="no image files"):
-            list_frames(tmp_path)
-        with pytest.raises(ImageIOError, match="no such folder"):
-            list_frames(tmp_path / "missing")
-        (tmp_path / "f.png").write_bytes(b"")
-        with pytest.raises(ImageIOError, match="not a folder"):
-            list_frames(tmp_path / "f.png")
 
 
 class TestReadErrors:
@@ -438,139 +391,6 @@ class TestWriteImage:
 
 # ----------------------------------------------------------------------------------------------
 # Robust range
-
-
-def robust_reference(u: np.ndarray, w_sat: float, b_sat: float) -> np.ndarray:
-    """Hessel's robustNormalization.m (colour branch, dyn = 1), line by line in numpy."""
-    h, w, _ = u.shape
-    n = h * w
-    vmax = np.sort(u.max(2).ravel())[int(np.ceil(n - w_sat * n / 100)) - 1]
-    vmin = np.sort(u.min(2).ravel())[int(np.floor(1 + b_sat * n / 100)) - 1]
-    v = (u - vmin) * (1 / (vmax - vmin))
-    v[u > vmax] = 1
-    v[u < vmin] = 0
-    return v
-
-
-class TestRobustNormalize:
-    @pytest.mark.parametrize("black, white", [(1.0, 1.0), (0.0, 0.0), (0.5, 3.0)])
-    def test_matches_reference(self, black, white):
-        u = np.random.default_rng(5).normal(0.5, 0.4, (37, 41, 3))
-        out = robust_normalize(torch.from_numpy(u).permute(2, 0, 1), black=black, white=white)
-        assert torch.allclose(out, torch.from_numpy(robust_reference(u, white, black)).permute(2, 0, 1), atol=1e-12)
-
-    def test_one_map_for_all_channels(self):
-        image = torch.rand(3, 20, 30, dtype=torch.float64) * 2 - 0.3
-        out = robust_normalize(image, black=0, white=0)  # min/max channel extremes: no pixel clipped
-        scale = (out[:, 0, 0] - out[:, 0, 1]) / (image[:, 0, 0] - image[:, 0, 1])
-        assert torch.allclose(scale, scale[0].expand(3)) and out.min() == 0 and out.max() == 1
-
-    def test_saturates_the_requested_share(self):
-        image = torch.rand(1, 100, 100) * 3 - 1
-        out = robust_normalize(image, black=2, white=5)
-        assert 0.015 < out.eq(0).float().mean() < 0.025 and 0.045 < out.eq(1).float().mean() < 0.055
-
-    def test_flat_and_dtype(self):
-        out = robust_normalize(torch.full((3, 4, 4), 1.3, dtype=torch.float16))
-        assert out.dtype == torch.float16 and out.eq(1).all()
-
-    def test_errors(self):
-        with pytest.raises(ValueError, match="percentage"):
-            robust_normalize(torch.zeros(3, 4, 4), black=-1)
-        with pytest.raises(ValueError, match="below 100"):
-            robust_normalize(torch.zeros(3, 4, 4), black=60, white=40)
-        with pytest.raises(ValueError, match=r"\[C, H, W\]"):
-            robust_normalize(torch.zeros(4, 4))
-
-
-# ----------------------------------------------------------------------------------------------
-# Parameter files
-
-
-class TestParams:
-    PARAMS = {"contrast": 0.4, "saturation": 1.7, "exposure": 2.5, "mu": 0.55, "sigma": 0.2, "levels": 4.5, "preset": "opencv"}
-
-    @pytest.mark.parametrize("name", ["p.yaml", "p.yml", "p.json"])
-    def test_round_trip(self, tmp_path, name):
-        write_params(tmp_path / name, self.PARAMS)
-        assert read_params(tmp_path / name) == self.PARAMS
-        assert leftovers(tmp_path) == []
-
-    def test_tensors_and_null_levels(self, tmp_path):
-        write_params(tmp_path / "p.json", {"contrast": torch.tensor(0.25), "levels": None, "mu": np.float32(0.5)})
-        assert json.loads((tmp_path / "p.json").read_text()) == {"contrast": 0.25, "levels": None, "mu": 0.5}
-        assert read_params(tmp_path / "p.json")["levels"] is None
-
-    @pytest.mark.parametrize("name", ["p.yaml", "p.json"])
-    def test_per_channel_mu_sigma(self, tmp_path, name):
-        # one value per channel (as Fusion.export gives them); a one-element list is a number
-        write_params(tmp_path / name, {"mu": [0.4, 0.5, 0.6], "sigma": np.array([0.25, 0.2, 0.3]), "levels": torch.tensor([3.0])})
-        assert read_params(tmp_path / name) == {"mu": [0.4, 0.5, 0.6], "sigma": [0.25, 0.2, 0.3], "levels": 3.0}
-        assert validate_params({"mu": [0.45]}) == {"mu": 0.45}
-
-    def test_levels_auto_as_on_the_command_line(self, tmp_path):
-        (tmp_path / "p.yaml").write_text("levels: auto\n")
-        assert read_params(tmp_path / "p.yaml") == {"levels": None}
-
-    def test_integer_levels_stay_integer(self, tmp_path):
-        (tmp_path / "p.yaml").write_text("levels: -1\ncontrast: 1\n")
-        params = read_params(tmp_path / "p.yaml")
-        assert params == {"levels": -1, "contrast": 1.0} and isinstance(params["levels"], int)
-
-    def test_unknown_key_named(self, tmp_path):
-        (tmp_path / "p.yaml").write_text("contrast: 1\ngamma: 2\n")
-        with pytest.raises(ParamsError, match=r"p\.yaml: unknown parameter 'gamma'"):
-            read_params(tmp_path / "p.yaml")
-
-    @pytest.mark.parametrize(
-        "key, value, message",
-        [
-            ("sigma", 0, "'sigma' must be > 0"),
-            ("contrast", -1, "'contrast' must be >= 0"),
-            ("levels", 0.5, "'levels' must be >= 1"),
-            ("preset", "matlab", "'preset' must be one of mertens, opencv"),
-            ("mu", "half", "'mu' must be a finite number"),
-            ("exposure", True, "'exposure' must be a finite number"),
-            ("saturation", float("nan"), "'saturation' must be a finite number"),
-            ("mu", [], "'mu' must be a number or a list of numbers"),
-            ("sigma", [0.2, 0.0], "'sigma' must be > 0"),
-            ("mu", [[0.5]], "'mu' must be a number or a list of numbers"),
-            ("levels", [2, 3], "'levels' must be a single number"),
-        ],
-    )
-    def test_bad_values_named(self, tmp_path, key, value, message):
-        (tmp_path / "p.json").write_text(json.dumps({key: value}))
-        with pytest.raises(ParamsError, match=rf"p\.json: {message}"):
-            read_params(tmp_path / "p.json")
-
-    @pytest.mark.parametrize(
-        "name, text, message",
-        [
-            ("p.yaml", "[1, 2]", "expected a mapping .* found a list"),
-            ("p.yaml", "", "found an empty file"),
-            ("p.yaml", "contrast: [1\n", "not valid YAML"),
-            ("p.json", "{'contrast': 1}", "not valid JSON"),
-            ("p.ckpt", "", "checkpoints are not read directly"),
-        ],
-    )
-    def test_bad_files(self, tmp_path, name, text, message):
-        (tmp_path / name).write_text(text)
-        with pytest.raises(ParamsError, match=message):
-            read_params(tmp_path / name)
-
-    def test_missing_file_and_bad_suffix(self, tmp_path):
-        with pytest.raises(ParamsError, match="no such file"):
-            read_params(tmp_path / "missing.yaml")
-        with pytest.raises(ParamsError, match="unsupported parameter file suffix"):
-            write_params(tmp_path / "p.txt", {})
-        with pytest.raises(ParamsError, match="unknown parameter 'gamma'"):
-            write_params(tmp_path / "p.json", {"gamma": 1})
-        assert list(tmp_path.iterdir()) == []
-
-    def test_validate_is_usable_directly(self):
-        assert validate_params({"levels": 3}, source="x") == {"levels": 3}
-        with pytest.raises(ParamsError, match="^x: 'sigma'"):
-            validate_params({"sigma": -1}, source="x")
 
 
 def test_import_needs_only_torch():

@@ -1,4 +1,4 @@
-"""Image files in and out: brackets from disk, results to disk, and parameter files.
+"""Image codecs: brackets from image files, results to image files, and their metadata.
 
 Reading: JPEG, PNG (8 and 16 bit) and TIFF (8, 16 bit and float). Integer samples are scaled by
 their own maximum (uint8 / 255, uint16 / 65535, so 16-bit data keeps its precision); float TIFF
@@ -7,103 +7,56 @@ upright. Gray frames stay one channel unless the bracket mixes gray and colour f
 channel becomes the per-frame ``mask`` of :func:`efusion.exposure_fusion`.
 
 Writing: PNG 8/16 bit, JPEG (8 bit, quality option), TIFF 8/16 bit and float32. Integer formats
-are clipped to [0, 1] (optionally after :func:`robust_normalize`); float32 TIFF keeps the
-unclamped values for HDR pipelines. Every write goes to a temporary file in the destination
-folder that is renamed into place once complete, so an interrupted run never leaves a
-half-written image, and an existing file is only replaced when asked to (``overwrite=True``).
+are clipped to [0, 1]; float32 TIFF keeps the unclamped values for HDR pipelines. Files are
+written atomically (:func:`efusion.io.files.atomic_file`).
 
 Codecs are maintained libraries, imported when a function needs them (``import efusion`` needs
 only torch): Pillow for JPEG and 8-bit PNG, tifffile for TIFF, and OpenCV for 16-bit PNG (Pillow
-cannot decode or encode 16-bit colour PNG without dropping to 8 bit).
-
-Every problem with a file raises :class:`ImageIOError`; its message names the file.
+cannot decode or encode 16-bit colour PNG without dropping to 8 bit). Which format a file is
+comes from its suffix (:data:`efusion.io.formats.FORMATS`).
 """
 from __future__ import annotations
 
 import collections.abc
 import contextlib
 import io
-import json
-import math
 import os
-import tempfile
 import threading
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from numbers import Real
 from pathlib import Path
-from typing import IO, Any, Iterator, Mapping, Sequence
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
-from .params import NAMES, check_value
+from .errors import ImageIOError, one_line, output_exists
+from .files import atomic_file
+from .formats import DEPTHS, FORMATS, IMAGE_SUFFIXES
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "MAX_PIXELS",
-    "PARAM_NAMES",
+    "RECORD_KEY",
     "Bracket",
-    "ImageIOError",
     "ImageMetadata",
     "LazyBracket",
-    "OutputExistsError",
-    "ParamsError",
     "check_output",
     "default_bit_depth",
-    "list_frames",
     "open_bracket",
     "read_bracket",
     "read_image",
     "read_metadata",
-    "read_params",
-    "robust_normalize",
-    "validate_params",
     "write_image",
-    "write_params",
 ]
-
-#: file suffixes read as frames (case-insensitive)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
-#: keys a parameter file may hold: the keyword arguments of :func:`efusion.exposure_fusion`
-PARAM_NAMES = (*NAMES, "preset")
 
 #: frames with more pixels are refused unless ``max_pixels`` says otherwise: Pillow's own refusal
 #: point (twice its ``MAX_IMAGE_PIXELS`` warning), a guard against decompression bombs (a small
 #: file that claims a huge size), applied here to every format
 MAX_PIXELS = 2 * 89_478_485
 
-_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}
-#: bit depths each output format can hold (32 = float32)
-_DEPTHS = {"JPEG": (8,), "PNG": (8, 16), "TIFF": (8, 16, 32)}
 _EXIF_ORIENTATION = 0x0112
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-class ImageIOError(ValueError):
-    """An image file cannot be read or written; the message names the file and says why.
-
-    Attributes:
-        errno: the operating system's error number when an OS error caused it (e.g.
-            ``errno.ENOSPC`` for a full disk), else ``None``.
-    """
-
-    errno: int | None = None
-
-
-def _os_error(message: str, error: OSError) -> ImageIOError:
-    """An :class:`ImageIOError` for an OS error, keeping its errno."""
-    wrapped = ImageIOError(message)
-    wrapped.errno = error.errno
-    return wrapped
-
-
-class OutputExistsError(ImageIOError):
-    """The output file exists and overwriting was not asked for."""
-
-
-class ParamsError(ValueError):
-    """A parameter file or value is not usable; the message names the file (or flag) and key."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,47 +98,6 @@ class _FrameInfo:
     @property
     def size(self) -> str:
         return f"{self.width}x{self.height}"
-
-
-def list_frames(folder: str | os.PathLike) -> list[Path]:
-    """Image files of a bracket folder (:data:`IMAGE_SUFFIXES`), sorted by name.
-
-    Hidden files (names starting with ``.``, such as unfinished writes) are skipped.
-
-    Raises:
-        ImageIOError: the folder does not exist, is not a folder, or holds no image file.
-    """
-    folder = Path(folder)
-    if not folder.exists():
-        raise ImageIOError(f"{folder}: no such folder")
-    if not folder.is_dir():
-        raise ImageIOError(f"{folder}: not a folder")
-    try:
-        frames = sorted(
-            p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-        )
-    except OSError as error:
-        raise ImageIOError(f"{folder}: cannot list the folder ({error.strerror or error})") from None
-    if not frames:
-        if _holds_bracket_folders(folder):  # a shoot of brackets given as one bracket
-            pattern = os.path.join(str(folder), "*", "")
-            raise ImageIOError(
-                f"{folder}: holds folders of images, not images: give each bracket folder, e.g. {pattern}"
-            )
-        raise ImageIOError(f"{folder}: no image files in the folder (looked for {', '.join(IMAGE_SUFFIXES)})")
-    return frames
-
-
-def _holds_bracket_folders(folder: Path) -> bool:
-    """Whether some sub-folder of ``folder`` holds image files."""
-    try:
-        for sub in folder.iterdir():
-            if sub.is_dir() and not sub.name.startswith("."):
-                if any(p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") for p in sub.iterdir()):
-                    return True
-    except OSError:
-        return False
-    return False
 
 
 def read_image(
@@ -242,12 +154,12 @@ def open_bracket(paths: Sequence[str | os.PathLike], *, max_pixels: int | None =
     Raises the errors of :func:`read_bracket` that headers reveal (missing file, unsupported
     format, frames of different sizes); decoding errors come when a frame is read.
     """
-    paths = [Path(p) for p in paths]
-    if not paths:
+    files = [Path(p) for p in paths]
+    if not files:
         raise ImageIOError("a bracket needs at least one frame, got none")
     if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
         raise ValueError(f"max_pixels must be a whole number >= 1 or None, got {max_pixels!r}")
-    infos = [_probe(p) for p in paths]
+    infos = [_probe(p) for p in files]
     for info in infos:
         if max_pixels is not None and info.width * info.height > max_pixels:
             raise ImageIOError(
@@ -338,7 +250,7 @@ class LazyBracket:
             return last[3]
         alpha = self.read_frame(index, dtype=dtype, device=device)[1]
         self._last_alpha = None
-        return alpha
+        return cast(Tensor, alpha)  # masks() exists only when some frame has alpha
 
 
 class _LazyFrames(collections.abc.Sequence):
@@ -369,7 +281,7 @@ def _probe(path: Path) -> _FrameInfo:
         raise ImageIOError(f"{path}: no such file")
     if path.is_dir():
         raise ImageIOError(f"{path}: is a folder, not an image file")
-    fmt = _FORMATS.get(path.suffix.lower())
+    fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ImageIOError(f"{path}: unsupported format {path.suffix or '(no suffix)'!r} (expected {', '.join(IMAGE_SUFFIXES)})")
     try:
@@ -383,9 +295,9 @@ def _probe(path: Path) -> _FrameInfo:
             raise ImageIOError(f"{path}: cannot open ({error.strerror or error})") from None
         if type(error).__name__ == "UnidentifiedImageError":
             raise ImageIOError(f"{path}: not a {fmt} image, or a damaged one") from None
-        raise ImageIOError(f"{path}: not a readable {fmt} image ({_one_line(error)})") from None
-    except Exception as error:  # codecs raise SyntaxError, ValueError, struct.error, ... on bad data
-        raise ImageIOError(f"{path}: not a readable {fmt} image ({_one_line(error)})") from None
+        raise ImageIOError(f"{path}: not a readable {fmt} image ({one_line(error)})") from None
+    except Exception as error:  # noqa: BLE001 - codecs raise SyntaxError, ValueError, struct.error, ... on bad data
+        raise ImageIOError(f"{path}: not a readable {fmt} image ({one_line(error)})") from None
 
 
 @contextlib.contextmanager
@@ -410,13 +322,13 @@ def _probe_pillow(path: Path, fmt: str) -> _FrameInfo:
     from PIL import Image
 
     with _pillow_unlimited(), Image.open(path, formats=["JPEG", "PNG"]) as image:  # a mislabelled suffix still reads
-        fmt = image.format
+        found = image.format
         orientation = _valid_orientation(image.getexif().get(_EXIF_ORIENTATION, 1))
         width, height = image.size
         mode = image.mode
         transparency = "transparency" in image.info
     codec, bit_depth = "pillow", 8
-    if fmt == "PNG":
+    if found == "PNG":
         png_depth, colour_type = _png_header(path)
         if png_depth == 16:
             codec, bit_depth = "png16", 16
@@ -451,7 +363,7 @@ def _probe_tiff(path: Path) -> _FrameInfo:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        page = tif.pages[0]
+        page = cast("tifffile.TiffPage", tif.pages[0])
         tag = page.tags.get("Orientation")
         orientation = _valid_orientation(tag.value if tag is not None else 1)
         height, width = page.imagelength, page.imagewidth
@@ -500,9 +412,9 @@ def _decode_into(info: _FrameInfo, frame: Tensor, alpha: Tensor | None) -> None:
     except OSError as error:
         if error.filename is not None or isinstance(error, PermissionError):
             raise ImageIOError(f"{info.path}: cannot read ({error.strerror or error})") from None
-        raise ImageIOError(f"{info.path}: cannot decode the image ({_one_line(error)})") from None
-    except Exception as error:
-        raise ImageIOError(f"{info.path}: cannot decode the image ({_one_line(error)})") from None
+        raise ImageIOError(f"{info.path}: cannot decode the image ({one_line(error)})") from None
+    except Exception as error:  # noqa: BLE001 - any decoder failure is a bad file
+        raise ImageIOError(f"{info.path}: cannot decode the image ({one_line(error)})") from None
     array = _orient(array, info.orientation)
     if array.ndim == 2:
         array = array[:, :, None]
@@ -521,7 +433,7 @@ def _decode_into(info: _FrameInfo, frame: Tensor, alpha: Tensor | None) -> None:
         wide_alpha = None if alpha is None else torch.empty(alpha.shape, dtype=torch.float64, device=alpha.device)
         _fill(info, source, colour, scale, wide, wide_alpha, associated)
         frame.copy_(wide)
-        if wide_alpha is not None and info.alpha:
+        if alpha is not None and wide_alpha is not None and info.alpha:
             alpha.copy_(wide_alpha)
         return
     _fill(info, source, colour, scale, frame, alpha, associated)
@@ -558,7 +470,7 @@ def _decode(info: _FrameInfo):
         import tifffile
 
         with tifffile.TiffFile(info.path) as tif:
-            page = tif.pages[0]
+            page = cast("tifffile.TiffPage", tif.pages[0])
             array = page.asarray()
             associated = bool(page.extrasamples) and int(page.extrasamples[0]) == 1
             if array.ndim == 3 and page.planarconfig == 2 and array.shape[0] == page.samplesperpixel:
@@ -570,7 +482,6 @@ def _decode(info: _FrameInfo):
         return array, associated
     if info.codec == "png16":
         import cv2
-
         from PIL import Image
 
         data = info.path.read_bytes()  # read once: verified by Pillow, decoded by OpenCV
@@ -579,34 +490,35 @@ def _decode(info: _FrameInfo):
         level = cv2.utils.logging.getLogLevel()
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
         try:
-            array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+            png = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
         finally:
             cv2.utils.logging.setLogLevel(level)
         del data
-        if array is None:
+        if png is None:
             raise ImageIOError(f"{info.path}: cannot decode the PNG image")
-        if array.ndim == 3:  # OpenCV's BGR(A) order to RGB(A)
-            order = [2, 1, 0, 3][: array.shape[2]]
-            array = array[:, :, order]
-        return array, False
+        if png.ndim == 3:  # OpenCV's BGR(A) order to RGB(A)
+            order = [2, 1, 0, 3][: png.shape[2]]
+            png = png[:, :, order]
+        return png, False
     from PIL import Image
 
     with _pillow_unlimited(), Image.open(info.path, formats=["JPEG", "PNG"]) as image:
         image.load()
         mode = image.mode
+        picture: Image.Image = image
         if mode == "1":
-            image = image.convert("L")
+            picture = image.convert("L")
         elif mode in ("I;16B", "I;16L"):
             return np.asarray(image).astype(np.uint16), False
         elif mode == "I":
             return np.clip(np.asarray(image), 0, 65535).astype(np.uint16), False
         elif mode in ("La", "RGBa"):
-            image = image.convert(mode.upper())
+            picture = image.convert(mode.upper())
         elif mode in ("L", "RGB") and info.alpha:  # a tRNS colour key
-            image = image.convert(mode + "A")
+            picture = image.convert(mode + "A")
         elif mode not in ("L", "LA", "RGB", "RGBA", "I;16", "F"):
-            image = image.convert("RGBA" if info.alpha else "RGB")
-        return np.asarray(image), False
+            picture = image.convert("RGBA" if info.alpha else "RGB")
+        return np.asarray(picture), False
 
 
 def _orient(array, orientation: int):
@@ -665,7 +577,7 @@ def read_metadata(path: str | os.PathLike) -> ImageMetadata:
         ImageIOError: the file cannot be read.
     """
     path = Path(path)
-    fmt = _FORMATS.get(path.suffix.lower())
+    fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ImageIOError(f"{path}: unsupported format {path.suffix or '(no suffix)'!r} (expected {', '.join(IMAGE_SUFFIXES)})")
     try:
@@ -673,7 +585,7 @@ def read_metadata(path: str | os.PathLike) -> ImageMetadata:
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
-                tags = tif.pages[0].tags
+                tags = cast("tifffile.TiffPage", tif.pages[0]).tags
                 icc = tags.get(_TIFF_ICC_TAG)
                 description = tags.get("ImageDescription")
                 record = description.value if description is not None else None
@@ -697,8 +609,8 @@ def read_metadata(path: str | os.PathLike) -> ImageMetadata:
         return ImageMetadata(exif.tobytes() if len(exif) else None, icc, record)
     except ImageIOError:
         raise
-    except Exception as error:
-        raise ImageIOError(f"{path}: cannot read its metadata ({_one_line(error)})") from None
+    except Exception as error:  # noqa: BLE001 - any decoder failure is a bad file
+        raise ImageIOError(f"{path}: cannot read its metadata ({one_line(error)})") from None
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -758,7 +670,7 @@ def default_bit_depth(path: str | os.PathLike, source_bit_depth: int = 8) -> int
 
 
 def _output_format(path: Path) -> str:
-    fmt = _FORMATS.get(path.suffix.lower())
+    fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ImageIOError(f"{path}: unsupported output format {path.suffix or '(no suffix)'!r} (use .png, .jpg or .tif)")
     return fmt
@@ -773,9 +685,9 @@ def check_output(path: str | os.PathLike, bit_depth: int | None = None) -> int:
     path = Path(path)
     fmt = _output_format(path)
     depth = default_bit_depth(path) if bit_depth is None else bit_depth
-    if depth not in _DEPTHS[fmt]:
+    if depth not in DEPTHS[fmt]:
         kinds = {8: "8-bit", 16: "16-bit", 32: "float32"}
-        can = " or ".join(kinds[d] for d in _DEPTHS[fmt])
+        can = " or ".join(kinds[d] for d in DEPTHS[fmt])
         hint = "; use .png or .tif for 16 bit, .tif for float32" if fmt != "TIFF" else ""
         raise ImageIOError(f"{path}: {fmt} holds {can} samples, not {kinds.get(depth, depth)}{hint}")
     return depth
@@ -821,7 +733,7 @@ def write_image(
 
     path = Path(path)
     depth = check_output(path, bit_depth)
-    fmt = _FORMATS[path.suffix.lower()]
+    fmt = FORMATS[path.suffix.lower()]
     if not isinstance(image, Tensor) or not image.is_floating_point():
         raise TypeError(f"image must be a floating-point tensor, got {getattr(image, 'dtype', type(image).__name__)}")
     if image.dim() == 2:
@@ -831,7 +743,7 @@ def write_image(
     if fmt == "JPEG" and not 1 <= int(quality) <= 100:
         raise ValueError(f"JPEG quality must be between 1 and 100, got {quality}")
     if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path}: already exists (pass --force / overwrite=True to replace it)")
+        raise output_exists(path)
 
     pixels = image.detach().to("cpu", torch.float32)
     if depth == 32:
@@ -846,7 +758,7 @@ def write_image(
         array = array[:, :, 0]
 
     metadata = metadata or ImageMetadata()
-    with _atomic_file(path, overwrite=overwrite) as fh:
+    with atomic_file(path, overwrite=overwrite) as fh:
         if fmt == "TIFF":
             import tifffile
 
@@ -883,279 +795,3 @@ def write_image(
     return path
 
 
-def robust_normalize(image: Tensor, *, black: float = 1.0, white: float = 1.0) -> Tensor:
-    """Map an image into [0, 1] by one affine map for all channels, saturating a few pixels.
-
-    The simplest colour balance (Limare, Lisani, Morel, Petro, Sbert, "Simplest Color Balance",
-    IPOL 1, 2011, doi:10.5201/ipol.2011.llmps-scb) in the form C. Hessel uses against Mertens
-    fusion's out-of-range values ("An Implementation of the Exposure Fusion Algorithm", IPOL 8,
-    2018, pp. 369-387, doi:10.5201/ipol.2018.230, ``robustNormalization.m``): ``v_min`` is the
-    ``black`` percentile of the per-pixel minimum channel, ``v_max`` the ``100 - white``
-    percentile of the per-pixel maximum channel, and ``(u - v_min) / (v_max - v_min)`` is
-    clipped to [0, 1], so a pixel saturates when any of its channels does and hues are kept.
-    A flat image (``v_max <= v_min``) becomes the constant ``v_max``, clipped.
-
-    Args:
-        image: ``[C, H, W]`` float, any range.
-        black, white: percent of pixels allowed to saturate to 0 and to 1 (0 <= each < 100,
-            sum < 100).
-
-    Returns:
-        ``[C, H, W]`` in [0, 1], same dtype as the input.
-    """
-    if image.dim() != 3:
-        raise ValueError(f"image must be [C, H, W], got shape {list(image.shape)}")
-    for name, value in (("black", black), ("white", white)):
-        if not (isinstance(value, Real) and 0 <= value < 100):
-            raise ValueError(f"{name} must be a percentage in [0, 100), got {value!r}")
-    if black + white >= 100:
-        raise ValueError(f"black + white must be below 100 percent, got {black} + {white}")
-    work = image if image.dtype in (torch.float32, torch.float64) else image.float()
-    n = work.shape[-1] * work.shape[-2]
-    if work.shape[0] > 1:  # 1-based ranks as in robustNormalization.m
-        high_rank = math.ceil(n - white * n / 100)
-        low_rank = math.floor(1 + black * n / 100)
-    else:
-        high_rank = math.floor(n - white * n / 100 + 0.5)
-        low_rank = math.floor(1 + black * n / 100 + 0.5)
-    high_rank, low_rank = min(max(high_rank, 1), n), min(max(low_rank, 1), n)
-    v_max = work.amax(0).flatten().kthvalue(high_rank).values
-    v_min = work.amin(0).flatten().kthvalue(low_rank).values
-    if v_max <= v_min:
-        out = torch.full_like(work, float(v_max)).clamp_(0, 1)
-    else:
-        out = ((work - v_min) / (v_max - v_min)).clamp_(0, 1)
-    return out.to(image.dtype)
-
-
-@contextlib.contextmanager
-def _atomic_file(path: Path, *, overwrite: bool) -> Iterator[IO[bytes]]:
-    """A binary file handle whose content appears at ``path`` only once complete.
-
-    The data goes to a hidden ``.<name>.<random>.part`` in the same folder (so the final rename
-    stays on one file system), is flushed to disk, then renamed. Without ``overwrite`` the
-    rename is a hard link, which fails rather than replace a file that appeared meanwhile.
-    Any error, including KeyboardInterrupt, removes the temporary file.
-    """
-    folder = path.parent
-    try:
-        fd, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".part")
-    except FileNotFoundError:
-        raise ImageIOError(f"{path}: cannot write, folder {folder} does not exist") from None
-    except OSError as error:
-        raise _os_error(f"{path}: cannot write into {folder} ({error.strerror or error})", error) from None
-    os.close(fd)  # reopened by name: some writers (tifffile) want a handle with a file name
-    temp = Path(temp_name)
-    try:
-        with open(temp, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
-        if overwrite:
-            os.replace(temp, path)
-        else:
-            _rename_no_clobber(temp, path)
-        _fsync_folder(folder)
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        if isinstance(error, OSError) and not isinstance(error, ImageIOError):
-            raise _os_error(f"{path}: cannot write ({error.strerror or _one_line(error)})", error) from None
-        raise
-
-
-def _rename_no_clobber(temp: Path, path: Path) -> None:
-    try:
-        os.link(temp, path)
-    except FileExistsError:
-        raise OutputExistsError(f"{path}: already exists (pass --force / overwrite=True to replace it)") from None
-    except OSError:  # no hard links here (some network or FAT file systems): check, then rename
-        if path.exists():
-            raise OutputExistsError(f"{path}: already exists (pass --force / overwrite=True to replace it)") from None
-        os.replace(temp, path)
-        return
-    temp.unlink()
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable where the platform allows it."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-_UMASK: int | None = None
-
-
-def _umask() -> int:
-    global _UMASK
-    if _UMASK is None:
-        _UMASK = os.umask(0o022)
-        os.umask(_UMASK)
-    return _UMASK
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text or type(error).__name__
-
-
-# ----------------------------------------------------------------------------------------------
-# Parameter files
-
-
-def read_params(path: str | os.PathLike) -> dict[str, Any]:
-    """Read fusion parameters from a JSON or YAML file (e.g. exported by the training).
-
-    The file holds a mapping whose keys are among :data:`PARAM_NAMES`, for example::
-
-        contrast: 0.4
-        saturation: 1.7
-        exposure: 2.5
-        mu: 0.55
-        levels: 4.5      # or -1 (deepest), or null / auto (the preset's automatic depth)
-        preset: mertens
-
-    ``.json`` files are parsed as JSON; anything else as YAML (which also reads JSON; needs
-    PyYAML). The result can be passed as keyword arguments to :func:`efusion.exposure_fusion`.
-
-    Raises:
-        ParamsError: missing or unparsable file, not a mapping, an unknown key or a bad value;
-            the message names the file and the key.
-    """
-    path = Path(path)
-    if path.suffix.lower() in (".ckpt", ".pt", ".pth"):
-        raise ParamsError(f"{path}: checkpoints are not read directly; export the tuned parameters to a .yaml or .json file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ParamsError(f"{path}: is a folder, not a parameter file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ParamsError(f"{path}: cannot read ({getattr(error, 'strerror', None) or _one_line(error)})") from None
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ParamsError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})") from None
-    else:
-        try:
-            import yaml
-        except ImportError:
-            raise ParamsError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use a .json file") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(error, "problem", None) or _one_line(error)
-            raise ParamsError(f"{path}: not valid YAML ({problem}{where})") from None
-    if not isinstance(data, Mapping):
-        kind = "an empty file" if data is None else f"a {type(data).__name__}"
-        raise ParamsError(f"{path}: expected a mapping of parameter names to values, found {kind}")
-    return validate_params(data, source=str(path))
-
-
-def validate_params(params: Mapping[str, Any], *, source: str = "params") -> dict[str, Any]:
-    """Check fusion parameters and return them as plain Python values.
-
-    The rules are the fusion's own (:func:`efusion.params.check_value`): exponents (contrast, saturation,
-    exposure) numbers >= 0, ``mu`` a number, ``sigma`` a number > 0 (``mu`` and ``sigma`` may also
-    be a list of one value per channel, e.g. R, G, B), ``levels`` ``None`` (or ``"auto"``) or a
-    number >= 1 or <= -1, ``preset`` one of :data:`efusion.PRESETS`; every number finite.
-    Tensors and numpy values are accepted (converted with ``.tolist()``), so a trained module's
-    values can be passed directly; a one-element list becomes a number.
-
-    Raises:
-        ParamsError: naming ``source`` and the offending key.
-    """
-    from .presets import PRESETS
-
-    checked: dict[str, Any] = {}
-    for key, value in params.items():
-        if key not in PARAM_NAMES:
-            raise ParamsError(f"{source}: unknown parameter {key!r} (expected some of: {', '.join(PARAM_NAMES)})")
-        if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-            value = value.tolist()  # tensors and numpy values: a number or (nested) lists
-        if key in ("mu", "sigma") and isinstance(value, (list, tuple)):
-            if not value or any(isinstance(v, (list, tuple)) for v in value):
-                raise ParamsError(f"{source}: {key!r} must be a number or a list of numbers (one per channel), got {value!r}")
-            values = [_check_param(key, v, source, []) for v in value]
-            checked[key] = values[0] if len(values) == 1 else values
-            continue
-        if isinstance(value, (list, tuple)):
-            if len(value) != 1:
-                raise ParamsError(f"{source}: {key!r} must be a single number, got {value!r}")
-            value = value[0]
-        checked[key] = _check_param(key, value, source, sorted(PRESETS))
-    return checked
-
-
-def _check_param(key: str, value, source: str, presets: list[str]):
-    """One value, checked by the library's own rules (:func:`efusion.params.check_value`, what
-    :func:`efusion.exposure_fusion` applies), so a file or flag accepts exactly what the fusion does;
-    files also refuse infinities, which the fusion would turn into NaN."""
-    if key == "preset":
-        if not isinstance(value, str) or value not in presets:
-            raise ParamsError(f"{source}: 'preset' must be one of {', '.join(presets)}, got {value!r}")
-        return value
-    if key == "levels" and (value is None or value == "auto"):  # "auto" as on the command line
-        return None
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-        raise ParamsError(f"{source}: {key!r} must be a finite number, got {value!r}")
-    try:
-        check_value(key, value)
-    except (TypeError, ValueError) as error:
-        message = str(error)
-        if message.startswith(f"{key} "):
-            message = f"{key!r}{message[len(key):]}"
-        raise ParamsError(f"{source}: {message}") from None
-    if key == "levels":
-        return int(value) if isinstance(value, int) else float(value)
-    return float(value)
-
-
-def write_params(path: str | os.PathLike, params: Mapping[str, Any], *, overwrite: bool = True) -> Path:
-    """Write fusion parameters for :func:`read_params` (and ``efusion fuse --params``).
-
-    The values are validated first (tensors become plain numbers); ``.json`` writes JSON,
-    ``.yaml``/``.yml`` writes YAML (needs PyYAML). The file appears complete or not at all
-    (written aside, then renamed into place); with ``overwrite=False`` an existing file is an
-    error and is left as it is.
-
-    Raises:
-        ParamsError: an unknown key, a bad value, an unsupported suffix, or (without
-            ``overwrite``) the file exists.
-    """
-    path = Path(path)
-    checked = validate_params(params, source=str(path))
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        text = json.dumps(checked, indent=2) + "\n"
-    elif suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise ParamsError(f"{path}: writing YAML needs PyYAML (pip install pyyaml), or use a .json file") from None
-        text = yaml.safe_dump(checked, sort_keys=False)
-    else:
-        raise ParamsError(f"{path}: unsupported parameter file suffix {suffix or '(none)'!r} (use .json, .yaml or .yml)")
-    try:
-        if not overwrite and path.exists():
-            raise OutputExistsError(f"{path}: already exists (pass --force / overwrite=True to replace it)")
-        with _atomic_file(path, overwrite=overwrite) as fh:
-            fh.write(text.encode("utf-8"))
-    except ImageIOError as error:
-        raise ParamsError(str(error)) from None
-    return path

@@ -18,11 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["mef_ssim", "MEFSSIMLoss", "MS_SSIM_WEIGHTS", "RGB_TO_GRAY_WEIGHTS"]
+from .._util import gaussian_taps, is_positive_number
+from ..color import MATLAB_GRAY, rgb_to_gray
+
+__all__ = ["MS_SSIM_WEIGHTS", "RGB_TO_GRAY_WEIGHTS", "MEFSSIMLoss", "mef_ssim"]
 
 #: MATLAB ``rgb2gray`` luminance coefficients at full precision (MATLAB documents them rounded
 #: as 0.2989, 0.5870, 0.1140); the reference scores were computed on ``rgb2gray`` images.
-from .color import MATLAB_GRAY as RGB_TO_GRAY_WEIGHTS  # noqa: E402
+#: The same tuple as :data:`efusion.color.MATLAB_GRAY`, under the name this module always had.
+RGB_TO_GRAY_WEIGHTS = MATLAB_GRAY
 
 #: Per-scale exponents of MS-SSIM (Wang, Simoncelli and Bovik, "Multiscale structural similarity
 #: for image quality assessment", Asilomar 2003); MEF-SSIM uses the first three, normalised.
@@ -45,18 +49,6 @@ _RATIO_AT_CAP = 2.0 * math.atan(_EXPONENT_CAP) / math.pi
 _REDUCTIONS = ("mean", "sum", "none")
 
 
-def _is_positive_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-
-
-def _rgb_to_gray(images: torch.Tensor) -> torch.Tensor:
-    """``[..., C, H, W]`` -> ``[..., 1, H, W]`` with MATLAB's ``rgb2gray`` weights (C = 1 passes through)."""
-    if images.shape[-3] == 1:
-        return images
-    weights = torch.tensor(RGB_TO_GRAY_WEIGHTS, dtype=images.dtype, device=images.device).view(3, 1, 1)
-    return (images * weights).sum(dim=-3, keepdim=True)
-
-
 def _check_config(
     scales: int,
     scale_weights,
@@ -70,11 +62,11 @@ def _check_config(
         raise ValueError(f"scales must be an int >= 1, got {scales!r}")
     if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size < 1 or not window_size % 2:
         raise ValueError(f"window_size must be an odd int >= 1, got {window_size!r}")
-    if not _is_positive_number(window_sigma):
+    if not is_positive_number(window_sigma):
         raise ValueError(f"window_sigma must be a finite number > 0, got {window_sigma!r}")
-    if not _is_positive_number(k):
+    if not is_positive_number(k):
         raise ValueError(f"k must be a finite number > 0 (C = (k * 255)^2 keeps the ratio defined), got {k!r}")
-    if not _is_positive_number(data_range):
+    if not is_positive_number(data_range):
         raise ValueError(f"data_range must be a finite number > 0, got {data_range!r}")
     if scale_weights is None:
         if scales > len(MS_SSIM_WEIGHTS):
@@ -132,18 +124,6 @@ def _check_inputs(fused: torch.Tensor, stack: torch.Tensor, gray: bool) -> None:
     channels = stack.shape[-3]
     if gray and channels not in (1, 3):
         raise ValueError(f"gray=True needs C = 1 (gray) or C = 3 (RGB) channels, got C = {channels}")
-
-
-def _gaussian_taps(size: int, sigma: float) -> list[float]:
-    """1-D factor of MATLAB's ``fspecial('gaussian', size, sigma)``, normalised to sum 1.
-
-    ``fspecial`` also zeroes 2-D entries below eps times the peak; for the default 11 x 11,
-    sigma 1.5 window the smallest entry is exp(-11.1) of the peak, so that never applies.
-    """
-    center = (size - 1) / 2
-    taps = [math.exp(-((i - center) ** 2) / (2.0 * sigma * sigma)) for i in range(size)]
-    total = sum(taps)
-    return [t / total for t in taps]
 
 
 def _filter_valid(images: torch.Tensor, taps: list[float]) -> torch.Tensor:
@@ -399,22 +379,22 @@ def mef_ssim(
     to_255 = 255.0 / data_range
     if gray and channels == 3:
         # [B, 1, N, H, W] and [B, 1, H, W]: one gray channel
-        stack_gray = _rgb_to_gray(stack * to_255).transpose(1, 2)
-        fused_gray = _rgb_to_gray(fused * to_255)
+        stack_gray = rgb_to_gray(stack * to_255).transpose(1, 2)
+        fused_gray = rgb_to_gray(fused * to_255)
     else:
         # gray input (C = 1), or every channel scored on its own: [B, C, N, H, W] and [B, C, H, W]
         stack_gray = (stack * to_255).transpose(1, 2)
         fused_gray = fused * to_255
 
-    taps = _gaussian_taps(window_size, window_sigma)
+    taps = gaussian_taps(window_size, window_sigma).tolist()  # host numbers: filter weights for add_(alpha=)
     c = (k * 255.0) ** 2
-    per_scale = []
+    scores = []
     for level in range(scales):
         if level:
             stack_gray = _downsample(stack_gray)
             fused_gray = _downsample(fused_gray)
-        per_scale.append(_single_scale(fused_gray, stack_gray, window_size, taps, c))
-    per_scale = torch.stack(per_scale, dim=-1)  # [B, 1 or C, scales]
+        scores.append(_single_scale(fused_gray, stack_gray, window_size, taps, c))
+    per_scale = torch.stack(scores, dim=-1)  # [B, 1 or C, scales]
 
     if scales == 1:
         score = per_scale[..., 0]

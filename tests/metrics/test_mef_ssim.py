@@ -1,4 +1,4 @@
-"""Tests for efusion.metrics: MEF-SSIM against the authors' MATLAB scores, a per-patch oracle and properties."""
+"""Tests for efusion.metrics.mef_ssim: MEF-SSIM against the authors' MATLAB scores, a per-patch oracle and properties."""
 from __future__ import annotations
 
 import csv
