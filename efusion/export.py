@@ -89,7 +89,7 @@ def to_exported_program(layer: Fusion, example: Tensor | None = None, *, unrolle
             :func:`example_stack`); B, N, H and W stay dynamic (>= 1 at run time).
         unrolled: pyramid levels the graph holds (default :data:`efusion.depth.TRACED_LEVELS`,
             16): images whose automatic depth would be larger get this depth. Export time grows
-            about linearly with it (measured on one CPU core: 18 s for 6 levels, 44 s for 16).
+            about linearly with it (see the README, "Deploy and save").
 
     Returns:
         ``torch.export.ExportedProgram`` taking one ``[B, N, C, H, W]`` stack -> ``[B, C, H, W]``.
