@@ -26,14 +26,14 @@ import contextlib
 import contextvars
 import math
 import numbers
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
 from .presets import Preset
 
-__all__ = ["Coefficient", "depth_plan", "TRACED_LEVELS", "traced_levels", "traced_depth_plan"]
+__all__ = ["TRACED_LEVELS", "Coefficient", "depth_plan", "traced_depth_plan", "traced_levels"]
 
 Coefficient = float | Tensor
 

@@ -29,7 +29,7 @@ from . import backends
 from .depth import TRACED_LEVELS, traced_levels
 from .layers import Fusion
 
-__all__ = ["to_onnx", "to_exported_program", "example_stack", "dynamic_shapes"]
+__all__ = ["dynamic_shapes", "example_stack", "to_exported_program", "to_onnx"]
 
 #: the default example: its sizes only need to be distinct and above 2 (one reaches the others)
 _EXAMPLE_SHAPE = (2, 3, 3, 24, 32)
