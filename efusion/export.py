@@ -17,6 +17,7 @@ torch.Size([2, 3, 12, 15])
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -26,7 +27,7 @@ from torch.export import Dim, ExportedProgram
 from torch.fx.experimental import _config as fx_config
 
 from . import backends
-from .depth import TRACED_LEVELS, traced_levels
+from .depth import traced_levels
 from .layers import Fusion
 
 __all__ = ["dynamic_shapes", "example_stack", "to_exported_program", "to_onnx"]
@@ -88,7 +89,7 @@ def to_exported_program(layer: Fusion, example: Tensor | None = None, *, unrolle
         example: a ``[B, N, C, H, W]`` stack fixing C, the dtype and the device (default
             :func:`example_stack`); B, N, H and W stay dynamic (>= 1 at run time).
         unrolled: pyramid levels the graph holds (default :data:`efusion.depth.TRACED_LEVELS`,
-            16): images whose automatic depth would be larger get this depth. Export time grows
+            16, or :func:`efusion.depth.traced_levels`'s around the call): images whose automatic depth would be larger get this depth. Export time grows
             about linearly with it (see the README, "Deploy and save").
 
     Returns:
@@ -98,7 +99,7 @@ def to_exported_program(layer: Fusion, example: Tensor | None = None, *, unrolle
     # The coarse pyramid levels of any example are 1 sample wide; size-oblivious reasoning keeps
     # the tracer from fixing those sizes to 1 (the graph gathers by index, valid for any size).
     oblivious = fx_config.patch(backed_size_oblivious=True)  # type: ignore[attr-defined]
-    with oblivious, traced_levels(TRACED_LEVELS if unrolled is None else unrolled):
+    with oblivious, contextlib.nullcontext() if unrolled is None else traced_levels(unrolled):
         return torch.export.export(_Exported(layer), (example,), dynamic_shapes=dynamic_shapes())
 
 
