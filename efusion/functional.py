@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Sequence, Union
 
 import torch
 from torch import Tensor
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from . import _checks, backends
 from ._util import ParamLike
@@ -42,8 +43,10 @@ def weights_5d(stack: Tensor, mask: Tensor | None, contrast: ParamLike, saturati
 def fuse_5d(stack: Tensor, mask: Tensor | None, contrast, saturation, exposure, mu, sigma, levels, preset: Preset,
             relative: bool | None) -> Tensor:
     """:func:`exposure_fusion` of a validated ``[B, N, C, H, W]`` stack -> ``[B, C, H, W]``, by the selected backend."""
-    if stack.shape[1] == 1 and mask is None:
-        return stack[:, 0].clone()  # one frame: its weight is exactly 1 everywhere
+    # one frame: its weight is exactly 1 everywhere (a traced graph with a symbolic frame count,
+    # which also holds for one frame, blends it: the pyramid round trip, equal to rounding)
+    if statically_known_true(stack.shape[1] == 1) and mask is None:
+        return stack[:, 0].clone()
     params = (contrast, saturation, exposure, mu, sigma)
     backend = backends.select("fuse", stack, (mask, *params, levels), preset=preset, mask=mask)
     return backend.fuse(stack, mask, params, levels, preset, relative)

@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import copy
 from typing import Iterable, Sequence
 
 import torch
@@ -118,6 +119,7 @@ class Fusion(nn.Module):
             else:
                 self.register_buffer(name, tensor)
         check_levels(levels)
+        self.relative_levels: bool | None
         if "levels" in self.learnable:
             start = -1.0 if levels is None else float(levels)
             self.relative_levels = start < 0
@@ -166,7 +168,86 @@ class Fusion(nn.Module):
         out["preset"] = self.preset
         return out
 
+    @classmethod
+    def from_params(cls, params: dict, learnable: bool | Iterable[str] = ()) -> Fusion:
+        """A layer from :meth:`export`'s dictionary (or a parameter file's, :func:`efusion.io.read_params`).
+
+        This is the portable route between configurations and versions: plain numbers, no tensor
+        keys. ``learnable`` is the new layer's choice, whatever the exporting layer learned.
+        """
+        if not isinstance(params, dict):
+            raise TypeError(f"params must be a dict as Fusion.export() returns, got {type(params).__name__}")
+        unknown = sorted(set(params) - {*NAMES, "preset"})
+        if unknown:
+            raise ValueError(f"unknown fusion parameter(s) {unknown}; expected among {[*NAMES, 'preset']}")
+        return cls(**params, learnable=learnable)
+
+    def __reduce_ex__(self, protocol):
+        # A parametrised module refuses plain pickling; the layer is rebuilt instead from its
+        # configuration and its state_dict (raw values, so parameters come back bit for bit).
+        cls = type(self).__bases__[0] if parametrize.is_parametrized(self) else type(self)
+        frozen = [name for name, p in self.named_parameters() if not p.requires_grad]
+        return _restore, (cls, self._configuration(), self.state_dict(), frozen, self.training)
+
+    def __deepcopy__(self, memo):
+        restore, args = self.__reduce_ex__(2)
+        return restore(*copy.deepcopy(args, memo))
+
+    def _configuration(self) -> dict:
+        """Constructor arguments that rebuild this layer's structure (values come from the state_dict)."""
+        config: dict = {"preset": self.preset, "learnable": self.learnable}
+        for name in NAMES[:-1]:  # placeholders of the right shape; positive for learnable exponents
+            config[name] = getattr(self, name).detach().cpu().clamp(min=1.0).tolist()
+        config["levels"] = None if self.levels is None else (-1.0 if self.relative_levels else 1.0)
+        return config
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        # The values carry over between learnable sets: a learnable positive parameter is stored
+        # raw (``parametrizations.X.original``, before the softplus), a fixed one as its value.
+        for name in POSITIVE:
+            raw_key, value_key = f"{prefix}parametrizations.{name}.original", f"{prefix}{name}"
+            floor = SIGMA_FLOOR if name == "sigma" else 0.0
+            learnable_here = parametrize.is_parametrized(self, name)
+            with torch.no_grad():
+                if raw_key in state_dict and not learnable_here:
+                    state_dict[value_key] = _Softplus(floor)(state_dict.pop(raw_key))
+                elif value_key in state_dict and learnable_here:
+                    value = state_dict.pop(value_key)
+                    try:
+                        state_dict[raw_key] = _Softplus(floor).right_inverse(value)
+                    except ValueError as error:
+                        raise ValueError(
+                            f"cannot load {name}={value.tolist()} into a Fusion that learns {name}: {error}"
+                        ) from None
+        levels_key = f"{prefix}levels"
+        if levels_key in state_dict:
+            value = state_dict[levels_key]
+            if self.levels is None:  # an automatic depth here: take the stored one
+                self._buffers["levels"] = torch.empty_like(value)
+            if value.dim() == 0:
+                self.relative_levels = bool(value < 0)
+        elif self.levels is not None:  # stored automatic depth
+            if "levels" in self._parameters:  # learnable: the automatic depth is -1, relative
+                state_dict[levels_key] = torch.tensor(-1.0)
+                self.relative_levels = True
+            else:
+                self._buffers["levels"] = None
+                self.relative_levels = None
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def extra_repr(self) -> str:
         values = ", ".join(f"{k}={v!r}" if not isinstance(v, float) else f"{k}={v:.4g}" for k, v in self.export().items())
         return f"{values}, learnable={list(self.learnable)}"
 
+
+
+def _restore(cls: type, config: dict, state: dict, frozen: list, training: bool) -> Fusion:
+    """Rebuild a pickled :class:`Fusion` (see ``Fusion.__reduce_ex__``)."""
+    layer = cls(**config)
+    layer.load_state_dict(state, assign=True)
+    for name, parameter in layer.named_parameters():
+        if name in frozen:
+            parameter.requires_grad_(False)
+    return layer.train(training)

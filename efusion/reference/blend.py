@@ -8,6 +8,7 @@ per-level coefficients, which interpolate between depths for a fractional ``leve
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .._util import is_zero, scaled
@@ -34,14 +35,20 @@ def blend(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool
     top = len(band_coef)
     bands: list[Tensor | None] = [None] * top
     residuals: list[Tensor | None] = [None] * top
+    sizes: list = [None] * top  # of each level (as the pyramid made them, also when traced)
 
     def add(acc: list[Tensor | None], level: int, value: Tensor) -> None:
+        value = value if by_frame else value.sum(dim=1)
         previous = acc[level]
         acc[level] = value if previous is None else previous + value
 
-    for n in range(frames):
-        image, weight = stack[:, n], weights[:, n]
+    # one frame at a time; a traced graph with a symbolic frame count takes all frames at once
+    # and sums over them at each level (another order of additions: not bit for bit)
+    by_frame = not isinstance(frames, torch.SymInt)
+    for n in range(frames if by_frame else 1):
+        image, weight = (stack[:, n], weights[:, n]) if by_frame else (stack, weights)
         for level in range(top):
+            sizes[level] = image.shape[-2:]
             coarser = pyr_down(image, preset) if level < top - 1 else None
             if coarser is not None and not is_zero(band_coef[level]):  # the coarsest level has no band
                 add(bands, level, weight * (image - pyr_up(coarser, image.shape[-2:], preset)))
@@ -60,9 +67,6 @@ def blend(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool
         return None if not terms else terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
     result = level_sum(top - 1)
-    sizes = [(height, width)]
-    for _ in range(top - 1):
-        sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
     for level in reversed(range(top - 1)):
         upsampled = pyr_up(result, sizes[level], preset) if result is not None else None
         here = level_sum(level)

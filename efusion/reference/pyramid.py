@@ -52,13 +52,43 @@ def border_index(i: int, n: int, mode: str) -> int:
 def pad(x: Tensor, dim: int, before: int, after: int, left_mode: str, right_mode: str) -> Tensor:
     """Pad ``x`` along ``dim`` with ``before``/``after`` samples taken by the border modes."""
     n = x.shape[dim]
+    if _symbolic(n):  # traced with a dynamic size: border indices computed in the graph
+        left_index = _border_indices(torch.arange(-before, 0, device=x.device), n, left_mode)
+        right_index = _border_indices(torch.arange(after, device=x.device) + n, n, right_mode)
+        return torch.cat([x.index_select(dim, left_index), x, x.index_select(dim, right_index)], dim=dim)
     left = [x.narrow(dim, border_index(i, n, left_mode), 1) for i in range(-before, 0)]
     right = [x.narrow(dim, border_index(i, n, right_mode), 1) for i in range(n, n + after)]
     return torch.cat([*left, x, *right], dim=dim)
 
 
+def _symbolic(size) -> bool:
+    """Whether a size is symbolic (``torch.export``, dynamic-shape tracing). Symbolic sizes take
+    index tensors built by tensor operations instead of Python decisions on the value, so the
+    traced graph holds for every size; the samples taken, and so the values, are the same."""
+    return isinstance(size, torch.SymInt)
+
+
+def _border_indices(positions: Tensor, n, mode: str) -> Tensor:
+    """:func:`border_index` for a tensor of positions and a (possibly symbolic) side ``n``."""
+    side = torch.scalar_tensor(n, dtype=torch.int64, device=positions.device)
+    if mode == "replicate":
+        return positions.clamp(min=0).minimum(side - 1)
+    if mode == "symmetric":
+        period = 2 * side
+        wrapped = positions.remainder(period)
+        return torch.where(wrapped < side, wrapped, period - 1 - wrapped)
+    if mode == "reflect101":
+        period = (2 * side - 2).clamp(min=1)  # a side of 1 repeats its one sample
+        wrapped = positions.remainder(period)
+        return torch.where(wrapped < side, wrapped, period - wrapped)
+    raise ValueError(f"unknown border mode {mode!r}")
+
+
 def _take(x: Tensor, dim: int, start: int, count: int, step: int = 1) -> Tensor:
-    """``count`` samples of ``x`` along ``dim`` from ``start`` with ``step`` (a strided view)."""
+    """``count`` samples of ``x`` along ``dim`` from ``start`` with ``step``: a strided view, or
+    for a symbolic ``count`` a gather (a slice would put a guard on the sizes)."""
+    if _symbolic(count):
+        return x.index_select(dim, torch.arange(count, device=x.device) * step + start)
     index = [slice(None)] * x.dim()
     index[dim] = slice(start, start + step * (count - 1) + 1, step)
     return x[tuple(index)]
@@ -86,7 +116,7 @@ def _up_1d(x: Tensor, dim: int, size: int, modes: tuple[str, str]) -> Tensor:
     odd = (centre + after) * 0.5
     # interleave: stacking at a negative ``dim`` puts the phase right after the sample index
     fine = torch.stack((even, odd), dim=dim).flatten(dim - 1, dim)
-    return fine.narrow(dim, 0, size)
+    return _take(fine, dim, 0, size)
 
 
 def pyr_down(x: Tensor, preset: str | Preset = "mertens") -> Tensor:
@@ -124,9 +154,11 @@ def pyr_up(x: Tensor, size: Sequence[int], preset: str | Preset = "mertens") -> 
     Returns:
         tensor ``[..., H, W]``.
     """
-    height, width = int(size[0]), int(size[1])
+    height, width = (v if _symbolic(v) else int(v) for v in size[:2])
     h, w = x.shape[-2:]
-    if height not in (2 * h - 1, 2 * h) or width not in (2 * w - 1, 2 * w):
+    # traced sizes are not checked: they come from the finer level, for which this holds
+    traced = any(_symbolic(v) for v in (height, width, h, w))
+    if not traced and (height not in (2 * h - 1, 2 * h) or width not in (2 * w - 1, 2 * w)):
         raise ValueError(f"pyr_up of a {h}x{w} image gives 2h-1..2h x 2w-1..2w, got size {height}x{width}")
     modes = get_preset(preset).up_borders
     return _up_1d(_up_1d(x, -2, height, modes), -1, width, modes)
