@@ -149,7 +149,7 @@ def traced_depth_plan(
         depth = maximum
     elif isinstance(levels, numbers.Real):
         value = torch.tensor(float(levels), dtype=dtype, device=device)
-        depth = value if levels >= 1 else value + (maximum + 1)
+        depth = value if float(levels) >= 1 else value + (maximum + 1)
     else:
         value = levels.to(device=device, dtype=dtype)
         if relative is None:

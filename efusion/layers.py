@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,7 @@ from .params import (
 )
 from .presets import get_preset
 
-__all__ = ["Fusion", "LEARNABLE_DEFAULT"]
+__all__ = ["LEARNABLE_DEFAULT", "Fusion"]
 
 
 class _Softplus(nn.Module):
@@ -86,6 +86,13 @@ class Fusion(nn.Module):
         ['levels', 'mu', 'parametrizations.contrast.original', 'parametrizations.exposure.original', 'parametrizations.saturation.original']
     """
 
+    # parameters or buffers (nn.Module's __getattr__ finds them; declared for readers and mypy)
+    contrast: Tensor
+    saturation: Tensor
+    exposure: Tensor
+    mu: Tensor
+    sigma: Tensor
+
     def __init__(
         self,
         contrast: float | None = DEFAULTS["contrast"],
@@ -101,8 +108,8 @@ class Fusion(nn.Module):
         self.preset = get_preset(preset).name
         self.learnable = parse_learnable(learnable)
         given = {"contrast": contrast, "saturation": saturation, "exposure": exposure}
-        contrast, saturation, exposure = resolve_exponents(contrast, saturation, exposure, preset)
-        values = {"contrast": contrast, "saturation": saturation, "exposure": exposure, "mu": mu, "sigma": sigma}
+        exponents = resolve_exponents(contrast, saturation, exposure, preset)
+        values = {**dict(zip(("contrast", "saturation", "exposure"), exponents)), "mu": mu, "sigma": sigma}
         for name, value in values.items():
             tensor = check_layer_value(name, value)
             if name in self.learnable:

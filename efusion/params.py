@@ -13,6 +13,7 @@ line take their defaults and checks from here.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 from collections.abc import Iterable
 
 import torch
@@ -44,7 +45,7 @@ NAMES = ("contrast", "saturation", "exposure", "mu", "sigma", "levels")
 #: exponents ``None``: the preset's (:attr:`efusion.Preset.exponent_defaults`: Mertens'
 #: ``exposure_fusion(I, [1 1 1])``, OpenCV's ``createMergeMertens(1, 1, 0)``); ``well_exposedness.m``'s
 #: Gaussian; ``levels=None`` is the preset's automatic depth
-DEFAULTS: dict[str, float | None] = {
+DEFAULTS: dict[str, Any] = {  # exponents None: the preset's (Preset.exponent_defaults)
     "contrast": None, "saturation": None, "exposure": None, "mu": 0.5, "sigma": 0.2, "levels": None,
 }
 #: the exponents of the three measures: >= 0, one value

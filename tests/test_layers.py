@@ -4,10 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import gradcheck_stack
 from efusion import Fusion, exposure_fusion
 
-from conftest import scene
+from conftest import gradcheck_stack, scene
 
 
 class TestFusionModule:
@@ -15,7 +14,7 @@ class TestFusionModule:
     def functional(layer, x):
         """The functional op with the layer's own (float32-stored) values."""
         values = layer.export()
-        return exposure_fusion(x, **values) if not layer.relative_levels else exposure_fusion(x, **values)
+        return exposure_fusion(x, **values)
 
     @pytest.mark.parametrize("start, moved", [(None, -0.4), (3.0, 0.6)], ids=["relative", "absolute"])
     def test_export_round_trips_through_a_params_file(self, tmp_path, start, moved):

@@ -14,7 +14,8 @@ conventions from Mertens' ``downsample.m`` / ``upsample.m`` and OpenCV's ``pyrDo
 """
 from __future__ import annotations
 
-from typing import Sequence
+import itertools
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -22,13 +23,13 @@ from torch import Tensor
 from ..presets import Preset, get_preset
 
 __all__ = [
-    "pyr_down",
-    "pyr_up",
+    "border_index",
+    "collapse_laplacian_pyramid",
     "gaussian_pyramid",
     "laplacian_pyramid",
-    "collapse_laplacian_pyramid",
-    "border_index",
     "pad",
+    "pyr_down",
+    "pyr_up",
 ]
 
 
@@ -199,7 +200,7 @@ def laplacian_pyramid(x: Tensor, levels: int, preset: str | Preset = "mertens") 
         list of ``levels`` tensors; the shapes of :func:`gaussian_pyramid`.
     """
     gaussian = gaussian_pyramid(x, levels, preset)
-    bands = [fine - pyr_up(coarse, fine.shape[-2:], preset) for fine, coarse in zip(gaussian, gaussian[1:])]
+    bands = [fine - pyr_up(coarse, fine.shape[-2:], preset) for fine, coarse in itertools.pairwise(gaussian)]
     return [*bands, gaussian[-1]]
 
 
