@@ -1,0 +1,189 @@
+"""The ``"native"`` backend: C++ kernels (``kernels.cpp``) for the no-grad forward on a CPU.
+
+Three ``torch.library`` operators, each equal to reference code (bit for bit where the
+reference's operations are IEEE sums, products, quotients and square roots; to rounding where it
+calls ``exp``/``log``, which torch vectorises differently from the C library):
+
+- ``efusion_native::weights`` = :func:`efusion.reference.measures.fusion_weights` (no mask);
+- ``efusion_native::blend`` = :func:`efusion.reference.blend.blend` with a number depth;
+- ``efusion_native::fuse`` = both, as :meth:`efusion.backends.reference.ReferenceBackend.fuse`.
+
+One ``at::parallel_for`` per pass over a pyramid level, rows split across threads, each thread
+running the whole chain of its rows: ``torch.get_num_threads()`` is respected (one thread inside
+DataLoader workers, where torch sets it) and a busy machine costs a barrier per pass, not per
+elementwise step. The kernels are compiled on first use and cached (:mod:`.build`);
+``EFUSION_NATIVE=0`` turns the backend off. It declines, so that the ``"cpu"`` backend or the
+reference runs instead: calls that record gradients (``differentiable = False``), masks, tensor
+depths, other dtypes and devices, ``torch.func`` transforms, and exponents whose weights could
+overflow.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..._util import WeightParams, needs_grad
+from ...depth import depth_plan
+from ...presets import Preset
+from . import build
+
+__all__ = ["NativeBackend", "BACKEND", "conventions"]
+
+_DTYPES = (torch.float32, torch.float64)
+_BORDERS = {"replicate": 0, "reflect101": 1, "symmetric": 2}
+#: the largest |Laplacian| of an image in [0, 1] (4 neighbour differences of at most 1)
+_MAX_CONTRAST = 4.0
+
+
+def conventions(preset: Preset) -> tuple[list[int], list[float]]:
+    """A preset as the operators' ``conventions`` codes and ``luma`` weights (``kernels.cpp``: ``Conventions``)."""
+    codes = [
+        int(preset.luma_form == "opencv_fma"),
+        _BORDERS[preset.laplacian_border],
+        int(preset.laplacian_form == "opencv"),
+        int(preset.saturation_form == "opencv"),
+        _BORDERS[preset.down_border],
+        _BORDERS[preset.up_borders[0]],
+        _BORDERS[preset.up_borders[1]],
+    ]
+    return codes, [float(w) for w in preset.luma_weights]
+
+
+def _values(value, channels: int) -> list[float] | None:
+    """A number or a CPU tensor (0-dim, or one value per channel) as ``channels`` floats."""
+    if isinstance(value, Tensor):
+        if value.device.type != "cpu" or value.numel() not in (1, channels):
+            return None
+        values = [float(v) for v in value.detach().reshape(-1).tolist()]
+        return values * channels if len(values) == 1 else values
+    return [float(value)] * channels
+
+
+def _functorch_wrapped(values) -> bool:
+    return any(isinstance(t, Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in values)
+
+
+class NativeBackend:
+    """The native kernels as a backend (see the module docstring and
+    :class:`efusion.backends.reference.ReferenceBackend` for the ops' signatures)."""
+
+    name = "native"
+    #: forward only: calls that record gradients go to another backend (the conformance suite reads this)
+    differentiable = False
+
+    def accepts(self, op: str, stack: Tensor, inputs: tuple, *, preset: Preset, mask: Tensor | None = None) -> bool:
+        if op == "fuse_frames" or mask is not None or torch.compiler.is_compiling():
+            return False
+        if stack.device.type != "cpu" or stack.dtype not in _DTYPES or stack.dim() != 5:
+            return False
+        if needs_grad(stack, *inputs) or _functorch_wrapped((stack, *inputs)):
+            return False
+        if op == "blend":
+            weights, levels = inputs
+            if weights.dtype != stack.dtype or weights.device.type != "cpu" or _functorch_wrapped((weights,)):
+                return False
+        else:
+            levels = inputs[-1] if op == "fuse" else None
+            if not self._params_fit(inputs[1:6], stack):
+                return False
+        if isinstance(levels, Tensor):  # tensor depths (learned, differentiable) stay with the other backends
+            return False
+        return build.load()
+
+    @staticmethod
+    def _params_fit(params: tuple, stack: Tensor) -> bool:
+        """Whether the parameters are numbers or CPU tensors the kernels take, and no weight can
+        overflow (``C^c S^s E^e`` with ``C <= 4``, ``S, E <= 1``: only a large contrast exponent can)."""
+        channels = stack.shape[2]
+        for index, value in enumerate(params):
+            if isinstance(value, Tensor) and (value.device.type != "cpu" or _functorch_wrapped((value,))):
+                return False
+            if _values(value, 1 if index < 3 else channels) is None:  # exponents: one value each
+                return False
+        contrast, saturation, exposure = (_values(p, 1)[0] for p in params[:3])  # type: ignore[index]
+        if not all(math.isfinite(v) for v in (contrast, saturation, exposure)):
+            return False
+        largest = math.log(torch.finfo(stack.dtype).max)
+        # measures below 1 raised to negative exponents blow up too: leave those to the reference code
+        return min(contrast, saturation, exposure) >= 0 and contrast * math.log(_MAX_CONTRAST) < largest / 2
+
+    @staticmethod
+    def _weight_arguments(stack: Tensor, params: WeightParams) -> list:
+        channels = stack.shape[2]
+        contrast, saturation, exposure, mu, sigma = params
+        exponents = [_values(p, 1)[0] for p in (contrast, saturation, exposure)]  # type: ignore[index]
+        return [exponents, _values(mu, channels), _values(sigma, channels), isinstance(sigma, Tensor)]
+
+    @staticmethod
+    def _plan(levels, stack: Tensor, preset: Preset) -> tuple[list[float], list[float]]:
+        band, residual = depth_plan(levels, stack.shape[-2], stack.shape[-1], preset, stack.dtype, stack.device, None)
+        return [float(c) for c in band], [float(c) for c in residual]
+
+    def weights(self, stack: Tensor, mask: Tensor | None, params: WeightParams, preset: Preset) -> Tensor:
+        """:func:`efusion.reference.measures.fusion_weights` by ``efusion_native::weights``."""
+        codes, luma = conventions(preset)
+        return torch.ops.efusion_native.weights(stack.contiguous(), *self._weight_arguments(stack, params), luma, codes)
+
+    def blend(self, stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool | None) -> Tensor:
+        """:func:`efusion.reference.blend.blend` by ``efusion_native::blend``."""
+        codes, luma = conventions(preset)
+        band, residual = self._plan(levels, stack, preset)
+        return torch.ops.efusion_native.blend(stack.contiguous(), weights.contiguous(), band, residual, luma, codes)
+
+    def fuse(self, stack: Tensor, mask: Tensor | None, params: WeightParams, levels, preset: Preset,
+             relative: bool | None) -> Tensor:
+        """The reference weights then blend, by ``efusion_native::fuse``."""
+        codes, luma = conventions(preset)
+        band, residual = self._plan(levels, stack, preset)
+        return torch.ops.efusion_native.fuse(stack.contiguous(), *self._weight_arguments(stack, params), luma, band,
+                                             residual, codes)
+
+    def fuse_frames(self, *args, **kwargs) -> None:
+        """Never called (``accepts`` declines ``fuse_frames``: the ``"cpu"`` backend streams)."""
+        return None
+
+    def operator_samples(self) -> list:
+        """``(operator, arguments)`` pairs for ``torch.library.opcheck`` (empty when the kernels are unavailable)."""
+        if not build.load():
+            return []
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(1, 3, 3, 9, 11, generator=g)
+        w = torch.rand(1, 3, 1, 9, 11, generator=g)
+        codes, luma = conventions(_preset("opencv"))
+        mertens_codes, mertens_luma = conventions(_preset("mertens"))
+        weight_args = [[1.0, 0.5, 2.0], [0.4, 0.5, 0.6], [0.2, 0.2, 0.2], False]
+        return [
+            (torch.ops.efusion_native.weights.default, [x, *weight_args, luma, codes]),
+            (torch.ops.efusion_native.blend.default, [x, w, [1.0, 0.3, 0.0], [0.0, 0.7, 0.3], luma, codes]),
+            (torch.ops.efusion_native.fuse.default, [x.double(), *weight_args, mertens_luma, [1.0, 0.0], [0.0, 1.0],
+                                                     mertens_codes]),
+        ]
+
+
+def _preset(name: str) -> Preset:
+    from ...presets import get_preset
+
+    return get_preset(name)
+
+
+def _register_fakes() -> None:
+    """Shape-only kernels for ``torch.compile`` / ``opcheck`` (the C++ side defines the schemas)."""
+
+    @torch.library.register_fake("efusion_native::weights")
+    def _weights_fake(stack, *args):
+        return stack.new_empty((stack.shape[0], stack.shape[1], 1, stack.shape[3], stack.shape[4]))
+
+    @torch.library.register_fake("efusion_native::blend")
+    def _blend_fake(stack, weights, *args):
+        return stack.new_empty((stack.shape[0], stack.shape[2], stack.shape[3], stack.shape[4]))
+
+    @torch.library.register_fake("efusion_native::fuse")
+    def _fuse_fake(stack, *args):
+        return stack.new_empty((stack.shape[0], stack.shape[2], stack.shape[3], stack.shape[4]))
+
+
+build.on_load(_register_fakes)
+
+BACKEND: NativeBackend = NativeBackend()

@@ -1,0 +1,575 @@
+// Native CPU kernels of efusion's "native" backend: the no-grad forward of the fusion weights, the
+// Laplacian-pyramid blend and both together (Mertens, Kautz & Van Reeth, "Exposure Fusion",
+// Pacific Graphics 2007, Sections 3.1-3.2; pyramids after Burt & Adelson 1983).
+//
+// Each kernel repeats the operations of the reference code (efusion/reference/) in the same order
+// and the same precision, so that the results equal the reference's bit for bit where the
+// reference's elementwise operations are IEEE operations (sums, products, quotients, square roots)
+// and to rounding where it calls exp/log (torch's vectorised exp and log are not the C library's):
+//   weights  = efusion.reference.measures.fusion_weights (mask None)
+//   blend    = efusion.reference.blend.blend (a number depth, as depth_plan's coefficients)
+//   fuse     = blend(stack, fusion_weights(stack))
+// The file must be compiled without floating-point contraction (-ffp-contract=off): an FMA would
+// round differently from the reference's separate multiply and add.
+//
+// Parallelism (issue 13): one at::parallel_for per pass over a pyramid level, over rows (all
+// batches' rows together); each thread runs the whole chain of its rows with its own small row
+// buffers. at::parallel_for respects torch.get_num_threads() and runs inline when called from
+// inside a parallel region.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+// border modes (efusion.reference.pyramid.border_index)
+enum Border : int64_t { REPLICATE = 0, REFLECT101 = 1, SYMMETRIC = 2 };
+
+// efusion.presets.Preset as integers (see efusion/backends/native/__init__.py: conventions())
+struct Conventions {
+  bool luma_fma;         // luma_form == "opencv_fma"
+  int64_t lap_border;    // laplacian_border
+  bool lap_opencv;       // laplacian_form == "opencv"
+  bool sat_opencv;       // saturation_form == "opencv"
+  int64_t down_border;   // down_border
+  int64_t up_left;       // up_borders[0]
+  int64_t up_right;      // up_borders[1]
+  double luma[3];        // luma_weights
+};
+
+Conventions conventions_from(at::IntArrayRef ints, at::ArrayRef<double> luma) {
+  TORCH_CHECK(ints.size() == 7, "efusion_native: 7 convention codes expected, got ", ints.size());
+  TORCH_CHECK(luma.size() == 3, "efusion_native: 3 luma weights expected, got ", luma.size());
+  return Conventions{ints[0] != 0, ints[1], ints[2] != 0, ints[3] != 0, ints[4], ints[5], ints[6],
+                     {luma[0], luma[1], luma[2]}};
+}
+
+inline int64_t border_index(int64_t i, int64_t n, int64_t mode) {
+  if (i >= 0 && i < n) return i;
+  if (mode == REPLICATE) return std::min(std::max(i, int64_t(0)), n - 1);
+  if (mode == SYMMETRIC) {
+    const int64_t period = 2 * n;
+    i = ((i % period) + period) % period;
+    return i < n ? i : period - 1 - i;
+  }
+  if (n == 1) return 0;  // REFLECT101
+  const int64_t period = 2 * n - 2;
+  i = ((i % period) + period) % period;
+  return i < n ? i : period - i;
+}
+
+// rows per task: enough work per task that scheduling costs nothing
+inline int64_t grain_rows(int64_t width) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(width, 1)); }
+
+// ---------------------------------------------------------------------------------------------
+// weights (efusion.reference.measures)
+
+struct WeightParams {
+  double contrast, saturation, exposure;  // exponents (numbers: 0 skips a measure, 1 skips its power)
+  std::vector<double> mu, sigma;          // one per channel
+  bool sigma_tensor;                      // measures.log_well_exposedness's tensor-sigma form
+};
+
+// gray row (measures.luma) with one sample of the Laplacian's border on each side: out[0..W+1]
+template <typename T>
+void gray_row(const T* frame, int64_t channels, int64_t plane, int64_t width, int64_t row, const Conventions& cv,
+              T* out) {
+  const T* r = frame + row * width;
+  T* g = out + 1;
+  if (channels == 1) {
+    std::copy(r, r + width, g);
+  } else {
+    const T* gr = r + plane;
+    const T* b = r + 2 * plane;
+    if (cv.luma_fma && std::is_same<T, float>::value) {
+      // luma()'s float64 emulation of OpenCV's fma(b, wb, fma(r, wr, g * wg)) in float32
+      const float wr = float(cv.luma[0]), wg = float(cv.luma[1]), wb = float(cv.luma[2]);
+      for (int64_t x = 0; x < width; ++x) {
+        const double green = double(float(gr[x]) * wg);
+        const double red_green = double(float(double(r[x]) * double(wr) + green));
+        g[x] = T(float(double(b[x]) * double(wb) + red_green));
+      }
+    } else {
+      const T wr = T(cv.luma[0]), wg = T(cv.luma[1]), wb = T(cv.luma[2]);
+      for (int64_t x = 0; x < width; ++x) g[x] = (r[x] * wr + gr[x] * wg) + b[x] * wb;
+    }
+  }
+  out[0] = g[border_index(-1, width, cv.lap_border)];
+  out[width + 1] = g[border_index(width, width, cv.lap_border)];
+}
+
+// measures.power: where(m > 0, exp(exponent * (log(m) * scale)), 0)
+template <typename T>
+inline T power(T m, T exponent, T scale) {
+  return m > T(0) ? std::exp(exponent * (std::log(m) * scale)) : T(0);
+}
+
+// raw weights (measures.raw_weights) of rows [i0, i1) of the flattened [B*N] x H rows of a
+// contiguous [B, N, C, H, W] stack into out [B, N, 1, H, W], then their normalisation over N
+// (measures.normalise, mask None; the sum over frames in torch's cascade order).
+template <typename T>
+void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int64_t height, int64_t width,
+                  const WeightParams& p, const Conventions& cv, int64_t i0, int64_t i1) {
+  const int64_t plane = height * width;
+  const bool use_contrast = p.contrast != 0, use_saturation = channels == 3 && p.saturation != 0,
+             use_exposure = p.exposure != 0;
+  // three gray rows per frame, keyed by row index (a row's Laplacian reads rows r - 1, r, r + 1)
+  std::vector<T> gray(use_contrast ? static_cast<size_t>(frames * 3 * (width + 2)) : 0);
+  std::vector<int64_t> cached(static_cast<size_t>(frames * 3), -1);
+  std::vector<T> measure(static_cast<size_t>(width)), total(static_cast<size_t>(width));
+  std::array<std::vector<T>, 4> levels;  // cascade-sum accumulators
+  for (auto& l : levels) l.assign(static_cast<size_t>(width), T(0));
+  const T c_exp = T(p.contrast), s_exp = T(p.saturation), e_exp = T(p.exposure);
+  const T floor_ = T(1e-12);
+  std::vector<T> mu(static_cast<size_t>(channels)), sigma2(static_cast<size_t>(channels));
+  for (int64_t c = 0; c < channels; ++c) {
+    mu[c] = T(p.mu[c]);
+    const T s = T(p.sigma[c]);
+    sigma2[c] = s * s;
+  }
+  const T exposure_scale = p.sigma_tensor ? T(-0.5) : T(-0.5 / (p.sigma[0] * p.sigma[0]));
+  int64_t batch_done = -1;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t b = i / height, row = i % height;
+    if (b != batch_done) {  // a new image: forget the cached gray rows
+      std::fill(cached.begin(), cached.end(), -1);
+      batch_done = b;
+    }
+    for (int64_t n = 0; n < frames; ++n) {
+      const T* frame = stack + (b * frames + n) * channels * plane;
+      T* w = out + (b * frames + n) * plane + row * width;
+      const T* x0 = frame + row * width;
+      bool started = false;
+      if (use_contrast) {
+        const T* rows3[3];
+        for (int k = 0; k < 3; ++k) {
+          const int64_t src = border_index(row + k - 1, height, cv.lap_border);
+          const int64_t slot = n * 3 + src % 3;
+          T* buf = gray.data() + slot * (width + 2);
+          if (cached[slot] != src) {
+            gray_row(frame, channels, plane, width, src, cv, buf);
+            cached[slot] = src;
+          }
+          rows3[k] = buf;
+        }
+        const T *up = rows3[0] + 1, *mid = rows3[1] + 1, *down = rows3[2] + 1;
+        if (!cv.lap_opencv) {  // measures.laplacian "differences": exact zeros where neighbours cancel
+          for (int64_t x = 0; x < width; ++x) {
+            const T cc = mid[x];
+            w[x] = std::abs(((up[x] - cc) + (down[x] - cc)) + ((mid[x - 1] - cc) + (mid[x + 1] - cc)));
+          }
+        } else {  // filter2D's order of accumulation
+          for (int64_t x = 0; x < width; ++x)
+            w[x] = std::abs((((up[x] + mid[x - 1]) + mid[x] * T(-4.0)) + mid[x + 1]) + down[x]);
+        }
+        if (p.contrast != 1)
+          for (int64_t x = 0; x < width; ++x) w[x] = power(w[x], c_exp, T(1.0));
+        started = true;
+      }
+      if (use_saturation) {
+        const T *r = x0, *g = x0 + plane, *bl = x0 + 2 * plane;
+        T* s = started ? measure.data() : w;
+        if (!cv.sat_opencv) {
+          for (int64_t x = 0; x < width; ++x) {
+            const T a = r[x] - g[x], bb = g[x] - bl[x], c = bl[x] - r[x];
+            s[x] = ((a * a + bb * bb) + c * c) / T(9.0);
+          }
+        } else {
+          const T third = std::is_same<T, float>::value ? T(float(1.0 / 3.0)) : T(1.0 / 3.0);
+          for (int64_t x = 0; x < width; ++x) {
+            const T mean = ((r[x] + g[x]) + bl[x]) * third;
+            const T a = r[x] - mean, bb = g[x] - mean, c = bl[x] - mean;
+            s[x] = (a * a + bb * bb) + c * c;
+          }
+        }
+        if (p.saturation == 1) {
+          for (int64_t x = 0; x < width; ++x) s[x] = s[x] > T(0) ? std::sqrt(s[x]) : T(0);
+        } else {  // S^s = (S^2)^(s/2)
+          for (int64_t x = 0; x < width; ++x) s[x] = power(s[x], s_exp, T(0.5));
+        }
+        if (started)
+          for (int64_t x = 0; x < width; ++x) w[x] = w[x] * s[x];
+        started = true;
+      }
+      if (use_exposure) {
+        T* e = started ? measure.data() : w;
+        for (int64_t c = 0; c < channels; ++c) {
+          const T* ch = x0 + c * plane;
+          const T m = mu[c];
+          if (p.sigma_tensor) {
+            const T s2 = sigma2[c];
+            if (c == 0)
+              for (int64_t x = 0; x < width; ++x) { const T d = ch[x] - m; e[x] = (d * d) / s2; }
+            else
+              for (int64_t x = 0; x < width; ++x) { const T d = ch[x] - m; e[x] = e[x] + (d * d) / s2; }
+          } else {
+            if (c == 0)
+              for (int64_t x = 0; x < width; ++x) { const T d = ch[x] - m; e[x] = d * d; }
+            else
+              for (int64_t x = 0; x < width; ++x) { const T d = ch[x] - m; e[x] = e[x] + d * d; }
+          }
+        }
+        for (int64_t x = 0; x < width; ++x) e[x] = std::exp(e_exp * (e[x] * exposure_scale));
+        if (started)
+          for (int64_t x = 0; x < width; ++x) w[x] = w[x] * e[x];
+        started = true;
+      }
+      if (!started) std::fill(w, w + width, T(1));
+      for (int64_t x = 0; x < width; ++x) w[x] = w[x] + floor_;
+    }
+    // normalise: torch's sum over dim 1 (cascade of 16-frame groups, aten/src/ATen/native/cpu/SumKernel.cpp)
+    int64_t power_ = 4, bits = 0;
+    while ((int64_t(1) << bits) < frames) ++bits;
+    power_ = std::max<int64_t>(4, bits / 4);
+    const int64_t step = int64_t(1) << power_, mask = step - 1;
+    for (auto& l : levels) std::fill(l.begin(), l.end(), T(0));
+    int64_t k = 0;
+    auto row_of = [&](int64_t n) { return out + (b * frames + n) * plane + row * width; };
+    for (; k + step <= frames;) {
+      for (int64_t j = 0; j < step; ++j, ++k) {
+        const T* w = row_of(k);
+        for (int64_t x = 0; x < width; ++x) levels[0][x] = levels[0][x] + w[x];
+      }
+      for (int64_t j = 1; j < 4; ++j) {
+        for (int64_t x = 0; x < width; ++x) {
+          levels[j][x] = levels[j][x] + levels[j - 1][x];
+          levels[j - 1][x] = T(0);
+        }
+        if ((k & (mask << (j * power_))) != 0) break;
+      }
+    }
+    for (; k < frames; ++k) {
+      const T* w = row_of(k);
+      for (int64_t x = 0; x < width; ++x) levels[0][x] = levels[0][x] + w[x];
+    }
+    for (int64_t x = 0; x < width; ++x) {
+      T t = levels[0][x];
+      for (int64_t j = 1; j < 4; ++j) t = t + levels[j][x];
+      total[x] = t;
+    }
+    for (int64_t n = 0; n < frames; ++n) {
+      T* w = row_of(n);
+      for (int64_t x = 0; x < width; ++x) w[x] = w[x] / total[x];
+    }
+  }
+}
+
+template <typename T>
+void weights_into(const at::Tensor& stack, at::Tensor& out, const WeightParams& p, const Conventions& cv) {
+  const int64_t batch = stack.size(0), frames = stack.size(1), channels = stack.size(2), height = stack.size(3),
+                width = stack.size(4);
+  const T* src = stack.data_ptr<T>();
+  T* dst = out.data_ptr<T>();
+  at::parallel_for(0, batch * height, grain_rows(width * frames), [&](int64_t i0, int64_t i1) {
+    weights_rows<T>(src, dst, frames, channels, height, width, p, cv, i0, i1);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// pyramid (efusion.reference.pyramid)
+
+// one sample of pyr_down's 1-D filter: ((x0 + x4) + 4 (x1 + x3) + 6 x2) * 1/16, in _down_1d's order
+template <typename T>
+inline T down_tap(T x0, T x1, T x2, T x3, T x4) {
+  return (((x0 + x4) + T(4.0) * (x1 + x3)) + T(6.0) * x2) * T(0.0625);
+}
+
+// _down_1d along a row of `n` samples (columns first, as pyr_down): out has ceil(n / 2) samples;
+// `padded` is a scratch row of n + 4
+template <typename T>
+void down_row(const T* in, int64_t n, int64_t mode, T* padded, T* out) {
+  padded[0] = in[border_index(-2, n, mode)];
+  padded[1] = in[border_index(-1, n, mode)];
+  std::copy(in, in + n, padded + 2);
+  padded[n + 2] = in[border_index(n, n, mode)];
+  padded[n + 3] = in[border_index(n + 1, n, mode)];
+  const int64_t m = (n + 1) / 2;
+  for (int64_t j = 0; j < m; ++j) {
+    const T* q = padded + 2 * j;
+    out[j] = down_tap(q[0], q[1], q[2], q[3], q[4]);
+  }
+}
+
+// pyr_up's 1-D step: `coarse` (m samples, padded by one on each side by the up borders) -> `out`
+// (n = 2m - 1 or 2m samples): even (before + after) * 1/8 + centre * 3/4, odd (centre + after) / 2
+template <typename T>
+void up_row(const T* coarse, int64_t m, int64_t n, int64_t left, int64_t right, T* padded, T* out) {
+  padded[0] = coarse[border_index(-1, m, left)];
+  std::copy(coarse, coarse + m, padded + 1);
+  padded[m + 1] = coarse[border_index(m, m, right)];
+  for (int64_t i = 0; 2 * i < n; ++i) {
+    const T before = padded[i], centre = padded[i + 1], after = padded[i + 2];
+    out[2 * i] = (before + after) * T(0.125) + centre * T(0.75);
+    if (2 * i + 1 < n) out[2 * i + 1] = (centre + after) * T(0.5);
+  }
+}
+
+// fine row `row` of pyr_up(coarse [h, w]) to a [H, W] level: the rows step (the reference upsamples
+// rows first, then columns) into `vertical` (w samples), then the columns step into out (W samples)
+template <typename T>
+void up_fine_row(const T* coarse, int64_t h, int64_t w, int64_t row, int64_t width, const Conventions& cv,
+                 T* vertical, T* padded, T* out) {
+  const int64_t i = row / 2;
+  if (row % 2 == 0) {
+    const T* before = coarse + border_index(i - 1, h, i - 1 < 0 ? cv.up_left : cv.up_right) * w;
+    const T* centre = coarse + i * w;
+    const T* after = coarse + border_index(i + 1, h, cv.up_right) * w;
+    for (int64_t x = 0; x < w; ++x) vertical[x] = (before[x] + after[x]) * T(0.125) + centre[x] * T(0.75);
+  } else {
+    const T* centre = coarse + i * w;
+    const T* after = coarse + border_index(i + 1, h, cv.up_right) * w;
+    for (int64_t x = 0; x < w; ++x) vertical[x] = (centre[x] + after[x]) * T(0.5);
+  }
+  up_row(vertical, w, width, cv.up_left, cv.up_right, padded, out);
+}
+
+struct Level {
+  int64_t h, w;
+};
+
+// pyr_down of `planes` planes [h, w] (rows of the flattened batch: planes_per_item planes per batch
+// item, item stride `item_stride` elements) into coarse planes. `src(b, p)` / `dst(b, p)` give the plane pointers.
+template <typename T, typename Src, typename Dst>
+void down_planes(int64_t batch, int64_t planes, Level fine, Level coarse, int64_t mode, Src src, Dst dst) {
+  at::parallel_for(0, batch * coarse.h, grain_rows(fine.w * planes * 2), [&](int64_t i0, int64_t i1) {
+    // columns-filtered fine rows, five per plane, keyed by fine row index mod 5
+    std::vector<T> rows(static_cast<size_t>(planes * 5 * coarse.w));
+    std::vector<int64_t> cached(static_cast<size_t>(planes * 5), -1);
+    std::vector<T> padded(static_cast<size_t>(fine.w + 4));
+    int64_t batch_done = -1;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / coarse.h, j = i % coarse.h;
+      if (b != batch_done) {
+        std::fill(cached.begin(), cached.end(), -1);
+        batch_done = b;
+      }
+      for (int64_t p = 0; p < planes; ++p) {
+        const T* in = src(b, p);
+        const T* taps[5];
+        for (int k = 0; k < 5; ++k) {
+          const int64_t r = border_index(2 * j + k - 2, fine.h, mode);
+          const int64_t slot = p * 5 + r % 5;
+          T* buf = rows.data() + slot * coarse.w;
+          if (cached[slot] != r) {
+            down_row(in + r * fine.w, fine.w, mode, padded.data(), buf);
+            cached[slot] = r;
+          }
+          taps[k] = buf;
+        }
+        T* o = dst(b, p) + j * coarse.w;
+        for (int64_t x = 0; x < coarse.w; ++x) o[x] = down_tap(taps[0][x], taps[1][x], taps[2][x], taps[3][x], taps[4][x]);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// blend (efusion.reference.blend.blend): one frame at a time, per level the frame's next Gaussian
+// level (image and weights), then its weighted Laplacian level and weighted Gaussian level added
+// into the blended pyramid; then the collapse.
+
+template <typename T>
+at::Tensor blend_impl(const at::Tensor& stack, const at::Tensor& weights, const std::vector<double>& band_coef,
+                      const std::vector<double>& residual_coef, const Conventions& cv) {
+  const int64_t batch = stack.size(0), frames = stack.size(1), channels = stack.size(2);
+  const int64_t top = int64_t(band_coef.size());
+  TORCH_CHECK(top >= 1 && int64_t(residual_coef.size()) == top, "efusion_native: bad depth plan");
+  std::vector<Level> levels{{stack.size(3), stack.size(4)}};
+  for (int64_t l = 1; l < top; ++l) levels.push_back({(levels.back().h + 1) / 2, (levels.back().w + 1) / 2});
+  const auto options = stack.options();
+  // blended levels (zeroed: 0 + x == x, so adding the first frame equals the reference's assignment)
+  std::vector<at::Tensor> bands(static_cast<size_t>(top)), residuals(static_cast<size_t>(top));
+  for (int64_t l = 0; l < top; ++l) {
+    if (l < top - 1 && band_coef[l] != 0) bands[l] = at::zeros({batch, channels, levels[l].h, levels[l].w}, options);
+    if (residual_coef[l] != 0) residuals[l] = at::zeros({batch, channels, levels[l].h, levels[l].w}, options);
+  }
+  // one frame's Gaussian levels 1.., image and weights, reused from frame to frame
+  std::vector<at::Tensor> images(static_cast<size_t>(top)), masks(static_cast<size_t>(top));
+  for (int64_t l = 1; l < top; ++l) {
+    images[l] = at::empty({batch, channels, levels[l].h, levels[l].w}, options);
+    masks[l] = at::empty({batch, 1, levels[l].h, levels[l].w}, options);
+  }
+  const T* stack_data = stack.data_ptr<T>();
+  const T* weight_data = weights.data_ptr<T>();
+  const int64_t plane0 = levels[0].h * levels[0].w;
+  for (int64_t n = 0; n < frames; ++n) {
+    for (int64_t l = 0; l < top; ++l) {
+      const Level lv = levels[l];
+      const int64_t plane = lv.h * lv.w;
+      // this level's image and weights of item b
+      auto image = [&](int64_t b) -> const T* {
+        return l == 0 ? stack_data + (b * frames + n) * channels * plane0 : images[l].data_ptr<T>() + b * channels * plane;
+      };
+      auto weight = [&](int64_t b) -> const T* {
+        return l == 0 ? weight_data + (b * frames + n) * plane0 : masks[l].data_ptr<T>() + b * plane;
+      };
+      if (l < top - 1) {  // the next Gaussian level of the image (C planes) and the weights (1 plane)
+        const Level cl = levels[l + 1];
+        const int64_t cplane = cl.h * cl.w;
+        T* next_image = images[l + 1].data_ptr<T>();
+        T* next_weight = masks[l + 1].data_ptr<T>();
+        down_planes<T>(
+            batch, channels + 1, lv, cl, cv.down_border,
+            [&](int64_t b, int64_t p) { return p < channels ? image(b) + p * plane : weight(b); },
+            [&](int64_t b, int64_t p) { return p < channels ? next_image + (b * channels + p) * cplane : next_weight + b * cplane; });
+      }
+      const bool band = bands[l].defined(), residual = residuals[l].defined();
+      if (!band && !residual) continue;
+      T* band_data = band ? bands[l].data_ptr<T>() : nullptr;
+      T* residual_data = residual ? residuals[l].data_ptr<T>() : nullptr;
+      const T* coarse_data = band ? images[l + 1].data_ptr<T>() : nullptr;
+      const Level cl = band ? levels[l + 1] : Level{0, 0};
+      at::parallel_for(0, batch * lv.h, grain_rows(lv.w * channels * 2), [&](int64_t i0, int64_t i1) {
+        std::vector<T> vertical(static_cast<size_t>(cl.w)), padded(static_cast<size_t>(cl.w + 2)), up(static_cast<size_t>(lv.w));
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t b = i / lv.h, row = i % lv.h;
+          const T* wr = weight(b) + row * lv.w;
+          for (int64_t c = 0; c < channels; ++c) {
+            const T* x = image(b) + c * plane + row * lv.w;
+            const int64_t offset = (b * channels + c) * plane + row * lv.w;
+            if (band) {
+              up_fine_row(coarse_data + (b * channels + c) * cl.h * cl.w, cl.h, cl.w, row, lv.w, cv, vertical.data(),
+                          padded.data(), up.data());
+              T* acc = band_data + offset;
+              for (int64_t k = 0; k < lv.w; ++k) acc[k] = acc[k] + wr[k] * (x[k] - up[k]);
+            }
+            if (residual) {
+              T* acc = residual_data + offset;
+              for (int64_t k = 0; k < lv.w; ++k) acc[k] = acc[k] + wr[k] * x[k];
+            }
+          }
+        }
+      });
+    }
+  }
+  // collapse from the coarsest level: result_l = level_sum(l) + pyr_up(result_{l+1})
+  at::Tensor result;
+  for (int64_t l = top - 1; l >= 0; --l) {
+    const Level lv = levels[l];
+    const bool band = bands[l].defined(), residual = residuals[l].defined();
+    const bool coarser = result.defined();
+    if (!band && !residual && !coarser) continue;
+    at::Tensor out = at::empty({batch, channels, lv.h, lv.w}, options);
+    T* out_data = out.data_ptr<T>();
+    const T* band_data = band ? bands[l].data_ptr<T>() : nullptr;
+    const T* residual_data = residual ? residuals[l].data_ptr<T>() : nullptr;
+    const T* coarse_data = coarser ? result.data_ptr<T>() : nullptr;
+    const Level cl = coarser ? levels[l + 1] : Level{0, 0};
+    const double bc = band_coef[l], rc = residual_coef[l];
+    const T band_scale = T(bc), residual_scale = T(rc);
+    at::parallel_for(0, batch * lv.h, grain_rows(lv.w * channels), [&](int64_t i0, int64_t i1) {
+      std::vector<T> vertical(static_cast<size_t>(cl.w)), padded(static_cast<size_t>(cl.w + 2)), up(static_cast<size_t>(lv.w));
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = i / lv.h, row = i % lv.h;
+        for (int64_t c = 0; c < channels; ++c) {
+          const int64_t offset = (b * channels + c) * lv.h * lv.w + row * lv.w;
+          T* o = out_data + offset;
+          if (band || residual) {
+            const T* bd = band ? band_data + offset : nullptr;
+            const T* rd = residual ? residual_data + offset : nullptr;
+            for (int64_t k = 0; k < lv.w; ++k) {
+              // blend.level_sum: coefficient * level (skipped for 1), band term first
+              T value;
+              if (band) {
+                value = bc == 1 ? bd[k] : band_scale * bd[k];
+                if (residual) value = value + (rc == 1 ? rd[k] : residual_scale * rd[k]);
+              } else {
+                value = rc == 1 ? rd[k] : residual_scale * rd[k];
+              }
+              o[k] = value;
+            }
+          }
+          if (coarser) {
+            up_fine_row(coarse_data + (b * channels + c) * cl.h * cl.w, cl.h, cl.w, row, lv.w, cv, vertical.data(),
+                        padded.data(), up.data());
+            if (band || residual)
+              for (int64_t k = 0; k < lv.w; ++k) o[k] = o[k] + up[k];
+            else
+              std::copy(up.begin(), up.end(), o);
+          }
+        }
+      }
+    });
+    result = out;
+  }
+  TORCH_CHECK(result.defined(), "efusion_native: the depth plan selected no pyramid level");
+  return result;
+}
+
+// ---------------------------------------------------------------------------------------------
+// operators
+
+void check_stack(const at::Tensor& stack, const char* name) {
+  TORCH_CHECK(stack.device().is_cpu(), "efusion_native: ", name, " must be on the CPU, got ", stack.device());
+  TORCH_CHECK(stack.scalar_type() == at::kFloat || stack.scalar_type() == at::kDouble,
+              "efusion_native: ", name, " must be float32 or float64, got ", stack.scalar_type());
+  TORCH_CHECK(stack.dim() == 5, "efusion_native: ", name, " must be [B, N, C, H, W], got ", stack.sizes());
+}
+
+WeightParams weight_params(at::ArrayRef<double> exponents, at::ArrayRef<double> mu, at::ArrayRef<double> sigma,
+                           bool sigma_tensor, int64_t channels) {
+  TORCH_CHECK(exponents.size() == 3, "efusion_native: 3 exponents expected, got ", exponents.size());
+  TORCH_CHECK(int64_t(mu.size()) == channels && int64_t(sigma.size()) == channels,
+              "efusion_native: one mu and sigma per channel expected");
+  return WeightParams{exponents[0], exponents[1], exponents[2], mu.vec(), sigma.vec(), sigma_tensor};
+}
+
+at::Tensor weights_op(const at::Tensor& stack_in, at::ArrayRef<double> exponents, at::ArrayRef<double> mu,
+                      at::ArrayRef<double> sigma, bool sigma_tensor, at::ArrayRef<double> luma, at::IntArrayRef codes) {
+  check_stack(stack_in, "stack");
+  const at::Tensor stack = stack_in.contiguous();
+  const auto p = weight_params(exponents, mu, sigma, sigma_tensor, stack.size(2));
+  const auto cv = conventions_from(codes, luma);
+  at::Tensor out = at::empty({stack.size(0), stack.size(1), 1, stack.size(3), stack.size(4)}, stack.options());
+  if (stack.scalar_type() == at::kFloat)
+    weights_into<float>(stack, out, p, cv);
+  else
+    weights_into<double>(stack, out, p, cv);
+  return out;
+}
+
+at::Tensor blend_op(const at::Tensor& stack_in, const at::Tensor& weights_in, at::ArrayRef<double> band,
+                    at::ArrayRef<double> residual, at::ArrayRef<double> luma, at::IntArrayRef codes) {
+  check_stack(stack_in, "stack");
+  check_stack(weights_in, "weights");
+  TORCH_CHECK(weights_in.scalar_type() == stack_in.scalar_type(), "efusion_native: weights and stack differ in dtype");
+  const at::Tensor stack = stack_in.contiguous(), weights = weights_in.contiguous();
+  TORCH_CHECK(weights.size(0) == stack.size(0) && weights.size(1) == stack.size(1) && weights.size(2) == 1 &&
+                  weights.size(3) == stack.size(3) && weights.size(4) == stack.size(4),
+              "efusion_native: weights must be [B, N, 1, H, W] of the stack's, got ", weights.sizes());
+  const auto cv = conventions_from(codes, luma);
+  if (stack.scalar_type() == at::kFloat) return blend_impl<float>(stack, weights, band.vec(), residual.vec(), cv);
+  return blend_impl<double>(stack, weights, band.vec(), residual.vec(), cv);
+}
+
+at::Tensor fuse_op(const at::Tensor& stack_in, at::ArrayRef<double> exponents, at::ArrayRef<double> mu,
+                   at::ArrayRef<double> sigma, bool sigma_tensor, at::ArrayRef<double> luma, at::ArrayRef<double> band,
+                   at::ArrayRef<double> residual, at::IntArrayRef codes) {
+  const at::Tensor weights = weights_op(stack_in, exponents, mu, sigma, sigma_tensor, luma, codes);
+  return blend_op(stack_in, weights, band, residual, luma, codes);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(efusion_native, m) {
+  m.def("weights(Tensor stack, float[] exponents, float[] mu, float[] sigma, bool sigma_tensor, float[] luma, "
+        "int[] conventions) -> Tensor");
+  m.def("blend(Tensor stack, Tensor weights, float[] band, float[] residual, float[] luma, int[] conventions) -> Tensor");
+  m.def("fuse(Tensor stack, float[] exponents, float[] mu, float[] sigma, bool sigma_tensor, float[] luma, "
+        "float[] band, float[] residual, int[] conventions) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(efusion_native, CPU, m) {
+  m.impl("weights", &weights_op);
+  m.impl("blend", &blend_op);
+  m.impl("fuse", &fuse_op);
+}
