@@ -1,11 +1,13 @@
 """The ``"native"`` backend: C++ kernels (``kernels.cpp``) for the no-grad forward on a CPU.
 
 Three ``torch.library`` operators, each equal to reference code (bit for bit where the
-reference's operations are IEEE sums, products, quotients and square roots; to rounding where it
-calls ``exp``/``log``, which torch vectorises differently from the C library):
+reference's operations are IEEE sums, products and quotients; to rounding where it calls
+``sqrt``/``exp``/``log``, which torch vectorises differently from the C library, and where torch
+sums more than 3 frames in another order at the few pixels its vectorised reduction leaves over):
 
 - ``efusion_native::weights`` = :func:`efusion.reference.measures.fusion_weights` (no mask);
-- ``efusion_native::blend`` = :func:`efusion.reference.blend.blend` with a number depth;
+  ``mertens_weights`` calls go to the ``"cpu"`` backend, whose weights are the reference's bit for bit;
+- ``efusion_native::blend`` = :func:`efusion.reference.blend.blend` with a number depth (bit for bit);
 - ``efusion_native::fuse`` = both, as :meth:`efusion.backends.reference.ReferenceBackend.fuse`.
 
 One ``at::parallel_for`` per pass over a pyramid level, rows split across threads, each thread
@@ -13,7 +15,7 @@ running the whole chain of its rows: ``torch.get_num_threads()`` is respected (o
 DataLoader workers, where torch sets it) and a busy machine costs a barrier per pass, not per
 elementwise step. The kernels are compiled on first use and cached (:mod:`.build`);
 ``EFUSION_NATIVE=0`` turns the backend off. It declines, so that the ``"cpu"`` backend or the
-reference runs instead: calls that record gradients (``differentiable = False``), masks, tensor
+reference runs instead: the ``weights`` op alone, ``fuse_frames`` (streamed by ``"cpu"``), calls that record gradients (``differentiable = False``), masks, tensor
 depths, other dtypes and devices, ``torch.func`` transforms, and exponents whose weights could
 overflow.
 """
@@ -29,7 +31,7 @@ from ...depth import depth_plan
 from ...presets import Preset
 from . import build
 
-__all__ = ["NativeBackend", "BACKEND", "conventions"]
+__all__ = ["BACKEND", "NativeBackend", "conventions"]
 
 _DTYPES = (torch.float32, torch.float64)
 _BORDERS = {"replicate": 0, "reflect101": 1, "symmetric": 2}
@@ -74,7 +76,9 @@ class NativeBackend:
     differentiable = False
 
     def accepts(self, op: str, stack: Tensor, inputs: tuple, *, preset: Preset, mask: Tensor | None = None) -> bool:
-        if op == "fuse_frames" or mask is not None or torch.compiler.is_compiling():
+        # weights alone: the "cpu" kernels reproduce the reference bit for bit (torch's vectorised
+        # sqrt and exp are not the C library's, so these kernels' weights differ by rounding)
+        if op in ("weights", "fuse_frames") or mask is not None or torch.compiler.is_compiling():
             return False
         if stack.device.type != "cpu" or stack.dtype not in _DTYPES or stack.dim() != 5:
             return False
@@ -85,7 +89,7 @@ class NativeBackend:
             if weights.dtype != stack.dtype or weights.device.type != "cpu" or _functorch_wrapped((weights,)):
                 return False
         else:
-            levels = inputs[-1] if op == "fuse" else None
+            levels = inputs[-1]
             if not self._params_fit(inputs[1:6], stack):
                 return False
         if isinstance(levels, Tensor):  # tensor depths (learned, differentiable) stay with the other backends
@@ -142,7 +146,6 @@ class NativeBackend:
 
     def fuse_frames(self, *args, **kwargs) -> None:
         """Never called (``accepts`` declines ``fuse_frames``: the ``"cpu"`` backend streams)."""
-        return None
 
     def operator_samples(self) -> list:
         """``(operator, arguments)`` pairs for ``torch.library.opcheck`` (empty when the kernels are unavailable)."""

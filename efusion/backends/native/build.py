@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["SOURCE", "FLAGS", "cache_dir", "compiler", "load", "on_load", "build_seconds", "disabled", "NativeBuildWarning"]
+__all__ = ["FLAGS", "SOURCE", "NativeBuildWarning", "build_seconds", "cache_dir", "compiler", "disabled", "load", "on_load"]
 
 #: the kernels' single translation unit, shipped as package data
 SOURCE = Path(__file__).with_name("kernels.cpp")
@@ -86,7 +86,7 @@ def _build(target: Path) -> float:
     os.close(handle)
     start = time.perf_counter()
     try:
-        done = subprocess.run(_command(Path(temporary)), capture_output=True, text=True)
+        done = subprocess.run(_command(Path(temporary)), check=False, capture_output=True, text=True)
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()[-8:]
             raise RuntimeError(f"{compiler()} failed (exit {done.returncode}): " + " | ".join(tail))
@@ -119,7 +119,7 @@ def load() -> bool:
             for callback in _on_load:
                 callback()
             _state["ok"] = True
-        except Exception as error:  # any build or load failure: fall back, tell the user once
+        except Exception as error:  # noqa: BLE001 - any build or load failure: fall back, tell the user once
             _state["ok"] = False
             _state["error"] = error
             warnings.warn(
