@@ -88,9 +88,9 @@ class NativeBackend:
             weights, levels = inputs
             if weights.dtype != stack.dtype or weights.device.type != "cpu" or _functorch_wrapped((weights,)):
                 return False
-        else:
+        else:  # fuse: (mask, contrast, saturation, exposure, mu, sigma, levels)
             levels = inputs[-1]
-            if not self._params_fit(inputs[1:6], stack):
+            if inputs[0] is not None or not self._params_fit(inputs[1:6], stack):
                 return False
         if isinstance(levels, Tensor):  # tensor depths (learned, differentiable) stay with the other backends
             return False
