@@ -17,7 +17,9 @@ elementwise step. The kernels are compiled on first use and cached (:mod:`.build
 ``EFUSION_NATIVE=0`` turns the backend off. It declines, so that the ``"cpu"`` backend or the
 reference runs instead: the ``weights`` op alone, ``fuse_frames`` (streamed by ``"cpu"``), calls that record gradients (``differentiable = False``), masks, tensor
 depths, other dtypes and devices, ``torch.func`` transforms, and exponents whose weights could
-overflow.
+overflow. Under ``torch.compile`` it takes no-grad ``fuse`` and ``blend`` calls whose parameters
+are numbers: the operators stay opaque in the graph (their fake kernels give the shapes), so a
+compiled call returns the eager result's bits.
 """
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ _DTYPES = (torch.float32, torch.float64)
 _BORDERS = {"replicate": 0, "reflect101": 1, "symmetric": 2}
 #: the largest |Laplacian| of an image in [0, 1] (4 neighbour differences of at most 1)
 _MAX_CONTRAST = 4.0
+#: log of the largest finite value per dtype (weights above it overflow)
+_LOG_MAX = {dtype: math.log(torch.finfo(dtype).max) for dtype in _DTYPES}
 
 
 def conventions(preset: Preset) -> tuple[list[int], list[float]]:
@@ -78,8 +82,10 @@ class NativeBackend:
     def accepts(self, op: str, stack: Tensor, inputs: tuple, *, preset: Preset, mask: Tensor | None = None) -> bool:
         # weights alone: the "cpu" kernels reproduce the reference bit for bit (torch's vectorised
         # sqrt and exp are not the C library's, so these kernels' weights differ by rounding)
-        if op in ("weights", "fuse_frames") or mask is not None or torch.compiler.is_compiling():
+        if op in ("weights", "fuse_frames") or mask is not None:
             return False
+        if torch.compiler.is_compiling():
+            return self._accepts_traced(op, stack, inputs)
         if stack.device.type != "cpu" or stack.dtype not in _DTYPES or stack.dim() != 5:
             return False
         if needs_grad(stack, *inputs) or _functorch_wrapped((stack, *inputs)):
@@ -97,6 +103,23 @@ class NativeBackend:
         return build.load()
 
     @staticmethod
+    def _accepts_traced(op: str, stack: Tensor, inputs: tuple) -> bool:
+        """Under ``torch.compile``: no-grad CPU calls whose parameters and depth are numbers (a
+        traced tensor has no value to pass), once the kernels are loaded (an eager call loads them;
+        building is no work to trace)."""
+        numbers = inputs[1:]
+        if any(isinstance(v, Tensor) for v in numbers) or (op == "fuse" and inputs[0] is not None):
+            return False
+        if stack.device.type != "cpu" or stack.dtype not in _DTYPES or needs_grad(stack, *inputs):
+            return False
+        if op == "fuse":
+            contrast, saturation, exposure = (float(v) for v in numbers[:3])
+            largest = _LOG_MAX[stack.dtype]
+            if min(contrast, saturation, exposure) < 0 or contrast * math.log(_MAX_CONTRAST) >= largest / 2:
+                return False
+        return build.loaded()
+
+    @staticmethod
     def _params_fit(params: tuple, stack: Tensor) -> bool:
         """Whether the parameters are numbers or CPU tensors the kernels take, and no weight can
         overflow (``C^c S^s E^e`` with ``C <= 4``, ``S, E <= 1``: only a large contrast exponent can)."""
@@ -109,7 +132,7 @@ class NativeBackend:
         contrast, saturation, exposure = (_values(p, 1)[0] for p in params[:3])  # type: ignore[index]
         if not all(math.isfinite(v) for v in (contrast, saturation, exposure)):
             return False
-        largest = math.log(torch.finfo(stack.dtype).max)
+        largest = _LOG_MAX[stack.dtype]
         # measures below 1 raised to negative exponents blow up too: leave those to the reference code
         return min(contrast, saturation, exposure) >= 0 and contrast * math.log(_MAX_CONTRAST) < largest / 2
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["FLAGS", "SOURCE", "NativeBuildWarning", "build_seconds", "cache_dir", "compiler", "disabled", "load", "on_load"]
+__all__ = ["FLAGS", "SOURCE", "NativeBuildWarning", "build_seconds", "cache_dir", "compiler", "disabled", "load", "loaded", "on_load"]
 
 #: the kernels' single translation unit, shipped as package data
 SOURCE = Path(__file__).with_name("kernels.cpp")
@@ -130,6 +130,11 @@ def load() -> bool:
                 stacklevel=3,
             )
         return _state["ok"]
+
+
+def loaded() -> bool:
+    """Whether :func:`load` has already succeeded in this process (builds and loads nothing)."""
+    return _state.get("ok", False)
 
 
 def on_load(callback) -> None:
