@@ -1,13 +1,12 @@
 """The ``"native"`` backend: C++ kernels (``kernels.cpp``) for the no-grad forward on a CPU.
 
-Three ``torch.library`` operators, each equal to reference code (bit for bit where the
-reference's operations are IEEE sums, products and quotients; to rounding where it calls
-``sqrt``/``exp``/``log``, which torch vectorises differently from the C library, and where torch
-sums more than 3 frames in another order at the few pixels its vectorised reduction leaves over):
+Three ``torch.library`` operators, each equal to reference code bit for bit (the same operations
+in the same order, and torch's own ``sqrt``/``exp``/``log`` for the transcendental steps), except
+for the sum over 4 or more frames at the few pixels torch's vectorised reduction leaves to a scalar
+tail (there torch adds in another order, one that also depends on its thread count):
 
 - ``efusion_native::weights`` = :func:`efusion.reference.measures.fusion_weights` (no mask);
-  ``mertens_weights`` calls go to the ``"cpu"`` backend, whose weights are the reference's bit for bit;
-- ``efusion_native::blend`` = :func:`efusion.reference.blend.blend` with a number depth (bit for bit);
+- ``efusion_native::blend`` = :func:`efusion.reference.blend.blend` with a number depth;
 - ``efusion_native::fuse`` = both, as :meth:`efusion.backends.reference.ReferenceBackend.fuse`.
 
 One ``at::parallel_for`` per pass over a pyramid level, rows split across threads, each thread
@@ -15,7 +14,7 @@ running the whole chain of its rows: ``torch.get_num_threads()`` is respected (o
 DataLoader workers, where torch sets it) and a busy machine costs a barrier per pass, not per
 elementwise step. The kernels are compiled on first use and cached (:mod:`.build`);
 ``EFUSION_NATIVE=0`` turns the backend off. It declines, so that the ``"cpu"`` backend or the
-reference runs instead: the ``weights`` op alone, ``fuse_frames`` (streamed by ``"cpu"``), calls that record gradients (``differentiable = False``), masks, tensor
+reference runs instead: ``fuse_frames`` (streamed by ``"cpu"``), calls that record gradients (``differentiable = False``), masks, tensor
 depths, other dtypes and devices, ``torch.func`` transforms, and exponents whose weights could
 overflow. Under ``torch.compile`` it takes no-grad ``fuse`` and ``blend`` calls whose parameters
 are numbers: the operators stay opaque in the graph (their fake kernels give the shapes), so a
@@ -36,6 +35,9 @@ from . import build
 __all__ = ["BACKEND", "NativeBackend", "conventions"]
 
 _DTYPES = (torch.float32, torch.float64)
+#: the inputs ``select`` passes besides the stack: fuse (mask, five parameters, levels), blend (weights,
+#: levels), weights (mask, five parameters)
+_ARITY = {"fuse": 7, "blend": 2, "weights": 6}
 _BORDERS = {"replicate": 0, "reflect101": 1, "symmetric": 2}
 #: the largest |Laplacian| of an image in [0, 1] (4 neighbour differences of at most 1)
 _MAX_CONTRAST = 4.0
@@ -80,9 +82,9 @@ class NativeBackend:
     differentiable = False
 
     def accepts(self, op: str, stack: Tensor, inputs: tuple, *, preset: Preset, mask: Tensor | None = None) -> bool:
-        # weights alone: the "cpu" kernels reproduce the reference bit for bit (torch's vectorised
-        # sqrt and exp are not the C library's, so these kernels' weights differ by rounding)
-        if op in ("weights", "fuse_frames") or mask is not None:
+        if op == "fuse_frames" or mask is not None:
+            return False
+        if len(inputs) != _ARITY[op]:  # not the call's full inputs: nothing to check them by
             return False
         if torch.compiler.is_compiling():
             return self._accepts_traced(op, stack, inputs)
@@ -94,8 +96,8 @@ class NativeBackend:
             weights, levels = inputs
             if weights.dtype != stack.dtype or weights.device.type != "cpu" or _functorch_wrapped((weights,)):
                 return False
-        else:  # fuse: (mask, contrast, saturation, exposure, mu, sigma, levels)
-            levels = inputs[-1]
+        else:  # fuse: (mask, contrast, saturation, exposure, mu, sigma, levels); weights: the same but levels
+            levels = inputs[6] if op == "fuse" else None
             if inputs[0] is not None or not self._params_fit(inputs[1:6], stack):
                 return False
         if isinstance(levels, Tensor):  # tensor depths (learned, differentiable) stay with the other backends
@@ -108,11 +110,11 @@ class NativeBackend:
         traced tensor has no value to pass), once the kernels are loaded (an eager call loads them;
         building is no work to trace)."""
         numbers = inputs[1:]
-        if any(isinstance(v, Tensor) for v in numbers) or (op == "fuse" and inputs[0] is not None):
+        if any(isinstance(v, Tensor) for v in numbers) or (op != "blend" and inputs[0] is not None):
             return False
         if stack.device.type != "cpu" or stack.dtype not in _DTYPES or needs_grad(stack, *inputs):
             return False
-        if op == "fuse":
+        if op in ("fuse", "weights"):
             contrast, saturation, exposure = (float(v) for v in numbers[:3])
             largest = _LOG_MAX[stack.dtype]
             if min(contrast, saturation, exposure) < 0 or contrast * math.log(_MAX_CONTRAST) >= largest / 2:

@@ -3,9 +3,10 @@
 // Pacific Graphics 2007, Sections 3.1-3.2; pyramids after Burt & Adelson 1983).
 //
 // Each kernel repeats the operations of the reference code (efusion/reference/) in the same order
-// and the same precision, so that the results equal the reference's bit for bit where the
-// reference's elementwise operations are IEEE operations (sums, products, quotients, square roots)
-// and to rounding where it calls exp/log (torch's vectorised exp and log are not the C library's):
+// and the same precision, and calls torch's own sqrt/exp/log (not the C library's, which round
+// differently), so that the results equal the reference's bit for bit; the one exception is the
+// sum over 4 or more frames at the few pixels torch's vectorised reduction leaves to its scalar
+// tail (there torch adds in another order, which also depends on its thread count):
 //   weights  = efusion.reference.measures.fusion_weights (mask None)
 //   blend    = efusion.reference.blend.blend (a number depth, as depth_plan's coefficients)
 //   fuse     = blend(stack, fusion_weights(stack))
@@ -17,8 +18,13 @@
 // buffers. at::parallel_for respects torch.get_num_threads() and runs inline when called from
 // inside a parallel region.
 #include <ATen/Parallel.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/exp.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/log.h>
+#include <ATen/ops/sqrt.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -107,25 +113,56 @@ void gray_row(const T* frame, int64_t channels, int64_t plane, int64_t width, in
   out[width + 1] = g[border_index(width, width, cv.lap_border)];
 }
 
-// measures.power: where(m > 0, exp(exponent * (log(m) * scale)), 0)
+// torch's own sqrt / exp / log on a buffer: torch vectorises them (MKL VML or Sleef) with results
+// that differ from the C library's in the last bit, elementwise and independent of position, so
+// calling the same kernels gives the reference's bits. One call per row (all frames together).
+enum class Unary { SQRT, EXP, LOG };
+
 template <typename T>
-inline T power(T m, T exponent, T scale) {
-  return m > T(0) ? std::exp(exponent * (std::log(m) * scale)) : T(0);
+void torch_unary_(T* data, int64_t n, Unary op) {
+  if (n == 0) return;
+  at::Tensor t = at::from_blob(data, {n}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  if (op == Unary::SQRT)
+    at::sqrt_(t);
+  else if (op == Unary::EXP)
+    at::exp_(t);
+  else
+    at::log_(t);
 }
 
-// raw weights (measures.raw_weights) of rows [i0, i1) of the flattened [B*N] x H rows of a
+// measures.power in place: where(m > 0, exp(exponent * (log(where(m > 0, m, 1)) * scale)), 0)
+template <typename T>
+void power_(T* m, int64_t n, T exponent, T scale, std::vector<uint8_t>& positive) {
+  for (int64_t x = 0; x < n; ++x) {
+    positive[x] = m[x] > T(0);
+    if (!positive[x]) m[x] = T(1);
+  }
+  torch_unary_(m, n, Unary::LOG);
+  for (int64_t x = 0; x < n; ++x) m[x] = exponent * (m[x] * scale);
+  torch_unary_(m, n, Unary::EXP);
+  for (int64_t x = 0; x < n; ++x)
+    if (!positive[x]) m[x] = T(0);
+}
+
+// raw weights (measures.raw_weights) of rows [i0, i1) of the flattened [B, H] rows of a
 // contiguous [B, N, C, H, W] stack into out [B, N, 1, H, W], then their normalisation over N
-// (measures.normalise, mask None; the sum over frames in torch's cascade order).
+// (measures.normalise, mask None; the sum over frames in the order of torch's vectorised sum).
 template <typename T>
 void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int64_t height, int64_t width,
                   const WeightParams& p, const Conventions& cv, int64_t i0, int64_t i1) {
-  const int64_t plane = height * width;
+  at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain buffers: no autograd bookkeeping
+  const int64_t plane = height * width, row_span = frames * width;
   const bool use_contrast = p.contrast != 0, use_saturation = channels == 3 && p.saturation != 0,
              use_exposure = p.exposure != 0;
   // three gray rows per frame, keyed by row index (a row's Laplacian reads rows r - 1, r, r + 1)
   std::vector<T> gray(use_contrast ? static_cast<size_t>(frames * 3 * (width + 2)) : 0);
   std::vector<int64_t> cached(static_cast<size_t>(frames * 3), -1);
-  std::vector<T> measure(static_cast<size_t>(width)), total(static_cast<size_t>(width));
+  // one row of every frame: the measures, staged so that each torch call covers all frames
+  std::vector<T> contrast(static_cast<size_t>(use_contrast ? row_span : 0));
+  std::vector<T> saturation(static_cast<size_t>(use_saturation ? row_span : 0));
+  std::vector<T> exposure(static_cast<size_t>(use_exposure ? row_span : 0));
+  std::vector<uint8_t> positive(static_cast<size_t>(row_span));
+  std::vector<T> total(static_cast<size_t>(width));
   std::array<std::vector<T>, 4> levels;  // cascade-sum accumulators
   for (auto& l : levels) l.assign(static_cast<size_t>(width), T(0));
   const T c_exp = T(p.contrast), s_exp = T(p.saturation), e_exp = T(p.exposure);
@@ -144,11 +181,10 @@ void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int6
       std::fill(cached.begin(), cached.end(), -1);
       batch_done = b;
     }
+    auto row_of = [&](int64_t n) { return out + (b * frames + n) * plane + row * width; };
     for (int64_t n = 0; n < frames; ++n) {
       const T* frame = stack + (b * frames + n) * channels * plane;
-      T* w = out + (b * frames + n) * plane + row * width;
       const T* x0 = frame + row * width;
-      bool started = false;
       if (use_contrast) {
         const T* rows3[3];
         for (int k = 0; k < 3; ++k) {
@@ -162,6 +198,7 @@ void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int6
           rows3[k] = buf;
         }
         const T *up = rows3[0] + 1, *mid = rows3[1] + 1, *down = rows3[2] + 1;
+        T* w = contrast.data() + n * width;
         if (!cv.lap_opencv) {  // measures.laplacian "differences": exact zeros where neighbours cancel
           for (int64_t x = 0; x < width; ++x) {
             const T cc = mid[x];
@@ -171,13 +208,10 @@ void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int6
           for (int64_t x = 0; x < width; ++x)
             w[x] = std::abs((((up[x] + mid[x - 1]) + mid[x] * T(-4.0)) + mid[x + 1]) + down[x]);
         }
-        if (p.contrast != 1)
-          for (int64_t x = 0; x < width; ++x) w[x] = power(w[x], c_exp, T(1.0));
-        started = true;
       }
       if (use_saturation) {
         const T *r = x0, *g = x0 + plane, *bl = x0 + 2 * plane;
-        T* s = started ? measure.data() : w;
+        T* s = saturation.data() + n * width;
         if (!cv.sat_opencv) {
           for (int64_t x = 0; x < width; ++x) {
             const T a = r[x] - g[x], bb = g[x] - bl[x], c = bl[x] - r[x];
@@ -191,17 +225,9 @@ void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int6
             s[x] = (a * a + bb * bb) + c * c;
           }
         }
-        if (p.saturation == 1) {
-          for (int64_t x = 0; x < width; ++x) s[x] = s[x] > T(0) ? std::sqrt(s[x]) : T(0);
-        } else {  // S^s = (S^2)^(s/2)
-          for (int64_t x = 0; x < width; ++x) s[x] = power(s[x], s_exp, T(0.5));
-        }
-        if (started)
-          for (int64_t x = 0; x < width; ++x) w[x] = w[x] * s[x];
-        started = true;
       }
       if (use_exposure) {
-        T* e = started ? measure.data() : w;
+        T* e = exposure.data() + n * width;
         for (int64_t c = 0; c < channels; ++c) {
           const T* ch = x0 + c * plane;
           const T m = mu[c];
@@ -218,22 +244,51 @@ void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int6
               for (int64_t x = 0; x < width; ++x) { const T d = ch[x] - m; e[x] = e[x] + d * d; }
           }
         }
-        for (int64_t x = 0; x < width; ++x) e[x] = std::exp(e_exp * (e[x] * exposure_scale));
+        for (int64_t x = 0; x < width; ++x) e[x] = e_exp * (e[x] * exposure_scale);
+      }
+    }
+    // the transcendental steps, all frames of the row at once
+    if (use_contrast && p.contrast != 1) power_(contrast.data(), row_span, c_exp, T(1.0), positive);
+    if (use_saturation) {
+      if (p.saturation == 1) {  // measures.safe_sqrt
+        T* s = saturation.data();
+        for (int64_t x = 0; x < row_span; ++x) {
+          positive[x] = s[x] > T(0);
+          if (!positive[x]) s[x] = T(1);
+        }
+        torch_unary_(s, row_span, Unary::SQRT);
+        for (int64_t x = 0; x < row_span; ++x)
+          if (!positive[x]) s[x] = T(0);
+      } else {  // S^s = (S^2)^(s/2)
+        power_(saturation.data(), row_span, s_exp, T(0.5), positive);
+      }
+    }
+    if (use_exposure) torch_unary_(exposure.data(), row_span, Unary::EXP);
+    // W = C * S * E (the factors present, in that order) + 1e-12
+    for (int64_t n = 0; n < frames; ++n) {
+      T* w = row_of(n);
+      const int64_t o = n * width;
+      bool started = false;
+      for (const std::vector<T>* factor : {&contrast, &saturation, &exposure}) {
+        if (factor->empty()) continue;
+        const T* f = factor->data() + o;
         if (started)
-          for (int64_t x = 0; x < width; ++x) w[x] = w[x] * e[x];
+          for (int64_t x = 0; x < width; ++x) w[x] = w[x] * f[x];
+        else
+          std::copy(f, f + width, w);
         started = true;
       }
       if (!started) std::fill(w, w + width, T(1));
       for (int64_t x = 0; x < width; ++x) w[x] = w[x] + floor_;
     }
-    // normalise: torch's sum over dim 1 (cascade of 16-frame groups, aten/src/ATen/native/cpu/SumKernel.cpp)
-    int64_t power_ = 4, bits = 0;
+    // normalise: torch's sum over dim 1 (its vectorised outer sum adds frames in order, in
+    // cascades of 16: aten/src/ATen/native/cpu/SumKernel.cpp)
+    int64_t bits = 0;
     while ((int64_t(1) << bits) < frames) ++bits;
-    power_ = std::max<int64_t>(4, bits / 4);
-    const int64_t step = int64_t(1) << power_, mask = step - 1;
+    const int64_t power_bits = std::max<int64_t>(4, bits / 4);
+    const int64_t step = int64_t(1) << power_bits, mask = step - 1;
     for (auto& l : levels) std::fill(l.begin(), l.end(), T(0));
     int64_t k = 0;
-    auto row_of = [&](int64_t n) { return out + (b * frames + n) * plane + row * width; };
     for (; k + step <= frames;) {
       for (int64_t j = 0; j < step; ++j, ++k) {
         const T* w = row_of(k);
@@ -244,7 +299,7 @@ void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int6
           levels[j][x] = levels[j][x] + levels[j - 1][x];
           levels[j - 1][x] = T(0);
         }
-        if ((k & (mask << (j * power_))) != 0) break;
+        if ((k & (mask << (j * power_bits))) != 0) break;
       }
     }
     for (; k < frames; ++k) {
