@@ -25,7 +25,6 @@
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/log.h>
 #include <ATen/ops/sqrt.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -441,11 +440,11 @@ at::Tensor blend_impl(const at::Tensor& stack, const at::Tensor& weights, const 
   std::vector<Level> levels{{stack.size(3), stack.size(4)}};
   for (int64_t l = 1; l < top; ++l) levels.push_back({(levels.back().h + 1) / 2, (levels.back().w + 1) / 2});
   const auto options = stack.options();
-  // blended levels (zeroed: 0 + x == x, so adding the first frame equals the reference's assignment)
+  // blended levels (the first frame's terms are assigned, the others added, as in the reference)
   std::vector<at::Tensor> bands(static_cast<size_t>(top)), residuals(static_cast<size_t>(top));
   for (int64_t l = 0; l < top; ++l) {
-    if (l < top - 1 && band_coef[l] != 0) bands[l] = at::zeros({batch, channels, levels[l].h, levels[l].w}, options);
-    if (residual_coef[l] != 0) residuals[l] = at::zeros({batch, channels, levels[l].h, levels[l].w}, options);
+    if (l < top - 1 && band_coef[l] != 0) bands[l] = at::empty({batch, channels, levels[l].h, levels[l].w}, options);
+    if (residual_coef[l] != 0) residuals[l] = at::empty({batch, channels, levels[l].h, levels[l].w}, options);
   }
   // one frame's Gaussian levels 1.., image and weights, reused from frame to frame
   std::vector<at::Tensor> images(static_cast<size_t>(top)), masks(static_cast<size_t>(top));
@@ -495,11 +494,17 @@ at::Tensor blend_impl(const at::Tensor& stack, const at::Tensor& weights, const 
               up_fine_row(coarse_data + (b * channels + c) * cl.h * cl.w, cl.h, cl.w, row, lv.w, cv, vertical.data(),
                           padded.data(), up.data());
               T* acc = band_data + offset;
-              for (int64_t k = 0; k < lv.w; ++k) acc[k] = acc[k] + wr[k] * (x[k] - up[k]);
+              if (n == 0)
+                for (int64_t k = 0; k < lv.w; ++k) acc[k] = wr[k] * (x[k] - up[k]);
+              else
+                for (int64_t k = 0; k < lv.w; ++k) acc[k] = acc[k] + wr[k] * (x[k] - up[k]);
             }
             if (residual) {
               T* acc = residual_data + offset;
-              for (int64_t k = 0; k < lv.w; ++k) acc[k] = acc[k] + wr[k] * x[k];
+              if (n == 0)
+                for (int64_t k = 0; k < lv.w; ++k) acc[k] = wr[k] * x[k];
+              else
+                for (int64_t k = 0; k < lv.w; ++k) acc[k] = acc[k] + wr[k] * x[k];
             }
           }
         }
