@@ -3,6 +3,7 @@ functions they equal, which calls it takes, thread-count independence, and the f
 the kernels cannot be built (no compiler) or are turned off (``EFUSION_NATIVE=0``)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -14,10 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from efusion import backends, blend, exposure_fusion
-from efusion.backends.native import BACKEND, build, conventions
-from efusion.presets import PRESETS
+from efusion.backends.native import BACKEND, build, conventions, supported
+from efusion.presets import PRESETS, Preset
 from efusion.reference.blend import blend as reference_blend
-from efusion.reference.measures import fusion_weights
+from efusion.reference.measures import WEIGHT_FLOOR, fusion_weights, laplacian, luma
 
 ROOT = Path(__file__).resolve().parents[2]
 #: the conformance suite's bound: values agree with the reference to this, per dtype
@@ -37,12 +38,12 @@ class TestOperators:
         g = torch.Generator().manual_seed(0)
         x = torch.rand(2, 4, 3, 19, 23, generator=g, dtype=dtype)
         x[:, 1, :, 3:7] = 0.5  # flat gray rows: contrast and saturation exactly 0
-        codes, luma = conventions(PRESETS[preset])
+        codes, reals = conventions(PRESETS[preset])
         for exponents, mu, sigma, per_channel in (([1.0, 1.0, 1.0], 0.5, 0.2, False),
                                                    ([0.7, 1.3, 2.0], [0.4, 0.5, 0.6], [0.1, 0.2, 0.3], True)):
             mus = mu if isinstance(mu, list) else [mu] * 3
             sigmas = sigma if isinstance(sigma, list) else [sigma] * 3
-            fast = torch.ops.efusion_native.weights(x, exponents, mus, sigmas, per_channel, luma, codes)
+            fast = torch.ops.efusion_native.weights(x, exponents, mus, sigmas, per_channel, reals, codes)
             as_param = (lambda v: torch.tensor(v, dtype=dtype)) if per_channel else (lambda v: v)
             slow = fusion_weights(x, None, *exponents, as_param(mu), as_param(sigma), PRESETS[preset])
             assert torch.equal(fast, slow)  # the reference's operations, torch's own sqrt/exp/log
@@ -88,13 +89,39 @@ class TestOperators:
             torch.set_num_threads(threads)
         assert torch.equal(one, three)
 
+    def test_channel_order(self):
+        # channel_order "bgr" (codes 7-9 = 2, 1, 0) reads the stack's channels reversed: the same
+        # weights as "rgb" on the flipped stack (exposure off: its channel sum follows the stack order)
+        x = torch.rand(2, 3, 3, 11, 13, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        codes, reals = conventions(PRESETS["mertens"])
+        args = ([1.0, 1.0, 0.0], [0.5] * 3, [0.2] * 3, False)
+        bgr = torch.ops.efusion_native.weights(x, *args, reals, codes[:7] + [2, 1, 0])
+        assert torch.equal(bgr, torch.ops.efusion_native.weights(x.flip(2), *args, reals, codes))
+        assert not torch.equal(bgr, torch.ops.efusion_native.weights(x, *args, reals, codes))
+
+    def test_flat_contrast(self):
+        # float32 |Laplacian| below the threshold counts as 0 (issue 12's float32 rule for "mertens")
+        x = (torch.randint(0, 256, (1, 3, 3, 12, 14), generator=torch.Generator().manual_seed(4)) / 255).float()
+        x[:, :, :, 4:8] = x[:, :, :1, 4:8]  # flat gray bands: the float32 luma leaves tiny residuals
+        preset = PRESETS["mertens"]
+        codes, reals = conventions(preset)
+        threshold = 2.0 ** -19
+        fast = torch.ops.efusion_native.weights(x, [1.0, 0.0, 0.0], [0.5] * 3, [0.2] * 3, False,
+                                                reals[:3] + [threshold], codes)
+        response = laplacian(luma(x, preset), preset)
+        raw = torch.where(response.abs() < threshold, 0.0, response).abs() + WEIGHT_FLOOR
+        assert torch.equal(fast, raw / raw.sum(dim=1, keepdim=True))
+        as_float64 = torch.ops.efusion_native.weights(x.double(), [1.0, 0.0, 0.0], [0.5] * 3, [0.2] * 3, False,
+                                                      reals[:3] + [threshold], codes)
+        assert torch.equal(as_float64, fusion_weights(x.double(), None, 1.0, 0.0, 0.0, 0.5, 0.2, preset))  # float32 only
+
     def test_rejects_bad_arguments(self):
-        codes, luma = conventions(PRESETS["mertens"])
+        codes, reals = conventions(PRESETS["mertens"])
         with pytest.raises(RuntimeError, match="float32 or float64"):
             torch.ops.efusion_native.weights(torch.zeros(1, 2, 3, 4, 4, dtype=torch.int32), [1.0] * 3, [0.5] * 3,
-                                             [0.2] * 3, False, luma, codes)
+                                             [0.2] * 3, False, reals, codes)
         with pytest.raises(RuntimeError, match=r"\[B, N, C, H, W\]"):
-            torch.ops.efusion_native.blend(torch.zeros(2, 3, 4, 4), torch.zeros(2, 1, 4, 4), [0.0], [1.0], luma, codes)
+            torch.ops.efusion_native.blend(torch.zeros(2, 3, 4, 4), torch.zeros(2, 1, 4, 4), [0.0], [1.0], reals, codes)
 
 
 @needs_native
@@ -111,9 +138,23 @@ class TestSelection:
         assert _select("fuse", x, (torch.ones(1, 3, 1, 8, 8), *params, None)) == "cpu"  # masks
         assert _select("fuse", x, (None, *params, torch.tensor(2.5))) == "cpu"  # tensor depth
         assert _select("fuse", x.half(), (None, *params, None)) == "reference"
-        assert _select("fuse", x, (None, 70.0, 1.0, 1.0, 0.5, 0.2, None)) == "cpu"  # 4 ** 70 overflows float32
+        assert _select("fuse", x, (None, 33.0, 1.0, 1.0, 0.5, 0.2, None)) == "cpu"  # 16 ** 33 may overflow float32
+        assert _select("fuse", x.double(), (None, 33.0, 1.0, 1.0, 0.5, 0.2, None)) == "native"  # not float64
+        assert _select("fuse", x, (None, -1.0, 1.0, 1.0, 0.5, 0.2, None)) == "cpu"  # 0 ** -1
         with torch.no_grad():
             assert _select("fuse", x.requires_grad_(), (None, *params, None)) == "native"
+
+    def test_declines_unknown_conventions(self):
+        @dataclasses.dataclass(frozen=True)
+        class Extended(Preset):
+            dither: bool = False  # a convention the kernels do not know
+
+        x = torch.rand(1, 3, 3, 8, 8)
+        extended = Extended(**{f.name: getattr(PRESETS["mertens"], f.name) for f in dataclasses.fields(Preset)})
+        assert supported(PRESETS["mertens"]) and supported(PRESETS["opencv"]) and not supported(extended)
+        assert backends.select("fuse", x, (None, 1.0, 1.0, 1.0, 0.5, 0.2, None), preset=extended).name == "cpu"
+        odd = dataclasses.replace(PRESETS["mertens"], laplacian_form="sobel")
+        assert not supported(odd)
 
     def test_forward_only(self):
         assert BACKEND.differentiable is False

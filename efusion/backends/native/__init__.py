@@ -22,6 +22,7 @@ compiled call returns the eager result's bits.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -32,21 +33,33 @@ from ...depth import depth_plan
 from ...presets import Preset
 from . import build
 
-__all__ = ["BACKEND", "NativeBackend", "conventions"]
+__all__ = ["BACKEND", "NativeBackend", "conventions", "supported"]
 
 _DTYPES = (torch.float32, torch.float64)
 #: the inputs ``select`` passes besides the stack: fuse (mask, five parameters, levels), blend (weights,
 #: levels), weights (mask, five parameters)
 _ARITY = {"fuse": 7, "blend": 2, "weights": 6}
 _BORDERS = {"replicate": 0, "reflect101": 1, "symmetric": 2}
-#: the largest |Laplacian| of an image in [0, 1] (4 neighbour differences of at most 1)
-_MAX_CONTRAST = 4.0
+_CHANNELS = {"rgb": (0, 1, 2), "bgr": (2, 1, 0)}
+#: the Preset fields the kernels implement (``integer_scale`` and ``exponent_defaults``, where a
+#: preset has them, act before any backend runs); a preset with other fields is declined
+_KNOWN_FIELDS = frozenset({
+    "name", "luma_weights", "laplacian_border", "luma_form", "saturation_form", "laplacian_form", "down_border",
+    "up_borders", "extra_level", "float32_depth", "channel_order", "flat_contrast", "integer_scale",
+    "exponent_defaults",
+})
+_FORMS = {"luma_form": ("sum", "opencv_fma"), "laplacian_form": ("differences", "opencv"),
+          "saturation_form": ("pairwise", "opencv")}
+#: bounds of the measures for samples in [-2, 2] (values slightly outside [0, 1] included): the
+#: |Laplacian| (4 differences of at most 4), the saturation; the well-exposedness is at most 1
+_MAX_CONTRAST, _MAX_SATURATION = 16.0, 4.0
 #: log of the largest finite value per dtype (weights above it overflow)
 _LOG_MAX = {dtype: math.log(torch.finfo(dtype).max) for dtype in _DTYPES}
 
 
 def conventions(preset: Preset) -> tuple[list[int], list[float]]:
-    """A preset as the operators' ``conventions`` codes and ``luma`` weights (``kernels.cpp``: ``Conventions``)."""
+    """A preset as the operators' ``conventions`` codes and ``reals`` (luma weights and flat
+    contrast) (``kernels.cpp``: ``Conventions``). Fields a preset lacks take their neutral value."""
     codes = [
         int(preset.luma_form == "opencv_fma"),
         _BORDERS[preset.laplacian_border],
@@ -55,8 +68,20 @@ def conventions(preset: Preset) -> tuple[list[int], list[float]]:
         _BORDERS[preset.down_border],
         _BORDERS[preset.up_borders[0]],
         _BORDERS[preset.up_borders[1]],
+        *_CHANNELS[getattr(preset, "channel_order", "rgb")],
     ]
-    return codes, [float(w) for w in preset.luma_weights]
+    return codes, [*(float(w) for w in preset.luma_weights), float(getattr(preset, "flat_contrast", 0.0))]
+
+
+def supported(preset: Preset) -> bool:
+    """Whether the kernels implement every convention of ``preset`` (unknown fields or values: no)."""
+    fields = {f.name for f in dataclasses.fields(preset)}
+    if not fields <= _KNOWN_FIELDS:
+        return False
+    borders = (preset.laplacian_border, preset.down_border, *preset.up_borders)
+    return (all(b in _BORDERS for b in borders) and len(preset.up_borders) == 2
+            and all(getattr(preset, name) in values for name, values in _FORMS.items())
+            and getattr(preset, "channel_order", "rgb") in _CHANNELS)
 
 
 def _values(value, channels: int) -> list[float] | None:
@@ -67,6 +92,16 @@ def _values(value, channels: int) -> list[float] | None:
         values = [float(v) for v in value.detach().reshape(-1).tolist()]
         return values * channels if len(values) == 1 else values
     return [float(value)] * channels
+
+
+def _safe_exponents(contrast: float, saturation: float, exposure: float, stack: Tensor) -> bool:
+    """Whether ``C^c S^s E^e`` summed over the frames stays finite (the kernels have no log-domain
+    fallback): exponents finite and >= 0, and ``N * 16^c * 4^s`` below the dtype's largest value / e."""
+    exponents = (contrast, saturation, exposure)
+    if not all(math.isfinite(v) and v >= 0 for v in exponents):
+        return False
+    bound = math.log(max(stack.shape[1], 1)) + contrast * math.log(_MAX_CONTRAST) + saturation * math.log(_MAX_SATURATION)
+    return bound <= _LOG_MAX[stack.dtype] - 1.0
 
 
 def _functorch_wrapped(values) -> bool:
@@ -82,7 +117,7 @@ class NativeBackend:
     differentiable = False
 
     def accepts(self, op: str, stack: Tensor, inputs: tuple, *, preset: Preset, mask: Tensor | None = None) -> bool:
-        if op == "fuse_frames" or mask is not None:
+        if op == "fuse_frames" or mask is not None or not supported(preset):
             return False
         if len(inputs) != _ARITY[op]:  # not the call's full inputs: nothing to check them by
             return False
@@ -114,11 +149,8 @@ class NativeBackend:
             return False
         if stack.device.type != "cpu" or stack.dtype not in _DTYPES or needs_grad(stack, *inputs):
             return False
-        if op in ("fuse", "weights"):
-            contrast, saturation, exposure = (float(v) for v in numbers[:3])
-            largest = _LOG_MAX[stack.dtype]
-            if min(contrast, saturation, exposure) < 0 or contrast * math.log(_MAX_CONTRAST) >= largest / 2:
-                return False
+        if op in ("fuse", "weights") and not _safe_exponents(*(float(v) for v in numbers[:3]), stack):
+            return False
         return build.loaded()
 
     @staticmethod
@@ -132,11 +164,7 @@ class NativeBackend:
             if _values(value, 1 if index < 3 else channels) is None:  # exponents: one value each
                 return False
         contrast, saturation, exposure = (_values(p, 1)[0] for p in params[:3])  # type: ignore[index]
-        if not all(math.isfinite(v) for v in (contrast, saturation, exposure)):
-            return False
-        largest = _LOG_MAX[stack.dtype]
-        # measures below 1 raised to negative exponents blow up too: leave those to the reference code
-        return min(contrast, saturation, exposure) >= 0 and contrast * math.log(_MAX_CONTRAST) < largest / 2
+        return _safe_exponents(contrast, saturation, exposure, stack)
 
     @staticmethod
     def _weight_arguments(stack: Tensor, params: WeightParams) -> list:
@@ -152,21 +180,21 @@ class NativeBackend:
 
     def weights(self, stack: Tensor, mask: Tensor | None, params: WeightParams, preset: Preset) -> Tensor:
         """:func:`efusion.reference.measures.fusion_weights` by ``efusion_native::weights``."""
-        codes, luma = conventions(preset)
-        return torch.ops.efusion_native.weights(stack.contiguous(), *self._weight_arguments(stack, params), luma, codes)
+        codes, reals = conventions(preset)
+        return torch.ops.efusion_native.weights(stack.contiguous(), *self._weight_arguments(stack, params), reals, codes)
 
     def blend(self, stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool | None) -> Tensor:
         """:func:`efusion.reference.blend.blend` by ``efusion_native::blend``."""
-        codes, luma = conventions(preset)
+        codes, reals = conventions(preset)
         band, residual = self._plan(levels, stack, preset)
-        return torch.ops.efusion_native.blend(stack.contiguous(), weights.contiguous(), band, residual, luma, codes)
+        return torch.ops.efusion_native.blend(stack.contiguous(), weights.contiguous(), band, residual, reals, codes)
 
     def fuse(self, stack: Tensor, mask: Tensor | None, params: WeightParams, levels, preset: Preset,
              relative: bool | None) -> Tensor:
         """The reference weights then blend, by ``efusion_native::fuse``."""
-        codes, luma = conventions(preset)
+        codes, reals = conventions(preset)
         band, residual = self._plan(levels, stack, preset)
-        return torch.ops.efusion_native.fuse(stack.contiguous(), *self._weight_arguments(stack, params), luma, band,
+        return torch.ops.efusion_native.fuse(stack.contiguous(), *self._weight_arguments(stack, params), reals, band,
                                              residual, codes)
 
     def fuse_frames(self, *args, **kwargs) -> None:
@@ -179,13 +207,13 @@ class NativeBackend:
         g = torch.Generator().manual_seed(0)
         x = torch.rand(1, 3, 3, 9, 11, generator=g)
         w = torch.rand(1, 3, 1, 9, 11, generator=g)
-        codes, luma = conventions(_preset("opencv"))
-        mertens_codes, mertens_luma = conventions(_preset("mertens"))
+        codes, reals = conventions(_preset("opencv"))
+        mertens_codes, mertens_reals = conventions(_preset("mertens"))
         weight_args = [[1.0, 0.5, 2.0], [0.4, 0.5, 0.6], [0.2, 0.2, 0.2], False]
         return [
-            (torch.ops.efusion_native.weights.default, [x, *weight_args, luma, codes]),
-            (torch.ops.efusion_native.blend.default, [x, w, [1.0, 0.3, 0.0], [0.0, 0.7, 0.3], luma, codes]),
-            (torch.ops.efusion_native.fuse.default, [x.double(), *weight_args, mertens_luma, [1.0, 0.0], [0.0, 1.0],
+            (torch.ops.efusion_native.weights.default, [x, *weight_args, reals, codes]),
+            (torch.ops.efusion_native.blend.default, [x, w, [1.0, 0.3, 0.0], [0.0, 0.7, 0.3], reals, codes]),
+            (torch.ops.efusion_native.fuse.default, [x.double(), *weight_args, mertens_reals, [1.0, 0.0], [0.0, 1.0],
                                                      mertens_codes]),
         ]
 

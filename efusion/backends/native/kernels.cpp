@@ -48,14 +48,18 @@ struct Conventions {
   int64_t down_border;   // down_border
   int64_t up_left;       // up_borders[0]
   int64_t up_right;      // up_borders[1]
-  double luma[3];        // luma_weights
+  int64_t rgb[3];        // the stack channels the reference calls R, G, B (channel order)
+  double luma[3];        // luma_weights (of R, G, B in that sense)
+  double flat_contrast;  // float32 |Laplacian| below this counts as 0 (0: none)
 };
 
-Conventions conventions_from(at::IntArrayRef ints, at::ArrayRef<double> luma) {
-  TORCH_CHECK(ints.size() == 7, "efusion_native: 7 convention codes expected, got ", ints.size());
-  TORCH_CHECK(luma.size() == 3, "efusion_native: 3 luma weights expected, got ", luma.size());
+Conventions conventions_from(at::IntArrayRef ints, at::ArrayRef<double> reals) {
+  TORCH_CHECK(ints.size() == 10, "efusion_native: 10 convention codes expected, got ", ints.size());
+  TORCH_CHECK(reals.size() == 4, "efusion_native: 3 luma weights and a flat contrast expected, got ", reals.size());
+  for (int k = 7; k < 10; ++k)
+    TORCH_CHECK(ints[k] >= 0 && ints[k] < 3, "efusion_native: channel index out of range: ", ints[k]);
   return Conventions{ints[0] != 0, ints[1], ints[2] != 0, ints[3] != 0, ints[4], ints[5], ints[6],
-                     {luma[0], luma[1], luma[2]}};
+                     {ints[7], ints[8], ints[9]}, {reals[0], reals[1], reals[2]}, reals[3]};
 }
 
 inline int64_t border_index(int64_t i, int64_t n, int64_t mode) {
@@ -93,8 +97,10 @@ void gray_row(const T* frame, int64_t channels, int64_t plane, int64_t width, in
   if (channels == 1) {
     std::copy(r, r + width, g);
   } else {
-    const T* gr = r + plane;
-    const T* b = r + 2 * plane;
+    const T* row_start = r;
+    r = row_start + cv.rgb[0] * plane;
+    const T* gr = row_start + cv.rgb[1] * plane;
+    const T* b = row_start + cv.rgb[2] * plane;
     if (cv.luma_fma && std::is_same<T, float>::value) {
       // luma()'s float64 emulation of OpenCV's fma(b, wb, fma(r, wr, g * wg)) in float32
       const float wr = float(cv.luma[0]), wg = float(cv.luma[1]), wb = float(cv.luma[2]);
@@ -166,6 +172,7 @@ void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int6
   for (auto& l : levels) l.assign(static_cast<size_t>(width), T(0));
   const T c_exp = T(p.contrast), s_exp = T(p.saturation), e_exp = T(p.exposure);
   const T floor_ = T(1e-12);
+  const T flat = std::is_same<T, float>::value ? T(cv.flat_contrast) : T(0);
   std::vector<T> mu(static_cast<size_t>(channels)), sigma2(static_cast<size_t>(channels));
   for (int64_t c = 0; c < channels; ++c) {
     mu[c] = T(p.mu[c]);
@@ -207,9 +214,12 @@ void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int6
           for (int64_t x = 0; x < width; ++x)
             w[x] = std::abs((((up[x] + mid[x - 1]) + mid[x] * T(-4.0)) + mid[x + 1]) + down[x]);
         }
+        if (flat > T(0))  // measures.laplacian: float32 luma rounding, not contrast
+          for (int64_t x = 0; x < width; ++x)
+            if (w[x] < flat) w[x] = T(0);
       }
       if (use_saturation) {
-        const T *r = x0, *g = x0 + plane, *bl = x0 + 2 * plane;
+        const T *r = x0 + cv.rgb[0] * plane, *g = x0 + cv.rgb[1] * plane, *bl = x0 + cv.rgb[2] * plane;
         T* s = saturation.data() + n * width;
         if (!cv.sat_opencv) {
           for (int64_t x = 0; x < width; ++x) {
@@ -584,11 +594,11 @@ WeightParams weight_params(at::ArrayRef<double> exponents, at::ArrayRef<double> 
 }
 
 at::Tensor weights_op(const at::Tensor& stack_in, at::ArrayRef<double> exponents, at::ArrayRef<double> mu,
-                      at::ArrayRef<double> sigma, bool sigma_tensor, at::ArrayRef<double> luma, at::IntArrayRef codes) {
+                      at::ArrayRef<double> sigma, bool sigma_tensor, at::ArrayRef<double> reals, at::IntArrayRef codes) {
   check_stack(stack_in, "stack");
   const at::Tensor stack = stack_in.contiguous();
   const auto p = weight_params(exponents, mu, sigma, sigma_tensor, stack.size(2));
-  const auto cv = conventions_from(codes, luma);
+  const auto cv = conventions_from(codes, reals);
   at::Tensor out = at::empty({stack.size(0), stack.size(1), 1, stack.size(3), stack.size(4)}, stack.options());
   if (stack.scalar_type() == at::kFloat)
     weights_into<float>(stack, out, p, cv);
@@ -598,7 +608,7 @@ at::Tensor weights_op(const at::Tensor& stack_in, at::ArrayRef<double> exponents
 }
 
 at::Tensor blend_op(const at::Tensor& stack_in, const at::Tensor& weights_in, at::ArrayRef<double> band,
-                    at::ArrayRef<double> residual, at::ArrayRef<double> luma, at::IntArrayRef codes) {
+                    at::ArrayRef<double> residual, at::ArrayRef<double> reals, at::IntArrayRef codes) {
   check_stack(stack_in, "stack");
   check_stack(weights_in, "weights");
   TORCH_CHECK(weights_in.scalar_type() == stack_in.scalar_type(), "efusion_native: weights and stack differ in dtype");
@@ -606,25 +616,27 @@ at::Tensor blend_op(const at::Tensor& stack_in, const at::Tensor& weights_in, at
   TORCH_CHECK(weights.size(0) == stack.size(0) && weights.size(1) == stack.size(1) && weights.size(2) == 1 &&
                   weights.size(3) == stack.size(3) && weights.size(4) == stack.size(4),
               "efusion_native: weights must be [B, N, 1, H, W] of the stack's, got ", weights.sizes());
-  const auto cv = conventions_from(codes, luma);
+  const auto cv = conventions_from(codes, reals);
   if (stack.scalar_type() == at::kFloat) return blend_impl<float>(stack, weights, band.vec(), residual.vec(), cv);
   return blend_impl<double>(stack, weights, band.vec(), residual.vec(), cv);
 }
 
 at::Tensor fuse_op(const at::Tensor& stack_in, at::ArrayRef<double> exponents, at::ArrayRef<double> mu,
-                   at::ArrayRef<double> sigma, bool sigma_tensor, at::ArrayRef<double> luma, at::ArrayRef<double> band,
+                   at::ArrayRef<double> sigma, bool sigma_tensor, at::ArrayRef<double> reals, at::ArrayRef<double> band,
                    at::ArrayRef<double> residual, at::IntArrayRef codes) {
-  const at::Tensor weights = weights_op(stack_in, exponents, mu, sigma, sigma_tensor, luma, codes);
-  return blend_op(stack_in, weights, band, residual, luma, codes);
+  const at::Tensor weights = weights_op(stack_in, exponents, mu, sigma, sigma_tensor, reals, codes);
+  return blend_op(stack_in, weights, band, residual, reals, codes);
 }
 
 }  // namespace
 
 TORCH_LIBRARY(efusion_native, m) {
-  m.def("weights(Tensor stack, float[] exponents, float[] mu, float[] sigma, bool sigma_tensor, float[] luma, "
+  // conventions: the preset's codes, reals: its luma weights and flat contrast (see conventions() in
+  // efusion/backends/native/__init__.py)
+  m.def("weights(Tensor stack, float[] exponents, float[] mu, float[] sigma, bool sigma_tensor, float[] reals, "
         "int[] conventions) -> Tensor");
-  m.def("blend(Tensor stack, Tensor weights, float[] band, float[] residual, float[] luma, int[] conventions) -> Tensor");
-  m.def("fuse(Tensor stack, float[] exponents, float[] mu, float[] sigma, bool sigma_tensor, float[] luma, "
+  m.def("blend(Tensor stack, Tensor weights, float[] band, float[] residual, float[] reals, int[] conventions) -> Tensor");
+  m.def("fuse(Tensor stack, float[] exponents, float[] mu, float[] sigma, bool sigma_tensor, float[] reals, "
         "float[] band, float[] residual, int[] conventions) -> Tensor");
 }
 
