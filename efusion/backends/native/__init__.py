@@ -149,8 +149,10 @@ class NativeBackend:
             return False
         if stack.device.type != "cpu" or stack.dtype not in _DTYPES or needs_grad(stack, *inputs):
             return False
-        if op in ("fuse", "weights") and not _safe_exponents(*(float(v) for v in numbers[:3]), stack):
-            return False
+        if op in ("fuse", "weights"):
+            contrast, saturation, exposure = (float(v) for v in numbers[:3])
+            if not _safe_exponents(contrast, saturation, exposure, stack):
+                return False
         return build.loaded()
 
     @staticmethod
