@@ -160,6 +160,38 @@ class TestSelection:
         assert BACKEND.differentiable is False
 
 
+class _Fused(torch.utils.data.Dataset):
+    """Fuses a fixed stack in the worker: its result and the worker's torch thread count."""
+
+    def __init__(self, stack):
+        self.stack = stack
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int):
+        with torch.no_grad():
+            return exposure_fusion(self.stack), torch.get_num_threads()
+
+
+@needs_native
+def test_dataloader_workers_run_one_thread():
+    # DataLoader workers set one torch thread: the kernels' parallel_for follows it (no
+    # oversubscription), and the forked worker (OpenMP used before the fork) neither hangs nor differs
+    stack = torch.rand(3, 3, 40, 50, generator=torch.Generator().manual_seed(5))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # the parent's kernels run an OpenMP team before the fork
+        expected = exposure_fusion(stack)
+        loader = torch.utils.data.DataLoader(_Fused(stack), batch_size=None, num_workers=1,
+                                             multiprocessing_context="fork", timeout=120)
+        for fused, worker_threads in loader:
+            assert worker_threads == 1
+            assert torch.equal(fused, expected)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **env}
     return subprocess.run([sys.executable, "-W", "always::RuntimeWarning", "-c", code], check=False, capture_output=True,
