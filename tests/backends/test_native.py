@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from efusion import backends, blend, exposure_fusion
+from efusion import backends, blend, exposure_fusion, fuse_frames
 from efusion.backends.native import BACKEND, build, conventions, supported
 from efusion.presets import PRESETS, Preset
 from efusion.reference.blend import blend as reference_blend
@@ -77,6 +77,20 @@ class TestOperators:
             slow = exposure_fusion(x, levels=levels, preset=preset)
         torch.testing.assert_close(fast, slow, atol=BOUND[dtype], rtol=0)
 
+    @pytest.mark.parametrize("frames", [2, 5, 17])
+    def test_fuse_frames_streams_the_stacked_bits(self, frames):
+        # two passes, one frame at a time (raw_weights, blend_add, blend_collapse): the normaliser
+        # summed in torch's order (cascades of 16 frames) and the blend in the reference's
+        images = torch.randint(0, 256, (frames, 2, 3, 21, 30), dtype=torch.uint8, generator=torch.Generator().manual_seed(6))
+        for dtype, levels in ((torch.float32, None), (torch.float64, 2.5)):
+            stack = images.transpose(0, 1).to(dtype) / 255
+            with backends.use("native"):
+                streamed = fuse_frames(list(images), dtype=dtype, levels=levels, contrast=0.5)
+            assert torch.equal(streamed, exposure_fusion(stack, levels=levels, contrast=0.5))
+            with backends.use("reference"):
+                expected = exposure_fusion(stack, levels=levels, contrast=0.5)
+            torch.testing.assert_close(streamed, expected, atol=BOUND[dtype], rtol=0)
+
     def test_threads_do_not_change_bits(self):
         x = torch.rand(2, 5, 3, 67, 45, generator=torch.Generator().manual_seed(2))
         threads = torch.get_num_threads()
@@ -133,7 +147,8 @@ class TestSelection:
         assert _select("fuse", x, (None, *params, None)) == "native"
         assert _select("blend", x, (w, 2.5)) == "native"
         assert _select("weights", x, (None, *params)) == "native"
-        assert _select("fuse_frames", x, (*params, None)) == "cpu"  # streamed by cpu
+        assert _select("fuse_frames", x[:, 0], (*params, None)) == "native"  # a first frame [B, C, H, W]
+        assert _select("fuse_frames", x[:, 0], (*params, torch.tensor(2.5))) == "cpu"  # tensor depth
         assert _select("fuse", x.double().requires_grad_(), (None, *params, None)) == "cpu"  # gradients
         assert _select("fuse", x, (torch.ones(1, 3, 1, 8, 8), *params, None)) == "cpu"  # masks
         assert _select("fuse", x, (None, *params, torch.tensor(2.5))) == "cpu"  # tensor depth

@@ -14,7 +14,7 @@ running the whole chain of its rows: ``torch.get_num_threads()`` is respected (o
 DataLoader workers, where torch sets it) and a busy machine costs a barrier per pass, not per
 elementwise step. The kernels are compiled on first use and cached (:mod:`.build`);
 ``EFUSION_NATIVE=0`` turns the backend off. It declines, so that the ``"cpu"`` backend or the
-reference runs instead: ``fuse_frames`` (streamed by ``"cpu"``), calls that record gradients (``differentiable = False``), masks, tensor
+reference runs instead: calls that record gradients (``differentiable = False``), masks, tensor
 depths, other dtypes and devices, ``torch.func`` transforms, and exponents whose weights could
 overflow. Under ``torch.compile`` it takes no-grad ``fuse`` and ``blend`` calls whose parameters
 are numbers: the operators stay opaque in the graph (their fake kernels give the shapes), so a
@@ -28,7 +28,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..._util import WeightParams, needs_grad
+from ..._util import WeightParams, needs_grad, present
 from ...depth import depth_plan
 from ...presets import Preset
 from . import build
@@ -37,8 +37,10 @@ __all__ = ["BACKEND", "NativeBackend", "conventions", "supported"]
 
 _DTYPES = (torch.float32, torch.float64)
 #: the inputs ``select`` passes besides the stack: fuse (mask, five parameters, levels), blend (weights,
-#: levels), weights (mask, five parameters)
-_ARITY = {"fuse": 7, "blend": 2, "weights": 6}
+#: levels), weights (mask, five parameters), fuse_frames (five parameters, levels)
+_ARITY = {"fuse": 7, "blend": 2, "weights": 6, "fuse_frames": 6}
+#: the frame count the overflow bound assumes for streamed frames (their number is not known yet)
+_STREAMED_FRAMES = 1 << 16
 _BORDERS = {"replicate": 0, "reflect101": 1, "symmetric": 2}
 _CHANNELS = {"rgb": (0, 1, 2), "bgr": (2, 1, 0)}
 #: the Preset fields the kernels implement (``integer_scale`` and ``exponent_defaults``, where a
@@ -94,14 +96,14 @@ def _values(value, channels: int) -> list[float] | None:
     return [float(value)] * channels
 
 
-def _safe_exponents(contrast: float, saturation: float, exposure: float, stack: Tensor) -> bool:
+def _safe_exponents(contrast: float, saturation: float, exposure: float, frames: int, dtype: torch.dtype) -> bool:
     """Whether ``C^c S^s E^e`` summed over the frames stays finite (the kernels have no log-domain
     fallback): exponents finite and >= 0, and ``N * 16^c * 4^s`` below the dtype's largest value / e."""
     exponents = (contrast, saturation, exposure)
     if not all(math.isfinite(v) and v >= 0 for v in exponents):
         return False
-    bound = math.log(max(stack.shape[1], 1)) + contrast * math.log(_MAX_CONTRAST) + saturation * math.log(_MAX_SATURATION)
-    return bound <= _LOG_MAX[stack.dtype] - 1.0
+    bound = math.log(max(frames, 1)) + contrast * math.log(_MAX_CONTRAST) + saturation * math.log(_MAX_SATURATION)
+    return bound <= _LOG_MAX[dtype] - 1.0
 
 
 def _functorch_wrapped(values) -> bool:
@@ -117,10 +119,16 @@ class NativeBackend:
     differentiable = False
 
     def accepts(self, op: str, stack: Tensor, inputs: tuple, *, preset: Preset, mask: Tensor | None = None) -> bool:
-        if op == "fuse_frames" or mask is not None or not supported(preset):
+        if mask is not None or not supported(preset):
             return False
         if len(inputs) != _ARITY[op]:  # not the call's full inputs: nothing to check them by
             return False
+        if op == "fuse_frames":  # a first frame [C, H, W] or [B, C, H, W] and (five parameters, levels)
+            return (not torch.compiler.is_compiling() and stack.device.type == "cpu" and stack.dtype in _DTYPES
+                    and stack.dim() in (3, 4) and not needs_grad(*inputs) and not _functorch_wrapped(inputs)
+                    and not isinstance(inputs[5], Tensor)
+                    and self._params_fit(inputs[:5], stack.shape[-3], _STREAMED_FRAMES, stack.dtype)
+                    and build.load())
         if torch.compiler.is_compiling():
             return self._accepts_traced(op, stack, inputs)
         if stack.device.type != "cpu" or stack.dtype not in _DTYPES or stack.dim() != 5:
@@ -133,7 +141,7 @@ class NativeBackend:
                 return False
         else:  # fuse: (mask, contrast, saturation, exposure, mu, sigma, levels); weights: the same but levels
             levels = inputs[6] if op == "fuse" else None
-            if inputs[0] is not None or not self._params_fit(inputs[1:6], stack):
+            if inputs[0] is not None or not self._params_fit(inputs[1:6], stack.shape[2], stack.shape[1], stack.dtype):
                 return False
         if isinstance(levels, Tensor):  # tensor depths (learned, differentiable) stay with the other backends
             return False
@@ -151,26 +159,25 @@ class NativeBackend:
             return False
         if op in ("fuse", "weights"):
             contrast, saturation, exposure = (float(v) for v in numbers[:3])
-            if not _safe_exponents(contrast, saturation, exposure, stack):
+            if not _safe_exponents(contrast, saturation, exposure, stack.shape[1], stack.dtype):
                 return False
         return build.loaded()
 
     @staticmethod
-    def _params_fit(params: tuple, stack: Tensor) -> bool:
+    def _params_fit(params: tuple, channels: int, frames: int, dtype: torch.dtype) -> bool:
         """Whether the parameters are numbers or CPU tensors the kernels take, and no weight can
         overflow (``C^c S^s E^e`` with ``C <= 4``, ``S, E <= 1``: only a large contrast exponent can)."""
-        channels = stack.shape[2]
         for index, value in enumerate(params):
             if isinstance(value, Tensor) and (value.device.type != "cpu" or _functorch_wrapped((value,))):
                 return False
             if _values(value, 1 if index < 3 else channels) is None:  # exponents: one value each
                 return False
         contrast, saturation, exposure = (_values(p, 1)[0] for p in params[:3])  # type: ignore[index]
-        return _safe_exponents(contrast, saturation, exposure, stack)
+        return _safe_exponents(contrast, saturation, exposure, frames, dtype)
 
     @staticmethod
     def _weight_arguments(stack: Tensor, params: WeightParams) -> list:
-        channels = stack.shape[2]
+        channels = stack.shape[-3]
         contrast, saturation, exposure, mu, sigma = params
         exponents = [_values(p, 1)[0] for p in (contrast, saturation, exposure)]  # type: ignore[index]
         return [exponents, _values(mu, channels), _values(sigma, channels), isinstance(sigma, Tensor)]
@@ -199,8 +206,47 @@ class NativeBackend:
         return torch.ops.efusion_native.fuse(stack.contiguous(), *self._weight_arguments(stack, params), reals, band,
                                              residual, codes)
 
-    def fuse_frames(self, *args, **kwargs) -> None:
-        """Never called (``accepts`` declines ``fuse_frames``: the ``"cpu"`` backend streams)."""
+    def fuse_frames(self, passes, first_pass, shape, weight_shape, dtype: torch.dtype, device, params: WeightParams,
+                    levels, preset: Preset, masked: bool) -> Tensor | None:
+        """:func:`efusion.fuse_frames`'s two passes over the frames by ``efusion_native::raw_weights``,
+        ``blend_add`` and ``blend_collapse``: the bits of :meth:`fuse` on the stacked frames, in
+        the memory of one frame's pyramids and the blended pyramid. ``None`` (the caller stacks the
+        frames) with masks, or when a frame requires a gradient."""
+        if masked:
+            return None
+        grad_enabled = torch.is_grad_enabled()
+        codes, reals = conventions(preset)
+        image = torch.empty(shape, dtype=dtype, device=device)
+        like = image if image.dim() == 4 else image.unsqueeze(0)
+        weight_arguments = self._weight_arguments(like, params)
+
+        def raw(frame: Tensor) -> Tensor:
+            return torch.ops.efusion_native.raw_weights(frame.reshape(like.shape), *weight_arguments, reals, codes)
+
+        # pass 1: the normaliser, summed over frames in the order of the stacked kernels (torch's sum)
+        total, count = _FrameSum(), 0
+        for frame, _, requires_grad in first_pass(image):
+            if grad_enabled and requires_grad:
+                return None
+            total.add(raw(frame))
+            count += 1
+        if count == 1:  # as exposure_fusion: the frame itself
+            return image.clone()
+        normaliser = total.result()
+        band, residual = self._plan(levels, like, preset)
+        accumulators = _accumulators(like, band, residual)
+        seen = 0
+        for frame, _, _ in passes(image):
+            if seen == count:
+                raise ValueError(f"frames gave {count} frames on the first pass and more on the second")
+            weight = raw(frame).div_(normaliser)
+            torch.ops.efusion_native.blend_add(accumulators, frame.reshape(like.shape), weight, band, residual, seen == 0,
+                                               reals, codes)
+            seen += 1
+        if seen != count:
+            raise ValueError(f"frames gave {count} frames on the first pass and {seen} on the second")
+        result = torch.ops.efusion_native.blend_collapse(accumulators, like, band, residual, reals, codes)
+        return result.reshape((*shape[:-3], *result.shape[-3:]))
 
     def operator_samples(self) -> list:
         """``(operator, arguments)`` pairs for ``torch.library.opcheck`` (empty when the kernels are unavailable)."""
@@ -218,6 +264,49 @@ class NativeBackend:
             (torch.ops.efusion_native.fuse.default, [x.double(), *weight_args, mertens_reals, [1.0, 0.0], [0.0, 1.0],
                                                      mertens_codes]),
         ]
+
+
+class _FrameSum:
+    """The sum over frames, one frame at a time, in the order of torch's vectorised sum over a
+    stacked dim (frames added in order, in cascades of 16; ``kernels.cpp``, normalisation)."""
+
+    def __init__(self) -> None:
+        self.levels: list[Tensor | None] = [None] * 4
+        self.count = 0
+
+    def add(self, x: Tensor) -> None:
+        first = self.levels[0]
+        self.levels[0] = x.clone() if first is None else first + x
+        self.count += 1
+        if self.count % 16:
+            return
+        for j in range(1, 4):  # carry: level j += level j - 1, which restarts at 0
+            lower, upper = self.levels[j - 1], self.levels[j]
+            self.levels[j] = lower if upper is None else upper + lower
+            self.levels[j - 1] = None if lower is None else torch.zeros_like(lower)
+            if self.count & (15 << (4 * j)):
+                break
+
+    def result(self) -> Tensor:
+        total = present(self.levels[0])
+        for level in self.levels[1:]:
+            if level is not None:
+                total = total + level
+        return total
+
+
+def _accumulators(like: Tensor, band: list[float], residual: list[float]) -> list[Tensor]:
+    """The blended pyramid for ``blend_add``: per level a band and a residual ``[B, C, h, w]``
+    (empty where the depth plan has no such term), bands first."""
+    batch, channels, height, width = like.shape
+    sizes = [(height, width)]
+    for _ in range(len(band) - 1):
+        sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
+    empty = like.new_empty(0)
+    bands = [like.new_empty((batch, channels, *sizes[l])) if l < len(band) - 1 and band[l] != 0 else empty
+             for l in range(len(band))]
+    residuals = [like.new_empty((batch, channels, *sizes[l])) if residual[l] != 0 else empty for l in range(len(band))]
+    return bands + residuals
 
 
 def _preset(name: str) -> Preset:

@@ -154,7 +154,7 @@ void power_(T* m, int64_t n, T exponent, T scale, std::vector<uint8_t>& positive
 // (measures.normalise, mask None; the sum over frames in the order of torch's vectorised sum).
 template <typename T>
 void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int64_t height, int64_t width,
-                  const WeightParams& p, const Conventions& cv, int64_t i0, int64_t i1) {
+                  const WeightParams& p, const Conventions& cv, bool normalise, int64_t i0, int64_t i1) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain buffers: no autograd bookkeeping
   const int64_t plane = height * width, row_span = frames * width;
   const bool use_contrast = p.contrast != 0, use_saturation = channels == 3 && p.saturation != 0,
@@ -290,6 +290,7 @@ void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int6
       if (!started) std::fill(w, w + width, T(1));
       for (int64_t x = 0; x < width; ++x) w[x] = w[x] + floor_;
     }
+    if (!normalise) continue;
     // normalise: torch's sum over dim 1 (its vectorised outer sum adds frames in order, in
     // cascades of 16: aten/src/ATen/native/cpu/SumKernel.cpp)
     int64_t bits = 0;
@@ -328,13 +329,14 @@ void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int6
 }
 
 template <typename T>
-void weights_into(const at::Tensor& stack, at::Tensor& out, const WeightParams& p, const Conventions& cv) {
+void weights_into(const at::Tensor& stack, at::Tensor& out, const WeightParams& p, const Conventions& cv,
+                  bool normalise = true) {
   const int64_t batch = stack.size(0), frames = stack.size(1), channels = stack.size(2), height = stack.size(3),
                 width = stack.size(4);
   const T* src = stack.data_ptr<T>();
   T* dst = out.data_ptr<T>();
   at::parallel_for(0, batch * height, grain_rows(width * frames), [&](int64_t i0, int64_t i1) {
-    weights_rows<T>(src, dst, frames, channels, height, width, p, cv, i0, i1);
+    weights_rows<T>(src, dst, frames, channels, height, width, p, cv, normalise, i0, i1);
   });
 }
 
@@ -441,40 +443,60 @@ void down_planes(int64_t batch, int64_t planes, Level fine, Level coarse, int64_
 // level (image and weights), then its weighted Laplacian level and weighted Gaussian level added
 // into the blended pyramid; then the collapse.
 
-template <typename T>
-at::Tensor blend_impl(const at::Tensor& stack, const at::Tensor& weights, const std::vector<double>& band_coef,
-                      const std::vector<double>& residual_coef, const Conventions& cv) {
-  const int64_t batch = stack.size(0), frames = stack.size(1), channels = stack.size(2);
+// The blend's state: the blended levels (band and residual, undefined where the depth plan has no
+// such term) and one frame's Gaussian levels 1.. (scratch, reused from frame to frame).
+struct Blend {
+  std::vector<Level> levels;
+  std::vector<at::Tensor> bands, residuals, images, masks;
+  std::vector<double> band_coef, residual_coef;
+  int64_t batch, channels;
+};
+
+Blend make_blend(int64_t batch, int64_t channels, int64_t height, int64_t width, const std::vector<double>& band_coef,
+                 const std::vector<double>& residual_coef, const at::TensorOptions& options, bool accumulators) {
   const int64_t top = int64_t(band_coef.size());
   TORCH_CHECK(top >= 1 && int64_t(residual_coef.size()) == top, "efusion_native: bad depth plan");
-  std::vector<Level> levels{{stack.size(3), stack.size(4)}};
-  for (int64_t l = 1; l < top; ++l) levels.push_back({(levels.back().h + 1) / 2, (levels.back().w + 1) / 2});
-  const auto options = stack.options();
-  // blended levels (the first frame's terms are assigned, the others added, as in the reference)
-  std::vector<at::Tensor> bands(static_cast<size_t>(top)), residuals(static_cast<size_t>(top));
+  Blend s{{{height, width}}, {}, {}, {}, {}, band_coef, residual_coef, batch, channels};
+  for (int64_t l = 1; l < top; ++l) s.levels.push_back({(s.levels.back().h + 1) / 2, (s.levels.back().w + 1) / 2});
+  s.bands.resize(static_cast<size_t>(top));
+  s.residuals.resize(static_cast<size_t>(top));
+  s.images.resize(static_cast<size_t>(top));
+  s.masks.resize(static_cast<size_t>(top));
   for (int64_t l = 0; l < top; ++l) {
-    if (l < top - 1 && band_coef[l] != 0) bands[l] = at::empty({batch, channels, levels[l].h, levels[l].w}, options);
-    if (residual_coef[l] != 0) residuals[l] = at::empty({batch, channels, levels[l].h, levels[l].w}, options);
+    const Level lv = s.levels[l];
+    if (accumulators && l < top - 1 && band_coef[l] != 0) s.bands[l] = at::empty({batch, channels, lv.h, lv.w}, options);
+    if (accumulators && residual_coef[l] != 0) s.residuals[l] = at::empty({batch, channels, lv.h, lv.w}, options);
+    if (l > 0) {
+      s.images[l] = at::empty({batch, channels, lv.h, lv.w}, options);
+      s.masks[l] = at::empty({batch, 1, lv.h, lv.w}, options);
+    }
   }
-  // one frame's Gaussian levels 1.., image and weights, reused from frame to frame
-  std::vector<at::Tensor> images(static_cast<size_t>(top)), masks(static_cast<size_t>(top));
-  for (int64_t l = 1; l < top; ++l) {
-    images[l] = at::empty({batch, channels, levels[l].h, levels[l].w}, options);
-    masks[l] = at::empty({batch, 1, levels[l].h, levels[l].w}, options);
-  }
-  const T* stack_data = stack.data_ptr<T>();
-  const T* weight_data = weights.data_ptr<T>();
-  const int64_t plane0 = levels[0].h * levels[0].w;
-  for (int64_t n = 0; n < frames; ++n) {
+  return s;
+}
+
+// one frame into the blend (reference blend's loop body): `image0`/`weight0` point at item 0's
+// frame [C, H, W] and weights [H, W], item b at + b * image_step / weight_step; the first frame's
+// terms are assigned, the others added, as in the reference
+template <typename T>
+void blend_add(Blend& s, const T* image0, int64_t image_step, const T* weight0, int64_t weight_step, bool first,
+               const Conventions& cv) {
+  const int64_t batch = s.batch, channels = s.channels, top = int64_t(s.band_coef.size());
+  auto& levels = s.levels;
+  auto& bands = s.bands;
+  auto& residuals = s.residuals;
+  auto& images = s.images;
+  auto& masks = s.masks;
+  {
+    const int64_t n = first ? 0 : 1;
     for (int64_t l = 0; l < top; ++l) {
       const Level lv = levels[l];
       const int64_t plane = lv.h * lv.w;
       // this level's image and weights of item b
       auto image = [&](int64_t b) -> const T* {
-        return l == 0 ? stack_data + (b * frames + n) * channels * plane0 : images[l].data_ptr<T>() + b * channels * plane;
+        return l == 0 ? image0 + b * image_step : images[l].data_ptr<T>() + b * channels * plane;
       };
       auto weight = [&](int64_t b) -> const T* {
-        return l == 0 ? weight_data + (b * frames + n) * plane0 : masks[l].data_ptr<T>() + b * plane;
+        return l == 0 ? weight0 + b * weight_step : masks[l].data_ptr<T>() + b * plane;
       };
       if (l < top - 1) {  // the next Gaussian level of the image (C planes) and the weights (1 plane)
         const Level cl = levels[l + 1];
@@ -521,7 +543,17 @@ at::Tensor blend_impl(const at::Tensor& stack, const at::Tensor& weights, const 
       });
     }
   }
-  // collapse from the coarsest level: result_l = level_sum(l) + pyr_up(result_{l+1})
+}
+
+// the collapse of the blended pyramid (reference blend's end): result_l = level_sum(l) + pyr_up(result_{l+1})
+template <typename T>
+at::Tensor blend_collapse(const Blend& s, const Conventions& cv, const at::TensorOptions& options) {
+  const int64_t batch = s.batch, channels = s.channels, top = int64_t(s.band_coef.size());
+  const auto& levels = s.levels;
+  const auto& bands = s.bands;
+  const auto& residuals = s.residuals;
+  const auto& band_coef = s.band_coef;
+  const auto& residual_coef = s.residual_coef;
   at::Tensor result;
   for (int64_t l = top - 1; l >= 0; --l) {
     const Level lv = levels[l];
@@ -575,6 +607,21 @@ at::Tensor blend_impl(const at::Tensor& stack, const at::Tensor& weights, const 
   return result;
 }
 
+
+template <typename T>
+at::Tensor blend_impl(const at::Tensor& stack, const at::Tensor& weights, const std::vector<double>& band_coef,
+                      const std::vector<double>& residual_coef, const Conventions& cv) {
+  const int64_t batch = stack.size(0), frames = stack.size(1), channels = stack.size(2);
+  const int64_t height = stack.size(3), width = stack.size(4), plane = height * width;
+  Blend s = make_blend(batch, channels, height, width, band_coef, residual_coef, stack.options(), true);
+  const T* stack_data = stack.data_ptr<T>();
+  const T* weight_data = weights.data_ptr<T>();
+  for (int64_t n = 0; n < frames; ++n)
+    blend_add<T>(s, stack_data + n * channels * plane, frames * channels * plane, weight_data + n * plane, frames * plane,
+                 n == 0, cv);
+  return blend_collapse<T>(s, cv, stack.options());
+}
+
 // ---------------------------------------------------------------------------------------------
 // operators
 
@@ -621,6 +668,76 @@ at::Tensor blend_op(const at::Tensor& stack_in, const at::Tensor& weights_in, at
   return blend_impl<double>(stack, weights, band.vec(), residual.vec(), cv);
 }
 
+// streaming (efusion.fuse_frames): raw weights of one frame, then frames added one at a time into
+// the blended pyramid held by Python as a list of tensors (bands then residuals per level; an empty
+// tensor where the depth plan has no such term), then the collapse
+at::Tensor raw_weights_op(const at::Tensor& frame_in, at::ArrayRef<double> exponents, at::ArrayRef<double> mu,
+                          at::ArrayRef<double> sigma, bool sigma_tensor, at::ArrayRef<double> reals, at::IntArrayRef codes) {
+  TORCH_CHECK(frame_in.dim() == 4, "efusion_native: frame must be [B, C, H, W], got ", frame_in.sizes());
+  const at::Tensor frame = frame_in.contiguous().unsqueeze(1);
+  check_stack(frame, "frame");
+  const auto p = weight_params(exponents, mu, sigma, sigma_tensor, frame.size(2));
+  const auto cv = conventions_from(codes, reals);
+  at::Tensor out = at::empty({frame.size(0), 1, 1, frame.size(3), frame.size(4)}, frame.options());
+  if (frame.scalar_type() == at::kFloat)
+    weights_into<float>(frame, out, p, cv, false);
+  else
+    weights_into<double>(frame, out, p, cv, false);
+  return out.squeeze(1);
+}
+
+Blend blend_state(at::TensorList acc, const at::Tensor& like, int64_t channels, int64_t height, int64_t width,
+                  at::ArrayRef<double> band, at::ArrayRef<double> residual, bool scratch) {
+  const int64_t top = int64_t(band.size());
+  TORCH_CHECK(int64_t(acc.size()) == 2 * top, "efusion_native: ", 2 * top, " accumulators expected, got ", acc.size());
+  Blend s = make_blend(like.size(0), channels, height, width, band.vec(), residual.vec(), like.options(), false);
+  for (int64_t l = 0; l < top; ++l) {
+    const Level lv = s.levels[l];
+    for (int k = 0; k < 2; ++k) {
+      const at::Tensor& t = acc[k * top + l];
+      const bool wanted = k == 0 ? (l < top - 1 && band[l] != 0) : residual[l] != 0;
+      TORCH_CHECK(wanted == (t.numel() > 0), "efusion_native: accumulator ", k * top + l, " does not match the depth plan");
+      if (!wanted) continue;
+      TORCH_CHECK(t.is_contiguous() && t.scalar_type() == like.scalar_type() &&
+                      t.sizes() == at::IntArrayRef({like.size(0), channels, lv.h, lv.w}),
+                  "efusion_native: accumulator ", k * top + l, " has the wrong shape or dtype: ", t.sizes());
+      (k == 0 ? s.bands : s.residuals)[l] = t;
+    }
+    if (!scratch) {
+      s.images[l] = at::Tensor();
+      s.masks[l] = at::Tensor();
+    }
+  }
+  return s;
+}
+
+void blend_add_op(at::TensorList acc, const at::Tensor& frame_in, const at::Tensor& weight_in, at::ArrayRef<double> band,
+                  at::ArrayRef<double> residual, bool first, at::ArrayRef<double> reals, at::IntArrayRef codes) {
+  TORCH_CHECK(frame_in.dim() == 4 && weight_in.dim() == 4 && weight_in.size(1) == 1,
+              "efusion_native: frame [B, C, H, W] and weight [B, 1, H, W] expected, got ", frame_in.sizes(), " and ",
+              weight_in.sizes());
+  check_stack(frame_in.unsqueeze(1), "frame");
+  TORCH_CHECK(weight_in.scalar_type() == frame_in.scalar_type(), "efusion_native: weight and frame differ in dtype");
+  const at::Tensor frame = frame_in.contiguous(), weight = weight_in.contiguous();
+  const int64_t channels = frame.size(1), height = frame.size(2), width = frame.size(3);
+  Blend s = blend_state(acc, frame, channels, height, width, band, residual, true);
+  const auto cv = conventions_from(codes, reals);
+  if (frame.scalar_type() == at::kFloat)
+    blend_add<float>(s, frame.data_ptr<float>(), channels * height * width, weight.data_ptr<float>(), height * width, first, cv);
+  else
+    blend_add<double>(s, frame.data_ptr<double>(), channels * height * width, weight.data_ptr<double>(), height * width,
+                      first, cv);
+}
+
+at::Tensor blend_collapse_op(at::TensorList acc, const at::Tensor& like, at::ArrayRef<double> band,
+                             at::ArrayRef<double> residual, at::ArrayRef<double> reals, at::IntArrayRef codes) {
+  TORCH_CHECK(like.dim() == 4, "efusion_native: like must be a frame [B, C, H, W], got ", like.sizes());
+  Blend s = blend_state(acc, like, like.size(1), like.size(2), like.size(3), band, residual, false);
+  const auto cv = conventions_from(codes, reals);
+  if (like.scalar_type() == at::kFloat) return blend_collapse<float>(s, cv, like.options());
+  return blend_collapse<double>(s, cv, like.options());
+}
+
 at::Tensor fuse_op(const at::Tensor& stack_in, at::ArrayRef<double> exponents, at::ArrayRef<double> mu,
                    at::ArrayRef<double> sigma, bool sigma_tensor, at::ArrayRef<double> reals, at::ArrayRef<double> band,
                    at::ArrayRef<double> residual, at::IntArrayRef codes) {
@@ -636,6 +753,12 @@ TORCH_LIBRARY(efusion_native, m) {
   m.def("weights(Tensor stack, float[] exponents, float[] mu, float[] sigma, bool sigma_tensor, float[] reals, "
         "int[] conventions) -> Tensor");
   m.def("blend(Tensor stack, Tensor weights, float[] band, float[] residual, float[] reals, int[] conventions) -> Tensor");
+  m.def("raw_weights(Tensor frame, float[] exponents, float[] mu, float[] sigma, bool sigma_tensor, float[] reals, "
+        "int[] conventions) -> Tensor");
+  m.def("blend_add(Tensor(a!)[] accumulators, Tensor frame, Tensor weight, float[] band, float[] residual, bool first, "
+        "float[] reals, int[] conventions) -> ()");
+  m.def("blend_collapse(Tensor[] accumulators, Tensor like, float[] band, float[] residual, float[] reals, "
+        "int[] conventions) -> Tensor");
   m.def("fuse(Tensor stack, float[] exponents, float[] mu, float[] sigma, bool sigma_tensor, float[] reals, "
         "float[] band, float[] residual, int[] conventions) -> Tensor");
 }
@@ -644,4 +767,7 @@ TORCH_LIBRARY_IMPL(efusion_native, CPU, m) {
   m.impl("weights", &weights_op);
   m.impl("blend", &blend_op);
   m.impl("fuse", &fuse_op);
+  m.impl("raw_weights", &raw_weights_op);
+  m.impl("blend_add", &blend_add_op);
+  m.impl("blend_collapse", &blend_collapse_op);
 }
