@@ -210,10 +210,18 @@ class NativeBackend:
                     levels, preset: Preset, masked: bool) -> Tensor | None:
         """:func:`efusion.fuse_frames`'s two passes over the frames by ``efusion_native::raw_weights``,
         ``blend_add`` and ``blend_collapse``: the bits of :meth:`fuse` on the stacked frames, in
-        the memory of one frame's pyramids and the blended pyramid. ``None`` (the caller stacks the
-        frames) with masks, or when a frame requires a gradient."""
+        the memory of one frame's pyramids and the blended pyramid. With masks (which these kernels
+        decline), the streaming of the backend that runs a masked ``exposure_fusion`` in this context,
+        so both keep giving the same bits; ``None`` (the caller stacks the frames) when a frame
+        requires a gradient."""
         if masked:
-            return None
+            from .. import select  # the registry, imported by now
+
+            frame = torch.zeros((), dtype=dtype, device=device).expand(shape)  # no memory: select reads metadata
+            mask = torch.ones((), dtype=dtype, device=device).expand(weight_shape).unsqueeze(1)
+            masked_backend = select("fuse", frame.unsqueeze(1), (mask, *params, levels), preset=preset, mask=mask)
+            return masked_backend.fuse_frames(passes, first_pass, shape, weight_shape, dtype, device, params, levels,
+                                              preset, masked)
         grad_enabled = torch.is_grad_enabled()
         codes, reals = conventions(preset)
         image = torch.empty(shape, dtype=dtype, device=device)
