@@ -4,6 +4,7 @@ the kernels cannot be built (no compiler) or are turned off (``EFUSION_NATIVE=0`
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import subprocess
 import sys
@@ -156,6 +157,7 @@ class TestSelection:
         assert _select("fuse", x, (None, 33.0, 1.0, 1.0, 0.5, 0.2, None)) == "cpu"  # 16 ** 33 may overflow float32
         assert _select("fuse", x.double(), (None, 33.0, 1.0, 1.0, 0.5, 0.2, None)) == "native"  # not float64
         assert _select("fuse", x, (None, -1.0, 1.0, 1.0, 0.5, 0.2, None)) == "cpu"  # 0 ** -1
+        assert _select("fuse", x, (None, 1.0, math.nan, 1.0, 0.5, 0.2, None)) == "cpu"
         with torch.no_grad():
             assert _select("fuse", x.requires_grad_(), (None, *params, None)) == "native"
 

@@ -100,7 +100,7 @@ def _safe_exponents(contrast: float, saturation: float, exposure: float, frames:
     """Whether ``C^c S^s E^e`` summed over the frames stays finite (the kernels have no log-domain
     fallback): exponents finite and >= 0, and ``N * 16^c * 4^s`` below the dtype's largest value / e."""
     exponents = (contrast, saturation, exposure)
-    if not all(math.isfinite(v) and v >= 0 for v in exponents):
+    if not all(0.0 <= v < math.inf for v in exponents):  # NaN fails too (no math.isfinite: traced by Dynamo)
         return False
     bound = math.log(max(frames, 1)) + contrast * math.log(_MAX_CONTRAST) + saturation * math.log(_MAX_SATURATION)
     return bound <= _LOG_MAX[dtype] - 1.0
