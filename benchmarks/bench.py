@@ -27,6 +27,7 @@ Usage::
     python benchmarks/bench.py --sizes 12 --frames 3,9 --json results.json
     python benchmarks/bench.py --sizes 480x640 --frames 2 --repeats 1 --skip compiled,memory
     python benchmarks/bench.py --quick --load 1         # idle, then beside one busy process
+    python benchmarks/bench.py --quick --backend cpu    # the Python band kernels instead of "native"
 
 ``--load N`` times every case twice: idle, then with N busy processes beside it (each spins one
 core in a pure-Python loop, as a data loader or a second job would), interleaved per case so both
@@ -274,6 +275,8 @@ def measure_memory(method: str, input_path: str, args) -> dict:
                "--device", args.device, "--dtype", args.dtype, "--preset", args.preset]
     if args.threads:
         command += ["--threads", str(args.threads)]
+    if args.backend:
+        command += ["--backend", args.backend]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
@@ -472,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="device of efusion's tensors (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="efusion's float dtype")
     parser.add_argument("--preset", default="mertens", choices=sorted(efusion.PRESETS), help="efusion's preset")
+    parser.add_argument("--backend", default=None,
+                        help="efusion backend for every method (efusion.backends.use; default: automatic selection, "
+                             f"which prefers 'native'); one of {', '.join(efusion.backends.available())}")
     parser.add_argument("--threads", type=int, default=0, help="threads for torch and OpenCV (default: theirs)")
     parser.add_argument("--seed", type=int, default=0, help="scene seed")
     parser.add_argument("--load", type=int, default=0, metavar="N",
@@ -488,6 +494,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
+    args.argv = None if argv is None else list(argv)
+    if args.backend is not None and args.backend not in efusion.backends.available():
+        raise SystemExit(f"--backend: unknown {args.backend!r}; choose among {', '.join(efusion.backends.available())}")
+    with efusion.backends.use(args.backend):
+        return _main(args)
+
+
+def _main(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
         try:
@@ -533,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     results = [run_case(h, w, n, args, log) for h, w, n in cases]
     report = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else "bench.py " + " ".join(argv),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]) if args.argv is None else "bench.py " + " ".join(args.argv),
         "machine": machine(),
         "load_average": {"before": load_before, "after": os.getloadavg() if hasattr(os, "getloadavg") else None},
         "settings": {k: v for k, v in vars(args).items() if not k.startswith("probe")},

@@ -306,7 +306,7 @@ def fuse_frames(
     def through_exposure_fusion() -> Tensor:
         """Autograd, torch.compile: stack the frames and let exposure_fusion do the rest."""
         stack, masks_, _ = zip(*passes())
-        mask5 = None if masks is None else torch.stack(torch.broadcast_tensors(*masks_), dim=1)
+        mask5 = None if masks is None else torch.stack([m.expand(weight_shape) for m in masks_], dim=1)
         result = fuse_5d(torch.stack(stack, dim=1), mask5, *params, levels, preset, None)
         return result.squeeze(0) if unbatched else result
 

@@ -46,6 +46,18 @@ def test_json_structure(bench, tmp_path):
     assert target["value"] == case["ratio"]["eager/opencv"] and target["met"] == (target["value"] <= 0.5)
 
 
+def test_backend_option_runs_every_method_with_that_backend(bench, tmp_path):
+    path = tmp_path / "results.json"
+    bench.main(["--sizes", "24x32", "--frames", "2", "--repeats", "1", "--skip", "memory,compiled,forward_grad",
+                "--backend", "cpu", "--json", str(path)])
+    report = json.loads(path.read_text())
+    assert report["settings"]["backend"] == "cpu"
+    (case,) = report["cases"]
+    assert case["max_abs_diff"]["stream_vs_eager"] == 0  # one backend: streamed and stacked give the same bits
+    with pytest.raises(SystemExit, match="--backend: unknown 'gpu'"):
+        bench.main(["--backend", "gpu"])
+
+
 def test_load_times_every_method_beside_busy_processes(bench, tmp_path):
     path = tmp_path / "results.json"
     bench.main(["--sizes", "24x32", "--frames", "2", "--repeats", "1", "--skip", "memory,compiled", "--load", "1",

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from conftest import TOLERANCES, gradcheck_stack, scene
 from efusion import (
     Fusion,
+    backends,
     blend,
     collapse_laplacian_pyramid,
     exposure_fusion,
@@ -367,3 +368,16 @@ class TestMertensWeights:
         x = (torch.tensor([0.4, 0.6], dtype=torch.float64).view(2, 1, 1, 1) + gains * checker).requires_grad_()
         sigma = torch.tensor(0.25, dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(lambda x, s: mertens_weights(x, sigma=s), (x, sigma))
+
+
+class TestFuseFramesStacked:
+    def test_masks_through_the_stacked_path(self):
+        # the reference backend streams nothing: fuse_frames stacks the frames and their masks
+        # ([1, H, W] each) into [B, N, 1, H, W] for exposure_fusion
+        g = torch.Generator().manual_seed(10)
+        frames = torch.rand(4, 3, 16, 18, generator=g, dtype=torch.float64)
+        masks = [torch.rand(1, 16, 18, generator=g) > 0.4 for _ in range(4)]
+        with backends.use("reference"):
+            fused = fuse_frames(list(frames), masks=masks)
+            expected = exposure_fusion(frames, mask=torch.stack(masks).double())
+        assert torch.equal(fused, expected)

@@ -63,3 +63,15 @@ def test_readme_usage_snippet_runs_and_its_save_load_route_round_trips(tmp_path,
     with torch.no_grad():
         assert torch.allclose(tuned(stack), layer(stack), atol=1e-6)
         assert torch.allclose(namespace["fused"], layer(stack), atol=1e-6)
+
+
+def test_native_kernel_source_ships_as_package_data():
+    # the native backend compiles kernels.cpp on first use: an installed efusion must contain it
+    from efusion.backends.native import build
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    lines = [line.strip() for line in config["options.package_data"]["efusion"].splitlines()]
+    shipped = {line for line in lines if line and not line.startswith("#")}
+    assert build.SOURCE.relative_to(ROOT / "efusion").as_posix() in shipped
+    assert build.SOURCE.exists()

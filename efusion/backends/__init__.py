@@ -129,7 +129,8 @@ def select(op: str, stack: Tensor, inputs: tuple = (), *, preset, mask: Tensor |
 
 
 # the built-in backends, imported last: they read current_options() from this module
-from . import cpu, reference  # noqa: E402
+from . import cpu, native, reference  # noqa: E402
 
 register("reference", reference.BACKEND)
+register("native", native.BACKEND)  # before "cpu": preferred for the calls it accepts
 register("cpu", cpu.BACKEND)

@@ -3,7 +3,8 @@
 Values, gradients of the stack and of every parameter, second derivatives (``create_graph``),
 band seams (the backend option ``band_elements=1``: bands of two rows), the streaming entry point
 ``fuse_frames`` and ``torch.library.opcheck`` of the backend's custom operators, on sizes that
-exercise borders, band seams and tiny pyramids. Adding a backend with
+exercise borders, band seams and tiny pyramids. Gradient tests skip a backend whose attribute
+``differentiable`` is ``False`` (a forward-only backend such as ``"native"``). Adding a backend with
 :func:`efusion.backends.register` adds it here. The rest of the suite runs through the default
 selection (the ``"cpu"`` kernels for float32/float64 eager calls). Nothing is timed.
 """
@@ -33,6 +34,14 @@ def backend(request):
     """The backend under test, selected for the whole test (``efusion.backends.use``)."""
     with backends.use(request.param):
         yield request.param
+
+
+@pytest.fixture
+def differentiable(backend):
+    """Skip a gradient test for a forward-only backend (``differentiable = False``: it declines every
+    call that records gradients, so the reference would be compared with itself)."""
+    if not getattr(backends.get(backend), "differentiable", True):
+        pytest.skip(f"backend {backend!r} is forward-only (differentiable = False)")
 
 
 @pytest.fixture
@@ -136,6 +145,7 @@ def smooth_stack(*shape: int, seed: int = 0) -> torch.Tensor:
     return brightness + gains * checker + 0.03 * noise
 
 
+@pytest.mark.usefixtures("differentiable")
 class TestSecondOrder:
     """create_graph=True: the kernels' autograd functions give the reference code's gradient as a
     graph, so second derivatives (gradient penalties, gradgradcheck) work through them."""
@@ -178,6 +188,7 @@ class TestSecondOrder:
             torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-9)
 
 
+@pytest.mark.usefixtures("differentiable")
 class TestGradientsMatchReference:
     @pytest.mark.parametrize("preset", ["mertens", "opencv"])
     @pytest.mark.parametrize("shape", [(2, 3, 3, 9, 11), (1, 4, 3, 20, 24), (1, 3, 1, 13, 7)])

@@ -1,0 +1,773 @@
+// Native CPU kernels of efusion's "native" backend: the no-grad forward of the fusion weights, the
+// Laplacian-pyramid blend and both together (Mertens, Kautz & Van Reeth, "Exposure Fusion",
+// Pacific Graphics 2007, Sections 3.1-3.2; pyramids after Burt & Adelson 1983).
+//
+// Each kernel repeats the operations of the reference code (efusion/reference/) in the same order
+// and the same precision, and calls torch's own sqrt/exp/log (not the C library's, which round
+// differently), so that the results equal the reference's bit for bit; the one exception is the
+// sum over 4 or more frames at the few pixels torch's vectorised reduction leaves to its scalar
+// tail (there torch adds in another order, which also depends on its thread count):
+//   weights  = efusion.reference.measures.fusion_weights (mask None)
+//   blend    = efusion.reference.blend.blend (a number depth, as depth_plan's coefficients)
+//   fuse     = blend(stack, fusion_weights(stack))
+// The file must be compiled without floating-point contraction (-ffp-contract=off): an FMA would
+// round differently from the reference's separate multiply and add.
+//
+// Parallelism (issue 13): one at::parallel_for per pass over a pyramid level, over rows (all
+// batches' rows together); each thread runs the whole chain of its rows with its own small row
+// buffers. at::parallel_for respects torch.get_num_threads() and runs inline when called from
+// inside a parallel region.
+#include <ATen/Parallel.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/exp.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/log.h>
+#include <ATen/ops/sqrt.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+// border modes (efusion.reference.pyramid.border_index)
+enum Border : int64_t { REPLICATE = 0, REFLECT101 = 1, SYMMETRIC = 2 };
+
+// efusion.presets.Preset as integers (see efusion/backends/native/__init__.py: conventions())
+struct Conventions {
+  bool luma_fma;         // luma_form == "opencv_fma"
+  int64_t lap_border;    // laplacian_border
+  bool lap_opencv;       // laplacian_form == "opencv"
+  bool sat_opencv;       // saturation_form == "opencv"
+  int64_t down_border;   // down_border
+  int64_t up_left;       // up_borders[0]
+  int64_t up_right;      // up_borders[1]
+  int64_t rgb[3];        // the stack channels the reference calls R, G, B (channel order)
+  double luma[3];        // luma_weights (of R, G, B in that sense)
+  double flat_contrast;  // float32 |Laplacian| below this counts as 0 (0: none)
+};
+
+Conventions conventions_from(at::IntArrayRef ints, at::ArrayRef<double> reals) {
+  TORCH_CHECK(ints.size() == 10, "efusion_native: 10 convention codes expected, got ", ints.size());
+  TORCH_CHECK(reals.size() == 4, "efusion_native: 3 luma weights and a flat contrast expected, got ", reals.size());
+  for (int k = 7; k < 10; ++k)
+    TORCH_CHECK(ints[k] >= 0 && ints[k] < 3, "efusion_native: channel index out of range: ", ints[k]);
+  return Conventions{ints[0] != 0, ints[1], ints[2] != 0, ints[3] != 0, ints[4], ints[5], ints[6],
+                     {ints[7], ints[8], ints[9]}, {reals[0], reals[1], reals[2]}, reals[3]};
+}
+
+inline int64_t border_index(int64_t i, int64_t n, int64_t mode) {
+  if (i >= 0 && i < n) return i;
+  if (mode == REPLICATE) return std::min(std::max(i, int64_t(0)), n - 1);
+  if (mode == SYMMETRIC) {
+    const int64_t period = 2 * n;
+    i = ((i % period) + period) % period;
+    return i < n ? i : period - 1 - i;
+  }
+  if (n == 1) return 0;  // REFLECT101
+  const int64_t period = 2 * n - 2;
+  i = ((i % period) + period) % period;
+  return i < n ? i : period - i;
+}
+
+// rows per task: enough work per task that scheduling costs nothing
+inline int64_t grain_rows(int64_t width) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(width, 1)); }
+
+// ---------------------------------------------------------------------------------------------
+// weights (efusion.reference.measures)
+
+struct WeightParams {
+  double contrast, saturation, exposure;  // exponents (numbers: 0 skips a measure, 1 skips its power)
+  std::vector<double> mu, sigma;          // one per channel
+  bool sigma_tensor;                      // measures.log_well_exposedness's tensor-sigma form
+};
+
+// gray row (measures.luma) with one sample of the Laplacian's border on each side: out[0..W+1]
+template <typename T>
+void gray_row(const T* frame, int64_t channels, int64_t plane, int64_t width, int64_t row, const Conventions& cv,
+              T* out) {
+  const T* r = frame + row * width;
+  T* g = out + 1;
+  if (channels == 1) {
+    std::copy(r, r + width, g);
+  } else {
+    const T* row_start = r;
+    r = row_start + cv.rgb[0] * plane;
+    const T* gr = row_start + cv.rgb[1] * plane;
+    const T* b = row_start + cv.rgb[2] * plane;
+    if (cv.luma_fma && std::is_same<T, float>::value) {
+      // luma()'s float64 emulation of OpenCV's fma(b, wb, fma(r, wr, g * wg)) in float32
+      const float wr = float(cv.luma[0]), wg = float(cv.luma[1]), wb = float(cv.luma[2]);
+      for (int64_t x = 0; x < width; ++x) {
+        const double green = double(float(gr[x]) * wg);
+        const double red_green = double(float(double(r[x]) * double(wr) + green));
+        g[x] = T(float(double(b[x]) * double(wb) + red_green));
+      }
+    } else {
+      const T wr = T(cv.luma[0]), wg = T(cv.luma[1]), wb = T(cv.luma[2]);
+      for (int64_t x = 0; x < width; ++x) g[x] = (r[x] * wr + gr[x] * wg) + b[x] * wb;
+    }
+  }
+  out[0] = g[border_index(-1, width, cv.lap_border)];
+  out[width + 1] = g[border_index(width, width, cv.lap_border)];
+}
+
+// torch's own sqrt / exp / log on a buffer: torch vectorises them (MKL VML or Sleef) with results
+// that differ from the C library's in the last bit, elementwise and independent of position, so
+// calling the same kernels gives the reference's bits. One call per row (all frames together).
+enum class Unary { SQRT, EXP, LOG };
+
+template <typename T>
+void torch_unary_(T* data, int64_t n, Unary op) {
+  if (n == 0) return;
+  at::Tensor t = at::from_blob(data, {n}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  if (op == Unary::SQRT)
+    at::sqrt_(t);
+  else if (op == Unary::EXP)
+    at::exp_(t);
+  else
+    at::log_(t);
+}
+
+// measures.power in place: where(m > 0, exp(exponent * (log(where(m > 0, m, 1)) * scale)), 0)
+template <typename T>
+void power_(T* m, int64_t n, T exponent, T scale, std::vector<uint8_t>& positive) {
+  for (int64_t x = 0; x < n; ++x) {
+    positive[x] = m[x] > T(0);
+    if (!positive[x]) m[x] = T(1);
+  }
+  torch_unary_(m, n, Unary::LOG);
+  for (int64_t x = 0; x < n; ++x) m[x] = exponent * (m[x] * scale);
+  torch_unary_(m, n, Unary::EXP);
+  for (int64_t x = 0; x < n; ++x)
+    if (!positive[x]) m[x] = T(0);
+}
+
+// raw weights (measures.raw_weights) of rows [i0, i1) of the flattened [B, H] rows of a
+// contiguous [B, N, C, H, W] stack into out [B, N, 1, H, W], then their normalisation over N
+// (measures.normalise, mask None; the sum over frames in the order of torch's vectorised sum).
+template <typename T>
+void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int64_t height, int64_t width,
+                  const WeightParams& p, const Conventions& cv, bool normalise, int64_t i0, int64_t i1) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain buffers: no autograd bookkeeping
+  const int64_t plane = height * width, row_span = frames * width;
+  const bool use_contrast = p.contrast != 0, use_saturation = channels == 3 && p.saturation != 0,
+             use_exposure = p.exposure != 0;
+  // three gray rows per frame, keyed by row index (a row's Laplacian reads rows r - 1, r, r + 1)
+  std::vector<T> gray(use_contrast ? static_cast<size_t>(frames * 3 * (width + 2)) : 0);
+  std::vector<int64_t> cached(static_cast<size_t>(frames * 3), -1);
+  // one row of every frame: the measures, staged so that each torch call covers all frames
+  std::vector<T> contrast(static_cast<size_t>(use_contrast ? row_span : 0));
+  std::vector<T> saturation(static_cast<size_t>(use_saturation ? row_span : 0));
+  std::vector<T> exposure(static_cast<size_t>(use_exposure ? row_span : 0));
+  std::vector<uint8_t> positive(static_cast<size_t>(row_span));
+  std::vector<T> total(static_cast<size_t>(width));
+  std::array<std::vector<T>, 4> levels;  // cascade-sum accumulators
+  for (auto& l : levels) l.assign(static_cast<size_t>(width), T(0));
+  const T c_exp = T(p.contrast), s_exp = T(p.saturation), e_exp = T(p.exposure);
+  const T floor_ = T(1e-12);
+  const T flat = std::is_same<T, float>::value ? T(cv.flat_contrast) : T(0);
+  std::vector<T> mu(static_cast<size_t>(channels)), sigma2(static_cast<size_t>(channels));
+  for (int64_t c = 0; c < channels; ++c) {
+    mu[c] = T(p.mu[c]);
+    const T s = T(p.sigma[c]);
+    sigma2[c] = s * s;
+  }
+  const T exposure_scale = p.sigma_tensor ? T(-0.5) : T(-0.5 / (p.sigma[0] * p.sigma[0]));
+  int64_t batch_done = -1;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t b = i / height, row = i % height;
+    if (b != batch_done) {  // a new image: forget the cached gray rows
+      std::fill(cached.begin(), cached.end(), -1);
+      batch_done = b;
+    }
+    auto row_of = [&](int64_t n) { return out + (b * frames + n) * plane + row * width; };
+    for (int64_t n = 0; n < frames; ++n) {
+      const T* frame = stack + (b * frames + n) * channels * plane;
+      const T* x0 = frame + row * width;
+      if (use_contrast) {
+        const T* rows3[3];
+        for (int k = 0; k < 3; ++k) {
+          const int64_t src = border_index(row + k - 1, height, cv.lap_border);
+          const int64_t slot = n * 3 + src % 3;
+          T* buf = gray.data() + slot * (width + 2);
+          if (cached[slot] != src) {
+            gray_row(frame, channels, plane, width, src, cv, buf);
+            cached[slot] = src;
+          }
+          rows3[k] = buf;
+        }
+        const T *up = rows3[0] + 1, *mid = rows3[1] + 1, *down = rows3[2] + 1;
+        T* w = contrast.data() + n * width;
+        if (!cv.lap_opencv) {  // measures.laplacian "differences": exact zeros where neighbours cancel
+          for (int64_t x = 0; x < width; ++x) {
+            const T cc = mid[x];
+            w[x] = std::abs(((up[x] - cc) + (down[x] - cc)) + ((mid[x - 1] - cc) + (mid[x + 1] - cc)));
+          }
+        } else {  // filter2D's order of accumulation
+          for (int64_t x = 0; x < width; ++x)
+            w[x] = std::abs((((up[x] + mid[x - 1]) + mid[x] * T(-4.0)) + mid[x + 1]) + down[x]);
+        }
+        if (flat > T(0))  // measures.laplacian: float32 luma rounding, not contrast
+          for (int64_t x = 0; x < width; ++x)
+            if (w[x] < flat) w[x] = T(0);
+      }
+      if (use_saturation) {
+        const T *r = x0 + cv.rgb[0] * plane, *g = x0 + cv.rgb[1] * plane, *bl = x0 + cv.rgb[2] * plane;
+        T* s = saturation.data() + n * width;
+        if (!cv.sat_opencv) {
+          for (int64_t x = 0; x < width; ++x) {
+            const T a = r[x] - g[x], bb = g[x] - bl[x], c = bl[x] - r[x];
+            s[x] = ((a * a + bb * bb) + c * c) / T(9.0);
+          }
+        } else {
+          const T third = std::is_same<T, float>::value ? T(float(1.0 / 3.0)) : T(1.0 / 3.0);
+          for (int64_t x = 0; x < width; ++x) {
+            const T mean = ((r[x] + g[x]) + bl[x]) * third;
+            const T a = r[x] - mean, bb = g[x] - mean, c = bl[x] - mean;
+            s[x] = (a * a + bb * bb) + c * c;
+          }
+        }
+      }
+      if (use_exposure) {
+        T* e = exposure.data() + n * width;
+        for (int64_t c = 0; c < channels; ++c) {
+          const T* ch = x0 + c * plane;
+          const T m = mu[c];
+          if (p.sigma_tensor) {
+            const T s2 = sigma2[c];
+            if (c == 0)
+              for (int64_t x = 0; x < width; ++x) { const T d = ch[x] - m; e[x] = (d * d) / s2; }
+            else
+              for (int64_t x = 0; x < width; ++x) { const T d = ch[x] - m; e[x] = e[x] + (d * d) / s2; }
+          } else {
+            if (c == 0)
+              for (int64_t x = 0; x < width; ++x) { const T d = ch[x] - m; e[x] = d * d; }
+            else
+              for (int64_t x = 0; x < width; ++x) { const T d = ch[x] - m; e[x] = e[x] + d * d; }
+          }
+        }
+        for (int64_t x = 0; x < width; ++x) e[x] = e_exp * (e[x] * exposure_scale);
+      }
+    }
+    // the transcendental steps, all frames of the row at once
+    if (use_contrast && p.contrast != 1) power_(contrast.data(), row_span, c_exp, T(1.0), positive);
+    if (use_saturation) {
+      if (p.saturation == 1) {  // measures.safe_sqrt
+        T* s = saturation.data();
+        for (int64_t x = 0; x < row_span; ++x) {
+          positive[x] = s[x] > T(0);
+          if (!positive[x]) s[x] = T(1);
+        }
+        torch_unary_(s, row_span, Unary::SQRT);
+        for (int64_t x = 0; x < row_span; ++x)
+          if (!positive[x]) s[x] = T(0);
+      } else {  // S^s = (S^2)^(s/2)
+        power_(saturation.data(), row_span, s_exp, T(0.5), positive);
+      }
+    }
+    if (use_exposure) torch_unary_(exposure.data(), row_span, Unary::EXP);
+    // W = C * S * E (the factors present, in that order) + 1e-12
+    for (int64_t n = 0; n < frames; ++n) {
+      T* w = row_of(n);
+      const int64_t o = n * width;
+      bool started = false;
+      for (const std::vector<T>* factor : {&contrast, &saturation, &exposure}) {
+        if (factor->empty()) continue;
+        const T* f = factor->data() + o;
+        if (started)
+          for (int64_t x = 0; x < width; ++x) w[x] = w[x] * f[x];
+        else
+          std::copy(f, f + width, w);
+        started = true;
+      }
+      if (!started) std::fill(w, w + width, T(1));
+      for (int64_t x = 0; x < width; ++x) w[x] = w[x] + floor_;
+    }
+    if (!normalise) continue;
+    // normalise: torch's sum over dim 1 (its vectorised outer sum adds frames in order, in
+    // cascades of 16: aten/src/ATen/native/cpu/SumKernel.cpp)
+    int64_t bits = 0;
+    while ((int64_t(1) << bits) < frames) ++bits;
+    const int64_t power_bits = std::max<int64_t>(4, bits / 4);
+    const int64_t step = int64_t(1) << power_bits, mask = step - 1;
+    for (auto& l : levels) std::fill(l.begin(), l.end(), T(0));
+    int64_t k = 0;
+    for (; k + step <= frames;) {
+      for (int64_t j = 0; j < step; ++j, ++k) {
+        const T* w = row_of(k);
+        for (int64_t x = 0; x < width; ++x) levels[0][x] = levels[0][x] + w[x];
+      }
+      for (int64_t j = 1; j < 4; ++j) {
+        for (int64_t x = 0; x < width; ++x) {
+          levels[j][x] = levels[j][x] + levels[j - 1][x];
+          levels[j - 1][x] = T(0);
+        }
+        if ((k & (mask << (j * power_bits))) != 0) break;
+      }
+    }
+    for (; k < frames; ++k) {
+      const T* w = row_of(k);
+      for (int64_t x = 0; x < width; ++x) levels[0][x] = levels[0][x] + w[x];
+    }
+    for (int64_t x = 0; x < width; ++x) {
+      T t = levels[0][x];
+      for (int64_t j = 1; j < 4; ++j) t = t + levels[j][x];
+      total[x] = t;
+    }
+    for (int64_t n = 0; n < frames; ++n) {
+      T* w = row_of(n);
+      for (int64_t x = 0; x < width; ++x) w[x] = w[x] / total[x];
+    }
+  }
+}
+
+template <typename T>
+void weights_into(const at::Tensor& stack, at::Tensor& out, const WeightParams& p, const Conventions& cv,
+                  bool normalise = true) {
+  const int64_t batch = stack.size(0), frames = stack.size(1), channels = stack.size(2), height = stack.size(3),
+                width = stack.size(4);
+  const T* src = stack.data_ptr<T>();
+  T* dst = out.data_ptr<T>();
+  at::parallel_for(0, batch * height, grain_rows(width * frames), [&](int64_t i0, int64_t i1) {
+    weights_rows<T>(src, dst, frames, channels, height, width, p, cv, normalise, i0, i1);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// pyramid (efusion.reference.pyramid)
+
+// one sample of pyr_down's 1-D filter: ((x0 + x4) + 4 (x1 + x3) + 6 x2) * 1/16, in _down_1d's order
+template <typename T>
+inline T down_tap(T x0, T x1, T x2, T x3, T x4) {
+  return (((x0 + x4) + T(4.0) * (x1 + x3)) + T(6.0) * x2) * T(0.0625);
+}
+
+// _down_1d along a row of `n` samples (columns first, as pyr_down): out has ceil(n / 2) samples;
+// `padded` is a scratch row of n + 4
+template <typename T>
+void down_row(const T* in, int64_t n, int64_t mode, T* padded, T* out) {
+  padded[0] = in[border_index(-2, n, mode)];
+  padded[1] = in[border_index(-1, n, mode)];
+  std::copy(in, in + n, padded + 2);
+  padded[n + 2] = in[border_index(n, n, mode)];
+  padded[n + 3] = in[border_index(n + 1, n, mode)];
+  const int64_t m = (n + 1) / 2;
+  for (int64_t j = 0; j < m; ++j) {
+    const T* q = padded + 2 * j;
+    out[j] = down_tap(q[0], q[1], q[2], q[3], q[4]);
+  }
+}
+
+// pyr_up's 1-D step: `coarse` (m samples, padded by one on each side by the up borders) -> `out`
+// (n = 2m - 1 or 2m samples): even (before + after) * 1/8 + centre * 3/4, odd (centre + after) / 2
+template <typename T>
+void up_row(const T* coarse, int64_t m, int64_t n, int64_t left, int64_t right, T* padded, T* out) {
+  padded[0] = coarse[border_index(-1, m, left)];
+  std::copy(coarse, coarse + m, padded + 1);
+  padded[m + 1] = coarse[border_index(m, m, right)];
+  for (int64_t i = 0; 2 * i < n; ++i) {
+    const T before = padded[i], centre = padded[i + 1], after = padded[i + 2];
+    out[2 * i] = (before + after) * T(0.125) + centre * T(0.75);
+    if (2 * i + 1 < n) out[2 * i + 1] = (centre + after) * T(0.5);
+  }
+}
+
+// fine row `row` of pyr_up(coarse [h, w]) to a [H, W] level: the rows step (the reference upsamples
+// rows first, then columns) into `vertical` (w samples), then the columns step into out (W samples)
+template <typename T>
+void up_fine_row(const T* coarse, int64_t h, int64_t w, int64_t row, int64_t width, const Conventions& cv,
+                 T* vertical, T* padded, T* out) {
+  const int64_t i = row / 2;
+  if (row % 2 == 0) {
+    const T* before = coarse + border_index(i - 1, h, i - 1 < 0 ? cv.up_left : cv.up_right) * w;
+    const T* centre = coarse + i * w;
+    const T* after = coarse + border_index(i + 1, h, cv.up_right) * w;
+    for (int64_t x = 0; x < w; ++x) vertical[x] = (before[x] + after[x]) * T(0.125) + centre[x] * T(0.75);
+  } else {
+    const T* centre = coarse + i * w;
+    const T* after = coarse + border_index(i + 1, h, cv.up_right) * w;
+    for (int64_t x = 0; x < w; ++x) vertical[x] = (centre[x] + after[x]) * T(0.5);
+  }
+  up_row(vertical, w, width, cv.up_left, cv.up_right, padded, out);
+}
+
+struct Level {
+  int64_t h, w;
+};
+
+// pyr_down of `planes` planes [h, w] (rows of the flattened batch: planes_per_item planes per batch
+// item, item stride `item_stride` elements) into coarse planes. `src(b, p)` / `dst(b, p)` give the plane pointers.
+template <typename T, typename Src, typename Dst>
+void down_planes(int64_t batch, int64_t planes, Level fine, Level coarse, int64_t mode, Src src, Dst dst) {
+  at::parallel_for(0, batch * coarse.h, grain_rows(fine.w * planes * 2), [&](int64_t i0, int64_t i1) {
+    // columns-filtered fine rows, five per plane, keyed by fine row index mod 5
+    std::vector<T> rows(static_cast<size_t>(planes * 5 * coarse.w));
+    std::vector<int64_t> cached(static_cast<size_t>(planes * 5), -1);
+    std::vector<T> padded(static_cast<size_t>(fine.w + 4));
+    int64_t batch_done = -1;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / coarse.h, j = i % coarse.h;
+      if (b != batch_done) {
+        std::fill(cached.begin(), cached.end(), -1);
+        batch_done = b;
+      }
+      for (int64_t p = 0; p < planes; ++p) {
+        const T* in = src(b, p);
+        const T* taps[5];
+        for (int k = 0; k < 5; ++k) {
+          const int64_t r = border_index(2 * j + k - 2, fine.h, mode);
+          const int64_t slot = p * 5 + r % 5;
+          T* buf = rows.data() + slot * coarse.w;
+          if (cached[slot] != r) {
+            down_row(in + r * fine.w, fine.w, mode, padded.data(), buf);
+            cached[slot] = r;
+          }
+          taps[k] = buf;
+        }
+        T* o = dst(b, p) + j * coarse.w;
+        for (int64_t x = 0; x < coarse.w; ++x) o[x] = down_tap(taps[0][x], taps[1][x], taps[2][x], taps[3][x], taps[4][x]);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// blend (efusion.reference.blend.blend): one frame at a time, per level the frame's next Gaussian
+// level (image and weights), then its weighted Laplacian level and weighted Gaussian level added
+// into the blended pyramid; then the collapse.
+
+// The blend's state: the blended levels (band and residual, undefined where the depth plan has no
+// such term) and one frame's Gaussian levels 1.. (scratch, reused from frame to frame).
+struct Blend {
+  std::vector<Level> levels;
+  std::vector<at::Tensor> bands, residuals, images, masks;
+  std::vector<double> band_coef, residual_coef;
+  int64_t batch, channels;
+};
+
+Blend make_blend(int64_t batch, int64_t channels, int64_t height, int64_t width, const std::vector<double>& band_coef,
+                 const std::vector<double>& residual_coef, const at::TensorOptions& options, bool accumulators) {
+  const int64_t top = int64_t(band_coef.size());
+  TORCH_CHECK(top >= 1 && int64_t(residual_coef.size()) == top, "efusion_native: bad depth plan");
+  Blend s{{{height, width}}, {}, {}, {}, {}, band_coef, residual_coef, batch, channels};
+  for (int64_t l = 1; l < top; ++l) s.levels.push_back({(s.levels.back().h + 1) / 2, (s.levels.back().w + 1) / 2});
+  s.bands.resize(static_cast<size_t>(top));
+  s.residuals.resize(static_cast<size_t>(top));
+  s.images.resize(static_cast<size_t>(top));
+  s.masks.resize(static_cast<size_t>(top));
+  for (int64_t l = 0; l < top; ++l) {
+    const Level lv = s.levels[l];
+    if (accumulators && l < top - 1 && band_coef[l] != 0) s.bands[l] = at::empty({batch, channels, lv.h, lv.w}, options);
+    if (accumulators && residual_coef[l] != 0) s.residuals[l] = at::empty({batch, channels, lv.h, lv.w}, options);
+    if (l > 0) {
+      s.images[l] = at::empty({batch, channels, lv.h, lv.w}, options);
+      s.masks[l] = at::empty({batch, 1, lv.h, lv.w}, options);
+    }
+  }
+  return s;
+}
+
+// one frame into the blend (reference blend's loop body): `image0`/`weight0` point at item 0's
+// frame [C, H, W] and weights [H, W], item b at + b * image_step / weight_step; the first frame's
+// terms are assigned, the others added, as in the reference
+template <typename T>
+void blend_add(Blend& s, const T* image0, int64_t image_step, const T* weight0, int64_t weight_step, bool first,
+               const Conventions& cv) {
+  const int64_t batch = s.batch, channels = s.channels, top = int64_t(s.band_coef.size());
+  auto& levels = s.levels;
+  auto& bands = s.bands;
+  auto& residuals = s.residuals;
+  auto& images = s.images;
+  auto& masks = s.masks;
+  {
+    const int64_t n = first ? 0 : 1;
+    for (int64_t l = 0; l < top; ++l) {
+      const Level lv = levels[l];
+      const int64_t plane = lv.h * lv.w;
+      // this level's image and weights of item b
+      auto image = [&](int64_t b) -> const T* {
+        return l == 0 ? image0 + b * image_step : images[l].data_ptr<T>() + b * channels * plane;
+      };
+      auto weight = [&](int64_t b) -> const T* {
+        return l == 0 ? weight0 + b * weight_step : masks[l].data_ptr<T>() + b * plane;
+      };
+      if (l < top - 1) {  // the next Gaussian level of the image (C planes) and the weights (1 plane)
+        const Level cl = levels[l + 1];
+        const int64_t cplane = cl.h * cl.w;
+        T* next_image = images[l + 1].data_ptr<T>();
+        T* next_weight = masks[l + 1].data_ptr<T>();
+        down_planes<T>(
+            batch, channels + 1, lv, cl, cv.down_border,
+            [&](int64_t b, int64_t p) { return p < channels ? image(b) + p * plane : weight(b); },
+            [&](int64_t b, int64_t p) { return p < channels ? next_image + (b * channels + p) * cplane : next_weight + b * cplane; });
+      }
+      const bool band = bands[l].defined(), residual = residuals[l].defined();
+      if (!band && !residual) continue;
+      T* band_data = band ? bands[l].data_ptr<T>() : nullptr;
+      T* residual_data = residual ? residuals[l].data_ptr<T>() : nullptr;
+      const T* coarse_data = band ? images[l + 1].data_ptr<T>() : nullptr;
+      const Level cl = band ? levels[l + 1] : Level{0, 0};
+      at::parallel_for(0, batch * lv.h, grain_rows(lv.w * channels * 2), [&](int64_t i0, int64_t i1) {
+        std::vector<T> vertical(static_cast<size_t>(cl.w)), padded(static_cast<size_t>(cl.w + 2)), up(static_cast<size_t>(lv.w));
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t b = i / lv.h, row = i % lv.h;
+          const T* wr = weight(b) + row * lv.w;
+          for (int64_t c = 0; c < channels; ++c) {
+            const T* x = image(b) + c * plane + row * lv.w;
+            const int64_t offset = (b * channels + c) * plane + row * lv.w;
+            if (band) {
+              up_fine_row(coarse_data + (b * channels + c) * cl.h * cl.w, cl.h, cl.w, row, lv.w, cv, vertical.data(),
+                          padded.data(), up.data());
+              T* acc = band_data + offset;
+              if (n == 0)
+                for (int64_t k = 0; k < lv.w; ++k) acc[k] = wr[k] * (x[k] - up[k]);
+              else
+                for (int64_t k = 0; k < lv.w; ++k) acc[k] = acc[k] + wr[k] * (x[k] - up[k]);
+            }
+            if (residual) {
+              T* acc = residual_data + offset;
+              if (n == 0)
+                for (int64_t k = 0; k < lv.w; ++k) acc[k] = wr[k] * x[k];
+              else
+                for (int64_t k = 0; k < lv.w; ++k) acc[k] = acc[k] + wr[k] * x[k];
+            }
+          }
+        }
+      });
+    }
+  }
+}
+
+// the collapse of the blended pyramid (reference blend's end): result_l = level_sum(l) + pyr_up(result_{l+1})
+template <typename T>
+at::Tensor blend_collapse(const Blend& s, const Conventions& cv, const at::TensorOptions& options) {
+  const int64_t batch = s.batch, channels = s.channels, top = int64_t(s.band_coef.size());
+  const auto& levels = s.levels;
+  const auto& bands = s.bands;
+  const auto& residuals = s.residuals;
+  const auto& band_coef = s.band_coef;
+  const auto& residual_coef = s.residual_coef;
+  at::Tensor result;
+  for (int64_t l = top - 1; l >= 0; --l) {
+    const Level lv = levels[l];
+    const bool band = bands[l].defined(), residual = residuals[l].defined();
+    const bool coarser = result.defined();
+    if (!band && !residual && !coarser) continue;
+    at::Tensor out = at::empty({batch, channels, lv.h, lv.w}, options);
+    T* out_data = out.data_ptr<T>();
+    const T* band_data = band ? bands[l].data_ptr<T>() : nullptr;
+    const T* residual_data = residual ? residuals[l].data_ptr<T>() : nullptr;
+    const T* coarse_data = coarser ? result.data_ptr<T>() : nullptr;
+    const Level cl = coarser ? levels[l + 1] : Level{0, 0};
+    const double bc = band_coef[l], rc = residual_coef[l];
+    const T band_scale = T(bc), residual_scale = T(rc);
+    at::parallel_for(0, batch * lv.h, grain_rows(lv.w * channels), [&](int64_t i0, int64_t i1) {
+      std::vector<T> vertical(static_cast<size_t>(cl.w)), padded(static_cast<size_t>(cl.w + 2)), up(static_cast<size_t>(lv.w));
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = i / lv.h, row = i % lv.h;
+        for (int64_t c = 0; c < channels; ++c) {
+          const int64_t offset = (b * channels + c) * lv.h * lv.w + row * lv.w;
+          T* o = out_data + offset;
+          if (band || residual) {
+            const T* bd = band ? band_data + offset : nullptr;
+            const T* rd = residual ? residual_data + offset : nullptr;
+            for (int64_t k = 0; k < lv.w; ++k) {
+              // blend.level_sum: coefficient * level (skipped for 1), band term first
+              T value;
+              if (band) {
+                value = bc == 1 ? bd[k] : band_scale * bd[k];
+                if (residual) value = value + (rc == 1 ? rd[k] : residual_scale * rd[k]);
+              } else {
+                value = rc == 1 ? rd[k] : residual_scale * rd[k];
+              }
+              o[k] = value;
+            }
+          }
+          if (coarser) {
+            up_fine_row(coarse_data + (b * channels + c) * cl.h * cl.w, cl.h, cl.w, row, lv.w, cv, vertical.data(),
+                        padded.data(), up.data());
+            if (band || residual)
+              for (int64_t k = 0; k < lv.w; ++k) o[k] = o[k] + up[k];
+            else
+              std::copy(up.begin(), up.end(), o);
+          }
+        }
+      }
+    });
+    result = out;
+  }
+  TORCH_CHECK(result.defined(), "efusion_native: the depth plan selected no pyramid level");
+  return result;
+}
+
+
+template <typename T>
+at::Tensor blend_impl(const at::Tensor& stack, const at::Tensor& weights, const std::vector<double>& band_coef,
+                      const std::vector<double>& residual_coef, const Conventions& cv) {
+  const int64_t batch = stack.size(0), frames = stack.size(1), channels = stack.size(2);
+  const int64_t height = stack.size(3), width = stack.size(4), plane = height * width;
+  Blend s = make_blend(batch, channels, height, width, band_coef, residual_coef, stack.options(), true);
+  const T* stack_data = stack.data_ptr<T>();
+  const T* weight_data = weights.data_ptr<T>();
+  for (int64_t n = 0; n < frames; ++n)
+    blend_add<T>(s, stack_data + n * channels * plane, frames * channels * plane, weight_data + n * plane, frames * plane,
+                 n == 0, cv);
+  return blend_collapse<T>(s, cv, stack.options());
+}
+
+// ---------------------------------------------------------------------------------------------
+// operators
+
+void check_stack(const at::Tensor& stack, const char* name) {
+  TORCH_CHECK(stack.device().is_cpu(), "efusion_native: ", name, " must be on the CPU, got ", stack.device());
+  TORCH_CHECK(stack.scalar_type() == at::kFloat || stack.scalar_type() == at::kDouble,
+              "efusion_native: ", name, " must be float32 or float64, got ", stack.scalar_type());
+  TORCH_CHECK(stack.dim() == 5, "efusion_native: ", name, " must be [B, N, C, H, W], got ", stack.sizes());
+}
+
+WeightParams weight_params(at::ArrayRef<double> exponents, at::ArrayRef<double> mu, at::ArrayRef<double> sigma,
+                           bool sigma_tensor, int64_t channels) {
+  TORCH_CHECK(exponents.size() == 3, "efusion_native: 3 exponents expected, got ", exponents.size());
+  TORCH_CHECK(int64_t(mu.size()) == channels && int64_t(sigma.size()) == channels,
+              "efusion_native: one mu and sigma per channel expected");
+  return WeightParams{exponents[0], exponents[1], exponents[2], mu.vec(), sigma.vec(), sigma_tensor};
+}
+
+at::Tensor weights_op(const at::Tensor& stack_in, at::ArrayRef<double> exponents, at::ArrayRef<double> mu,
+                      at::ArrayRef<double> sigma, bool sigma_tensor, at::ArrayRef<double> reals, at::IntArrayRef codes) {
+  check_stack(stack_in, "stack");
+  const at::Tensor stack = stack_in.contiguous();
+  const auto p = weight_params(exponents, mu, sigma, sigma_tensor, stack.size(2));
+  const auto cv = conventions_from(codes, reals);
+  at::Tensor out = at::empty({stack.size(0), stack.size(1), 1, stack.size(3), stack.size(4)}, stack.options());
+  if (stack.scalar_type() == at::kFloat)
+    weights_into<float>(stack, out, p, cv);
+  else
+    weights_into<double>(stack, out, p, cv);
+  return out;
+}
+
+at::Tensor blend_op(const at::Tensor& stack_in, const at::Tensor& weights_in, at::ArrayRef<double> band,
+                    at::ArrayRef<double> residual, at::ArrayRef<double> reals, at::IntArrayRef codes) {
+  check_stack(stack_in, "stack");
+  check_stack(weights_in, "weights");
+  TORCH_CHECK(weights_in.scalar_type() == stack_in.scalar_type(), "efusion_native: weights and stack differ in dtype");
+  const at::Tensor stack = stack_in.contiguous(), weights = weights_in.contiguous();
+  TORCH_CHECK(weights.size(0) == stack.size(0) && weights.size(1) == stack.size(1) && weights.size(2) == 1 &&
+                  weights.size(3) == stack.size(3) && weights.size(4) == stack.size(4),
+              "efusion_native: weights must be [B, N, 1, H, W] of the stack's, got ", weights.sizes());
+  const auto cv = conventions_from(codes, reals);
+  if (stack.scalar_type() == at::kFloat) return blend_impl<float>(stack, weights, band.vec(), residual.vec(), cv);
+  return blend_impl<double>(stack, weights, band.vec(), residual.vec(), cv);
+}
+
+// streaming (efusion.fuse_frames): raw weights of one frame, then frames added one at a time into
+// the blended pyramid held by Python as a list of tensors (bands then residuals per level; an empty
+// tensor where the depth plan has no such term), then the collapse
+at::Tensor raw_weights_op(const at::Tensor& frame_in, at::ArrayRef<double> exponents, at::ArrayRef<double> mu,
+                          at::ArrayRef<double> sigma, bool sigma_tensor, at::ArrayRef<double> reals, at::IntArrayRef codes) {
+  TORCH_CHECK(frame_in.dim() == 4, "efusion_native: frame must be [B, C, H, W], got ", frame_in.sizes());
+  const at::Tensor frame = frame_in.contiguous().unsqueeze(1);
+  check_stack(frame, "frame");
+  const auto p = weight_params(exponents, mu, sigma, sigma_tensor, frame.size(2));
+  const auto cv = conventions_from(codes, reals);
+  at::Tensor out = at::empty({frame.size(0), 1, 1, frame.size(3), frame.size(4)}, frame.options());
+  if (frame.scalar_type() == at::kFloat)
+    weights_into<float>(frame, out, p, cv, false);
+  else
+    weights_into<double>(frame, out, p, cv, false);
+  return out.squeeze(1);
+}
+
+Blend blend_state(at::TensorList acc, const at::Tensor& like, int64_t channels, int64_t height, int64_t width,
+                  at::ArrayRef<double> band, at::ArrayRef<double> residual, bool scratch) {
+  const int64_t top = int64_t(band.size());
+  TORCH_CHECK(int64_t(acc.size()) == 2 * top, "efusion_native: ", 2 * top, " accumulators expected, got ", acc.size());
+  Blend s = make_blend(like.size(0), channels, height, width, band.vec(), residual.vec(), like.options(), false);
+  for (int64_t l = 0; l < top; ++l) {
+    const Level lv = s.levels[l];
+    for (int k = 0; k < 2; ++k) {
+      const at::Tensor& t = acc[k * top + l];
+      const bool wanted = k == 0 ? (l < top - 1 && band[l] != 0) : residual[l] != 0;
+      TORCH_CHECK(wanted == (t.numel() > 0), "efusion_native: accumulator ", k * top + l, " does not match the depth plan");
+      if (!wanted) continue;
+      TORCH_CHECK(t.is_contiguous() && t.scalar_type() == like.scalar_type() &&
+                      t.sizes() == at::IntArrayRef({like.size(0), channels, lv.h, lv.w}),
+                  "efusion_native: accumulator ", k * top + l, " has the wrong shape or dtype: ", t.sizes());
+      (k == 0 ? s.bands : s.residuals)[l] = t;
+    }
+    if (!scratch) {
+      s.images[l] = at::Tensor();
+      s.masks[l] = at::Tensor();
+    }
+  }
+  return s;
+}
+
+void blend_add_op(at::TensorList acc, const at::Tensor& frame_in, const at::Tensor& weight_in, at::ArrayRef<double> band,
+                  at::ArrayRef<double> residual, bool first, at::ArrayRef<double> reals, at::IntArrayRef codes) {
+  TORCH_CHECK(frame_in.dim() == 4 && weight_in.dim() == 4 && weight_in.size(1) == 1,
+              "efusion_native: frame [B, C, H, W] and weight [B, 1, H, W] expected, got ", frame_in.sizes(), " and ",
+              weight_in.sizes());
+  check_stack(frame_in.unsqueeze(1), "frame");
+  TORCH_CHECK(weight_in.scalar_type() == frame_in.scalar_type(), "efusion_native: weight and frame differ in dtype");
+  const at::Tensor frame = frame_in.contiguous(), weight = weight_in.contiguous();
+  const int64_t channels = frame.size(1), height = frame.size(2), width = frame.size(3);
+  Blend s = blend_state(acc, frame, channels, height, width, band, residual, true);
+  const auto cv = conventions_from(codes, reals);
+  if (frame.scalar_type() == at::kFloat)
+    blend_add<float>(s, frame.data_ptr<float>(), channels * height * width, weight.data_ptr<float>(), height * width, first, cv);
+  else
+    blend_add<double>(s, frame.data_ptr<double>(), channels * height * width, weight.data_ptr<double>(), height * width,
+                      first, cv);
+}
+
+at::Tensor blend_collapse_op(at::TensorList acc, const at::Tensor& like, at::ArrayRef<double> band,
+                             at::ArrayRef<double> residual, at::ArrayRef<double> reals, at::IntArrayRef codes) {
+  TORCH_CHECK(like.dim() == 4, "efusion_native: like must be a frame [B, C, H, W], got ", like.sizes());
+  Blend s = blend_state(acc, like, like.size(1), like.size(2), like.size(3), band, residual, false);
+  const auto cv = conventions_from(codes, reals);
+  if (like.scalar_type() == at::kFloat) return blend_collapse<float>(s, cv, like.options());
+  return blend_collapse<double>(s, cv, like.options());
+}
+
+at::Tensor fuse_op(const at::Tensor& stack_in, at::ArrayRef<double> exponents, at::ArrayRef<double> mu,
+                   at::ArrayRef<double> sigma, bool sigma_tensor, at::ArrayRef<double> reals, at::ArrayRef<double> band,
+                   at::ArrayRef<double> residual, at::IntArrayRef codes) {
+  const at::Tensor weights = weights_op(stack_in, exponents, mu, sigma, sigma_tensor, reals, codes);
+  return blend_op(stack_in, weights, band, residual, reals, codes);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(efusion_native, m) {
+  // conventions: the preset's codes, reals: its luma weights and flat contrast (see conventions() in
+  // efusion/backends/native/__init__.py)
+  m.def("weights(Tensor stack, float[] exponents, float[] mu, float[] sigma, bool sigma_tensor, float[] reals, "
+        "int[] conventions) -> Tensor");
+  m.def("blend(Tensor stack, Tensor weights, float[] band, float[] residual, float[] reals, int[] conventions) -> Tensor");
+  m.def("raw_weights(Tensor frame, float[] exponents, float[] mu, float[] sigma, bool sigma_tensor, float[] reals, "
+        "int[] conventions) -> Tensor");
+  m.def("blend_add(Tensor(a!)[] accumulators, Tensor frame, Tensor weight, float[] band, float[] residual, bool first, "
+        "float[] reals, int[] conventions) -> ()");
+  m.def("blend_collapse(Tensor[] accumulators, Tensor like, float[] band, float[] residual, float[] reals, "
+        "int[] conventions) -> Tensor");
+  m.def("fuse(Tensor stack, float[] exponents, float[] mu, float[] sigma, bool sigma_tensor, float[] reals, "
+        "float[] band, float[] residual, int[] conventions) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(efusion_native, CPU, m) {
+  m.impl("weights", &weights_op);
+  m.impl("blend", &blend_op);
+  m.impl("fuse", &fuse_op);
+  m.impl("raw_weights", &raw_weights_op);
+  m.impl("blend_add", &blend_add_op);
+  m.impl("blend_collapse", &blend_collapse_op);
+}

@@ -1,0 +1,255 @@
+"""The ``"native"`` backend beyond the conformance suite: its operators against the reference
+functions they equal, which calls it takes, thread-count independence, and the fallback when
+the kernels cannot be built (no compiler) or are turned off (``EFUSION_NATIVE=0``)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from efusion import backends, blend, exposure_fusion, fuse_frames
+from efusion.backends.native import BACKEND, build, conventions, supported
+from efusion.presets import PRESETS, Preset
+from efusion.reference.blend import blend as reference_blend
+from efusion.reference.measures import WEIGHT_FLOOR, fusion_weights, laplacian, luma
+
+ROOT = Path(__file__).resolve().parents[2]
+#: the conformance suite's bound: values agree with the reference to this, per dtype
+BOUND = {torch.float32: 1e-6, torch.float64: 1e-12}
+
+needs_native = pytest.mark.skipif(not build.load(), reason="native kernels unavailable (no C++ compiler?)")
+
+
+def _select(op: str, stack, inputs):
+    return backends.select(op, stack, inputs, preset=PRESETS["mertens"]).name
+
+
+@needs_native
+class TestOperators:
+    @pytest.mark.parametrize("preset", ["mertens", "opencv"])
+    def test_weights_bit_for_bit(self, preset, dtype):
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(2, 4, 3, 19, 23, generator=g, dtype=dtype)
+        x[:, 1, :, 3:7] = 0.5  # flat gray rows: contrast and saturation exactly 0
+        codes, reals = conventions(PRESETS[preset])
+        for exponents, mu, sigma, per_channel in (([1.0, 1.0, 1.0], 0.5, 0.2, False),
+                                                   ([0.7, 1.3, 2.0], [0.4, 0.5, 0.6], [0.1, 0.2, 0.3], True)):
+            mus = mu if isinstance(mu, list) else [mu] * 3
+            sigmas = sigma if isinstance(sigma, list) else [sigma] * 3
+            fast = torch.ops.efusion_native.weights(x, exponents, mus, sigmas, per_channel, reals, codes)
+            as_param = (lambda v: torch.tensor(v, dtype=dtype)) if per_channel else (lambda v: v)
+            slow = fusion_weights(x, None, *exponents, as_param(mu), as_param(sigma), PRESETS[preset])
+            assert torch.equal(fast, slow)  # the reference's operations, torch's own sqrt/exp/log
+
+    @pytest.mark.parametrize("preset", ["mertens", "opencv"])
+    @pytest.mark.parametrize("size", [(1, 1), (2, 3), (5, 4), (9, 11), (33, 17)])
+    def test_blend_bit_for_bit(self, preset, size, dtype):
+        # the blend's operations are IEEE sums and products in the reference's order: the same bits
+        g = torch.Generator().manual_seed(1)
+        x = torch.rand(2, 3, 3, *size, generator=g, dtype=dtype)
+        w = torch.rand(2, 3, 1, *size, generator=g, dtype=dtype)
+        for levels in (None, 1, 2, 2.5, -2, 7.25):
+            with backends.use("native"):
+                fast = blend(x, w, levels=levels, preset=preset)
+            assert torch.equal(fast, reference_blend(x, w, levels, PRESETS[preset]))
+
+    @settings(max_examples=15, deadline=None)
+    @given(
+        batch=st.integers(1, 2), frames=st.integers(2, 5), channels=st.sampled_from([1, 3]),
+        height=st.integers(1, 24), width=st.integers(1, 24), preset=st.sampled_from(["mertens", "opencv"]),
+        levels=st.one_of(st.none(), st.floats(1.0, 6.0), st.integers(-4, -1)),
+        double=st.booleans(), seed=st.integers(0, 2**16),
+    )
+    def test_fuse_equals_reference(self, batch, frames, channels, height, width, preset, levels, double, seed):
+        dtype = torch.float64 if double else torch.float32
+        x = torch.rand(batch, frames, channels, height, width, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+        with backends.use("native"):
+            assert backends.select("fuse", x, (None, 1, 1, 1, 0.5, 0.2, levels), preset=PRESETS[preset]).name == "native"
+            fast = exposure_fusion(x, levels=levels, preset=preset)
+        with backends.use("reference"):
+            slow = exposure_fusion(x, levels=levels, preset=preset)
+        torch.testing.assert_close(fast, slow, atol=BOUND[dtype], rtol=0)
+
+    @pytest.mark.parametrize("frames", [2, 5, 17])
+    def test_fuse_frames_streams_the_stacked_bits(self, frames):
+        # two passes, one frame at a time (raw_weights, blend_add, blend_collapse): the normaliser
+        # summed in torch's order (cascades of 16 frames) and the blend in the reference's
+        images = torch.randint(0, 256, (frames, 2, 3, 21, 30), dtype=torch.uint8, generator=torch.Generator().manual_seed(6))
+        for dtype, levels in ((torch.float32, None), (torch.float64, 2.5)):
+            stack = images.transpose(0, 1).to(dtype) / 255
+            with backends.use("native"):
+                streamed = fuse_frames(list(images), dtype=dtype, levels=levels, contrast=0.5)
+            assert torch.equal(streamed, exposure_fusion(stack, levels=levels, contrast=0.5))
+            with backends.use("reference"):
+                expected = exposure_fusion(stack, levels=levels, contrast=0.5)
+            torch.testing.assert_close(streamed, expected, atol=BOUND[dtype], rtol=0)
+
+    def test_threads_do_not_change_bits(self):
+        x = torch.rand(2, 5, 3, 67, 45, generator=torch.Generator().manual_seed(2))
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            one = exposure_fusion(x, levels=3.5)
+            torch.set_num_threads(3)
+            three = exposure_fusion(x, levels=3.5)
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(one, three)
+
+    def test_channel_order(self):
+        # channel_order "bgr" (codes 7-9 = 2, 1, 0) reads the stack's channels reversed: the same
+        # weights as "rgb" on the flipped stack (exposure off: its channel sum follows the stack order)
+        x = torch.rand(2, 3, 3, 11, 13, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        codes, reals = conventions(PRESETS["mertens"])
+        args = ([1.0, 1.0, 0.0], [0.5] * 3, [0.2] * 3, False)
+        bgr = torch.ops.efusion_native.weights(x, *args, reals, codes[:7] + [2, 1, 0])
+        assert torch.equal(bgr, torch.ops.efusion_native.weights(x.flip(2), *args, reals, codes))
+        assert not torch.equal(bgr, torch.ops.efusion_native.weights(x, *args, reals, codes))
+
+    def test_flat_contrast(self):
+        # float32 |Laplacian| below the threshold counts as 0 (issue 12's float32 rule for "mertens")
+        x = (torch.randint(0, 256, (1, 3, 3, 12, 14), generator=torch.Generator().manual_seed(4)) / 255).float()
+        x[:, :, :, 4:8] = x[:, :, :1, 4:8]  # flat gray bands: the float32 luma leaves tiny residuals
+        preset = PRESETS["mertens"]
+        codes, reals = conventions(preset)
+        threshold = 2.0 ** -19
+        fast = torch.ops.efusion_native.weights(x, [1.0, 0.0, 0.0], [0.5] * 3, [0.2] * 3, False,
+                                                reals[:3] + [threshold], codes)
+        response = laplacian(luma(x, preset), preset)
+        raw = torch.where(response.abs() < threshold, 0.0, response).abs() + WEIGHT_FLOOR
+        assert torch.equal(fast, raw / raw.sum(dim=1, keepdim=True))
+        as_float64 = torch.ops.efusion_native.weights(x.double(), [1.0, 0.0, 0.0], [0.5] * 3, [0.2] * 3, False,
+                                                      reals[:3] + [threshold], codes)
+        assert torch.equal(as_float64, fusion_weights(x.double(), None, 1.0, 0.0, 0.0, 0.5, 0.2, preset))  # float32 only
+
+    def test_rejects_bad_arguments(self):
+        codes, reals = conventions(PRESETS["mertens"])
+        with pytest.raises(RuntimeError, match="float32 or float64"):
+            torch.ops.efusion_native.weights(torch.zeros(1, 2, 3, 4, 4, dtype=torch.int32), [1.0] * 3, [0.5] * 3,
+                                             [0.2] * 3, False, reals, codes)
+        with pytest.raises(RuntimeError, match=r"\[B, N, C, H, W\]"):
+            torch.ops.efusion_native.blend(torch.zeros(2, 3, 4, 4), torch.zeros(2, 1, 4, 4), [0.0], [1.0], reals, codes)
+
+
+@needs_native
+class TestSelection:
+    def test_automatic_selection(self):
+        x = torch.rand(1, 3, 3, 8, 8)
+        w = torch.rand(1, 3, 1, 8, 8)
+        params = (1.0, 1.0, 1.0, 0.5, 0.2)
+        assert _select("fuse", x, (None, *params, None)) == "native"
+        assert _select("blend", x, (w, 2.5)) == "native"
+        assert _select("weights", x, (None, *params)) == "native"
+        assert _select("fuse_frames", x[:, 0], (*params, None)) == "native"  # a first frame [B, C, H, W]
+        assert _select("fuse_frames", x[:, 0], (*params, torch.tensor(2.5))) == "cpu"  # tensor depth
+        assert _select("fuse", x.double().requires_grad_(), (None, *params, None)) == "cpu"  # gradients
+        assert _select("fuse", x, (torch.ones(1, 3, 1, 8, 8), *params, None)) == "cpu"  # masks
+        assert _select("fuse", x, (None, *params, torch.tensor(2.5))) == "cpu"  # tensor depth
+        assert _select("fuse", x.half(), (None, *params, None)) == "reference"
+        assert _select("fuse", x, (None, 33.0, 1.0, 1.0, 0.5, 0.2, None)) == "cpu"  # 16 ** 33 may overflow float32
+        assert _select("fuse", x.double(), (None, 33.0, 1.0, 1.0, 0.5, 0.2, None)) == "native"  # not float64
+        assert _select("fuse", x, (None, -1.0, 1.0, 1.0, 0.5, 0.2, None)) == "cpu"  # 0 ** -1
+        assert _select("fuse", x, (None, 1.0, math.nan, 1.0, 0.5, 0.2, None)) == "cpu"
+        with torch.no_grad():
+            assert _select("fuse", x.requires_grad_(), (None, *params, None)) == "native"
+
+    def test_declines_unknown_conventions(self):
+        @dataclasses.dataclass(frozen=True)
+        class Extended(Preset):
+            dither: bool = False  # a convention the kernels do not know
+
+        x = torch.rand(1, 3, 3, 8, 8)
+        extended = Extended(**{f.name: getattr(PRESETS["mertens"], f.name) for f in dataclasses.fields(Preset)})
+        assert supported(PRESETS["mertens"]) and supported(PRESETS["opencv"]) and not supported(extended)
+        assert backends.select("fuse", x, (None, 1.0, 1.0, 1.0, 0.5, 0.2, None), preset=extended).name == "cpu"
+        odd = dataclasses.replace(PRESETS["mertens"], laplacian_form="sobel")
+        assert not supported(odd)
+
+    def test_forward_only(self):
+        assert BACKEND.differentiable is False
+
+
+class _Fused(torch.utils.data.Dataset):
+    """Fuses a fixed stack in the worker: its result and the worker's torch thread count."""
+
+    def __init__(self, stack):
+        self.stack = stack
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int):
+        with torch.no_grad():
+            return exposure_fusion(self.stack), torch.get_num_threads()
+
+
+@needs_native
+def test_dataloader_workers_run_one_thread():
+    # DataLoader workers set one torch thread: the kernels' parallel_for follows it (no
+    # oversubscription), and the forked worker (OpenMP used before the fork) neither hangs nor differs
+    stack = torch.rand(3, 3, 40, 50, generator=torch.Generator().manual_seed(5))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # the parent's kernels run an OpenMP team before the fork
+        expected = exposure_fusion(stack)
+        loader = torch.utils.data.DataLoader(_Fused(stack), batch_size=None, num_workers=1,
+                                             multiprocessing_context="fork", timeout=120)
+        for fused, worker_threads in loader:
+            assert worker_threads == 1
+            assert torch.equal(fused, expected)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **env}
+    return subprocess.run([sys.executable, "-W", "always::RuntimeWarning", "-c", code], check=False, capture_output=True,
+                          text=True, env=environment, timeout=300)
+
+
+_FALLBACK = """
+import warnings, torch, efusion
+from efusion.backends.native import build
+x = torch.rand(1, 3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    first = efusion.exposure_fusion(x)
+    second = efusion.exposure_fusion(x)
+with efusion.backends.use("cpu"):
+    expected = efusion.exposure_fusion(x)
+print(torch.equal(first, expected), torch.equal(second, expected))
+print(efusion.backends.select("fuse", x[None] if x.dim() == 4 else x, (None, 1, 1, 1, 0.5, 0.2, None),
+                              preset=efusion.get_preset("mertens")).name)
+for w in caught:
+    print("WARNING", w.category.__name__, str(w.message))
+"""
+
+
+@pytest.mark.slow
+class TestFallback:
+    def test_missing_compiler_warns_once_and_runs_cpu(self, tmp_path):
+        # an empty cache forces a build; the compiler does not exist
+        done = _python(_FALLBACK, CXX=str(tmp_path / "no-such-compiler"), EFUSION_CACHE=str(tmp_path / "cache"))
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.strip().splitlines()
+        assert lines[0] == "True True"  # the results are the cpu backend's
+        assert lines[1] == "cpu"
+        warned = [line for line in lines if line.startswith("WARNING")]
+        assert len(warned) == 1, lines
+        assert "NativeBuildWarning" in warned[0] and "no C++ compiler found" in warned[0] and "EFUSION_NATIVE=0" in warned[0]
+
+    def test_disabled_by_environment(self, tmp_path):
+        done = _python(_FALLBACK, EFUSION_NATIVE="0", EFUSION_CACHE=str(tmp_path / "cache"))
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.strip().splitlines()
+        assert lines[:2] == ["True True", "cpu"]
+        assert not [line for line in lines if line.startswith("WARNING")]
+        assert not (tmp_path / "cache").exists()  # nothing was built
