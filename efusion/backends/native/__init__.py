@@ -31,6 +31,7 @@ from torch import Tensor
 from ..._util import WeightParams, needs_grad, present
 from ...depth import depth_plan
 from ...presets import Preset
+from ...reference.measures import may_overflow
 from . import build
 
 __all__ = ["BACKEND", "NativeBackend", "conventions", "supported"]
@@ -52,11 +53,6 @@ _KNOWN_FIELDS = frozenset({
 })
 _FORMS = {"luma_form": ("sum", "opencv_fma"), "laplacian_form": ("differences", "opencv"),
           "saturation_form": ("pairwise", "opencv")}
-#: bounds of the measures for samples in [-2, 2] (values slightly outside [0, 1] included): the
-#: |Laplacian| (4 differences of at most 4), the saturation; the well-exposedness is at most 1
-_MAX_CONTRAST, _MAX_SATURATION = 16.0, 4.0
-#: log of the largest finite value per dtype (weights above it overflow)
-_LOG_MAX = {dtype: math.log(torch.finfo(dtype).max) for dtype in _DTYPES}
 
 
 def conventions(preset: Preset) -> tuple[list[int], list[float]]:
@@ -98,12 +94,11 @@ def _values(value, channels: int) -> list[float] | None:
 
 def _safe_exponents(contrast: float, saturation: float, exposure: float, frames: int, dtype: torch.dtype) -> bool:
     """Whether ``C^c S^s E^e`` summed over the frames stays finite (the kernels have no log-domain
-    fallback): exponents finite and >= 0, and ``N * 16^c * 4^s`` below the dtype's largest value / e."""
-    exponents = (contrast, saturation, exposure)
-    if not all(0.0 <= v < math.inf for v in exponents):  # NaN fails too (no math.isfinite: traced by Dynamo)
+    fallback): exponents finite and >= 0, and the reference's bound
+    (:func:`~efusion.reference.measures.may_overflow`) says nothing can overflow."""
+    if not all(0.0 <= v < math.inf for v in (contrast, saturation, exposure)):  # NaN fails too (Dynamo-traceable)
         return False
-    bound = math.log(max(frames, 1)) + contrast * math.log(_MAX_CONTRAST) + saturation * math.log(_MAX_SATURATION)
-    return bound <= _LOG_MAX[dtype] - 1.0
+    return not may_overflow(contrast, saturation, frames, dtype)
 
 
 def _functorch_wrapped(values) -> bool:
@@ -290,7 +285,7 @@ class _FrameSum:
             return
         for j in range(1, 4):  # carry: level j += level j - 1, which restarts at 0
             lower, upper = self.levels[j - 1], self.levels[j]
-            self.levels[j] = lower if upper is None else upper + lower
+            self.levels[j] = lower if upper is None else upper if lower is None else upper + lower
             self.levels[j - 1] = None if lower is None else torch.zeros_like(lower)
             if self.count & (15 << (4 * j)):
                 break
