@@ -12,7 +12,7 @@ torch (this module imports neither torch nor efusion), and only when the user ha
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 __all__ = ["main"]
 

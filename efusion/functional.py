@@ -14,7 +14,7 @@ differentiable to any order; under ``torch.func``, in half precision, and whenev
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Iterable, Sequence, Union
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -210,7 +210,7 @@ def exposure_fusion(
     return result.squeeze(0) if unbatched else result
 
 
-FrameSource = Union[Sequence[Tensor], Tensor, Callable[[], Iterable[Tensor]]]
+FrameSource = Sequence[Tensor] | Tensor | Callable[[], Iterable[Tensor]]
 
 #: integer frame dtypes :func:`fuse_frames` converts, with the value that maps to 1.0
 _INTEGER_RANGES = {torch.uint8: 255.0, torch.uint16: 65535.0}

@@ -13,8 +13,8 @@ line take their defaults and checks from here.
 from __future__ import annotations
 
 import warnings
-from typing import Any
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor

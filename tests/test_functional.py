@@ -6,7 +6,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import TOLERANCES, gradcheck_stack, scene
 from efusion import (
     Fusion,
     backends,
@@ -19,6 +18,8 @@ from efusion import (
     laplacian_pyramid,
     mertens_weights,
 )
+
+from conftest import TOLERANCES, gradcheck_stack, scene
 
 
 class TestExposureFusion:

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Any, Iterator, Protocol
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 from torch import Tensor
 
 from .._util import WeightParams
 
-__all__ = ["Backend", "register", "available", "use", "current_options", "select", "get"]
+__all__ = ["Backend", "available", "current_options", "get", "register", "select", "use"]
 
 #: operations a backend may implement
 OPS = ("weights", "blend", "fuse", "fuse_frames")
@@ -129,7 +130,7 @@ def select(op: str, stack: Tensor, inputs: tuple = (), *, preset, mask: Tensor |
 
 
 # the built-in backends, imported last: they read current_options() from this module
-from . import cpu, native, reference  # noqa: E402
+from . import cpu, native, reference
 
 register("reference", reference.BACKEND)
 register("native", native.BACKEND)  # before "cpu": preferred for the calls it accepts
