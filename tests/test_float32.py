@@ -16,8 +16,8 @@ from efusion import exposure_fusion
 from efusion.cli import main
 from efusion.io import list_frames, read_bracket
 
+from _image_files import save_png16
 from conftest import BURSTS, IMAGE_SUFFIXES, requires_shared
-from test_io import save_png16
 
 
 def bracket_folders() -> list[str]:
