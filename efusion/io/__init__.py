@@ -21,7 +21,9 @@ Every problem with a file raises :class:`ImageIOError`; its message names the fi
 The package, one job per module:
 
 - :mod:`~efusion.io.formats`: the suffix -> format table and the bit depths each format holds
-- :mod:`~efusion.io.codecs`: reading brackets and images, writing images, their metadata
+- :mod:`~efusion.io.read`: reading images and brackets (decoding, scaling, orientation, alpha)
+- :mod:`~efusion.io.write`: writing images (formats, bit depths, quality)
+- :mod:`~efusion.io.metadata`: EXIF, ICC profile and efusion's record, read and carried into outputs
 - :mod:`~efusion.io.files`: bracket folders and atomic, no-clobber writes
 - :mod:`~efusion.io.display`: bringing a result into [0, 1] (clip, or the robust range)
 - :mod:`~efusion.io.params`: parameter files (JSON, YAML)
@@ -29,25 +31,14 @@ The package, one job per module:
 """
 from __future__ import annotations
 
-from .codecs import (
-    MAX_PIXELS,
-    RECORD_KEY,
-    Bracket,
-    ImageMetadata,
-    LazyBracket,
-    check_output,
-    default_bit_depth,
-    open_bracket,
-    read_bracket,
-    read_image,
-    read_metadata,
-    write_image,
-)
 from .display import robust_normalize, to_display
 from .errors import ImageIOError, OutputExistsError, ParamsError
 from .files import list_frames
 from .formats import FORMATS, IMAGE_SUFFIXES, OUTPUT_FORMATS
+from .metadata import RECORD_KEY, ImageMetadata, read_metadata
 from .params import PARAM_NAMES, read_params, validate_params, write_params
+from .read import MAX_PIXELS, Bracket, LazyBracket, open_bracket, read_bracket, read_image
+from .write import check_output, default_bit_depth, write_image
 
 __all__ = [
     "FORMATS",

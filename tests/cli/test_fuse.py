@@ -138,9 +138,9 @@ class TestFuse:
     def test_frames_are_streamed_not_stacked(self, tmp_path, capsys, bracket6, monkeypatch):
         import weakref
 
-        from efusion.io import codecs
+        from efusion.io import read as reading
 
-        real = codecs._decode_into
+        real = reading._decode_into
         decoded, alive_before = [], []
 
         def spy(info, frame, alpha):
@@ -150,7 +150,7 @@ class TestFuse:
             real(info, frame, alpha)
             decoded.append(weakref.ref(frame))
 
-        monkeypatch.setattr(codecs, "_decode_into", spy)
+        monkeypatch.setattr(reading, "_decode_into", spy)
         out = tmp_path / "fused.tif"
         assert run(["fuse", *bracket6, "-o", out, "--bit-depth", "32"], capsys)[0] == 0
         assert len(decoded) == 2 * len(bracket6)  # read once per pass of fuse_frames, alpha with its frame

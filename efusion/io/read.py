@@ -1,29 +1,20 @@
-"""Image codecs: brackets from image files, results to image files, and their metadata.
+"""Reading images and brackets: decoding, scaling, EXIF orientation, alpha as a mask.
 
-Reading: JPEG, PNG (8 and 16 bit) and TIFF (8, 16 bit and float). Integer samples are scaled by
-their own maximum (uint8 / 255, uint16 / 65535, so 16-bit data keeps its precision); float TIFF
-samples are taken as they are. EXIF orientation is applied, so a portrait phone frame comes out
-upright. Gray frames stay one channel unless the bracket mixes gray and colour frames; an alpha
-channel becomes the per-frame ``mask`` of :func:`efusion.exposure_fusion`.
-
-Writing: PNG 8/16 bit, JPEG (8 bit, quality option), TIFF 8/16 bit and float32. Integer formats
-are clipped to [0, 1]; float32 TIFF keeps the unclamped values for HDR pipelines. Files are
-written atomically (:func:`efusion.io.files.atomic_file`).
-
-Codecs are maintained libraries, imported when a function needs them (``import efusion`` needs
-only torch): Pillow for JPEG and 8-bit PNG, tifffile for TIFF, and OpenCV for 16-bit PNG (Pillow
-cannot decode or encode 16-bit colour PNG without dropping to 8 bit). Which format a file is
-comes from its suffix (:data:`efusion.io.formats.FORMATS`).
+JPEG, PNG (8 and 16 bit) and TIFF (8, 16 bit and float). Integer samples are scaled by their own
+maximum (uint8 / 255, uint16 / 65535, so 16-bit data keeps its precision); float TIFF samples are
+taken as they are. EXIF orientation is applied, so a portrait phone frame comes out upright. Gray
+frames stay one channel unless the bracket mixes gray and colour frames; an alpha channel becomes
+the per-frame ``mask`` of :func:`efusion.exposure_fusion`. Codecs (Pillow, tifffile, OpenCV for
+16-bit PNG) are imported when a function needs them; the suffix gives the format
+(:data:`efusion.io.formats.FORMATS`).
 """
 from __future__ import annotations
 
 import collections.abc
-import contextlib
 import io
 import os
-import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -31,33 +22,18 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from .errors import ImageIOError, one_line, output_exists
-from .files import atomic_file
-from .formats import DEPTHS, FORMATS, IMAGE_SUFFIXES
+from .errors import ImageIOError, one_line
+from .formats import FORMATS, IMAGE_SUFFIXES
+from .metadata import EXIF_ORIENTATION, pillow_unlimited
 
-__all__ = [
-    "MAX_PIXELS",
-    "RECORD_KEY",
-    "Bracket",
-    "ImageMetadata",
-    "LazyBracket",
-    "check_output",
-    "default_bit_depth",
-    "open_bracket",
-    "read_bracket",
-    "read_image",
-    "read_metadata",
-    "write_image",
-]
+__all__ = ["MAX_PIXELS", "Bracket", "LazyBracket", "open_bracket", "read_bracket", "read_image"]
+
 
 #: frames with more pixels are refused unless ``max_pixels`` says otherwise: Pillow's own refusal
 #: point (twice its ``MAX_IMAGE_PIXELS`` warning), a guard against decompression bombs (a small
 #: file that claims a huge size), applied here to every format
 MAX_PIXELS = 2 * 89_478_485
-
-_EXIF_ORIENTATION = 0x0112
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
 
 # ----------------------------------------------------------------------------------------------
 # Reading
@@ -300,30 +276,14 @@ def _probe(path: Path) -> _FrameInfo:
         raise ImageIOError(f"{path}: not a readable {fmt} image ({one_line(error)})") from None
 
 
-@contextlib.contextmanager
-def _pillow_unlimited() -> Iterator[None]:
-    """Pillow without its own decompression-bomb check, which :func:`open_bracket` makes (with
-    a limit the caller can change) from the header: Pillow's global limit cannot be raised per call."""
-    from PIL import Image
-
-    with _PILLOW_LIMIT_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-        try:
-            yield
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
-
-
-_PILLOW_LIMIT_LOCK = threading.RLock()
 
 
 def _probe_pillow(path: Path, fmt: str) -> _FrameInfo:
     from PIL import Image
 
-    with _pillow_unlimited(), Image.open(path, formats=["JPEG", "PNG"]) as image:  # a mislabelled suffix still reads
+    with pillow_unlimited(), Image.open(path, formats=["JPEG", "PNG"]) as image:  # a mislabelled suffix still reads
         found = image.format
-        orientation = _valid_orientation(image.getexif().get(_EXIF_ORIENTATION, 1))
+        orientation = _valid_orientation(image.getexif().get(EXIF_ORIENTATION, 1))
         width, height = image.size
         mode = image.mode
         transparency = "transparency" in image.info
@@ -485,7 +445,7 @@ def _decode(info: _FrameInfo):
         from PIL import Image
 
         data = info.path.read_bytes()  # read once: verified by Pillow, decoded by OpenCV
-        with _pillow_unlimited(), Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+        with pillow_unlimited(), Image.open(io.BytesIO(data), formats=["PNG"]) as image:
             image.verify()  # checks every chunk's CRC and the end marker: catches truncation
         level = cv2.utils.logging.getLogLevel()
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -502,7 +462,7 @@ def _decode(info: _FrameInfo):
         return png, False
     from PIL import Image
 
-    with _pillow_unlimited(), Image.open(info.path, formats=["JPEG", "PNG"]) as image:
+    with pillow_unlimited(), Image.open(info.path, formats=["JPEG", "PNG"]) as image:
         image.load()
         mode = image.mode
         picture: Image.Image = image
@@ -537,261 +497,5 @@ def _orient(array, orientation: int):
         8: lambda a: np.rot90(a, 1),
     }
     return np.ascontiguousarray(transforms[orientation](array))
-
-
-# ----------------------------------------------------------------------------------------------
-# Metadata
-
-#: key of efusion's record (how an output was made) in a PNG text chunk; also the prefix of the
-#: JPEG comment and TIFF ImageDescription that hold it
-RECORD_KEY = "efusion"
-_EXIF_KEPT_IN_TIFF = {0x010F: "Make", 0x0110: "Model", 0x0131: "Software", 0x0132: "DateTime", 0x013B: "Artist",
-                      0x8298: "Copyright"}
-_TIFF_ICC_TAG = 34675
-
-
-@dataclass(frozen=True)
-class ImageMetadata:
-    """What :func:`write_image` can carry besides pixels.
-
-    Attributes:
-        exif: EXIF as Pillow's ``Image.Exif.tobytes()`` gives it (``b"Exif\0\0"`` + a TIFF
-            structure), or ``None``.
-        icc: the ICC colour profile, or ``None``.
-        record: efusion's record of how the image was made (a JSON text), or ``None``.
-    """
-
-    exif: bytes | None = None
-    icc: bytes | None = None
-    record: str | None = None
-
-
-def read_metadata(path: str | os.PathLike) -> ImageMetadata:
-    """EXIF, ICC profile and efusion record of an image file.
-
-    The EXIF orientation is reset to 1 (upright): :func:`read_bracket` applies it to the pixels,
-    so a result made from them must not be turned again by a viewer. EXIF is read from JPEG and
-    PNG files (TIFF frames give their ICC profile only).
-
-    Raises:
-        ImageIOError: the file cannot be read.
-    """
-    path = Path(path)
-    fmt = FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise ImageIOError(f"{path}: unsupported format {path.suffix or '(no suffix)'!r} (expected {', '.join(IMAGE_SUFFIXES)})")
-    try:
-        if fmt == "TIFF":
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                tags = cast("tifffile.TiffPage", tif.pages[0]).tags
-                icc = tags.get(_TIFF_ICC_TAG)
-                description = tags.get("ImageDescription")
-                record = description.value if description is not None else None
-                return ImageMetadata(
-                    None, bytes(icc.value) if icc is not None else None,
-                    record if isinstance(record, str) and record.startswith("{\"" + RECORD_KEY) else None,
-                )
-        from PIL import Image
-
-        with _pillow_unlimited(), Image.open(path, formats=["JPEG", "PNG"]) as image:
-            exif = image.getexif()
-            icc = image.info.get("icc_profile") or None
-            if image.format == "PNG":
-                record = image.info.get(RECORD_KEY)
-            else:
-                comment = image.info.get("comment", b"")
-                text = comment.decode("latin-1") if isinstance(comment, bytes) else str(comment)
-                record = text if text.startswith("{\"" + RECORD_KEY) else None
-        if len(exif):
-            exif[_EXIF_ORIENTATION] = 1
-        return ImageMetadata(exif.tobytes() if len(exif) else None, icc, record)
-    except ImageIOError:
-        raise
-    except Exception as error:  # noqa: BLE001 - any decoder failure is a bad file
-        raise ImageIOError(f"{path}: cannot read its metadata ({one_line(error)})") from None
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    import struct
-    import zlib
-
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def _png_with_metadata(data: bytes, metadata: ImageMetadata) -> bytes:
-    """An encoded PNG with iCCP, eXIf and tEXt chunks inserted after IHDR (so readers see them
-    before the pixels), as the PNG specification (3rd edition) orders them."""
-    import zlib
-
-    chunks = b""
-    if metadata.icc:
-        chunks += _png_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(metadata.icc))
-    if metadata.exif:
-        exif = metadata.exif[6:] if metadata.exif.startswith(b"Exif\0\0") else metadata.exif
-        chunks += _png_chunk(b"eXIf", exif)
-    if metadata.record:
-        chunks += _png_chunk(b"tEXt", RECORD_KEY.encode("latin-1") + b"\0" + metadata.record.encode("latin-1"))
-    end_of_ihdr = 8 + 8 + 13 + 4  # signature, IHDR length/type, IHDR data, CRC
-    return data[:end_of_ihdr] + chunks + data[end_of_ihdr:]
-
-
-def _tiff_tags(metadata: ImageMetadata) -> list[tuple]:
-    """tifffile ``extratags``: the ICC profile, and the EXIF fields TIFF has as its own tags."""
-    tags: list[tuple] = []
-    if metadata.icc:
-        tags.append((_TIFF_ICC_TAG, 7, len(metadata.icc), metadata.icc, True))
-    if metadata.exif:
-        from PIL import Image
-
-        exif = Image.Exif()
-        exif.load(metadata.exif)
-        for code in _EXIF_KEPT_IN_TIFF:
-            value = exif.get(code)
-            if isinstance(value, str) and value and value.isascii():
-                tags.append((code, 2, 0, value, True))
-    return tags
-
-
-# ----------------------------------------------------------------------------------------------
-# Writing
-
-
-def default_bit_depth(path: str | os.PathLike, source_bit_depth: int = 8) -> int:
-    """Bit depth an output gets when none is asked for: 8 for JPEG; for PNG 16 when the
-    inputs had 16 bits or more; for TIFF the inputs' depth (float inputs give float32)."""
-    fmt = _output_format(Path(path))
-    if fmt == "JPEG":
-        return 8
-    if fmt == "PNG":
-        return 16 if source_bit_depth >= 16 else 8
-    return source_bit_depth if source_bit_depth in (8, 16, 32) else 8
-
-
-def _output_format(path: Path) -> str:
-    fmt = FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise ImageIOError(f"{path}: unsupported output format {path.suffix or '(no suffix)'!r} (use .png, .jpg or .tif)")
-    return fmt
-
-
-def check_output(path: str | os.PathLike, bit_depth: int | None = None) -> int:
-    """Check that ``path`` names a format that can hold ``bit_depth``; returns the depth used.
-
-    Raises:
-        ImageIOError: unsupported suffix, or a depth the format cannot hold.
-    """
-    path = Path(path)
-    fmt = _output_format(path)
-    depth = default_bit_depth(path) if bit_depth is None else bit_depth
-    if depth not in DEPTHS[fmt]:
-        kinds = {8: "8-bit", 16: "16-bit", 32: "float32"}
-        can = " or ".join(kinds[d] for d in DEPTHS[fmt])
-        hint = "; use .png or .tif for 16 bit, .tif for float32" if fmt != "TIFF" else ""
-        raise ImageIOError(f"{path}: {fmt} holds {can} samples, not {kinds.get(depth, depth)}{hint}")
-    return depth
-
-
-def write_image(
-    path: str | os.PathLike,
-    image: Tensor,
-    *,
-    bit_depth: int | None = None,
-    quality: int = 95,
-    overwrite: bool = False,
-    metadata: ImageMetadata | None = None,
-) -> Path:
-    """Write an image atomically; the format follows the suffix (.png, .jpg/.jpeg, .tif/.tiff).
-
-    Integer depths clip to [0, 1] and round to the nearest code value (NaN becomes 0); float32
-    (TIFF only) stores the values as they are, unclamped. The file appears complete or not at
-    all: it is written to a hidden temporary file in the same folder and renamed into place.
-    Without ``overwrite`` that last step is a no-clobber hard link, so when several processes
-    (e.g. distributed ranks) write the same path, exactly one succeeds and the others get
-    :class:`OutputExistsError`.
-
-    Args:
-        path: output file; its folder must exist.
-        image: ``[C, H, W]`` (C = 1 or 3) or ``[H, W]``, float.
-        bit_depth: 8, 16 or 32 (float32); default :func:`default_bit_depth` of the path.
-        quality: JPEG quality, 1 to 100.
-        overwrite: replace an existing file; without it an existing file is an error.
-        metadata: EXIF, ICC profile and efusion record to store (see :func:`read_metadata`):
-            all three in JPEG (APP1, APP2, comment) and PNG (eXIf, iCCP, tEXt chunks); in TIFF
-            the ICC profile, the record (ImageDescription) and the EXIF fields that are TIFF
-            tags (Make, Model, Software, DateTime, Artist, Copyright).
-
-    Returns:
-        the path written.
-
-    Raises:
-        OutputExistsError: the file exists and ``overwrite`` is false.
-        ImageIOError: unsupported format or depth, or the folder is not writable.
-    """
-    import numpy as np
-
-    path = Path(path)
-    depth = check_output(path, bit_depth)
-    fmt = FORMATS[path.suffix.lower()]
-    if not isinstance(image, Tensor) or not image.is_floating_point():
-        raise TypeError(f"image must be a floating-point tensor, got {getattr(image, 'dtype', type(image).__name__)}")
-    if image.dim() == 2:
-        image = image.unsqueeze(0)
-    if image.dim() != 3 or image.shape[0] not in (1, 3):
-        raise ValueError(f"image must be [C, H, W] with C = 1 or 3, or [H, W], got shape {list(image.shape)}")
-    if fmt == "JPEG" and not 1 <= int(quality) <= 100:
-        raise ValueError(f"JPEG quality must be between 1 and 100, got {quality}")
-    if path.exists() and not overwrite:
-        raise output_exists(path)
-
-    pixels = image.detach().to("cpu", torch.float32)
-    if depth == 32:
-        array = pixels.permute(1, 2, 0).contiguous().numpy()
-    else:
-        top = 255.0 if depth == 8 else 65535.0
-        quantised = torch.nan_to_num(pixels, nan=0.0).clamp_(0.0, 1.0).mul_(top).round_()
-        array = quantised.permute(1, 2, 0).numpy().astype(np.uint8 if depth == 8 else np.uint16)
-        del quantised
-    gray = array.shape[2] == 1
-    if gray:
-        array = array[:, :, 0]
-
-    metadata = metadata or ImageMetadata()
-    with atomic_file(path, overwrite=overwrite) as fh:
-        if fmt == "TIFF":
-            import tifffile
-
-            tifffile.imwrite(
-                fh, array, photometric="minisblack" if gray else "rgb", compression="zlib",
-                description=metadata.record, metadata=None, extratags=_tiff_tags(metadata),
-            )
-        elif fmt == "PNG":
-            if depth == 16:
-                import cv2
-
-                ok, encoded = cv2.imencode(".png", array if gray else np.ascontiguousarray(array[:, :, ::-1]))
-                if not ok:
-                    raise ImageIOError(f"{path}: OpenCV could not encode a 16-bit PNG")
-                data = encoded.tobytes()
-            else:
-                from PIL import Image
-
-                buffer = io.BytesIO()
-                Image.fromarray(array).save(buffer, format="PNG")
-                data = buffer.getvalue()
-            fh.write(_png_with_metadata(data, metadata))
-        else:
-            from PIL import Image
-
-            options: dict[str, Any] = {"quality": int(quality)}
-            if metadata.exif:
-                options["exif"] = metadata.exif
-            if metadata.icc:
-                options["icc_profile"] = metadata.icc
-            if metadata.record:
-                options["comment"] = metadata.record.encode("latin-1")
-            Image.fromarray(array).save(fh, format=fmt, **options)
-    return path
 
 
