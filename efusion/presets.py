@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .color import MATLAB_GRAY, OPENCV_GRAY
 
@@ -156,22 +156,12 @@ PRESETS: dict[str, Preset] = {
         integer_scale="reciprocal",
         exponent_defaults=(1.0, 1.0, 0.0),
     ),
-    # OpenCV fed RGB frames (efusion's "opencv" preset before it followed cv2.imread's BGR), with
-    # Mertens' default exponents (1, 1, 1)
-    "opencv-rgb": Preset(
-        name="opencv-rgb",
-        luma_weights=OPENCV_GRAY,
-        laplacian_border="reflect101",
-        luma_form="opencv_fma",
-        saturation_form="opencv",
-        laplacian_form="opencv",
-        down_border="reflect101",
-        up_borders=("reflect101", "replicate"),
-        extra_level=True,
-        float32_depth=True,
-        integer_scale="reciprocal",
-    ),
 }
+# OpenCV fed RGB frames (efusion's "opencv" preset before it followed cv2.imread's BGR), with
+# Mertens' default exponents (1, 1, 1): the same conventions otherwise
+PRESETS["opencv-rgb"] = replace(
+    PRESETS["opencv"], name="opencv-rgb", channel_order=Preset.channel_order, exponent_defaults=Preset.exponent_defaults,
+)
 
 
 def get_preset(preset: str | Preset) -> Preset:

@@ -186,13 +186,18 @@ def well_exposedness(stack: Tensor, mu: ParamLike = 0.5, sigma: ParamLike = 0.2)
 def power(measure: Tensor, exponent: ParamLike, log_scale: float = 1.0) -> Tensor:
     """``measure ** (exponent * log_scale)`` for ``measure >= 0``, with ``0 ** p = 0`` for p > 0,
     ``x ** 0 = 1`` (a measure switched off) and finite gradients at 0 for both arguments."""
+    alive, log_measure = _log_measure(measure, exponent, log_scale)
+    return torch.where(alive, (exponent * log_measure).exp(), 0.0)
+
+
+def _log_measure(measure: Tensor, exponent: ParamLike, log_scale: float) -> tuple[Tensor, Tensor]:
+    """``(alive, log(measure) * log_scale)``: ``alive`` where ``measure ** exponent`` is not 0
+    (measure > 0, or a tensor exponent of 0), the log with 1 put where the measure is 0 (the
+    double-``where`` pattern: finite gradients there)."""
     positive = measure > 0
     log_measure = torch.where(positive, measure, 1.0).log() * log_scale
-    if isinstance(exponent, Tensor):
-        alive = positive | (exponent == 0)
-    else:
-        alive = positive
-    return torch.where(alive, (exponent * log_measure).exp(), 0.0)
+    alive = positive | (exponent == 0) if isinstance(exponent, Tensor) else positive
+    return alive, log_measure
 
 
 def measure_terms(
@@ -252,9 +257,7 @@ def log_weights(terms: list[tuple[str, Tensor, ParamLike]], like: Tensor) -> Ten
         if form == "log":
             term = exponent * measure
         else:
-            positive = measure > 0
-            log_measure = torch.where(positive, measure, 1.0).log() * (0.5 if form == "squared" else 1.0)
-            alive = positive | (exponent == 0) if isinstance(exponent, Tensor) else positive
+            alive, log_measure = _log_measure(measure, exponent, 0.5 if form == "squared" else 1.0)
             term = torch.where(alive, exponent * log_measure, -math.inf)
         total = term if total is None else total + term
     if total is None:
