@@ -95,7 +95,8 @@ def use(name: str | None, **options: Any) -> Iterator[None]:
 
     A chosen backend still declines calls it cannot serve (e.g. the ``"cpu"`` kernels under
     ``torch.func`` transforms or in half precision); those run the reference code. ``options``
-    are the backend's own (``"cpu"``: ``band_elements``, the elements per band temporary). The
+    are the backend's own (``"cpu"``: ``band_elements``, the elements per band temporary;
+    ``"native"``: ``weight_bytes``, the most bytes of weight planes ``fuse`` holds). The
     choice is per thread and per asynchronous context; under ``torch.compile`` it is read when
     the function is traced.
     """

@@ -7,7 +7,12 @@ tail (there torch adds in another order, one that also depends on its thread cou
 
 - ``efusion_native::weights`` = :func:`efusion.reference.measures.fusion_weights` (no mask);
 - ``efusion_native::blend`` = :func:`efusion.reference.blend.blend` with a number depth;
-- ``efusion_native::fuse`` = both, as :meth:`efusion.backends.reference.ReferenceBackend.fuse`.
+- ``efusion_native::fuse`` = both, as :meth:`efusion.backends.reference.ReferenceBackend.fuse`;
+  ``efusion_native::fuse_two_pass`` the same bits without holding the N weight planes (the
+  weights' normaliser first, then each frame's weights again as it is blended): memory flat in N
+  for the cost of computing the weights twice, taken when the weight planes would exceed
+  ``weight_bytes`` (option of ``efusion.backends.use("native", weight_bytes=...)``, default
+  :data:`DEFAULT_WEIGHT_BYTES`) and one frame's size.
 
 One ``at::parallel_for`` per pass over a pyramid level, rows split across threads, each thread
 running the whole chain of its rows: ``torch.get_num_threads()`` is respected (one thread inside
@@ -32,9 +37,15 @@ from ..._util import WeightParams, needs_grad, present
 from ...depth import depth_plan
 from ...presets import Preset
 from ...reference.measures import may_overflow
+from .. import current_options
 from . import build
 
-__all__ = ["BACKEND", "NativeBackend", "conventions", "supported"]
+__all__ = ["BACKEND", "DEFAULT_WEIGHT_BYTES", "NativeBackend", "conventions", "supported"]
+
+#: ``fuse`` holds the N weight planes of a stack while they take at most this many bytes or at most
+#: a frame's (N <= C), else it runs in two passes (``fuse_two_pass``): small brackets keep the
+#: faster single pass, large ones a peak memory that does not grow with N (issue 13)
+DEFAULT_WEIGHT_BYTES = 64 * 2**20
 
 _DTYPES = (torch.float32, torch.float64)
 #: the inputs ``select`` passes besides the stack: fuse (mask, five parameters, levels), blend (weights,
@@ -195,11 +206,16 @@ class NativeBackend:
 
     def fuse(self, stack: Tensor, mask: Tensor | None, params: WeightParams, levels, preset: Preset,
              relative: bool | None) -> Tensor:
-        """The reference weights then blend, by ``efusion_native::fuse``."""
+        """The reference weights then blend, by ``efusion_native::fuse`` (or ``fuse_two_pass`` where
+        the weight planes would exceed the memory budget: :data:`DEFAULT_WEIGHT_BYTES`)."""
         codes, reals = conventions(preset)
         band, residual = self._plan(levels, stack, preset)
-        return torch.ops.efusion_native.fuse(stack.contiguous(), *self._weight_arguments(stack, params), reals, band,
-                                             residual, codes)
+        batch, frames, channels, height, width = stack.shape
+        weight_bytes = batch * frames * height * width * stack.element_size()
+        budget = current_options().get("weight_bytes", DEFAULT_WEIGHT_BYTES)
+        op = torch.ops.efusion_native.fuse if frames <= channels or weight_bytes <= budget else \
+            torch.ops.efusion_native.fuse_two_pass
+        return op(stack.contiguous(), *self._weight_arguments(stack, params), reals, band, residual, codes)
 
     def fuse_frames(self, passes, first_pass, shape, weight_shape, dtype: torch.dtype, device, params: WeightParams,
                     levels, preset: Preset, masked: bool) -> Tensor | None:
@@ -266,6 +282,8 @@ class NativeBackend:
             (torch.ops.efusion_native.blend.default, [x, w, [1.0, 0.3, 0.0], [0.0, 0.7, 0.3], reals, codes]),
             (torch.ops.efusion_native.fuse.default, [x.double(), *weight_args, mertens_reals, [1.0, 0.0], [0.0, 1.0],
                                                      mertens_codes]),
+            (torch.ops.efusion_native.fuse_two_pass.default, [x, *weight_args, reals, [1.0, 0.3, 0.0], [0.0, 0.7, 0.3],
+                                                              codes]),
         ]
 
 
@@ -331,6 +349,10 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("efusion_native::fuse")
     def _fuse_fake(stack, *args):
+        return stack.new_empty((stack.shape[0], stack.shape[2], stack.shape[3], stack.shape[4]))
+
+    @torch.library.register_fake("efusion_native::fuse_two_pass")
+    def _fuse_two_pass_fake(stack, *args):
         return stack.new_empty((stack.shape[0], stack.shape[2], stack.shape[3], stack.shape[4]))
 
 

@@ -32,6 +32,7 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -152,9 +153,14 @@ void power_(T* m, int64_t n, T exponent, T scale, std::vector<uint8_t>& positive
 // raw weights (measures.raw_weights) of rows [i0, i1) of the flattened [B, H] rows of a
 // contiguous [B, N, C, H, W] stack into out [B, N, 1, H, W], then their normalisation over N
 // (measures.normalise, mask None; the sum over frames in the order of torch's vectorised sum).
+// Two-pass form (fuse without N weight planes): with `sum_out` [B, 1, H, W] the raw weights stay in
+// row buffers and only their sum over N is written (out unused); with `divide_by` [B, 1, H, W] the
+// raw weights are divided by it (normalise false). `item_stride`: elements between batch items of
+// the stack (default N C H W; a frame of a bigger stack: that stack's).
 template <typename T>
 void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int64_t height, int64_t width,
-                  const WeightParams& p, const Conventions& cv, bool normalise, int64_t i0, int64_t i1) {
+                  const WeightParams& p, const Conventions& cv, bool normalise, int64_t i0, int64_t i1,
+                  T* sum_out = nullptr, const T* divide_by = nullptr, int64_t item_stride = -1) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain buffers: no autograd bookkeeping
   const int64_t plane = height * width, row_span = frames * width;
   const bool use_contrast = p.contrast != 0, use_saturation = channels == 3 && p.saturation != 0,
@@ -168,6 +174,8 @@ void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int6
   std::vector<T> exposure(static_cast<size_t>(use_exposure ? row_span : 0));
   std::vector<uint8_t> positive(static_cast<size_t>(row_span));
   std::vector<T> total(static_cast<size_t>(width));
+  std::vector<T> row_weights(static_cast<size_t>(sum_out != nullptr ? row_span : 0));
+  if (item_stride < 0) item_stride = frames * channels * plane;
   std::array<std::vector<T>, 4> levels;  // cascade-sum accumulators
   for (auto& l : levels) l.assign(static_cast<size_t>(width), T(0));
   const T c_exp = T(p.contrast), s_exp = T(p.saturation), e_exp = T(p.exposure);
@@ -187,9 +195,11 @@ void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int6
       std::fill(cached.begin(), cached.end(), -1);
       batch_done = b;
     }
-    auto row_of = [&](int64_t n) { return out + (b * frames + n) * plane + row * width; };
+    auto row_of = [&](int64_t n) {
+      return sum_out != nullptr ? row_weights.data() + n * width : out + (b * frames + n) * plane + row * width;
+    };
     for (int64_t n = 0; n < frames; ++n) {
-      const T* frame = stack + (b * frames + n) * channels * plane;
+      const T* frame = stack + b * item_stride + n * channels * plane;
       const T* x0 = frame + row * width;
       if (use_contrast) {
         const T* rows3[3];
@@ -289,6 +299,10 @@ void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int6
       }
       if (!started) std::fill(w, w + width, T(1));
       for (int64_t x = 0; x < width; ++x) w[x] = w[x] + floor_;
+      if (divide_by != nullptr) {
+        const T* t = divide_by + b * plane + row * width;
+        for (int64_t x = 0; x < width; ++x) w[x] = w[x] / t[x];
+      }
     }
     if (!normalise) continue;
     // normalise: torch's sum over dim 1 (its vectorised outer sum adds frames in order, in
@@ -320,6 +334,10 @@ void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int6
       T t = levels[0][x];
       for (int64_t j = 1; j < 4; ++j) t = t + levels[j][x];
       total[x] = t;
+    }
+    if (sum_out != nullptr) {
+      std::copy(total.begin(), total.end(), sum_out + b * plane + row * width);
+      continue;
     }
     for (int64_t n = 0; n < frames; ++n) {
       T* w = row_of(n);
@@ -545,9 +563,12 @@ void blend_add(Blend& s, const T* image0, int64_t image_step, const T* weight0, 
   }
 }
 
-// the collapse of the blended pyramid (reference blend's end): result_l = level_sum(l) + pyr_up(result_{l+1})
+// the collapse of the blended pyramid (reference blend's end): result_l = level_sum(l) + pyr_up(result_{l+1});
+// `in_place`: each level's result overwrites its band (else residual) accumulator, which is read
+// only at the same element first (no new level-sized tensors: the blend's own accumulators only)
 template <typename T>
-at::Tensor blend_collapse(const Blend& s, const Conventions& cv, const at::TensorOptions& options) {
+at::Tensor blend_collapse(const Blend& s, const Conventions& cv, const at::TensorOptions& options,
+                          bool in_place = false) {
   const int64_t batch = s.batch, channels = s.channels, top = int64_t(s.band_coef.size());
   const auto& levels = s.levels;
   const auto& bands = s.bands;
@@ -560,7 +581,8 @@ at::Tensor blend_collapse(const Blend& s, const Conventions& cv, const at::Tenso
     const bool band = bands[l].defined(), residual = residuals[l].defined();
     const bool coarser = result.defined();
     if (!band && !residual && !coarser) continue;
-    at::Tensor out = at::empty({batch, channels, lv.h, lv.w}, options);
+    at::Tensor out = in_place && band ? bands[l] : in_place && residual ? residuals[l]
+                                                  : at::empty({batch, channels, lv.h, lv.w}, options);
     T* out_data = out.data_ptr<T>();
     const T* band_data = band ? bands[l].data_ptr<T>() : nullptr;
     const T* residual_data = residual ? residuals[l].data_ptr<T>() : nullptr;
@@ -609,7 +631,7 @@ at::Tensor blend_collapse(const Blend& s, const Conventions& cv, const at::Tenso
 
 
 template <typename T>
-at::Tensor blend_impl(const at::Tensor& stack, const at::Tensor& weights, const std::vector<double>& band_coef,
+at::Tensor blend_impl(const at::Tensor& stack, at::Tensor weights, const std::vector<double>& band_coef,
                       const std::vector<double>& residual_coef, const Conventions& cv) {
   const int64_t batch = stack.size(0), frames = stack.size(1), channels = stack.size(2);
   const int64_t height = stack.size(3), width = stack.size(4), plane = height * width;
@@ -619,7 +641,44 @@ at::Tensor blend_impl(const at::Tensor& stack, const at::Tensor& weights, const 
   for (int64_t n = 0; n < frames; ++n)
     blend_add<T>(s, stack_data + n * channels * plane, frames * channels * plane, weight_data + n * plane, frames * plane,
                  n == 0, cv);
-  return blend_collapse<T>(s, cv, stack.options());
+  weights = at::Tensor();  // the weights and one frame's Gaussian levels: no longer needed (fuse_op's
+  s.images.clear();        // weights are freed here; a caller's stay alive through its own reference)
+  s.masks.clear();
+  return blend_collapse<T>(s, cv, stack.options(), true);
+}
+
+// fuse in two passes over the frames, so that memory does not grow with N (issue 13): first the
+// weights' normaliser (their sum over frames, [B, 1, H, W]), then per frame its raw weights again,
+// divided by it (the bits of weights_into's normalised weights), added into the blend. Costs the
+// raw weights twice (NativeBackend.fuse takes it when the N weight planes would be large).
+template <typename T>
+at::Tensor fuse_two_pass(const at::Tensor& stack, const WeightParams& p, const std::vector<double>& band_coef,
+                         const std::vector<double>& residual_coef, const Conventions& cv) {
+  const int64_t batch = stack.size(0), frames = stack.size(1), channels = stack.size(2);
+  const int64_t height = stack.size(3), width = stack.size(4), plane = height * width;
+  const T* src = stack.data_ptr<T>();
+  at::Tensor total = at::empty({batch, 1, height, width}, stack.options());
+  T* total_data = total.data_ptr<T>();
+  at::parallel_for(0, batch * height, grain_rows(width * frames), [&](int64_t i0, int64_t i1) {
+    weights_rows<T>(src, nullptr, frames, channels, height, width, p, cv, true, i0, i1, total_data);
+  });
+  Blend s = make_blend(batch, channels, height, width, band_coef, residual_coef, stack.options(), true);
+  at::Tensor weight = at::empty({batch, 1, height, width}, stack.options());
+  T* weight_data = weight.data_ptr<T>();
+  const int64_t item_stride = frames * channels * plane;
+  for (int64_t n = 0; n < frames; ++n) {
+    const T* frame = src + n * channels * plane;
+    at::parallel_for(0, batch * height, grain_rows(width), [&](int64_t i0, int64_t i1) {
+      weights_rows<T>(frame, weight_data, 1, channels, height, width, p, cv, false, i0, i1, nullptr, total_data,
+                      item_stride);
+    });
+    blend_add<T>(s, frame, item_stride, weight_data, plane, n == 0, cv);
+  }
+  total = at::Tensor();
+  weight = at::Tensor();
+  s.images.clear();
+  s.masks.clear();
+  return blend_collapse<T>(s, cv, stack.options(), true);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -654,18 +713,28 @@ at::Tensor weights_op(const at::Tensor& stack_in, at::ArrayRef<double> exponents
   return out;
 }
 
-at::Tensor blend_op(const at::Tensor& stack_in, const at::Tensor& weights_in, at::ArrayRef<double> band,
-                    at::ArrayRef<double> residual, at::ArrayRef<double> reals, at::IntArrayRef codes) {
+// blend_op's work; its weights handle is dropped before the collapse, so that fuse_op's weights,
+// handed over, are freed then
+at::Tensor blend_run(const at::Tensor& stack_in, at::Tensor weights_in, at::ArrayRef<double> band,
+                     at::ArrayRef<double> residual, at::ArrayRef<double> reals, at::IntArrayRef codes) {
   check_stack(stack_in, "stack");
   check_stack(weights_in, "weights");
   TORCH_CHECK(weights_in.scalar_type() == stack_in.scalar_type(), "efusion_native: weights and stack differ in dtype");
-  const at::Tensor stack = stack_in.contiguous(), weights = weights_in.contiguous();
+  const at::Tensor stack = stack_in.contiguous();
+  at::Tensor weights = weights_in.contiguous();
+  weights_in = at::Tensor();
   TORCH_CHECK(weights.size(0) == stack.size(0) && weights.size(1) == stack.size(1) && weights.size(2) == 1 &&
                   weights.size(3) == stack.size(3) && weights.size(4) == stack.size(4),
               "efusion_native: weights must be [B, N, 1, H, W] of the stack's, got ", weights.sizes());
   const auto cv = conventions_from(codes, reals);
-  if (stack.scalar_type() == at::kFloat) return blend_impl<float>(stack, weights, band.vec(), residual.vec(), cv);
-  return blend_impl<double>(stack, weights, band.vec(), residual.vec(), cv);
+  if (stack.scalar_type() == at::kFloat)
+    return blend_impl<float>(stack, std::move(weights), band.vec(), residual.vec(), cv);
+  return blend_impl<double>(stack, std::move(weights), band.vec(), residual.vec(), cv);
+}
+
+at::Tensor blend_op(const at::Tensor& stack_in, const at::Tensor& weights_in, at::ArrayRef<double> band,
+                    at::ArrayRef<double> residual, at::ArrayRef<double> reals, at::IntArrayRef codes) {
+  return blend_run(stack_in, weights_in, band, residual, reals, codes);
 }
 
 // streaming (efusion.fuse_frames): raw weights of one frame, then frames added one at a time into
@@ -741,8 +810,20 @@ at::Tensor blend_collapse_op(at::TensorList acc, const at::Tensor& like, at::Arr
 at::Tensor fuse_op(const at::Tensor& stack_in, at::ArrayRef<double> exponents, at::ArrayRef<double> mu,
                    at::ArrayRef<double> sigma, bool sigma_tensor, at::ArrayRef<double> reals, at::ArrayRef<double> band,
                    at::ArrayRef<double> residual, at::IntArrayRef codes) {
-  const at::Tensor weights = weights_op(stack_in, exponents, mu, sigma, sigma_tensor, reals, codes);
-  return blend_op(stack_in, weights, band, residual, reals, codes);
+  at::Tensor weights = weights_op(stack_in, exponents, mu, sigma, sigma_tensor, reals, codes);
+  return blend_run(stack_in, std::move(weights), band, residual, reals, codes);
+}
+
+// fuse without the N weight planes (fuse_two_pass): the same result, memory flat in N
+at::Tensor fuse_two_pass_op(const at::Tensor& stack_in, at::ArrayRef<double> exponents, at::ArrayRef<double> mu,
+                            at::ArrayRef<double> sigma, bool sigma_tensor, at::ArrayRef<double> reals,
+                            at::ArrayRef<double> band, at::ArrayRef<double> residual, at::IntArrayRef codes) {
+  check_stack(stack_in, "stack");
+  const at::Tensor stack = stack_in.contiguous();
+  const auto p = weight_params(exponents, mu, sigma, sigma_tensor, stack.size(2));
+  const auto cv = conventions_from(codes, reals);
+  if (stack.scalar_type() == at::kFloat) return fuse_two_pass<float>(stack, p, band.vec(), residual.vec(), cv);
+  return fuse_two_pass<double>(stack, p, band.vec(), residual.vec(), cv);
 }
 
 }  // namespace
@@ -761,12 +842,15 @@ TORCH_LIBRARY(efusion_native, m) {
         "int[] conventions) -> Tensor");
   m.def("fuse(Tensor stack, float[] exponents, float[] mu, float[] sigma, bool sigma_tensor, float[] reals, "
         "float[] band, float[] residual, int[] conventions) -> Tensor");
+  m.def("fuse_two_pass(Tensor stack, float[] exponents, float[] mu, float[] sigma, bool sigma_tensor, float[] reals, "
+        "float[] band, float[] residual, int[] conventions) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(efusion_native, CPU, m) {
   m.impl("weights", &weights_op);
   m.impl("blend", &blend_op);
   m.impl("fuse", &fuse_op);
+  m.impl("fuse_two_pass", &fuse_two_pass_op);
   m.impl("raw_weights", &raw_weights_op);
   m.impl("blend_add", &blend_add_op);
   m.impl("blend_collapse", &blend_collapse_op);
