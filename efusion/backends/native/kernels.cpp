@@ -367,34 +367,47 @@ inline T down_tap(T x0, T x1, T x2, T x3, T x4) {
   return (((x0 + x4) + T(4.0) * (x1 + x3)) + T(6.0) * x2) * T(0.0625);
 }
 
-// _down_1d along a row of `n` samples (columns first, as pyr_down): out has ceil(n / 2) samples;
-// `padded` is a scratch row of n + 4
+// _down_1d along a row of `n` samples (columns first, as pyr_down): out has ceil(n / 2) samples.
+// The interior reads the row in place; only the outputs whose taps cross the border look samples
+// up by border_index (no padded copy of the row: issue 13, memory traffic). `padded` is unused.
 template <typename T>
 void down_row(const T* in, int64_t n, int64_t mode, T* padded, T* out) {
-  padded[0] = in[border_index(-2, n, mode)];
-  padded[1] = in[border_index(-1, n, mode)];
-  std::copy(in, in + n, padded + 2);
-  padded[n + 2] = in[border_index(n, n, mode)];
-  padded[n + 3] = in[border_index(n + 1, n, mode)];
+  (void)padded;
   const int64_t m = (n + 1) / 2;
-  for (int64_t j = 0; j < m; ++j) {
-    const T* q = padded + 2 * j;
+  auto at = [&](int64_t k) { return in[border_index(k, n, mode)]; };
+  auto edge = [&](int64_t j) { out[j] = down_tap(at(2 * j - 2), at(2 * j - 1), at(2 * j), at(2 * j + 1), at(2 * j + 2)); };
+  // interior: 2j - 2 >= 0 and 2j + 2 <= n - 1
+  const int64_t first = std::min<int64_t>(1, m), last = std::max<int64_t>(first, std::min<int64_t>(m, (n - 3) / 2 + 1));
+  for (int64_t j = 0; j < first; ++j) edge(j);
+  for (int64_t j = first; j < last; ++j) {
+    const T* q = in + 2 * j - 2;
     out[j] = down_tap(q[0], q[1], q[2], q[3], q[4]);
   }
+  for (int64_t j = last; j < m; ++j) edge(j);
 }
 
 // pyr_up's 1-D step: `coarse` (m samples, padded by one on each side by the up borders) -> `out`
 // (n = 2m - 1 or 2m samples): even (before + after) * 1/8 + centre * 3/4, odd (centre + after) / 2
+// (the interior reads `coarse` in place, the ends look their neighbours up: no padded copy; `padded` is unused)
 template <typename T>
 void up_row(const T* coarse, int64_t m, int64_t n, int64_t left, int64_t right, T* padded, T* out) {
-  padded[0] = coarse[border_index(-1, m, left)];
-  std::copy(coarse, coarse + m, padded + 1);
-  padded[m + 1] = coarse[border_index(m, m, right)];
-  for (int64_t i = 0; 2 * i < n; ++i) {
-    const T before = padded[i], centre = padded[i + 1], after = padded[i + 2];
+  (void)padded;
+  auto at = [&](int64_t k) { return k < 0 ? coarse[border_index(k, m, left)] : k >= m ? coarse[border_index(k, m, right)] : coarse[k]; };
+  auto edge = [&](int64_t i) {
+    const T before = at(i - 1), centre = at(i), after = at(i + 1);
     out[2 * i] = (before + after) * T(0.125) + centre * T(0.75);
     if (2 * i + 1 < n) out[2 * i + 1] = (centre + after) * T(0.5);
+  };
+  const int64_t count = (n + 1) / 2;  // even outputs: i with 2i < n
+  // interior: i - 1 >= 0, i + 1 <= m - 1 and both outputs inside
+  const int64_t first = std::min<int64_t>(1, count), last = std::max<int64_t>(first, std::min<int64_t>(m - 1, n / 2));
+  for (int64_t i = 0; i < first; ++i) edge(i);
+  for (int64_t i = first; i < last; ++i) {
+    const T before = coarse[i - 1], centre = coarse[i], after = coarse[i + 1];
+    out[2 * i] = (before + after) * T(0.125) + centre * T(0.75);
+    out[2 * i + 1] = (centre + after) * T(0.5);
   }
+  for (int64_t i = last; i < count; ++i) edge(i);
 }
 
 // fine row `row` of pyr_up(coarse [h, w]) to a [H, W] level: the rows step (the reference upsamples
