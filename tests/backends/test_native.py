@@ -165,6 +165,23 @@ print(json.dumps(peaks))
             torch.set_num_threads(threads)
         assert torch.equal(one, three)
 
+    @pytest.mark.parametrize("preset", ["mertens", "opencv"])
+    def test_threads_split_levels_with_halos(self, preset):
+        # wide, short levels: each thread computes its coarse rows and, again privately, the coarse
+        # rows at its block's edges that another thread owns; the reference's bits (3 frames: no
+        # reordered sum) whatever the split
+        x = torch.rand(2, 3, 3, 23, 700, generator=torch.Generator().manual_seed(5))
+        threads = torch.get_num_threads()
+        with backends.use("reference"):
+            expected = exposure_fusion(x, levels=3.5, preset=preset)
+        try:
+            for count in (2, 3):
+                torch.set_num_threads(count)
+                with backends.use("native"):
+                    assert torch.equal(exposure_fusion(x, levels=3.5, preset=preset), expected)
+        finally:
+            torch.set_num_threads(threads)
+
     def test_channel_order(self):
         # channel_order "bgr" (codes 7-9 = 2, 1, 0) reads the stack's channels reversed: the same
         # weights as "rgb" on the flipped stack (exposure off: its channel sum follows the stack order)

@@ -429,6 +429,24 @@ void up_fine_row(const T* coarse, int64_t h, int64_t w, int64_t row, int64_t wid
   up_row(vertical, w, width, cv.up_left, cv.up_right, padded, out);
 }
 
+// up_fine_row with the coarse rows given by `coarse_row(c, k)` (channel c, row k of [h, w])
+template <typename T, typename Rows>
+void up_fine_row_from(Rows coarse_row, int64_t c, int64_t h, int64_t w, int64_t row, int64_t width, const Conventions& cv,
+                      T* vertical, T* out) {
+  const int64_t i = row / 2;
+  if (row % 2 == 0) {
+    const T* before = coarse_row(c, border_index(i - 1, h, i - 1 < 0 ? cv.up_left : cv.up_right));
+    const T* centre = coarse_row(c, i);
+    const T* after = coarse_row(c, border_index(i + 1, h, cv.up_right));
+    for (int64_t x = 0; x < w; ++x) vertical[x] = (before[x] + after[x]) * T(0.125) + centre[x] * T(0.75);
+  } else {
+    const T* centre = coarse_row(c, i);
+    const T* after = coarse_row(c, border_index(i + 1, h, cv.up_right));
+    for (int64_t x = 0; x < w; ++x) vertical[x] = (centre[x] + after[x]) * T(0.5);
+  }
+  up_row(vertical, w, width, cv.up_left, cv.up_right, static_cast<T*>(nullptr), out);
+}
+
 struct Level {
   int64_t h, w;
 };
@@ -529,48 +547,115 @@ void blend_add(Blend& s, const T* image0, int64_t image_step, const T* weight0, 
       auto weight = [&](int64_t b) -> const T* {
         return l == 0 ? weight0 + b * weight_step : masks[l].data_ptr<T>() + b * plane;
       };
-      if (l < top - 1) {  // the next Gaussian level of the image (C planes) and the weights (1 plane)
-        const Level cl = levels[l + 1];
-        const int64_t cplane = cl.h * cl.w;
-        T* next_image = images[l + 1].data_ptr<T>();
-        T* next_weight = masks[l + 1].data_ptr<T>();
-        down_planes<T>(
-            batch, channels + 1, lv, cl, cv.down_border,
-            [&](int64_t b, int64_t p) { return p < channels ? image(b) + p * plane : weight(b); },
-            [&](int64_t b, int64_t p) { return p < channels ? next_image + (b * channels + p) * cplane : next_weight + b * cplane; });
-      }
       const bool band = bands[l].defined(), residual = residuals[l].defined();
-      if (!band && !residual) continue;
+      if (!band && !residual && l == top - 1) continue;
       T* band_data = band ? bands[l].data_ptr<T>() : nullptr;
       T* residual_data = residual ? residuals[l].data_ptr<T>() : nullptr;
-      const T* coarse_data = band ? images[l + 1].data_ptr<T>() : nullptr;
-      const Level cl = band ? levels[l + 1] : Level{0, 0};
-      at::parallel_for(0, batch * lv.h, grain_rows(lv.w * channels * 2), [&](int64_t i0, int64_t i1) {
-        std::vector<T> vertical(static_cast<size_t>(cl.w)), padded(static_cast<size_t>(cl.w + 2)), up(static_cast<size_t>(lv.w));
-        for (int64_t i = i0; i < i1; ++i) {
-          const int64_t b = i / lv.h, row = i % lv.h;
-          const T* wr = weight(b) + row * lv.w;
-          for (int64_t c = 0; c < channels; ++c) {
-            const T* x = image(b) + c * plane + row * lv.w;
-            const int64_t offset = (b * channels + c) * plane + row * lv.w;
-            if (band) {
-              up_fine_row(coarse_data + (b * channels + c) * cl.h * cl.w, cl.h, cl.w, row, lv.w, cv, vertical.data(),
-                          padded.data(), up.data());
-              T* acc = band_data + offset;
-              if (n == 0)
-                for (int64_t k = 0; k < lv.w; ++k) acc[k] = wr[k] * (x[k] - up[k]);
-              else
-                for (int64_t k = 0; k < lv.w; ++k) acc[k] = acc[k] + wr[k] * (x[k] - up[k]);
-            }
-            if (residual) {
-              T* acc = residual_data + offset;
-              if (n == 0)
-                for (int64_t k = 0; k < lv.w; ++k) acc[k] = wr[k] * x[k];
-              else
-                for (int64_t k = 0; k < lv.w; ++k) acc[k] = acc[k] + wr[k] * x[k];
-            }
+      const Level cl = l < top - 1 ? levels[l + 1] : Level{0, 0};
+      // one fine row of item b: band += w (x - pyr_up(coarse)), residual += w x (assigned for the first frame)
+      auto add_row = [&](int64_t b, int64_t row, auto coarse_row, T* vertical, T* up) {
+        const T* wr = weight(b) + row * lv.w;
+        for (int64_t c = 0; c < channels; ++c) {
+          const T* x = image(b) + c * plane + row * lv.w;
+          const int64_t offset = (b * channels + c) * plane + row * lv.w;
+          if (band) {
+            up_fine_row_from(coarse_row, c, cl.h, cl.w, row, lv.w, cv, vertical, up);
+            T* acc = band_data + offset;
+            if (n == 0)
+              for (int64_t k = 0; k < lv.w; ++k) acc[k] = wr[k] * (x[k] - up[k]);
+            else
+              for (int64_t k = 0; k < lv.w; ++k) acc[k] = acc[k] + wr[k] * (x[k] - up[k]);
+          }
+          if (residual) {
+            T* acc = residual_data + offset;
+            if (n == 0)
+              for (int64_t k = 0; k < lv.w; ++k) acc[k] = wr[k] * x[k];
+            else
+              for (int64_t k = 0; k < lv.w; ++k) acc[k] = acc[k] + wr[k] * x[k];
           }
         }
+      };
+      if (l < top - 1) {
+        // one parallel region for the level (issue 13): each thread computes its coarse rows (the next
+        // Gaussian level of image and weights), then, while their fine rows are still in cache, the
+        // band and residual rows those coarse rows cover (fine rows 2j and 2j + 1 of coarse row j);
+        // a coarse row another thread owns is computed again into a private row (halo)
+        const Level fl = lv;
+        const int64_t planes = channels + 1, cplane = cl.h * cl.w;
+        T* next_image = images[l + 1].data_ptr<T>();
+        T* next_weight = masks[l + 1].data_ptr<T>();
+        auto src = [&](int64_t b, int64_t p) { return p < channels ? image(b) + p * plane : weight(b); };
+        auto dst = [&](int64_t b, int64_t p) {
+          return p < channels ? next_image + (b * channels + p) * cplane : next_weight + b * cplane;
+        };
+        // coarse rows per cache block: their fine rows (about 2 per coarse row, all planes) within ~256 KiB
+        const int64_t block = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, 2 * fl.w * planes));
+        at::parallel_for(0, batch * cl.h, grain_rows(fl.w * planes * 2), [&](int64_t i0, int64_t i1) {
+          std::vector<T> rows(static_cast<size_t>(planes * 5 * cl.w));  // column-filtered fine rows, by index mod 5
+          std::vector<int64_t> cached(static_cast<size_t>(planes * 5), -1);
+          std::vector<T> halo(static_cast<size_t>(2 * channels * cl.w));  // two private coarse rows (all channels)
+          int64_t halo_row[2] = {-1, -1}, last_halo = 1;
+          std::vector<T> vertical(static_cast<size_t>(cl.w)), up(static_cast<size_t>(fl.w));
+          int64_t cached_item = -1;
+          // coarse row j of item b, plane p, into out (down_planes' body)
+          auto down_one = [&](int64_t b, int64_t j, int64_t p, T* o) {
+            if (b != cached_item) {
+              std::fill(cached.begin(), cached.end(), -1);
+              cached_item = b;
+            }
+            const T* in = src(b, p);
+            const T* taps[5];
+            for (int k = 0; k < 5; ++k) {
+              const int64_t r = border_index(2 * j + k - 2, fl.h, cv.down_border);
+              const int64_t slot = p * 5 + r % 5;
+              T* buf = rows.data() + slot * cl.w;
+              if (cached[slot] != r) {
+                down_row(in + r * fl.w, fl.w, cv.down_border, static_cast<T*>(nullptr), buf);
+                cached[slot] = r;
+              }
+              taps[k] = buf;
+            }
+            for (int64_t x = 0; x < cl.w; ++x) o[x] = down_tap(taps[0][x], taps[1][x], taps[2][x], taps[3][x], taps[4][x]);
+          };
+          int64_t done = i0;  // coarse rows [i0, done) of this thread are in the level tensors
+          auto compute_to = [&](int64_t end) {
+            for (; done < end; ++done) {
+              const int64_t b = done / cl.h, j = done % cl.h;
+              for (int64_t p = 0; p < planes; ++p) down_one(b, j, p, dst(b, p) + j * cl.w);
+            }
+          };
+          for (int64_t s0 = i0; s0 < i1;) {
+            const int64_t b = s0 / cl.h, item_end = (b + 1) * cl.h;
+            const int64_t s1 = std::min({s0 + block, i1, item_end});
+            compute_to(std::min(s1 + 1, std::min(i1, item_end)));  // with the next row: odd fine rows read it
+            // coarse row k of item b, channel c: from the tensors where this thread computed it, else a halo row
+            auto coarse_row = [&](int64_t c, int64_t k) -> const T* {
+              const int64_t flat = b * cl.h + k;
+              if (flat >= i0 && flat < done) return next_image + (b * channels + c) * cplane + k * cl.w;
+              int64_t slot = halo_row[0] == flat ? 0 : halo_row[1] == flat ? 1 : -1;
+              if (slot < 0) {  // a row up_fine_row_from reads at most two halo rows at once: keep the last one
+                slot = 1 - last_halo;
+                for (int64_t q = 0; q < channels; ++q) down_one(b, k, q, halo.data() + (slot * channels + q) * cl.w);
+                halo_row[slot] = flat;
+              }
+              last_halo = slot;
+              return halo.data() + (slot * channels + c) * cl.w;
+            };
+            if (band || residual) {
+              const int64_t j0 = s0 - b * cl.h, j1 = s1 - b * cl.h;
+              const int64_t r1 = j1 == cl.h ? fl.h : 2 * j1;
+              for (int64_t row = 2 * j0; row < r1; ++row) add_row(b, row, coarse_row, vertical.data(), up.data());
+            }
+            s0 = s1;
+          }
+        });
+        continue;
+      }
+      // the top level: residual only
+      at::parallel_for(0, batch * lv.h, grain_rows(lv.w * channels * 2), [&](int64_t i0, int64_t i1) {
+        std::vector<T> vertical(static_cast<size_t>(cl.w)), up(static_cast<size_t>(lv.w));
+        auto no_coarse = [](int64_t, int64_t) -> const T* { return nullptr; };
+        for (int64_t i = i0; i < i1; ++i) add_row(i / lv.h, i % lv.h, no_coarse, vertical.data(), up.data());
       });
     }
   }
