@@ -262,7 +262,8 @@ def log_weights(terms: list[tuple[str, Tensor, ParamLike]], like: Tensor) -> Ten
         total = term if total is None else total + term
     if total is None:
         total = torch.zeros_like(like[..., :1, :, :])
-    return torch.logaddexp(total, torch.tensor(math.log(WEIGHT_FLOOR), dtype=total.dtype, device=total.device))
+    # new_full fills on the device (torch.tensor(..., device=) would copy from the host: a sync on a GPU)
+    return torch.logaddexp(total, total.new_full((), math.log(WEIGHT_FLOOR)))
 
 
 def raw_weights(
