@@ -251,7 +251,7 @@ def probe_memory(method: str, input_path: str, device: str, dtype: str, preset: 
     fn = getattr(case, method)()
     if method.startswith("forward"):
         case._grads()
-    if device_.type == "cuda":
+    if device_.type == "cuda" and method != "opencv":  # OpenCV runs on the host: its peak is the process's
         torch.cuda.synchronize(device_)
         before = torch.cuda.memory_allocated(device_)
         torch.cuda.reset_peak_memory_stats(device_)
@@ -524,6 +524,8 @@ def _main(args) -> dict:
         raise SystemExit("--repeats and --warmup must be >= 1")
     if args.load < 0:
         raise SystemExit("--load must be >= 0")
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: no CUDA device is available here")
     if torch.device(args.device).type != "cuda" and args.dtype in ("float16", "bfloat16"):
         args.skip.append("compiled")  # half precision on a CPU runs the (slow) reference path
     try:

@@ -119,13 +119,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    parser.add_argument("--bandwidth-mb", type=int, default=256, help="MiB per array of the bandwidth runs (default 256)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     height, width = bench.parse_size(args.size)
     frames_u8 = bench.make_frames(height, width, args.frames, 0)
     stack = (torch.from_numpy(frames_u8).permute(0, 3, 1, 2).float() / 255).unsqueeze(0).contiguous()
-    bw = bandwidth()
+    bw = bandwidth(args.bandwidth_mb)
     seconds, top = timings(stack, args.repeats)
     passes = model(height, width, args.frames, 3, top)
     passes["fuse"] = tuple(sum(v[i] for v in passes.values()) for i in range(2))  # type: ignore[assignment]

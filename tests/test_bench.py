@@ -96,3 +96,35 @@ def test_sizes(bench, text, expected):
 def test_bad_arguments(bench):
     with pytest.raises(SystemExit, match="unknown"):
         bench.main(["--sizes", "24x32", "--skip", "everything"])
+
+
+def test_cuda_device(bench, tmp_path):
+    # --device cuda: efusion's tensors on the GPU, OpenCV (always on the host) measured by the process's peak
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="no CUDA device"):
+            bench.main(["--sizes", "24x32", "--frames", "2", "--device", "cuda"])
+        return
+    out = tmp_path / "cuda.json"
+    result = bench.main(["--sizes", "24x32", "--frames", "2", "--repeats", "1", "--device", "cuda",
+                         "--skip", "compiled", "--json", str(out)])
+    case = result["cases"][0]
+    assert case["device"].startswith("cuda") and case["time_s"]["eager"] > 0
+    assert case["memory"]["eager"]["method"] == "torch.cuda.max_memory_allocated"
+    assert case["memory"]["opencv"]["method"] != "torch.cuda.max_memory_allocated"
+
+
+def test_roofline_model_and_run(capsys):
+    # the byte model by hand for one 2 x 2 gray frame and one level: weights read 4 samples and
+    # write 4; the top level reads image and weights (8) and writes the residual (4); the collapse
+    # reads and writes it (8); 4 bytes each
+    spec = importlib.util.spec_from_file_location("efusion_roofline", SCRIPT.with_name("roofline.py"))
+    roofline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(roofline)
+    passes = roofline.model(2, 2, 1, 1, top=1)
+    assert passes["weights"][0] == 8 * 4 and passes["blend + collapse"][0] == 20 * 4
+    assert roofline.level_sizes(5, 7, 3) == [35, 12, 4]
+    roofline.main(["--size", "24x32", "--frames", "2", "--repeats", "1", "--bandwidth-mb", "4"])
+    table = capsys.readouterr().out
+    assert "| fuse |" in table and "GB/s" in table
