@@ -191,7 +191,9 @@ def exposure_fusion(
         [0, 1] slightly; clamp or normalise for display).
 
     Memory: besides the stack, N weight maps (a third of a float RGB stack) and about 4/3 of
-    the output; :func:`fuse_frames` streams frames instead, for memory independent of N.
+    the output; without gradients on a CPU (the native kernels) the result is written into that
+    4/3 and, where the N weight maps would exceed 64 MiB and one frame, the weights are computed
+    twice instead of held (memory independent of N); :func:`fuse_frames` streams frames.
     Gradients of any order (second ones by the reference code; see :mod:`efusion.backends`).
 
     Example:
