@@ -455,42 +455,6 @@ struct Level {
   int64_t h, w;
 };
 
-// pyr_down of `planes` planes [h, w] (rows of the flattened batch: planes_per_item planes per batch
-// item, item stride `item_stride` elements) into coarse planes. `src(b, p)` / `dst(b, p)` give the plane pointers.
-template <typename T, typename Src, typename Dst>
-void down_planes(int64_t batch, int64_t planes, Level fine, Level coarse, int64_t mode, Src src, Dst dst) {
-  at::parallel_for(0, batch * coarse.h, grain_rows(fine.w * planes * 2), [&](int64_t i0, int64_t i1) {
-    // columns-filtered fine rows, five per plane, keyed by fine row index mod 5
-    std::vector<T> rows(static_cast<size_t>(planes * 5 * coarse.w));
-    std::vector<int64_t> cached(static_cast<size_t>(planes * 5), -1);
-    std::vector<T> padded(static_cast<size_t>(fine.w + 4));
-    int64_t batch_done = -1;
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t b = i / coarse.h, j = i % coarse.h;
-      if (b != batch_done) {
-        std::fill(cached.begin(), cached.end(), -1);
-        batch_done = b;
-      }
-      for (int64_t p = 0; p < planes; ++p) {
-        const T* in = src(b, p);
-        const T* taps[5];
-        for (int k = 0; k < 5; ++k) {
-          const int64_t r = border_index(2 * j + k - 2, fine.h, mode);
-          const int64_t slot = p * 5 + r % 5;
-          T* buf = rows.data() + slot * coarse.w;
-          if (cached[slot] != r) {
-            down_row(in + r * fine.w, fine.w, mode, padded.data(), buf);
-            cached[slot] = r;
-          }
-          taps[k] = buf;
-        }
-        T* o = dst(b, p) + j * coarse.w;
-        for (int64_t x = 0; x < coarse.w; ++x) o[x] = down_tap(taps[0][x], taps[1][x], taps[2][x], taps[3][x], taps[4][x]);
-      }
-    }
-  });
-}
-
 // ---------------------------------------------------------------------------------------------
 // blend (efusion.reference.blend.blend): one frame at a time, per level the frame's next Gaussian
 // level (image and weights), then its weighted Laplacian level and weighted Gaussian level added
@@ -601,7 +565,7 @@ void blend_add(Blend& s, const T* image0, int64_t image_step, const T* weight0, 
           int64_t halo_row[2] = {-1, -1}, last_halo = 1;
           std::vector<T> vertical(static_cast<size_t>(cl.w)), up(static_cast<size_t>(fl.w));
           int64_t cached_item = -1;
-          // coarse row j of item b, plane p, into out (down_planes' body)
+          // coarse row j of item b, plane p, into out (pyr_down's 5 x 5 taps: rows filtered along columns, cached by row index mod 5)
           auto down_one = [&](int64_t b, int64_t j, int64_t p, T* o) {
             if (b != cached_item) {
               std::fill(cached.begin(), cached.end(), -1);
