@@ -1,4 +1,5 @@
-"""The ``"native"`` backend: C++ kernels (``kernels.cpp``) for the no-grad forward on a CPU.
+"""The ``"native"`` backend: C++ kernels (``kernels.cpp``) for the forward on a CPU, and the
+gradient of ``fuse``.
 
 Three ``torch.library`` operators, each equal to reference code bit for bit (the same operations
 in the same order, and torch's own ``sqrt``/``exp``/``log`` for the transcendental steps), except
@@ -7,14 +8,18 @@ tail (there torch adds in another order, one that also depends on its thread cou
 
 - ``efusion_native::weights`` = :func:`efusion.reference.measures.fusion_weights` (no mask);
 - ``efusion_native::blend`` = :func:`efusion.reference.blend.blend` with a number depth;
-- ``efusion_native::fuse`` = both, as :meth:`efusion.backends.reference.ReferenceBackend.fuse`.
+- ``efusion_native::fuse`` = both, as :meth:`efusion.backends.reference.ReferenceBackend.fuse`;
+- ``efusion_native::fusion`` = ``fuse`` with the five weight parameters as one tensor, with
+  registered autograd: ``efusion_native::fusion_backward`` gives the gradients of the stack and the
+  parameters (a recorded backward, ``create_graph=True``, is the reference code's gradient instead,
+  :func:`efusion.backends.gradients.reference_gradients`, so second derivatives work).
 
 One ``at::parallel_for`` per pass over a pyramid level, rows split across threads, each thread
 running the whole chain of its rows: ``torch.get_num_threads()`` is respected (one thread inside
 DataLoader workers, where torch sets it) and a busy machine costs a barrier per pass, not per
 elementwise step. The kernels are compiled on first use and cached (:mod:`.build`);
 ``EFUSION_NATIVE=0`` turns the backend off. It declines, so that the ``"cpu"`` backend or the
-reference runs instead: calls that record gradients (``differentiable = False``), masks, tensor
+reference runs instead: ``weights`` and ``blend`` calls that record gradients, masks, tensor
 depths, other dtypes and devices, ``torch.func`` transforms, and exponents whose weights could
 overflow. Under ``torch.compile`` it takes no-grad ``fuse`` and ``blend`` calls whose parameters
 are numbers: the operators stay opaque in the graph (their fake kernels give the shapes), so a
@@ -31,10 +36,12 @@ from torch import Tensor
 from ..._util import WeightParams, needs_grad, present
 from ...depth import depth_plan
 from ...presets import Preset
-from ...reference.measures import may_overflow
+from ...reference.blend import blend as reference_blend
+from ...reference.measures import fusion_weights, may_overflow
+from ..gradients import reference_gradients
 from . import build
 
-__all__ = ["BACKEND", "NativeBackend", "conventions", "supported"]
+__all__ = ["BACKEND", "NativeBackend", "conventions", "preset_of", "supported"]
 
 _DTYPES = (torch.float32, torch.float64)
 #: the inputs ``select`` passes besides the stack: fuse (mask, five parameters, levels), blend (weights,
@@ -69,6 +76,21 @@ def conventions(preset: Preset) -> tuple[list[int], list[float]]:
         *_CHANNELS[getattr(preset, "channel_order", "rgb")],
     ]
     return codes, [*(float(w) for w in preset.luma_weights), float(getattr(preset, "flat_contrast", 0.0))]
+
+
+def preset_of(codes: list[int], reals: list[float]) -> Preset:
+    """The inverse of :func:`conventions`: a preset with the conventions the codes give (for the
+    reference code a recorded backward runs; the fields that act before a backend runs, and the
+    name, take their defaults)."""
+    borders = {code: name for name, code in _BORDERS.items()}
+    orders = {channels: name for name, channels in _CHANNELS.items()}
+    return Preset(
+        name="native", luma_weights=(reals[0], reals[1], reals[2]), laplacian_border=borders[codes[1]],
+        luma_form=_FORMS["luma_form"][codes[0]], saturation_form=_FORMS["saturation_form"][codes[3]],
+        laplacian_form=_FORMS["laplacian_form"][codes[2]], down_border=borders[codes[4]],
+        up_borders=(borders[codes[5]], borders[codes[6]]), extra_level=False, float32_depth=False, channel_order=orders[(codes[7], codes[8], codes[9])],
+        flat_contrast=reals[3],
+    )
 
 
 def supported(preset: Preset) -> bool:
@@ -110,8 +132,9 @@ class NativeBackend:
     :class:`efusion.backends.reference.ReferenceBackend` for the ops' signatures)."""
 
     name = "native"
-    #: forward only: calls that record gradients go to another backend (the conformance suite reads this)
-    differentiable = False
+    #: ``fuse`` calls that record gradients run here (``weights`` and ``blend`` ones go to another
+    #: backend; the conformance suite reads this)
+    differentiable = True
 
     def accepts(self, op: str, stack: Tensor, inputs: tuple, *, preset: Preset, mask: Tensor | None = None) -> bool:
         if mask is not None or not supported(preset):
@@ -128,7 +151,7 @@ class NativeBackend:
             return self._accepts_traced(op, stack, inputs)
         if stack.device.type != "cpu" or stack.dtype not in _DTYPES or stack.dim() != 5:
             return False
-        if needs_grad(stack, *inputs) or _functorch_wrapped((stack, *inputs)):
+        if _functorch_wrapped((stack, *inputs)) or (op != "fuse" and needs_grad(stack, *inputs)):
             return False
         if op == "blend":
             weights, levels = inputs
@@ -198,6 +221,10 @@ class NativeBackend:
         """The reference weights then blend, by ``efusion_native::fuse``."""
         codes, reals = conventions(preset)
         band, residual = self._plan(levels, stack, preset)
+        if needs_grad(stack, *params):  # the differentiable form: the parameters as one tensor
+            sigma_tensor = isinstance(params[4], Tensor)
+            return torch.ops.efusion_native.fusion(stack.contiguous(), _parameter_vector(params, stack.shape[2]),
+                                                   sigma_tensor, reals, band, residual, codes)
         return torch.ops.efusion_native.fuse(stack.contiguous(), *self._weight_arguments(stack, params), reals, band,
                                              residual, codes)
 
@@ -261,7 +288,13 @@ class NativeBackend:
         codes, reals = conventions(_preset("opencv"))
         mertens_codes, mertens_reals = conventions(_preset("mertens"))
         weight_args = [[1.0, 0.5, 2.0], [0.4, 0.5, 0.6], [0.2, 0.2, 0.2], False]
+        vector = torch.tensor([0.8, 1.2, 1.5, 0.4, 0.5, 0.6, 0.2, 0.25, 0.3], dtype=torch.float64)
+        grad = torch.rand(1, 3, 9, 11, generator=g, dtype=torch.float64)
         return [
+            (torch.ops.efusion_native.fusion.default, [x.double().requires_grad_(), vector.clone().requires_grad_(), True,
+                                                       reals, [1.0, 0.3, 0.0], [0.0, 0.7, 0.3], codes]),
+            (torch.ops.efusion_native.fusion_backward.default, [grad, x.double(), vector, True, reals, [1.0, 0.3, 0.0],
+                                                                [0.0, 0.7, 0.3], codes, True, True]),
             (torch.ops.efusion_native.weights.default, [x, *weight_args, reals, codes]),
             (torch.ops.efusion_native.blend.default, [x, w, [1.0, 0.3, 0.0], [0.0, 0.7, 0.3], reals, codes]),
             (torch.ops.efusion_native.fuse.default, [x.double(), *weight_args, mertens_reals, [1.0, 0.0], [0.0, 1.0],
@@ -312,6 +345,56 @@ def _accumulators(like: Tensor, band: list[float], residual: list[float]) -> lis
     return bands + residuals
 
 
+def _parameter_vector(params: WeightParams, channels: int) -> Tensor:
+    """The five weight parameters as ``efusion_native::fusion``'s float64 vector ``[contrast,
+    saturation, exposure, mu_0..mu_{C-1}, sigma_0..sigma_{C-1}]``, built by differentiable steps
+    (autograd takes its gradient back to each parameter's shape and dtype). Where the reference
+    leaves a parameter unused (the saturation of a gray stack; mu and sigma when the exposure
+    exponent is the number 0), a constant stands in, so that it gets no gradient there either."""
+
+    def entries(value, count: int) -> Tensor:
+        t = value if isinstance(value, Tensor) else torch.tensor(value, dtype=torch.float64)
+        t = t.to(torch.float64).reshape(-1)
+        return t.expand(count) if t.numel() == 1 else t
+
+    contrast, saturation, exposure, mu, sigma = params
+    if not isinstance(exposure, Tensor) and exposure == 0:
+        mu, sigma = (torch.tensor(_values(v, channels), dtype=torch.float64) for v in (mu, sigma))
+    return torch.cat([entries(contrast, 1), entries(saturation if channels == 3 else 0.0, 1), entries(exposure, 1),
+                      entries(mu, channels), entries(sigma, channels)])
+
+
+def _fusion_setup(ctx, inputs, output) -> None:
+    stack, parameters, sigma_tensor, reals, band, residual, codes = inputs
+    ctx.save_for_backward(stack, parameters)
+    ctx.arguments = (sigma_tensor, reals, band, residual, codes)
+
+
+def _fusion_backward(ctx, grad: Tensor):
+    """The kernels' gradient (``efusion_native::fusion_backward``); when autograd records the
+    backward (``create_graph=True``), the reference code's, differentiable again."""
+    stack, parameters = ctx.saved_tensors
+    sigma_tensor, reals, band, residual, codes = ctx.arguments
+    needs = ctx.needs_input_grad[:2]
+    if torch.is_grad_enabled():
+        channels = stack.shape[2]
+        preset = preset_of(codes, reals)
+
+        def reference() -> Tensor:
+            contrast, saturation, exposure = parameters[0], parameters[1], parameters[2]
+            mu = parameters[3:3 + channels]
+            sigma = parameters[3 + channels:] if sigma_tensor else float(parameters[3 + channels].detach())
+            weights = fusion_weights(stack, None, contrast, saturation, exposure, mu, sigma, preset)
+            return reference_blend(stack, weights, None, preset, plan=(band, residual))
+
+        grads = reference_gradients(reference, [stack, parameters], needs, grad)
+        return grads[0], grads[1], None, None, None, None, None
+    grad_stack, grad_parameters = torch.ops.efusion_native.fusion_backward(
+        grad.contiguous(), stack, parameters, sigma_tensor, reals, band, residual, codes, needs[0], needs[1])
+    return (grad_stack if needs[0] else None, grad_parameters.to(parameters.dtype) if needs[1] else None,
+            None, None, None, None, None)
+
+
 def _preset(name: str) -> Preset:
     from ...presets import get_preset
 
@@ -319,7 +402,8 @@ def _preset(name: str) -> Preset:
 
 
 def _register_fakes() -> None:
-    """Shape-only kernels for ``torch.compile`` / ``opcheck`` (the C++ side defines the schemas)."""
+    """Shape-only kernels for ``torch.compile`` / ``opcheck`` (the C++ side defines the schemas), and
+    ``fusion``'s autograd."""
 
     @torch.library.register_fake("efusion_native::weights")
     def _weights_fake(stack, *args):
@@ -332,6 +416,18 @@ def _register_fakes() -> None:
     @torch.library.register_fake("efusion_native::fuse")
     def _fuse_fake(stack, *args):
         return stack.new_empty((stack.shape[0], stack.shape[2], stack.shape[3], stack.shape[4]))
+
+    @torch.library.register_fake("efusion_native::fusion")
+    def _fusion_fake(stack, *args):
+        return stack.new_empty((stack.shape[0], stack.shape[2], stack.shape[3], stack.shape[4]))
+
+    @torch.library.register_fake("efusion_native::fusion_backward")
+    def _fusion_backward_fake(grad, stack, parameters, *args):
+        stack_grad = args[-2]
+        return (stack.new_empty(stack.shape if stack_grad else (0,)),
+                parameters.new_empty(parameters.shape, dtype=torch.float64))
+
+    torch.library.register_autograd("efusion_native::fusion", _fusion_backward, setup_context=_fusion_setup)
 
 
 build.on_load(_register_fakes)
