@@ -156,7 +156,8 @@ class TestSelection:
         assert _select("weights", x.double().requires_grad_(), (None, *params)) == "cpu"  # no weights gradient
         assert _select("blend", x.double(), (w.double().requires_grad_(), 2.5)) == "cpu"  # nor blend gradient
         assert _select("fuse", x, (torch.ones(1, 3, 1, 8, 8), *params, None)) == "cpu"  # masks
-        assert _select("fuse", x, (None, *params, torch.tensor(2.5))) == "cpu"  # tensor depth
+        assert _select("fuse", x, (None, *params, torch.tensor(2.5))) == "native"  # tensor depth: fuse only
+        assert _select("blend", x, (w, torch.tensor(2.5))) == "cpu"
         assert _select("fuse", x.half(), (None, *params, None)) == "reference"
         # 16 ** 33 may overflow float32: neither kernel backend, the reference's log-domain fallback
         assert _select("fuse", x, (None, 33.0, 1.0, 1.0, 0.5, 0.2, None)) == "reference"
@@ -265,6 +266,24 @@ class TestGradients:
         for name, a, b in zip(["stack", *values], fast, truth):
             bound = (BOUND[torch.float32] if name == "stack" else 1e-5) * max(1.0, b.abs().max().item())
             torch.testing.assert_close(a.double(), b, atol=bound, rtol=0, msg=name)
+
+    @pytest.mark.parametrize("preset", ["mertens", "opencv"])
+    @pytest.mark.parametrize("levels", [1.0, 1.5, 3.0, -1.0, -2.5])
+    def test_tensor_depth(self, preset, levels):
+        # a learned depth: the plan's coefficients get gradients (sum g_l B_l, sum g_l R_l), whole
+        # depths included (a coefficient of 0 that still wants its gradient)
+        x = gradcheck_stack(2, 3, 3, 20, 14, seed=3).requires_grad_()
+        values = dict(contrast=0.8, saturation=1.2, exposure=1.1, mu=0.45, sigma=0.25, levels=levels)
+        tensors = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in values.items()}
+        numbers = dict(preset=preset)
+        fast, ran, value = _fused_gradients("native", x, tensors, numbers)
+        slow, _, expected = _fused_gradients("reference", x, tensors, numbers)
+        assert ran
+        torch.testing.assert_close(value, expected, atol=BOUND[torch.float64], rtol=0)
+        for name, a, b in zip(["stack", *tensors], fast, slow):
+            assert (a is None) == (b is None), name
+            if a is not None:
+                torch.testing.assert_close(a, b, atol=1e-12 * max(1.0, b.abs().max().item()), rtol=0, msg=name)
 
     @pytest.mark.parametrize("wanted", ["stack", "parameters"])
     def test_partial_needs(self, wanted):

@@ -9,18 +9,20 @@ tail (there torch adds in another order, one that also depends on its thread cou
 - ``efusion_native::weights`` = :func:`efusion.reference.measures.fusion_weights` (no mask);
 - ``efusion_native::blend`` = :func:`efusion.reference.blend.blend` with a number depth;
 - ``efusion_native::fuse`` = both, as :meth:`efusion.backends.reference.ReferenceBackend.fuse`;
-- ``efusion_native::fusion`` = ``fuse`` with the five weight parameters as one tensor, with
-  registered autograd: ``efusion_native::fusion_backward`` gives the gradients of the stack and the
-  parameters (a recorded backward, ``create_graph=True``, is the reference code's gradient instead,
-  :func:`efusion.backends.gradients.reference_gradients`, so second derivatives work).
+- ``efusion_native::fusion`` = ``fuse`` with the five weight parameters and the depth plan
+  (:func:`efusion.depth.depth_plan`'s coefficients) as tensors, for calls that record gradients or
+  have a tensor depth, with registered autograd: ``efusion_native::fusion_backward`` gives the
+  gradients of the stack, the parameters and the plan (a recorded backward, ``create_graph=True``,
+  is the reference code's gradient instead, :func:`efusion.backends.gradients.reference_gradients`,
+  so second derivatives work).
 
 One ``at::parallel_for`` per pass over a pyramid level, rows split across threads, each thread
 running the whole chain of its rows: ``torch.get_num_threads()`` is respected (one thread inside
 DataLoader workers, where torch sets it) and a busy machine costs a barrier per pass, not per
 elementwise step. The kernels are compiled on first use and cached (:mod:`.build`);
 ``EFUSION_NATIVE=0`` turns the backend off. It declines, so that the ``"cpu"`` backend or the
-reference runs instead: ``weights`` and ``blend`` calls that record gradients, masks, tensor
-depths, other dtypes and devices, ``torch.func`` transforms, and exponents whose weights could
+reference runs instead: ``weights`` and ``blend`` calls that record gradients or have a tensor
+depth, masks, other dtypes and devices, ``torch.func`` transforms, and exponents whose weights could
 overflow. Under ``torch.compile`` it takes no-grad ``fuse`` and ``blend`` calls whose parameters
 are numbers: the operators stay opaque in the graph (their fake kernels give the shapes), so a
 compiled call returns the eager result's bits.
@@ -161,8 +163,8 @@ class NativeBackend:
             levels = inputs[6] if op == "fuse" else None
             if inputs[0] is not None or not self._params_fit(inputs[1:6], stack.shape[2], stack.shape[1], stack.dtype):
                 return False
-        if isinstance(levels, Tensor):  # tensor depths (learned, differentiable) stay with the other backends
-            return False
+        if isinstance(levels, Tensor) and (op != "fuse" or levels.device.type != "cpu"):
+            return False  # tensor depths (learned, differentiable): fuse only (efusion_native::fusion)
         return build.load()
 
     @staticmethod
@@ -220,11 +222,12 @@ class NativeBackend:
              relative: bool | None) -> Tensor:
         """The reference weights then blend, by ``efusion_native::fuse``."""
         codes, reals = conventions(preset)
-        band, residual = self._plan(levels, stack, preset)
-        if needs_grad(stack, *params):  # the differentiable form: the parameters as one tensor
-            sigma_tensor = isinstance(params[4], Tensor)
+        if needs_grad(stack, *params) or isinstance(levels, Tensor):  # parameters and depth plan as tensors
+            plan = depth_plan(levels, stack.shape[-2], stack.shape[-1], preset, stack.dtype, stack.device, relative,
+                              sparse=True)
             return torch.ops.efusion_native.fusion(stack.contiguous(), _parameter_vector(params, stack.shape[2]),
-                                                   sigma_tensor, reals, band, residual, codes)
+                                                   _plan_vector(plan), isinstance(params[4], Tensor), reals, codes)
+        band, residual = self._plan(levels, stack, preset)
         return torch.ops.efusion_native.fuse(stack.contiguous(), *self._weight_arguments(stack, params), reals, band,
                                              residual, codes)
 
@@ -290,11 +293,12 @@ class NativeBackend:
         weight_args = [[1.0, 0.5, 2.0], [0.4, 0.5, 0.6], [0.2, 0.2, 0.2], False]
         vector = torch.tensor([0.8, 1.2, 1.5, 0.4, 0.5, 0.6, 0.2, 0.25, 0.3], dtype=torch.float64)
         grad = torch.rand(1, 3, 9, 11, generator=g, dtype=torch.float64)
+        plan = torch.tensor([1.0, 0.3, 0.0, 0.0, 0.7, 0.3], dtype=torch.float64)  # a depth of 2.3 levels
         return [
-            (torch.ops.efusion_native.fusion.default, [x.double().requires_grad_(), vector.clone().requires_grad_(), True,
-                                                       reals, [1.0, 0.3, 0.0], [0.0, 0.7, 0.3], codes]),
-            (torch.ops.efusion_native.fusion_backward.default, [grad, x.double(), vector, True, reals, [1.0, 0.3, 0.0],
-                                                                [0.0, 0.7, 0.3], codes, True, True]),
+            (torch.ops.efusion_native.fusion.default, [x.double().requires_grad_(), vector.clone().requires_grad_(),
+                                                       plan.clone().requires_grad_(), True, reals, codes]),
+            (torch.ops.efusion_native.fusion_backward.default, [grad, x.double(), vector, plan, True, reals, codes, True,
+                                                                True, True]),
             (torch.ops.efusion_native.weights.default, [x, *weight_args, reals, codes]),
             (torch.ops.efusion_native.blend.default, [x, w, [1.0, 0.3, 0.0], [0.0, 0.7, 0.3], reals, codes]),
             (torch.ops.efusion_native.fuse.default, [x.double(), *weight_args, mertens_reals, [1.0, 0.0], [0.0, 1.0],
@@ -364,18 +368,27 @@ def _parameter_vector(params: WeightParams, channels: int) -> Tensor:
                       entries(mu, channels), entries(sigma, channels)])
 
 
+def _plan_vector(plan) -> Tensor:
+    """:func:`~efusion.depth.depth_plan`'s ``(band, residual)`` as ``efusion_native::fusion``'s float64
+    vector ``[band_0..band_{L-1}, residual_0..residual_{L-1}]`` (differentiable in a tensor depth)."""
+    def entry(c) -> Tensor:
+        return c.to(torch.float64).reshape(()) if isinstance(c, Tensor) else torch.tensor(float(c), dtype=torch.float64)
+
+    return torch.stack([entry(c) for part in plan for c in part])
+
+
 def _fusion_setup(ctx, inputs, output) -> None:
-    stack, parameters, sigma_tensor, reals, band, residual, codes = inputs
-    ctx.save_for_backward(stack, parameters)
-    ctx.arguments = (sigma_tensor, reals, band, residual, codes)
+    stack, parameters, plan, sigma_tensor, reals, codes = inputs
+    ctx.save_for_backward(stack, parameters, plan)
+    ctx.arguments = (sigma_tensor, reals, codes)
 
 
 def _fusion_backward(ctx, grad: Tensor):
     """The kernels' gradient (``efusion_native::fusion_backward``); when autograd records the
     backward (``create_graph=True``), the reference code's, differentiable again."""
-    stack, parameters = ctx.saved_tensors
-    sigma_tensor, reals, band, residual, codes = ctx.arguments
-    needs = ctx.needs_input_grad[:2]
+    stack, parameters, plan = ctx.saved_tensors
+    sigma_tensor, reals, codes = ctx.arguments
+    needs = ctx.needs_input_grad[:3]
     if torch.is_grad_enabled():
         channels = stack.shape[2]
         preset = preset_of(codes, reals)
@@ -385,14 +398,15 @@ def _fusion_backward(ctx, grad: Tensor):
             mu = parameters[3:3 + channels]
             sigma = parameters[3 + channels:] if sigma_tensor else float(parameters[3 + channels].detach())
             weights = fusion_weights(stack, None, contrast, saturation, exposure, mu, sigma, preset)
-            return reference_blend(stack, weights, None, preset, plan=(band, residual))
+            top = plan.shape[0] // 2
+            return reference_blend(stack, weights, None, preset, plan=(list(plan[:top]), list(plan[top:])))
 
-        grads = reference_gradients(reference, [stack, parameters], needs, grad)
-        return grads[0], grads[1], None, None, None, None, None
-    grad_stack, grad_parameters = torch.ops.efusion_native.fusion_backward(
-        grad.contiguous(), stack, parameters, sigma_tensor, reals, band, residual, codes, needs[0], needs[1])
+        grads = reference_gradients(reference, [stack, parameters, plan], needs, grad)
+        return grads[0], grads[1], grads[2], None, None, None
+    grad_stack, grad_parameters, grad_plan = torch.ops.efusion_native.fusion_backward(
+        grad.contiguous(), stack, parameters, plan, sigma_tensor, reals, codes, *needs)
     return (grad_stack if needs[0] else None, grad_parameters.to(parameters.dtype) if needs[1] else None,
-            None, None, None, None, None)
+            grad_plan.to(plan.dtype) if needs[2] else None, None, None, None)
 
 
 def _preset(name: str) -> Preset:
@@ -422,10 +436,10 @@ def _register_fakes() -> None:
         return stack.new_empty((stack.shape[0], stack.shape[2], stack.shape[3], stack.shape[4]))
 
     @torch.library.register_fake("efusion_native::fusion_backward")
-    def _fusion_backward_fake(grad, stack, parameters, *args):
-        stack_grad = args[-2]
+    def _fusion_backward_fake(grad, stack, parameters, plan, *args):
+        stack_grad = args[-3]
         return (stack.new_empty(stack.shape if stack_grad else (0,)),
-                parameters.new_empty(parameters.shape, dtype=torch.float64))
+                parameters.new_empty(parameters.shape, dtype=torch.float64), plan.new_empty(plan.shape, dtype=torch.float64))
 
     torch.library.register_autograd("efusion_native::fusion", _fusion_backward, setup_context=_fusion_setup)
 

@@ -778,6 +778,7 @@ TORCH_LIBRARY_IMPL(efusion_native, CPU, m) {
 #include <ATen/ops/zeros_like.h>
 
 #include <tuple>
+#include <utility>
 
 // ---------------------------------------------------------------------------------------------
 // backward (issue 13): the gradient of fuse with respect to the stack and the five weight
@@ -918,14 +919,14 @@ void laplacian_adjoint_row(const T* d, int64_t height, int64_t width, int64_t y,
   out[right] += mid[width - 1];
 }
 
-// the gradient of fuse (weights then blend, a number depth) for the stack and the parameters
-// (contrast, saturation, exposure, mu_c, sigma_c), the latter summed in double
+// the gradient of fuse (weights then blend) for the stack, the parameters (contrast, saturation,
+// exposure, mu_c, sigma_c) and the depth plan's coefficients (band_l then residual_l), the latter
+// two summed in double: d/d band_l = sum g_l B_l, d/d residual_l = sum g_l R_l (the blended levels)
 template <typename T>
-std::tuple<at::Tensor, at::Tensor> fuse_backward_impl(const at::Tensor& grad_in, const at::Tensor& stack,
-                                                      const WeightParams& p, const Conventions& cv,
-                                                      const std::vector<double>& band_coef,
-                                                      const std::vector<double>& residual_coef, bool stack_grad,
-                                                      bool parameter_grad) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
+    const at::Tensor& grad_in, const at::Tensor& stack, const WeightParams& p, const Conventions& cv,
+    const std::vector<double>& band_coef, const std::vector<double>& residual_coef, bool stack_grad,
+    bool parameter_grad, bool plan_grad) {
   const int64_t batch = stack.size(0), frames = stack.size(1), channels = stack.size(2);
   const int64_t height = stack.size(3), width = stack.size(4), plane = height * width;
   const int64_t top = int64_t(band_coef.size());
@@ -995,8 +996,14 @@ std::tuple<at::Tensor, at::Tensor> fuse_backward_impl(const at::Tensor& grad_in,
     h[l] = level_tensor(l, 1);
     if (stack_grad) q[l] = level_tensor(l, channels);
   }
+  // a term's coefficient may be 0 and still want its gradient (a tensor depth at a whole level)
+  auto band_term = [&](int64_t l) { return l + 1 < top && (band_coef[l] != 0 || plan_grad); };
   for (int64_t l = 0; l + 1 < top; ++l)
-    if (band_coef[l] != 0) upsampled[l] = level_tensor(l, channels);
+    if (band_term(l)) upsampled[l] = level_tensor(l, channels);
+  // per level, per row of the level: sum g w (G - U G') and sum g w G, summed over frames
+  std::vector<std::vector<double>> plan_rows(static_cast<size_t>(top));
+  if (plan_grad)
+    for (int64_t l = 0; l < top; ++l) plan_rows[l].assign(static_cast<size_t>(batch * levels[l].h * 2), 0.0);
 
   for (int64_t n = 0; n < frames; ++n) {
     // this frame's level-0 image, weights, h_0 and q_0 inside the [B, N, ...] tensors
@@ -1017,12 +1024,13 @@ std::tuple<at::Tensor, at::Tensor> fuse_backward_impl(const at::Tensor& grad_in,
       const bool has_band = l + 1 < top && band_coef[l] != 0, has_residual = residual_coef[l] != 0;
       const T bc = T(band_coef[l]), rc = T(residual_coef[l]);
       const Level lv = levels[l];
-      if (has_band)
+      if (band_term(l))
         apply_separable<T>(image_at(l + 1), contiguous_planes<T>(upsampled[l], channels), batch, up_h[l], up_w[l], T(1),
                            false);
       const Planes<T> image = image_at(l), weight = weight_at(l), hl = h_at(l), ql = q_at(l);
       const Planes<T> gl = contiguous_planes<T>(g[l], channels);
-      const T* up_data = has_band ? upsampled[l].data_ptr<T>() : nullptr;
+      const T* up_data = band_term(l) ? upsampled[l].data_ptr<T>() : nullptr;
+      double* plan_sums = plan_grad ? plan_rows[l].data() : nullptr;
       // h_l = sum_c g (band (G - U G') + residual G); q_l = (band + residual) w g
       at::parallel_for(0, batch * lv.h, grain_rows(lv.w * channels * 3), [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) {
@@ -1033,12 +1041,22 @@ std::tuple<at::Tensor, at::Tensor> fuse_backward_impl(const at::Tensor& grad_in,
           for (int64_t c = 0; c < channels; ++c) {
             const T* xx = image.at(b, c) + off;
             const T* gg = gl.at(b, c) + off;
-            const T* uu = has_band ? up_data + (b * channels + c) * lv.h * lv.w + off : nullptr;
+            const T* uu = up_data ? up_data + (b * channels + c) * lv.h * lv.w + off : nullptr;
             for (int64_t k = 0; k < lv.w; ++k) {
               T v = T(0);
               if (has_band) v += bc * (xx[k] - uu[k]);
               if (has_residual) v += rc * xx[k];
               hh[k] += gg[k] * v;
+            }
+            if (plan_sums) {
+              double band_sum = 0, residual_sum = 0;
+              for (int64_t k = 0; k < lv.w; ++k) {
+                const double gw = double(gg[k]) * double(ww[k]);
+                if (uu) band_sum += gw * double(xx[k] - uu[k]);
+                residual_sum += gw * double(xx[k]);
+              }
+              plan_sums[2 * i] += band_sum;
+              plan_sums[2 * i + 1] += residual_sum;
             }
             if (stack_grad) {
               T* qq = ql.at(b, c) + off;
@@ -1256,7 +1274,26 @@ std::tuple<at::Tensor, at::Tensor> fuse_backward_impl(const at::Tensor& grad_in,
     for (int64_t i = 0; i < batch * height; ++i)
       for (int64_t k = 0; k < sums; ++k) out[k] += row_sums[i * sums + k];
   }
-  return {stack_grad ? grad_stack : at::empty({0}, options), parameters};
+  at::Tensor plan = at::zeros({2 * top}, options.dtype(at::kDouble));
+  if (plan_grad) {
+    double* out = plan.data_ptr<double>();
+    for (int64_t l = 0; l < top; ++l)
+      for (int64_t i = 0; i < batch * levels[l].h; ++i) {
+        if (l + 1 < top) out[l] += plan_rows[l][2 * i];
+        out[top + l] += plan_rows[l][2 * i + 1];
+      }
+  }
+  return {stack_grad ? grad_stack : at::empty({0}, options), parameters, plan};
+}
+
+// the depth plan vector of efusion_native::fusion: band_0..band_{L-1}, residual_0..residual_{L-1}
+std::pair<std::vector<double>, std::vector<double>> vector_plan(const at::Tensor& plan) {
+  TORCH_CHECK(plan.dim() == 1 && plan.size(0) >= 2 && plan.size(0) % 2 == 0,
+              "efusion_native: plan must be [2L] (band then residual coefficients), got ", plan.sizes());
+  const at::Tensor v = plan.to(at::kDouble).contiguous();
+  const double* d = v.data_ptr<double>();
+  const int64_t top = plan.size(0) / 2;
+  return {std::vector<double>(d, d + top), std::vector<double>(d + top, d + 2 * top)};
 }
 
 // the parameters vector of efusion_native::fusion: contrast, saturation, exposure, mu_c, sigma_c
@@ -1269,19 +1306,19 @@ WeightParams vector_params(const at::Tensor& parameters, bool sigma_tensor, int6
                       std::vector<double>(d + 3 + channels, d + 3 + 2 * channels), sigma_tensor};
 }
 
-at::Tensor fusion_op(const at::Tensor& stack_in, const at::Tensor& parameters, bool sigma_tensor, at::ArrayRef<double> reals,
-                     at::ArrayRef<double> band, at::ArrayRef<double> residual, at::IntArrayRef codes) {
+at::Tensor fusion_op(const at::Tensor& stack_in, const at::Tensor& parameters, const at::Tensor& plan, bool sigma_tensor,
+                     at::ArrayRef<double> reals, at::IntArrayRef codes) {
   check_stack(stack_in, "stack");
   const WeightParams p = vector_params(parameters, sigma_tensor, stack_in.size(2));
+  const auto [band, residual] = vector_plan(plan);
   return fuse_op(stack_in, {p.contrast, p.saturation, p.exposure}, p.mu, p.sigma, sigma_tensor, reals, band, residual,
                  codes);
 }
 
-std::tuple<at::Tensor, at::Tensor> fusion_backward_op(const at::Tensor& grad, const at::Tensor& stack_in,
-                                                      const at::Tensor& parameters, bool sigma_tensor,
-                                                      at::ArrayRef<double> reals, at::ArrayRef<double> band,
-                                                      at::ArrayRef<double> residual, at::IntArrayRef codes,
-                                                      bool stack_grad, bool parameter_grad) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fusion_backward_op(
+    const at::Tensor& grad, const at::Tensor& stack_in, const at::Tensor& parameters, const at::Tensor& plan,
+    bool sigma_tensor, at::ArrayRef<double> reals, at::IntArrayRef codes, bool stack_grad, bool parameter_grad,
+    bool plan_grad) {
   check_stack(stack_in, "stack");
   const at::Tensor stack = stack_in.contiguous();
   TORCH_CHECK(grad.dim() == 4 && grad.size(0) == stack.size(0) && grad.size(1) == stack.size(2) &&
@@ -1289,21 +1326,23 @@ std::tuple<at::Tensor, at::Tensor> fusion_backward_op(const at::Tensor& grad, co
                   grad.scalar_type() == stack.scalar_type(),
               "efusion_native: grad must be [B, C, H, W] of the stack's dtype, got ", grad.sizes());
   const WeightParams p = vector_params(parameters, sigma_tensor, stack.size(2));
+  const auto [band, residual] = vector_plan(plan);
   const auto cv = conventions_from(codes, reals);
   if (stack.scalar_type() == at::kFloat)
-    return fuse_backward_impl<float>(grad, stack, p, cv, band.vec(), residual.vec(), stack_grad, parameter_grad);
-  return fuse_backward_impl<double>(grad, stack, p, cv, band.vec(), residual.vec(), stack_grad, parameter_grad);
+    return fuse_backward_impl<float>(grad, stack, p, cv, band, residual, stack_grad, parameter_grad, plan_grad);
+  return fuse_backward_impl<double>(grad, stack, p, cv, band, residual, stack_grad, parameter_grad, plan_grad);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(efusion_native, m) {
   // fuse with the weight parameters as one differentiable vector [contrast, saturation, exposure,
-  // mu_0..mu_{C-1}, sigma_0..sigma_{C-1}] (float64; autograd registered in Python), and its gradient
-  m.def("fusion(Tensor stack, Tensor parameters, bool sigma_tensor, float[] reals, float[] band, float[] residual, "
-        "int[] conventions) -> Tensor");
-  m.def("fusion_backward(Tensor grad, Tensor stack, Tensor parameters, bool sigma_tensor, float[] reals, float[] band, "
-        "float[] residual, int[] conventions, bool stack_grad, bool parameter_grad) -> (Tensor, Tensor)");
+  // mu_0..mu_{C-1}, sigma_0..sigma_{C-1}] and the depth plan as another [band_0..band_{L-1},
+  // residual_0..residual_{L-1}] (float64; autograd registered in Python), and its gradient
+  m.def("fusion(Tensor stack, Tensor parameters, Tensor plan, bool sigma_tensor, float[] reals, int[] conventions) "
+        "-> Tensor");
+  m.def("fusion_backward(Tensor grad, Tensor stack, Tensor parameters, Tensor plan, bool sigma_tensor, float[] reals, "
+        "int[] conventions, bool stack_grad, bool parameter_grad, bool plan_grad) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(efusion_native, CPU, m) {
