@@ -790,12 +790,105 @@ TORCH_LIBRARY_IMPL(efusion_native, CPU, m) {
 namespace {
 
 // a 1-D linear map as rows: output i = sum over k in [start[i], start[i + 1]) of weight[k] * input[index[k]]
+// Away from the borders every map here is one of two stencils times a scale: DECIMATE (output j
+// reads 2j-2..2j+2 with taps 1 4 6 4 1 / 16: pyr_down, and U^T = 2 of it) or INTERPOLATE (output
+// 2i reads i-1, i, i+1 with 1/8 3/4 1/8, output 2i+1 reads i, i+1 with 1/2 1/2: pyr_up, and D^T =
+// 1/2 of it); outputs [lo, hi) are known to match it (checked against the rows), the rest use the rows.
+enum class Stencil { NONE, DECIMATE, INTERPOLATE };
+
 struct Axis {
   std::vector<int64_t> start, index;
   std::vector<double> weight;
   int64_t inputs = 0;
+  Stencil stencil = Stencil::NONE;
+  double scale = 1.0;
+  int64_t lo = 0, hi = 0;
   int64_t outputs() const { return int64_t(start.size()) - 1; }
 };
+
+// whether row o of the map equals the stencil's row (duplicate indices merged, all in range)
+bool row_matches(const Axis& a, int64_t o, Stencil stencil, double scale) {
+  std::vector<std::pair<int64_t, double>> want;
+  if (stencil == Stencil::DECIMATE) {
+    const double taps[5] = {1.0 / 16, 4.0 / 16, 6.0 / 16, 4.0 / 16, 1.0 / 16};
+    for (int k = 0; k < 5; ++k) want.push_back({2 * o + k - 2, scale * taps[k]});
+  } else if (o % 2 == 0) {
+    want = {{o / 2 - 1, scale * 0.125}, {o / 2, scale * 0.75}, {o / 2 + 1, scale * 0.125}};
+  } else {
+    want = {{o / 2, scale * 0.5}, {o / 2 + 1, scale * 0.5}};
+  }
+  std::vector<std::pair<int64_t, double>> have;
+  for (int64_t k = a.start[o]; k < a.start[o + 1]; ++k) {
+    bool merged = false;
+    for (auto& entry : have)
+      if (entry.first == a.index[k]) {
+        entry.second += a.weight[k];
+        merged = true;
+      }
+    if (!merged) have.push_back({a.index[k], a.weight[k]});
+  }
+  if (have.size() != want.size()) return false;
+  std::sort(have.begin(), have.end());
+  for (size_t k = 0; k < want.size(); ++k)
+    if (want[k].first < 0 || want[k].first >= a.inputs || have[k].first != want[k].first ||
+        have[k].second != want[k].second)
+      return false;
+  return true;
+}
+
+// mark the longest run of outputs that match the stencil as the fast interior
+Axis with_stencil(Axis a, Stencil stencil, double scale) {
+  int64_t best_lo = 0, best_hi = 0;
+  for (int64_t o = 0; o < a.outputs();) {
+    if (!row_matches(a, o, stencil, scale)) {
+      ++o;
+      continue;
+    }
+    int64_t end = o;
+    while (end < a.outputs() && row_matches(a, end, stencil, scale)) ++end;
+    if (end - o > best_hi - best_lo) best_lo = o, best_hi = end;
+    o = end;
+  }
+  a.stencil = stencil;
+  a.scale = scale;
+  a.lo = best_lo;
+  a.hi = best_hi;
+  return a;
+}
+
+// out[0..outputs) = the map applied to in[0..inputs)
+template <typename T>
+void apply_axis(const Axis& a, const T* in, T* out) {
+  auto by_rows = [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o) {
+      T v = T(0);
+      for (int64_t k = a.start[o]; k < a.start[o + 1]; ++k) v += T(a.weight[k]) * in[a.index[k]];
+      out[o] = v;
+    }
+  };
+  by_rows(0, a.lo);
+  by_rows(a.hi, a.outputs());
+  const T s = T(a.scale);
+  if (a.stencil == Stencil::DECIMATE) {
+    const T t0 = s * T(0.0625), t1 = s * T(0.25), t2 = s * T(0.375);
+    for (int64_t j = a.lo; j < a.hi; ++j) {
+      const T* m = in + 2 * j - 2;
+      out[j] = (t0 * (m[0] + m[4]) + t1 * (m[1] + m[3])) + t2 * m[2];
+    }
+  } else if (a.stencil == Stencil::INTERPOLATE) {
+    const T edge = s * T(0.125), centre = s * T(0.75), half = s * T(0.5);
+    for (int64_t f = a.lo + (a.lo % 2); f < a.hi; f += 2) {
+      const int64_t i = f / 2;
+      out[f] = edge * (in[i - 1] + in[i + 1]) + centre * in[i];
+    }
+    for (int64_t f = a.lo + 1 - (a.lo % 2); f < a.hi; f += 2) {
+      const int64_t i = f / 2;
+      out[f] = half * (in[i] + in[i + 1]);
+    }
+  } else {
+    by_rows(a.lo, a.hi);
+  }
+}
 
 // pyr_down along an axis of n samples (down_row's taps and borders): ceil(n / 2) outputs
 Axis down_axis(int64_t n, int64_t mode) {
@@ -873,22 +966,24 @@ void apply_separable(const Planes<T>& in, const Planes<T>& out, int64_t batch, c
                      T alpha, bool add) {
   const int64_t per_item = in.per_item, h_out = rows.outputs(), w_in = cols.inputs, w_out = cols.outputs();
   at::parallel_for(0, batch * per_item * h_out, grain_rows(w_in * 3), [&](int64_t i0, int64_t i1) {
-    std::vector<T> mixed(static_cast<size_t>(w_in));
+    std::vector<T> mixed(static_cast<size_t>(w_in)), row(static_cast<size_t>(w_out));
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t y = i % h_out, p = (i / h_out) % per_item, b = i / (h_out * per_item);
       const T* src = in.at(b, p);
-      std::fill(mixed.begin(), mixed.end(), T(0));
       for (int64_t k = rows.start[y]; k < rows.start[y + 1]; ++k) {
         const T a = T(rows.weight[k]);
         const T* r = src + rows.index[k] * w_in;
-        for (int64_t x = 0; x < w_in; ++x) mixed[x] += a * r[x];
+        if (k == rows.start[y])
+          for (int64_t x = 0; x < w_in; ++x) mixed[x] = a * r[x];
+        else
+          for (int64_t x = 0; x < w_in; ++x) mixed[x] += a * r[x];
       }
+      apply_axis(cols, mixed.data(), row.data());
       T* o = out.at(b, p) + y * w_out;
-      for (int64_t x = 0; x < w_out; ++x) {
-        T v = T(0);
-        for (int64_t k = cols.start[x]; k < cols.start[x + 1]; ++k) v += T(cols.weight[k]) * mixed[cols.index[k]];
-        o[x] = add ? o[x] + alpha * v : alpha * v;
-      }
+      if (add)
+        for (int64_t x = 0; x < w_out; ++x) o[x] += alpha * row[x];
+      else
+        for (int64_t x = 0; x < w_out; ++x) o[x] = alpha * row[x];
     }
   });
 }
@@ -968,14 +1063,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
   std::vector<Axis> down_h, down_w, up_h, up_w, down_ht, down_wt, up_ht, up_wt;
   for (int64_t l = 0; l + 1 < top; ++l) {
     const Level f = levels[l], c = levels[l + 1];
-    down_h.push_back(down_axis(f.h, cv.down_border));
-    down_w.push_back(down_axis(f.w, cv.down_border));
-    up_h.push_back(up_axis(c.h, f.h, cv.up_left, cv.up_right));
-    up_w.push_back(up_axis(c.w, f.w, cv.up_left, cv.up_right));
-    down_ht.push_back(transpose(down_h.back()));
-    down_wt.push_back(transpose(down_w.back()));
-    up_ht.push_back(transpose(up_h.back()));
-    up_wt.push_back(transpose(up_w.back()));
+    down_h.push_back(with_stencil(down_axis(f.h, cv.down_border), Stencil::DECIMATE, 1.0));
+    down_w.push_back(with_stencil(down_axis(f.w, cv.down_border), Stencil::DECIMATE, 1.0));
+    up_h.push_back(with_stencil(up_axis(c.h, f.h, cv.up_left, cv.up_right), Stencil::INTERPOLATE, 1.0));
+    up_w.push_back(with_stencil(up_axis(c.w, f.w, cv.up_left, cv.up_right), Stencil::INTERPOLATE, 1.0));
+    down_ht.push_back(with_stencil(transpose(down_h.back()), Stencil::INTERPOLATE, 0.5));
+    down_wt.push_back(with_stencil(transpose(down_w.back()), Stencil::INTERPOLATE, 0.5));
+    up_ht.push_back(with_stencil(transpose(up_h.back()), Stencil::DECIMATE, 2.0));
+    up_wt.push_back(with_stencil(transpose(up_w.back()), Stencil::DECIMATE, 2.0));
   }
   auto level_tensor = [&](int64_t l, int64_t planes) { return at::empty({batch, planes, levels[l].h, levels[l].w}, options); };
 
@@ -989,17 +1084,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
 
   at::Tensor grad_stack = stack_grad ? at::empty_like(stack) : at::Tensor();
   at::Tensor weight_grad = at::empty_like(raw);  // dL/dw, then dL/dW
-  std::vector<at::Tensor> images(top), weights(top), h(top), q(top), upsampled(top);
+  const bool weights_grad = stack_grad || parameter_grad;  // the weights' gradient h is wanted
+  std::vector<at::Tensor> images(top), weights(top), h(top), q(top), band_parts(top);
   for (int64_t l = 1; l < top; ++l) {
     images[l] = level_tensor(l, channels);
     weights[l] = level_tensor(l, 1);
-    h[l] = level_tensor(l, 1);
+    if (weights_grad) h[l] = level_tensor(l, 1);
     if (stack_grad) q[l] = level_tensor(l, channels);
   }
+  for (int64_t l = 0; l + 1 < top; ++l)
+    if (stack_grad && band_coef[l] != 0) band_parts[l] = level_tensor(l, channels);
   // a term's coefficient may be 0 and still want its gradient (a tensor depth at a whole level)
   auto band_term = [&](int64_t l) { return l + 1 < top && (band_coef[l] != 0 || plan_grad); };
-  for (int64_t l = 0; l + 1 < top; ++l)
-    if (band_term(l)) upsampled[l] = level_tensor(l, channels);
   // per level, per row of the level: sum g w (G - U G') and sum g w G, summed over frames
   std::vector<std::vector<double>> plan_rows(static_cast<size_t>(top));
   if (plan_grad)
@@ -1014,7 +1110,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
                        frames * channels * plane, plane};
     auto image_at = [&](int64_t l) { return l == 0 ? image0 : contiguous_planes<T>(images[l], channels); };
     auto weight_at = [&](int64_t l) { return l == 0 ? weight0 : contiguous_planes<T>(weights[l], 1); };
-    auto h_at = [&](int64_t l) { return l == 0 ? h0 : contiguous_planes<T>(h[l], 1); };
+    auto h_at = [&](int64_t l) { return l == 0 || !weights_grad ? h0 : contiguous_planes<T>(h[l], 1); };
     auto q_at = [&](int64_t l) { return l == 0 || !stack_grad ? q0 : contiguous_planes<T>(q[l], channels); };
     for (int64_t l = 0; l + 1 < top; ++l) {  // the frame's Gaussian pyramids
       apply_separable<T>(image_at(l), image_at(l + 1), batch, down_h[l], down_w[l], T(1), false);
@@ -1022,69 +1118,68 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
     }
     for (int64_t l = top - 1; l >= 0; --l) {
       const bool has_band = l + 1 < top && band_coef[l] != 0, has_residual = residual_coef[l] != 0;
+      const bool upsample = band_term(l) && (weights_grad || plan_grad);
       const T bc = T(band_coef[l]), rc = T(residual_coef[l]);
-      const Level lv = levels[l];
-      if (band_term(l))
-        apply_separable<T>(image_at(l + 1), contiguous_planes<T>(upsampled[l], channels), batch, up_h[l], up_w[l], T(1),
-                           false);
+      const Level lv = levels[l], cl = l + 1 < top ? levels[l + 1] : Level{0, 0};
       const Planes<T> image = image_at(l), weight = weight_at(l), hl = h_at(l), ql = q_at(l);
       const Planes<T> gl = contiguous_planes<T>(g[l], channels);
-      const T* up_data = band_term(l) ? upsampled[l].data_ptr<T>() : nullptr;
+      const T* coarse = upsample ? images[l + 1].data_ptr<T>() : nullptr;
+      const Planes<T> band_part = stack_grad && has_band ? contiguous_planes<T>(band_parts[l], channels) : q0;
       double* plan_sums = plan_grad ? plan_rows[l].data() : nullptr;
-      // h_l = sum_c g (band (G - U G') + residual G); q_l = (band + residual) w g
-      at::parallel_for(0, batch * lv.h, grain_rows(lv.w * channels * 3), [&](int64_t i0, int64_t i1) {
+      // one pass over the level's rows: U G' (the forward's up rows), h_l = sum_c g (band (G - U G')
+      // + residual G), q_l = (band + residual) w g and its band part band w g, the plan's sums
+      at::parallel_for(0, batch * lv.h, grain_rows(lv.w * channels * 4), [&](int64_t i0, int64_t i1) {
+        std::vector<T> vertical(static_cast<size_t>(cl.w)), padded(static_cast<size_t>(cl.w + 2)),
+            up(static_cast<size_t>(upsample ? lv.w : 0));
         for (int64_t i = i0; i < i1; ++i) {
-          const int64_t b = i / lv.h, off = (i % lv.h) * lv.w;
-          T* hh = hl.at(b, 0) + off;
+          const int64_t b = i / lv.h, row = i % lv.h, off = row * lv.w;
+          T* hh = weights_grad ? hl.at(b, 0) + off : nullptr;
           const T* ww = weight.at(b, 0) + off;
-          std::fill(hh, hh + lv.w, T(0));
+          if (hh) std::fill(hh, hh + lv.w, T(0));
+          double band_sum = 0, residual_sum = 0;
           for (int64_t c = 0; c < channels; ++c) {
             const T* xx = image.at(b, c) + off;
             const T* gg = gl.at(b, c) + off;
-            const T* uu = up_data ? up_data + (b * channels + c) * lv.h * lv.w + off : nullptr;
-            for (int64_t k = 0; k < lv.w; ++k) {
-              T v = T(0);
-              if (has_band) v += bc * (xx[k] - uu[k]);
-              if (has_residual) v += rc * xx[k];
-              hh[k] += gg[k] * v;
+            if (upsample)
+              up_fine_row(coarse + (b * channels + c) * cl.h * cl.w, cl.h, cl.w, row, lv.w, cv, vertical.data(),
+                          padded.data(), up.data());
+            const T* uu = up.data();
+            if (hh) {
+              if (has_band && has_residual)
+                for (int64_t k = 0; k < lv.w; ++k) hh[k] += gg[k] * (bc * (xx[k] - uu[k]) + rc * xx[k]);
+              else if (has_band)
+                for (int64_t k = 0; k < lv.w; ++k) hh[k] += gg[k] * (bc * (xx[k] - uu[k]));
+              else if (has_residual)
+                for (int64_t k = 0; k < lv.w; ++k) hh[k] += gg[k] * (rc * xx[k]);
             }
             if (plan_sums) {
-              double band_sum = 0, residual_sum = 0;
               for (int64_t k = 0; k < lv.w; ++k) {
                 const double gw = double(gg[k]) * double(ww[k]);
-                if (uu) band_sum += gw * double(xx[k] - uu[k]);
+                if (upsample) band_sum += gw * double(xx[k] - uu[k]);
                 residual_sum += gw * double(xx[k]);
               }
-              plan_sums[2 * i] += band_sum;
-              plan_sums[2 * i + 1] += residual_sum;
             }
             if (stack_grad) {
               T* qq = ql.at(b, c) + off;
               const T scale = (has_band ? bc : T(0)) + (has_residual ? rc : T(0));
               for (int64_t k = 0; k < lv.w; ++k) qq[k] = scale * (ww[k] * gg[k]);
+              if (has_band) {
+                T* o = band_part.at(b, c) + off;
+                for (int64_t k = 0; k < lv.w; ++k) o[k] = bc * (ww[k] * gg[k]);
+              }
             }
+          }
+          if (plan_sums) {
+            plan_sums[2 * i] += band_sum;
+            plan_sums[2 * i + 1] += residual_sum;
           }
         }
       });
       if (l + 1 < top) {
-        apply_separable<T>(h_at(l + 1), hl, batch, down_ht[l], down_wt[l], T(1), true);
+        if (weights_grad) apply_separable<T>(h_at(l + 1), hl, batch, down_ht[l], down_wt[l], T(1), true);
         if (stack_grad) {
-          if (has_band) {  // G_{l+1}'s share of the band: -U^T (band w g), from q_l before its other terms
-            at::Tensor band_part = level_tensor(l, channels);
-            const Planes<T> bp = contiguous_planes<T>(band_part, channels);
-            at::parallel_for(0, batch * lv.h, grain_rows(lv.w * channels), [&](int64_t i0, int64_t i1) {
-              for (int64_t i = i0; i < i1; ++i) {
-                const int64_t b = i / lv.h, off = (i % lv.h) * lv.w;
-                const T* ww = weight.at(b, 0) + off;
-                for (int64_t c = 0; c < channels; ++c) {
-                  const T* gg = gl.at(b, c) + off;
-                  T* o = bp.at(b, c) + off;
-                  for (int64_t k = 0; k < lv.w; ++k) o[k] = bc * (ww[k] * gg[k]);
-                }
-              }
-            });
-            apply_separable<T>(bp, q_at(l + 1), batch, up_ht[l], up_wt[l], T(-1), true);
-          }
+          // G_{l+1}'s share of the band: -U^T (band w g), then G_{l+1}'s gradient down to level l
+          if (has_band) apply_separable<T>(band_part, q_at(l + 1), batch, up_ht[l], up_wt[l], T(-1), true);
           apply_separable<T>(q_at(l + 1), ql, batch, down_ht[l], down_wt[l], T(1), true);
         }
       }
@@ -1092,24 +1187,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
   }
 
   // the normalisation: dL/dW_n = (dL/dw_n - sum_k dL/dw_k w_k) / sum_k W_k
-  {
+  if (weights_grad) {
     T* hg = weight_grad.data_ptr<T>();
     const T* w = normalised.data_ptr<T>();
     const T* t = total.data_ptr<T>();
     at::parallel_for(0, batch * height, grain_rows(width * frames), [&](int64_t i0, int64_t i1) {
-      std::vector<T> dot(static_cast<size_t>(width));
+      std::vector<double> dot(static_cast<size_t>(width));  // in double: h - dot cancels
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t b = i / height, off = (i % height) * width;
-        std::fill(dot.begin(), dot.end(), T(0));
+        std::fill(dot.begin(), dot.end(), 0.0);
         for (int64_t n = 0; n < frames; ++n) {
           const T* hh = hg + (b * frames + n) * plane + off;
           const T* ww = w + (b * frames + n) * plane + off;
-          for (int64_t x = 0; x < width; ++x) dot[x] += hh[x] * ww[x];
+          for (int64_t x = 0; x < width; ++x) dot[x] += double(hh[x]) * double(ww[x]);
         }
         const T* tt = t + b * plane + off;
         for (int64_t n = 0; n < frames; ++n) {
           T* hh = hg + (b * frames + n) * plane + off;
-          for (int64_t x = 0; x < width; ++x) hh[x] = (hh[x] - dot[x]) / tt[x];
+          for (int64_t x = 0; x < width; ++x) hh[x] = T((double(hh[x]) - dot[x]) / double(tt[x]));
         }
       }
     });
@@ -1124,103 +1219,169 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
   const int64_t sums = 3 + 2 * channels;
   std::vector<double> row_sums(static_cast<size_t>(batch * height * sums), 0.0);
   at::Tensor laplacian_grad = stack_grad && use_contrast && p.contrast != 0 ? at::zeros_like(raw) : at::Tensor();
-  {
+  if (stack_grad || parameter_grad) {
     const T c_exp = T(p.contrast), s_exp = T(p.saturation), e_exp = T(p.exposure);
     const T flat = std::is_same<T, float>::value ? T(cv.flat_contrast) : T(0);
+    const T third = std::is_same<T, float>::value ? T(float(1.0 / 3.0)) : T(1.0 / 3.0);
     const T* dw = weight_grad.data_ptr<T>();
     T* gs = stack_grad ? grad_stack.data_ptr<T>() : nullptr;
     T* lg = laplacian_grad.defined() ? laplacian_grad.data_ptr<T>() : nullptr;
+    const int64_t row_span = frames * width;
+    // rows staged together, so that each of torch's vectorised exp/log calls covers enough elements
+    const int64_t block = std::max<int64_t>(1, 16384 / std::max<int64_t>(row_span, 1));
+    const int64_t span = block * row_span;
     at::parallel_for(0, batch * height, grain_rows(width * frames * 4), [&](int64_t i0, int64_t i1) {
-      std::vector<T> rows3(static_cast<size_t>(3 * (width + 2)));
-      std::vector<T> lap(static_cast<size_t>(width)), s2(static_cast<size_t>(width)), log_e(static_cast<size_t>(width)),
-          q(static_cast<size_t>(width));
-      for (int64_t i = i0; i < i1; ++i) {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain buffers: no autograd bookkeeping
+      // three gray rows per frame, keyed by row index (as the forward's weights_rows)
+      std::vector<T> gray(use_contrast ? static_cast<size_t>(frames * 3 * (width + 2)) : 0);
+      std::vector<int64_t> cached(static_cast<size_t>(frames * 3), -1);
+      // one row of every frame: the measures, their factors and logs (torch's vectorised exp/log)
+      std::vector<T> lap(static_cast<size_t>(span)), s2(static_cast<size_t>(span)), log_e(static_cast<size_t>(span));
+      std::vector<T> product(static_cast<size_t>(span)), factor(static_cast<size_t>(span)), q(static_cast<size_t>(span));
+      std::vector<T> log_c(parameter_grad ? static_cast<size_t>(span) : 0), log_s(parameter_grad ? static_cast<size_t>(span) : 0);
+      std::vector<uint8_t> positive(static_cast<size_t>(span));
+      int64_t batch_done = -1;
+      for (int64_t first = i0; first < i1; first += block) {
+      const int64_t last = std::min(i1, first + block), staged = (last - first) * row_span;
+      for (int64_t i = first; i < last; ++i) {
         const int64_t b = i / height, row = i % height, off = row * width;
-        double* acc = row_sums.data() + i * sums;
+        if (b != batch_done) {
+          std::fill(cached.begin(), cached.end(), -1);
+          batch_done = b;
+        }
         for (int64_t n = 0; n < frames; ++n) {
           const T* frame = x_data + (b * frames + n) * channels * plane;
           const T* x0 = frame + off;
-          const T* dwr = dw + (b * frames + n) * plane + off;
+          const int64_t o = (i - first) * row_span + n * width;
           if (use_contrast) {  // the forward's gray rows and Laplacian, the same operations
-            for (int k = 0; k < 3; ++k)
-              gray_row(frame, channels, plane, width, border_index(row + k - 1, height, cv.lap_border), cv,
-                       rows3.data() + k * (width + 2));
-            const T *up = rows3.data() + 1, *mid = rows3.data() + (width + 2) + 1, *down = rows3.data() + 2 * (width + 2) + 1;
+            const T* rows3[3];
+            for (int k = 0; k < 3; ++k) {
+              const int64_t src = border_index(row + k - 1, height, cv.lap_border);
+              const int64_t slot = n * 3 + src % 3;
+              T* buf = gray.data() + slot * (width + 2);
+              if (cached[slot] != src) {
+                gray_row(frame, channels, plane, width, src, cv, buf);
+                cached[slot] = src;
+              }
+              rows3[k] = buf;
+            }
+            const T *up = rows3[0] + 1, *mid = rows3[1] + 1, *down = rows3[2] + 1;
+            T* l = lap.data() + o;
             for (int64_t x = 0; x < width; ++x) {
               const T cc = mid[x];
-              lap[x] = !cv.lap_opencv ? ((up[x] - cc) + (down[x] - cc)) + ((mid[x - 1] - cc) + (mid[x + 1] - cc))
-                                      : (((up[x] + mid[x - 1]) + mid[x] * T(-4.0)) + mid[x + 1]) + down[x];
-              if (flat > T(0) && std::abs(lap[x]) < flat) lap[x] = T(0);
+              l[x] = !cv.lap_opencv ? ((up[x] - cc) + (down[x] - cc)) + ((mid[x - 1] - cc) + (mid[x + 1] - cc))
+                                    : (((up[x] + mid[x - 1]) + mid[x] * T(-4.0)) + mid[x + 1]) + down[x];
             }
+            if (flat > T(0))
+              for (int64_t x = 0; x < width; ++x)
+                if (std::abs(l[x]) < flat) l[x] = T(0);
           }
           if (use_saturation) {
             const T *r = x0 + cv.rgb[0] * plane, *gr = x0 + cv.rgb[1] * plane, *bl = x0 + cv.rgb[2] * plane;
-            for (int64_t x = 0; x < width; ++x) {
-              if (!cv.sat_opencv) {
+            T* s = s2.data() + o;
+            if (!cv.sat_opencv) {
+              for (int64_t x = 0; x < width; ++x) {
                 const T a = r[x] - gr[x], bb = gr[x] - bl[x], c = bl[x] - r[x];
-                s2[x] = ((a * a + bb * bb) + c * c) / T(9.0);
-              } else {
-                const T third = std::is_same<T, float>::value ? T(float(1.0 / 3.0)) : T(1.0 / 3.0);
+                s[x] = ((a * a + bb * bb) + c * c) / T(9.0);
+              }
+            } else {
+              for (int64_t x = 0; x < width; ++x) {
                 const T mean = ((r[x] + gr[x]) + bl[x]) * third;
                 const T a = r[x] - mean, bb = gr[x] - mean, c = bl[x] - mean;
-                s2[x] = (a * a + bb * bb) + c * c;
+                s[x] = (a * a + bb * bb) + c * c;
               }
             }
           }
           if (use_exposure) {
-            for (int64_t x = 0; x < width; ++x) log_e[x] = T(0);
+            T* e = log_e.data() + o;
             for (int64_t c = 0; c < channels; ++c) {
               const T* ch = x0 + c * plane;
               const T m = T(p.mu[c]), s2c = T(p.sigma[c]) * T(p.sigma[c]);
-              for (int64_t x = 0; x < width; ++x) {
-                const T d = ch[x] - m;
-                log_e[x] += d * d / s2c;
-              }
+              if (c == 0)
+                for (int64_t x = 0; x < width; ++x) { const T d = ch[x] - m; e[x] = d * d / s2c; }
+              else
+                for (int64_t x = 0; x < width; ++x) { const T d = ch[x] - m; e[x] += d * d / s2c; }
             }
-            for (int64_t x = 0; x < width; ++x) log_e[x] *= T(-0.5);
+            for (int64_t x = 0; x < width; ++x) e[x] *= T(-0.5);
           }
-          for (int64_t x = 0; x < width; ++x) {
-            T product = T(1);
-            if (use_contrast) product *= std::pow(std::abs(lap[x]), c_exp);
-            if (use_saturation) product *= std::pow(s2[x], s_exp * T(0.5));
-            if (use_exposure) product *= std::exp(e_exp * log_e[x]);
-            q[x] = dwr[x] * product;
+        }
+      }
+      // P = C^c S^s E^e over the staged rows of every frame (a factor with exponent 0 is 1)
+      std::fill(product.begin(), product.begin() + staged, T(1));
+      if (use_contrast && p.contrast != 0) {
+        for (int64_t x = 0; x < staged; ++x) factor[x] = std::abs(lap[x]);
+        if (p.contrast != 1) power_(factor.data(), staged, c_exp, T(1.0), positive);
+        for (int64_t x = 0; x < staged; ++x) product[x] *= factor[x];
+      }
+      if (use_saturation && p.saturation != 0) {
+        std::copy(s2.begin(), s2.begin() + staged, factor.begin());
+        power_(factor.data(), staged, s_exp, T(0.5), positive);
+        for (int64_t x = 0; x < staged; ++x) product[x] *= factor[x];
+      }
+      if (use_exposure && p.exposure != 0) {
+        for (int64_t x = 0; x < staged; ++x) factor[x] = e_exp * log_e[x];
+        torch_unary_(factor.data(), staged, Unary::EXP);
+        for (int64_t x = 0; x < staged; ++x) product[x] *= factor[x];
+      }
+      if (parameter_grad && use_contrast) {
+        for (int64_t x = 0; x < staged; ++x) log_c[x] = lap[x] != T(0) ? std::abs(lap[x]) : T(1);
+        torch_unary_(log_c.data(), staged, Unary::LOG);
+      }
+      if (parameter_grad && use_saturation) {
+        for (int64_t x = 0; x < staged; ++x) log_s[x] = s2[x] > T(0) ? s2[x] : T(1);
+        torch_unary_(log_s.data(), staged, Unary::LOG);
+      }
+      for (int64_t i = first; i < last; ++i) {
+        const int64_t b = i / height, row = i % height, off = row * width, at_row = (i - first) * row_span;
+        double* acc = row_sums.data() + i * sums;
+        for (int64_t n = 0; n < frames; ++n) {
+          const T* dwr = dw + (b * frames + n) * plane + off;
+          T* qq = q.data() + at_row + n * width;
+          const T* pp = product.data() + at_row + n * width;
+          for (int64_t x = 0; x < width; ++x) qq[x] = dwr[x] * pp[x];
+        }
+        if (parameter_grad) {  // d/dc = sum Q log C, d/ds = sum Q log(S^2) / 2, d/de = sum Q log E
+          double sc = 0, ss = 0, se = 0;
+          for (int64_t x = at_row; x < at_row + row_span; ++x) {
+            if (use_contrast) sc += double(q[x]) * double(log_c[x]);
+            if (use_saturation) ss += double(q[x]) * double(log_s[x]);
+            if (use_exposure) se += double(q[x]) * double(log_e[x]);
           }
-          if (parameter_grad) {
-            double sc = 0, ss = 0, se = 0;
-            for (int64_t x = 0; x < width; ++x) {
-              if (use_contrast && lap[x] != T(0)) sc += double(q[x]) * std::log(double(std::abs(lap[x])));
-              if (use_saturation && s2[x] > T(0)) ss += double(q[x]) * 0.5 * std::log(double(s2[x]));
-              if (use_exposure) se += double(q[x]) * double(log_e[x]);
-            }
-            acc[0] += sc;
-            acc[1] += ss;
-            acc[2] += se;
-          }
-          if (use_exposure && p.exposure != 0 && (stack_grad || parameter_grad)) {
+          acc[0] += sc;
+          acc[1] += 0.5 * ss;
+          acc[2] += se;
+        }
+        for (int64_t n = 0; n < frames; ++n) {
+          const T* x0 = x_data + (b * frames + n) * channels * plane + off;
+          const int64_t o = at_row + n * width;
+          const T* qn = q.data() + o;
+          if (use_exposure && p.exposure != 0) {  // d/dx_c = -e Q (x_c - mu_c) / sigma_c^2 = -d/dmu_c
             for (int64_t c = 0; c < channels; ++c) {
               const T* ch = x0 + c * plane;
               const T m = T(p.mu[c]), s2c = T(p.sigma[c]) * T(p.sigma[c]);
               T* gc = stack_grad ? gs + (b * frames + n) * channels * plane + c * plane + off : nullptr;
-              double sm = 0, ssig = 0;
-              for (int64_t x = 0; x < width; ++x) {
-                const T d = ch[x] - m, dlog = q[x] * e_exp;
-                if (gc) gc[x] -= dlog * d / s2c;
-                sm += double(dlog) * double(d);
-                ssig += double(dlog) * double(d) * double(d);
+              if (gc)
+                for (int64_t x = 0; x < width; ++x) gc[x] -= (qn[x] * e_exp) * (ch[x] - m) / s2c;
+              if (parameter_grad) {
+                double sm = 0, ssig = 0;
+                for (int64_t x = 0; x < width; ++x) {
+                  const double d = double(ch[x] - m), dlog = double(qn[x] * e_exp);
+                  sm += dlog * d;
+                  ssig += dlog * d * d;
+                }
+                acc[3 + c] += sm / (p.sigma[c] * p.sigma[c]);
+                acc[3 + channels + c] += ssig / (p.sigma[c] * p.sigma[c] * p.sigma[c]);
               }
-              acc[3 + c] += sm / (p.sigma[c] * p.sigma[c]);
-              acc[3 + channels + c] += ssig / (p.sigma[c] * p.sigma[c] * p.sigma[c]);
             }
           }
           if (stack_grad && use_saturation && p.saturation != 0) {
             const T *r = x0 + cv.rgb[0] * plane, *gr = x0 + cv.rgb[1] * plane, *bl = x0 + cv.rgb[2] * plane;
             T* base = gs + (b * frames + n) * channels * plane + off;
             T *out_r = base + cv.rgb[0] * plane, *out_g = base + cv.rgb[1] * plane, *out_b = base + cv.rgb[2] * plane;
-            const T third = std::is_same<T, float>::value ? T(float(1.0 / 3.0)) : T(1.0 / 3.0);
+            const T* sn = s2.data() + o;
             for (int64_t x = 0; x < width; ++x) {
-              if (!(s2[x] > T(0))) continue;
-              const T d = q[x] * (s_exp * T(0.5)) / s2[x];
+              if (!(sn[x] > T(0))) continue;
+              const T d = qn[x] * (s_exp * T(0.5)) / sn[x];
               if (!cv.sat_opencv) {
                 const T rg = r[x] - gr[x], gb = gr[x] - bl[x], br = bl[x] - r[x], k = T(2.0 / 9.0) * d;
                 out_r[x] += k * (rg - br);
@@ -1238,9 +1399,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
           }
           if (lg) {
             T* l = lg + (b * frames + n) * plane + off;
-            for (int64_t x = 0; x < width; ++x) l[x] = lap[x] != T(0) ? q[x] * c_exp / lap[x] : T(0);
+            const T* ln = lap.data() + o;
+            for (int64_t x = 0; x < width; ++x) l[x] = ln[x] != T(0) ? qn[x] * c_exp / ln[x] : T(0);
           }
         }
+      }
       }
     });
   }
