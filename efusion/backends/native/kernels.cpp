@@ -1218,7 +1218,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
   const bool use_exposure = p.exposure != 0 || parameter_grad;
   const int64_t sums = 3 + 2 * channels;
   std::vector<double> row_sums(static_cast<size_t>(batch * height * sums), 0.0);
-  at::Tensor laplacian_grad = stack_grad && use_contrast && p.contrast != 0 ? at::zeros_like(raw) : at::Tensor();
+  // every element is written by the measures pass
+  at::Tensor laplacian_grad = stack_grad && use_contrast && p.contrast != 0 ? at::empty_like(raw) : at::Tensor();
   if (stack_grad || parameter_grad) {
     const T c_exp = T(p.contrast), s_exp = T(p.saturation), e_exp = T(p.exposure);
     const T flat = std::is_same<T, float>::value ? T(cv.flat_contrast) : T(0);
@@ -1238,8 +1239,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
       // one row of every frame: the measures, their factors and logs (torch's vectorised exp/log)
       std::vector<T> lap(static_cast<size_t>(span)), s2(static_cast<size_t>(span)), log_e(static_cast<size_t>(span));
       std::vector<T> product(static_cast<size_t>(span)), factor(static_cast<size_t>(span)), q(static_cast<size_t>(span));
-      std::vector<T> log_c(parameter_grad ? static_cast<size_t>(span) : 0), log_s(parameter_grad ? static_cast<size_t>(span) : 0);
-      std::vector<uint8_t> positive(static_cast<size_t>(span));
+      std::vector<T> log_c(static_cast<size_t>(span)), log_s(static_cast<size_t>(span));
       int64_t batch_done = -1;
       for (int64_t first = i0; first < i1; first += block) {
       const int64_t last = std::min(i1, first + block), staged = (last - first) * row_span;
@@ -1307,29 +1307,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
         }
       }
       // P = C^c S^s E^e over the staged rows of every frame (a factor with exponent 0 is 1)
+      // the logs of the measures (1 in place of 0), for the exponents' gradients and C^c = exp(c log C)
+      const bool contrast_log = use_contrast && (parameter_grad || (p.contrast != 0 && p.contrast != 1));
+      const bool saturation_log = use_saturation && (parameter_grad || (p.saturation != 0 && p.saturation != 1));
+      if (contrast_log) {
+        for (int64_t x = 0; x < staged; ++x) log_c[x] = lap[x] != T(0) ? std::abs(lap[x]) : T(1);
+        torch_unary_(log_c.data(), staged, Unary::LOG);
+      }
+      if (saturation_log) {
+        for (int64_t x = 0; x < staged; ++x) log_s[x] = s2[x] > T(0) ? s2[x] : T(1);
+        torch_unary_(log_s.data(), staged, Unary::LOG);
+      }
       std::fill(product.begin(), product.begin() + staged, T(1));
       if (use_contrast && p.contrast != 0) {
-        for (int64_t x = 0; x < staged; ++x) factor[x] = std::abs(lap[x]);
-        if (p.contrast != 1) power_(factor.data(), staged, c_exp, T(1.0), positive);
-        for (int64_t x = 0; x < staged; ++x) product[x] *= factor[x];
+        if (p.contrast == 1) {
+          for (int64_t x = 0; x < staged; ++x) product[x] = std::abs(lap[x]);
+        } else {
+          for (int64_t x = 0; x < staged; ++x) factor[x] = c_exp * log_c[x];
+          torch_unary_(factor.data(), staged, Unary::EXP);
+          for (int64_t x = 0; x < staged; ++x) product[x] = lap[x] != T(0) ? factor[x] : T(0);
+        }
       }
       if (use_saturation && p.saturation != 0) {
-        std::copy(s2.begin(), s2.begin() + staged, factor.begin());
-        power_(factor.data(), staged, s_exp, T(0.5), positive);
+        for (int64_t x = 0; x < staged; ++x) factor[x] = s2[x] > T(0) ? s2[x] : T(0);
+        if (p.saturation == 1) {
+          torch_unary_(factor.data(), staged, Unary::SQRT);
+        } else {
+          for (int64_t x = 0; x < staged; ++x) factor[x] = s_exp * T(0.5) * log_s[x];
+          torch_unary_(factor.data(), staged, Unary::EXP);
+          for (int64_t x = 0; x < staged; ++x)
+            if (!(s2[x] > T(0))) factor[x] = T(0);
+        }
         for (int64_t x = 0; x < staged; ++x) product[x] *= factor[x];
       }
       if (use_exposure && p.exposure != 0) {
         for (int64_t x = 0; x < staged; ++x) factor[x] = e_exp * log_e[x];
         torch_unary_(factor.data(), staged, Unary::EXP);
         for (int64_t x = 0; x < staged; ++x) product[x] *= factor[x];
-      }
-      if (parameter_grad && use_contrast) {
-        for (int64_t x = 0; x < staged; ++x) log_c[x] = lap[x] != T(0) ? std::abs(lap[x]) : T(1);
-        torch_unary_(log_c.data(), staged, Unary::LOG);
-      }
-      if (parameter_grad && use_saturation) {
-        for (int64_t x = 0; x < staged; ++x) log_s[x] = s2[x] > T(0) ? s2[x] : T(1);
-        torch_unary_(log_s.data(), staged, Unary::LOG);
       }
       for (int64_t i = first; i < last; ++i) {
         const int64_t b = i / height, row = i % height, off = row * width, at_row = (i - first) * row_span;
