@@ -22,6 +22,8 @@ from efusion.presets import PRESETS, Preset
 from efusion.reference.blend import blend as reference_blend
 from efusion.reference.measures import WEIGHT_FLOOR, fusion_weights, laplacian, luma
 
+from conftest import gradcheck_stack
+
 ROOT = Path(__file__).resolve().parents[2]
 #: the conformance suite's bound: values agree with the reference to this, per dtype
 BOUND = {torch.float32: 1e-6, torch.float64: 1e-12}
@@ -228,9 +230,12 @@ class TestSelection:
         assert _select("weights", x, (None, *params)) == "native"
         assert _select("fuse_frames", x[:, 0], (*params, None)) == "native"  # a first frame [B, C, H, W]
         assert _select("fuse_frames", x[:, 0], (*params, torch.tensor(2.5))) == "cpu"  # tensor depth
-        assert _select("fuse", x.double().requires_grad_(), (None, *params, None)) == "cpu"  # gradients
+        assert _select("fuse", x.double().requires_grad_(), (None, *params, None)) == "native"  # gradients
+        assert _select("weights", x.double().requires_grad_(), (None, *params)) == "cpu"  # no weights gradient
+        assert _select("blend", x.double(), (w.double().requires_grad_(), 2.5)) == "cpu"  # nor blend gradient
         assert _select("fuse", x, (torch.ones(1, 3, 1, 8, 8), *params, None)) == "cpu"  # masks
-        assert _select("fuse", x, (None, *params, torch.tensor(2.5))) == "cpu"  # tensor depth
+        assert _select("fuse", x, (None, *params, torch.tensor(2.5))) == "native"  # tensor depth: fuse only
+        assert _select("blend", x, (w, torch.tensor(2.5))) == "cpu"
         assert _select("fuse", x.half(), (None, *params, None)) == "reference"
         # 16 ** 33 may overflow float32: neither kernel backend, the reference's log-domain fallback
         assert _select("fuse", x, (None, 33.0, 1.0, 1.0, 0.5, 0.2, None)) == "reference"
@@ -252,8 +257,150 @@ class TestSelection:
         odd = dataclasses.replace(PRESETS["mertens"], laplacian_form="sobel")
         assert not supported(odd)
 
-    def test_forward_only(self):
-        assert BACKEND.differentiable is False
+    def test_differentiable(self):
+        assert BACKEND.differentiable is True
+
+
+def _native_ran(out: torch.Tensor) -> bool:
+    """Whether ``out`` is ``efusion_native::fusion``'s (its registered autograd), not another backend's."""
+    return "efusion_native_fusion" in type(out.grad_fn).__name__
+
+
+def _fused_gradients(backend: str, stack, tensors: dict, numbers: dict, seed: int = 5):
+    """The gradients of a random projection of ``exposure_fusion`` for the stack and ``tensors``
+    (``None`` where one gets none), with ``backend`` selected; also whether the native op ran."""
+    inputs = [stack, *tensors.values()]
+    with backends.use(backend):
+        out = exposure_fusion(stack, **tensors, **numbers)
+        weight = torch.rand(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(out.dtype)
+        wanted = [t for t in inputs if t.requires_grad]
+        grads = iter(torch.autograd.grad((out * weight).sum(), wanted, allow_unused=True))
+    return [next(grads) if t.requires_grad else None for t in inputs], _native_ran(out), out
+
+
+def _smooth_stack(*shape: int, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
+    """A stack far from the measures' kinks (values inside (0.1, 0.9), a checkerboard of contrast):
+    float32 and float64 decide every kink alike, so float32 gradients can be held to float64's."""
+    _, _, _, h, w = shape
+    checker = ((torch.arange(h).view(h, 1) + torch.arange(w).view(1, w)) % 2 * 2 - 1).double()
+    noise = torch.rand(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return (0.5 + 0.15 * checker + 0.25 * (noise - 0.5)).to(dtype)
+
+
+#: (parameters as tensors that require gradients, parameters as numbers)
+GRADIENT_CASES = [
+    (dict(contrast=1.0, saturation=1.0, exposure=1.0, mu=0.5, sigma=0.2), {}),
+    (dict(contrast=0.8, saturation=1.2, exposure=1.5, mu=0.45, sigma=0.22), {}),
+    (dict(contrast=2.0, exposure=1.0, mu=[0.4, 0.5, 0.6], sigma=[0.2, 0.25, 0.3]), dict(saturation=0.0)),
+    (dict(contrast=0.0, saturation=1.5, exposure=0.0), dict(mu=0.5, sigma=0.2)),
+    (dict(mu=0.45), dict(contrast=0.7, exposure=0.0)),  # mu unused: no gradient, as the reference
+]
+
+
+@needs_native
+class TestGradients:
+    """The registered autograd of ``efusion_native::fusion`` (``fusion_backward``) against the
+    reference code's gradients, for the stack and all five parameters (the conformance suite's
+    gradient tests mostly use tensor depths, which this backend declines)."""
+
+    @pytest.mark.parametrize("preset", ["mertens", "opencv"])
+    @pytest.mark.parametrize("shape", [(2, 3, 3, 9, 11), (1, 4, 3, 20, 24), (1, 3, 1, 13, 7), (2, 2, 3, 6, 5)])
+    @pytest.mark.parametrize("levels", [None, 1, 2.6, -2])
+    @pytest.mark.parametrize("case", range(len(GRADIENT_CASES)))
+    def test_float64_equals_reference(self, preset, shape, levels, case):
+        tensor_params, numbers = GRADIENT_CASES[case]
+        if shape[2] == 1:
+            tensor_params = {k: (0.5 if isinstance(v, list) else v) for k, v in tensor_params.items()}
+        x = gradcheck_stack(*shape).requires_grad_()
+        tensors = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in tensor_params.items()}
+        numbers = dict(numbers, levels=levels, preset=preset)
+        fast, ran, value = _fused_gradients("native", x, tensors, numbers)
+        slow, _, expected = _fused_gradients("reference", x, tensors, numbers)
+        assert ran
+        torch.testing.assert_close(value, expected, atol=BOUND[torch.float64], rtol=0)
+        for name, a, b in zip(["stack", *tensors], fast, slow):
+            assert (a is None) == (b is None), name
+            if a is not None:
+                bound = BOUND[torch.float64] * max(1.0, b.abs().max().item())
+                torch.testing.assert_close(a, b, atol=bound, rtol=0, msg=name)
+
+    @pytest.mark.parametrize("preset", ["mertens", "opencv"])
+    @pytest.mark.parametrize("levels", [None, 2.5])
+    def test_float32_within_bound(self, preset, levels):
+        # float32 against the reference's float64 gradients at the same inputs: the stack's within
+        # 1e-6 of the largest gradient; the parameters' (sums over every pixel of float32 terms)
+        # within 1e-5 (the reference's own float32 parameter gradients miss by up to 3e-6 here)
+        x64 = _smooth_stack(2, 3, 3, 17, 19).float().double()
+        values = dict(contrast=0.8, saturation=1.2, exposure=1.5, mu=[0.4, 0.5, 0.6], sigma=0.25)
+        results = {}
+        for backend, dtype in (("native", torch.float32), ("reference", torch.float64)):
+            tensors = {k: torch.tensor(v, dtype=dtype, requires_grad=True) for k, v in values.items()}
+            results[backend] = _fused_gradients(backend, x64.to(dtype).requires_grad_(), tensors,
+                                                dict(levels=levels, preset=preset))
+        fast, ran, value = results["native"]
+        truth, _, expected = results["reference"]
+        assert ran
+        torch.testing.assert_close(value.double(), expected, atol=BOUND[torch.float32], rtol=0)
+        for name, a, b in zip(["stack", *values], fast, truth):
+            bound = (BOUND[torch.float32] if name == "stack" else 1e-5) * max(1.0, b.abs().max().item())
+            torch.testing.assert_close(a.double(), b, atol=bound, rtol=0, msg=name)
+
+    @pytest.mark.parametrize("preset", ["mertens", "opencv"])
+    @pytest.mark.parametrize("levels", [1.0, 1.5, 3.0, -1.0, -2.5])
+    def test_tensor_depth(self, preset, levels):
+        # a learned depth: the plan's coefficients get gradients (sum g_l B_l, sum g_l R_l), whole
+        # depths included (a coefficient of 0 that still wants its gradient)
+        x = gradcheck_stack(2, 3, 3, 20, 14, seed=3).requires_grad_()
+        values = dict(contrast=0.8, saturation=1.2, exposure=1.1, mu=0.45, sigma=0.25, levels=levels)
+        tensors = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in values.items()}
+        numbers = dict(preset=preset)
+        fast, ran, value = _fused_gradients("native", x, tensors, numbers)
+        slow, _, expected = _fused_gradients("reference", x, tensors, numbers)
+        assert ran
+        torch.testing.assert_close(value, expected, atol=BOUND[torch.float64], rtol=0)
+        for name, a, b in zip(["stack", *tensors], fast, slow):
+            assert (a is None) == (b is None), name
+            if a is not None:
+                torch.testing.assert_close(a, b, atol=1e-12 * max(1.0, b.abs().max().item()), rtol=0, msg=name)
+
+    @pytest.mark.parametrize("wanted", ["stack", "parameters"])
+    def test_partial_needs(self, wanted):
+        x = gradcheck_stack(2, 3, 3, 12, 10, seed=3).requires_grad_(wanted == "stack")
+        tensors = {k: torch.tensor(v, dtype=torch.float64, requires_grad=wanted == "parameters")
+                   for k, v in dict(contrast=0.8, saturation=1.2, exposure=1.1, mu=0.45, sigma=0.25).items()}
+        fast, ran, _ = _fused_gradients("native", x, tensors, dict(levels=3))
+        slow, _, _ = _fused_gradients("reference", x, tensors, dict(levels=3))
+        assert ran
+        for name, a, b in zip(["stack", *tensors], fast, slow):
+            assert (a is None) == (b is None), name
+            if a is not None:
+                torch.testing.assert_close(a, b, atol=1e-12 * max(1.0, b.abs().max().item()), rtol=0, msg=name)
+
+    def test_gradcheck(self):
+        x = _smooth_stack(1, 2, 3, 6, 7).requires_grad_()
+        names = ("contrast", "saturation", "exposure", "mu", "sigma")
+        values = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (0.8, 1.3, 1.1, [0.4, 0.5, 0.6], 0.3)]
+
+        def fn(stack, *params):
+            with backends.use("native"):
+                out = exposure_fusion(stack, levels=2, **dict(zip(names, params)))
+            assert _native_ran(out)
+            return out
+
+        assert torch.autograd.gradcheck(fn, (x, *values))
+
+    def test_recorded_backward_is_the_reference(self):
+        # create_graph=True: the reference code's gradient as a graph, so second derivatives work
+        x = _smooth_stack(1, 2, 3, 5, 6).requires_grad_()
+        sigma = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+
+        def fn(stack, sigma):
+            with backends.use("native"):
+                out = exposure_fusion(stack, sigma=sigma, levels=2)
+            assert _native_ran(out)
+            return out
+
+        assert torch.autograd.gradgradcheck(fn, (x, sigma))
 
 
 class _Fused(torch.utils.data.Dataset):

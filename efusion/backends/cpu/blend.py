@@ -4,7 +4,7 @@ into reused buffers, band by band, with autograd functions whose backward is wri
 :class:`Blender` equals :func:`efusion.reference.blend.blend` without autograd;
 :class:`BlendFunction` and :class:`FusionFunction` make the kernels differentiable (their
 backward streams over frames too); when autograd records a backward (``create_graph=True``) they
-return the reference code's gradient instead (:func:`.gradients.reference_gradients`).
+return the reference code's gradient instead (:func:`efusion.backends.gradients.reference_gradients`).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from ...presets import Preset
 from ...reference.blend import blend as reference_blend
 from ...reference.measures import fusion_weights
 from ...reference.pyramid import pyr_up
-from .gradients import reference_gradients
+from ..gradients import reference_gradients
 from .pyramid import (
     Workspace,
     accumulate_band_into,
@@ -196,7 +196,7 @@ class BlendFunction(torch.autograd.Function):
       ``dLap_l = band_l w_l g_l``; ``h_0`` and ``q_0`` are the frame's gradients.
 
     When autograd records the backward (``create_graph=True``) it is the reference code's
-    gradient instead (:func:`.gradients.reference_gradients`), differentiable again.
+    gradient instead (:func:`efusion.backends.gradients.reference_gradients`), differentiable again.
     """
 
     @staticmethod

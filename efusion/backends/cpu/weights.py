@@ -18,7 +18,7 @@ from ..._util import ParamLike, WeightParams, f32, is_one, is_zero, number, pres
 from ...presets import Preset
 from ...reference.measures import WEIGHT_FLOOR, cast_param, fusion_weights, per_channel
 from ...reference.pyramid import border_index
-from .gradients import reference_gradients
+from ..gradients import reference_gradients
 from .pyramid import Workspace, band_rows
 
 
@@ -270,7 +270,7 @@ class WeightsFunction(torch.autograd.Function):
     Forward: the band kernels. Backward: :func:`weights_backward` (the normalisation's gradient in
     closed form, then the measures recomputed and differentiated by hand, band by band), or, when
     autograd records the backward (``create_graph=True``), the reference code's gradient
-    (:func:`.gradients.reference_gradients`), so second derivatives work.
+    (:func:`efusion.backends.gradients.reference_gradients`), so second derivatives work.
     ``apply(stack, mask, contrast, saturation, exposure, mu, sigma, preset)``; the mask gets no
     gradient.
     """

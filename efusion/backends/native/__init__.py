@@ -1,6 +1,7 @@
-"""The ``"native"`` backend: C++ kernels (``kernels.cpp``) for the no-grad forward on a CPU.
+"""The ``"native"`` backend: C++ kernels (``kernels.cpp``) for the forward on a CPU, and the
+gradient of ``fuse``.
 
-Three ``torch.library`` operators, each equal to reference code bit for bit (the same operations
+``torch.library`` operators, each equal to reference code bit for bit (the same operations
 in the same order, and torch's own ``sqrt``/``exp``/``log`` for the transcendental steps), except
 for the sum over 4 or more frames at the few pixels torch's vectorised reduction leaves to a scalar
 tail (there torch adds in another order, one that also depends on its thread count):
@@ -13,14 +14,20 @@ tail (there torch adds in another order, one that also depends on its thread cou
   for the cost of computing the weights twice, taken when the weight planes would exceed
   ``weight_bytes`` (option of ``efusion.backends.use("native", weight_bytes=...)``, default
   :data:`DEFAULT_WEIGHT_BYTES`) and one frame's size.
+- ``efusion_native::fusion`` = ``fuse`` with the five weight parameters and the depth plan
+  (:func:`efusion.depth.depth_plan`'s coefficients) as tensors, for calls that record gradients or
+  have a tensor depth, with registered autograd: ``efusion_native::fusion_backward`` gives the
+  gradients of the stack, the parameters and the plan (a recorded backward, ``create_graph=True``,
+  is the reference code's gradient instead, :func:`efusion.backends.gradients.reference_gradients`,
+  so second derivatives work).
 
 One ``at::parallel_for`` per pass over a pyramid level, rows split across threads, each thread
 running the whole chain of its rows: ``torch.get_num_threads()`` is respected (one thread inside
 DataLoader workers, where torch sets it) and a busy machine costs a barrier per pass, not per
 elementwise step. The kernels are compiled on first use and cached (:mod:`.build`);
 ``EFUSION_NATIVE=0`` turns the backend off. It declines, so that the ``"cpu"`` backend or the
-reference runs instead: calls that record gradients (``differentiable = False``), masks, tensor
-depths, other dtypes and devices, ``torch.func`` transforms, and exponents whose weights could
+reference runs instead: ``weights`` and ``blend`` calls that record gradients or have a tensor
+depth, masks, other dtypes and devices, ``torch.func`` transforms, and exponents whose weights could
 overflow. Under ``torch.compile`` it takes no-grad ``fuse`` and ``blend`` calls whose parameters
 are numbers: the operators stay opaque in the graph (their fake kernels give the shapes), so a
 compiled call returns the eager result's bits.
@@ -36,11 +43,13 @@ from torch import Tensor
 from ..._util import WeightParams, needs_grad, present
 from ...depth import depth_plan
 from ...presets import Preset
-from ...reference.measures import may_overflow
+from ...reference.blend import blend as reference_blend
+from ...reference.measures import fusion_weights, may_overflow
 from .. import current_options
+from ..gradients import reference_gradients
 from . import build
 
-__all__ = ["BACKEND", "DEFAULT_WEIGHT_BYTES", "NativeBackend", "conventions", "supported"]
+__all__ = ["BACKEND", "DEFAULT_WEIGHT_BYTES", "NativeBackend", "conventions", "preset_of", "supported"]
 
 #: ``fuse`` holds the N weight planes of a stack while they take at most this many bytes or at most
 #: a frame's (N <= C), else it runs in two passes (``fuse_two_pass``): small brackets keep the
@@ -82,6 +91,21 @@ def conventions(preset: Preset) -> tuple[list[int], list[float]]:
     return codes, [*(float(w) for w in preset.luma_weights), float(getattr(preset, "flat_contrast", 0.0))]
 
 
+def preset_of(codes: list[int], reals: list[float]) -> Preset:
+    """The inverse of :func:`conventions`: a preset with the conventions the codes give (for the
+    reference code a recorded backward runs; the fields that act before a backend runs, and the
+    name, take their defaults)."""
+    borders = {code: name for name, code in _BORDERS.items()}
+    orders = {channels: name for name, channels in _CHANNELS.items()}
+    return Preset(
+        name="native", luma_weights=(reals[0], reals[1], reals[2]), laplacian_border=borders[codes[1]],
+        luma_form=_FORMS["luma_form"][codes[0]], saturation_form=_FORMS["saturation_form"][codes[3]],
+        laplacian_form=_FORMS["laplacian_form"][codes[2]], down_border=borders[codes[4]],
+        up_borders=(borders[codes[5]], borders[codes[6]]), extra_level=False, float32_depth=False, channel_order=orders[(codes[7], codes[8], codes[9])],
+        flat_contrast=reals[3],
+    )
+
+
 def supported(preset: Preset) -> bool:
     """Whether the kernels implement every convention of ``preset`` (unknown fields or values: no)."""
     fields = {f.name for f in dataclasses.fields(preset)}
@@ -121,8 +145,9 @@ class NativeBackend:
     :class:`efusion.backends.reference.ReferenceBackend` for the ops' signatures)."""
 
     name = "native"
-    #: forward only: calls that record gradients go to another backend (the conformance suite reads this)
-    differentiable = False
+    #: ``fuse`` calls that record gradients run here (``weights`` and ``blend`` ones go to another
+    #: backend; the conformance suite reads this)
+    differentiable = True
 
     def accepts(self, op: str, stack: Tensor, inputs: tuple, *, preset: Preset, mask: Tensor | None = None) -> bool:
         if mask is not None or not supported(preset):
@@ -139,7 +164,7 @@ class NativeBackend:
             return self._accepts_traced(op, stack, inputs)
         if stack.device.type != "cpu" or stack.dtype not in _DTYPES or stack.dim() != 5:
             return False
-        if needs_grad(stack, *inputs) or _functorch_wrapped((stack, *inputs)):
+        if _functorch_wrapped((stack, *inputs)) or (op != "fuse" and needs_grad(stack, *inputs)):
             return False
         if op == "blend":
             weights, levels = inputs
@@ -149,8 +174,8 @@ class NativeBackend:
             levels = inputs[6] if op == "fuse" else None
             if inputs[0] is not None or not self._params_fit(inputs[1:6], stack.shape[2], stack.shape[1], stack.dtype):
                 return False
-        if isinstance(levels, Tensor):  # tensor depths (learned, differentiable) stay with the other backends
-            return False
+        if isinstance(levels, Tensor) and (op != "fuse" or levels.device.type != "cpu"):
+            return False  # tensor depths (learned, differentiable): fuse only (efusion_native::fusion)
         return build.load()
 
     @staticmethod
@@ -209,6 +234,11 @@ class NativeBackend:
         """The reference weights then blend, by ``efusion_native::fuse`` (or ``fuse_two_pass`` where
         the weight planes would exceed the memory budget: :data:`DEFAULT_WEIGHT_BYTES`)."""
         codes, reals = conventions(preset)
+        if needs_grad(stack, *params) or isinstance(levels, Tensor):  # parameters and depth plan as tensors
+            plan = depth_plan(levels, stack.shape[-2], stack.shape[-1], preset, stack.dtype, stack.device, relative,
+                              sparse=True)
+            return torch.ops.efusion_native.fusion(stack.contiguous(), _parameter_vector(params, stack.shape[2]),
+                                                   _plan_vector(plan), isinstance(params[4], Tensor), reals, codes)
         band, residual = self._plan(levels, stack, preset)
         batch, frames, channels, height, width = stack.shape
         weight_bytes = batch * frames * height * width * stack.element_size()
@@ -277,7 +307,14 @@ class NativeBackend:
         codes, reals = conventions(_preset("opencv"))
         mertens_codes, mertens_reals = conventions(_preset("mertens"))
         weight_args = [[1.0, 0.5, 2.0], [0.4, 0.5, 0.6], [0.2, 0.2, 0.2], False]
+        vector = torch.tensor([0.8, 1.2, 1.5, 0.4, 0.5, 0.6, 0.2, 0.25, 0.3], dtype=torch.float64)
+        grad = torch.rand(1, 3, 9, 11, generator=g, dtype=torch.float64)
+        plan = torch.tensor([1.0, 0.3, 0.0, 0.0, 0.7, 0.3], dtype=torch.float64)  # a depth of 2.3 levels
         return [
+            (torch.ops.efusion_native.fusion.default, [x.double().requires_grad_(), vector.clone().requires_grad_(),
+                                                       plan.clone().requires_grad_(), True, reals, codes]),
+            (torch.ops.efusion_native.fusion_backward.default, [grad, x.double(), vector, plan, True, reals, codes, True,
+                                                                True, True]),
             (torch.ops.efusion_native.weights.default, [x, *weight_args, reals, codes]),
             (torch.ops.efusion_native.blend.default, [x, w, [1.0, 0.3, 0.0], [0.0, 0.7, 0.3], reals, codes]),
             (torch.ops.efusion_native.fuse.default, [x.double(), *weight_args, mertens_reals, [1.0, 0.0], [0.0, 1.0],
@@ -330,6 +367,66 @@ def _accumulators(like: Tensor, band: list[float], residual: list[float]) -> lis
     return bands + residuals
 
 
+def _parameter_vector(params: WeightParams, channels: int) -> Tensor:
+    """The five weight parameters as ``efusion_native::fusion``'s float64 vector ``[contrast,
+    saturation, exposure, mu_0..mu_{C-1}, sigma_0..sigma_{C-1}]``, built by differentiable steps
+    (autograd takes its gradient back to each parameter's shape and dtype). Where the reference
+    leaves a parameter unused (the saturation of a gray stack; mu and sigma when the exposure
+    exponent is the number 0), a constant stands in, so that it gets no gradient there either."""
+
+    def entries(value, count: int) -> Tensor:
+        t = value if isinstance(value, Tensor) else torch.tensor(value, dtype=torch.float64)
+        t = t.to(torch.float64).reshape(-1)
+        return t.expand(count) if t.numel() == 1 else t
+
+    contrast, saturation, exposure, mu, sigma = params
+    if not isinstance(exposure, Tensor) and exposure == 0:
+        mu, sigma = (torch.tensor(_values(v, channels), dtype=torch.float64) for v in (mu, sigma))
+    return torch.cat([entries(contrast, 1), entries(saturation if channels == 3 else 0.0, 1), entries(exposure, 1),
+                      entries(mu, channels), entries(sigma, channels)])
+
+
+def _plan_vector(plan) -> Tensor:
+    """:func:`~efusion.depth.depth_plan`'s ``(band, residual)`` as ``efusion_native::fusion``'s float64
+    vector ``[band_0..band_{L-1}, residual_0..residual_{L-1}]`` (differentiable in a tensor depth)."""
+    def entry(c) -> Tensor:
+        return c.to(torch.float64).reshape(()) if isinstance(c, Tensor) else torch.tensor(float(c), dtype=torch.float64)
+
+    return torch.stack([entry(c) for part in plan for c in part])
+
+
+def _fusion_setup(ctx, inputs, output) -> None:
+    stack, parameters, plan, sigma_tensor, reals, codes = inputs
+    ctx.save_for_backward(stack, parameters, plan)
+    ctx.arguments = (sigma_tensor, reals, codes)
+
+
+def _fusion_backward(ctx, grad: Tensor):
+    """The kernels' gradient (``efusion_native::fusion_backward``); when autograd records the
+    backward (``create_graph=True``), the reference code's, differentiable again."""
+    stack, parameters, plan = ctx.saved_tensors
+    sigma_tensor, reals, codes = ctx.arguments
+    needs = ctx.needs_input_grad[:3]
+    if torch.is_grad_enabled():
+        channels = stack.shape[2]
+        preset = preset_of(codes, reals)
+
+        def reference() -> Tensor:
+            contrast, saturation, exposure = parameters[0], parameters[1], parameters[2]
+            mu = parameters[3:3 + channels]
+            sigma = parameters[3 + channels:] if sigma_tensor else float(parameters[3 + channels].detach())
+            weights = fusion_weights(stack, None, contrast, saturation, exposure, mu, sigma, preset)
+            top = plan.shape[0] // 2
+            return reference_blend(stack, weights, None, preset, plan=(list(plan[:top]), list(plan[top:])))
+
+        grads = reference_gradients(reference, [stack, parameters, plan], needs, grad)
+        return grads[0], grads[1], grads[2], None, None, None
+    grad_stack, grad_parameters, grad_plan = torch.ops.efusion_native.fusion_backward(
+        grad.contiguous(), stack, parameters, plan, sigma_tensor, reals, codes, *needs)
+    return (grad_stack if needs[0] else None, grad_parameters.to(parameters.dtype) if needs[1] else None,
+            grad_plan.to(plan.dtype) if needs[2] else None, None, None, None)
+
+
 def _preset(name: str) -> Preset:
     from ...presets import get_preset
 
@@ -337,7 +434,8 @@ def _preset(name: str) -> Preset:
 
 
 def _register_fakes() -> None:
-    """Shape-only kernels for ``torch.compile`` / ``opcheck`` (the C++ side defines the schemas)."""
+    """Shape-only kernels for ``torch.compile`` / ``opcheck`` (the C++ side defines the schemas), and
+    ``fusion``'s autograd."""
 
     @torch.library.register_fake("efusion_native::weights")
     def _weights_fake(stack, *args):
@@ -354,6 +452,18 @@ def _register_fakes() -> None:
     @torch.library.register_fake("efusion_native::fuse_two_pass")
     def _fuse_two_pass_fake(stack, *args):
         return stack.new_empty((stack.shape[0], stack.shape[2], stack.shape[3], stack.shape[4]))
+
+    @torch.library.register_fake("efusion_native::fusion")
+    def _fusion_fake(stack, *args):
+        return stack.new_empty((stack.shape[0], stack.shape[2], stack.shape[3], stack.shape[4]))
+
+    @torch.library.register_fake("efusion_native::fusion_backward")
+    def _fusion_backward_fake(grad, stack, parameters, plan, *args):
+        stack_grad = args[-3]
+        return (stack.new_empty(stack.shape if stack_grad else (0,)),
+                parameters.new_empty(parameters.shape, dtype=torch.float64), plan.new_empty(plan.shape, dtype=torch.float64))
+
+    torch.library.register_autograd("efusion_native::fusion", _fusion_backward, setup_context=_fusion_setup)
 
 
 build.on_load(_register_fakes)

@@ -1,4 +1,4 @@
-// Native CPU kernels of efusion's "native" backend: the no-grad forward of the fusion weights, the
+// Native CPU kernels of efusion's "native" backend: the forward of the fusion weights, the
 // Laplacian-pyramid blend and both together (Mertens, Kautz & Van Reeth, "Exposure Fusion",
 // Pacific Graphics 2007, Sections 3.1-3.2; pyramids after Burt & Adelson 1983).
 //
@@ -920,4 +920,759 @@ TORCH_LIBRARY_IMPL(efusion_native, CPU, m) {
   m.impl("raw_weights", &raw_weights_op);
   m.impl("blend_add", &blend_add_op);
   m.impl("blend_collapse", &blend_collapse_op);
+}
+
+// ---------------------------------------------------------------------------------------------
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+
+#include <tuple>
+#include <utility>
+
+// ---------------------------------------------------------------------------------------------
+// backward (issue 13): the gradient of fuse with respect to the stack and the five weight
+// parameters, for efusion_native::fusion's registered autograd (efusion/backends/native/__init__.py).
+// The same mathematics as the "cpu" backend's hand-written backward (efusion/backends/cpu/blend.py
+// BlendFunction, weights.py WeightsBackward), with the reference's conventions at the kinks (0
+// where a measure is 0). Gradients need not equal any bits: the pyramid operators and their
+// adjoints are applied as separable sparse 1-D matrices, one at::parallel_for per pass over a level.
+namespace {
+
+// a 1-D linear map as rows: output i = sum over k in [start[i], start[i + 1]) of weight[k] * input[index[k]]
+// Away from the borders every map here is one of two stencils times a scale: DECIMATE (output j
+// reads 2j-2..2j+2 with taps 1 4 6 4 1 / 16: pyr_down, and U^T = 2 of it) or INTERPOLATE (output
+// 2i reads i-1, i, i+1 with 1/8 3/4 1/8, output 2i+1 reads i, i+1 with 1/2 1/2: pyr_up, and D^T =
+// 1/2 of it); outputs [lo, hi) are known to match it (checked against the rows), the rest use the rows.
+enum class Stencil { NONE, DECIMATE, INTERPOLATE };
+
+struct Axis {
+  std::vector<int64_t> start, index;
+  std::vector<double> weight;
+  int64_t inputs = 0;
+  Stencil stencil = Stencil::NONE;
+  double scale = 1.0;
+  int64_t lo = 0, hi = 0;
+  int64_t outputs() const { return int64_t(start.size()) - 1; }
+};
+
+// whether row o of the map equals the stencil's row (duplicate indices merged, all in range)
+bool row_matches(const Axis& a, int64_t o, Stencil stencil, double scale) {
+  std::vector<std::pair<int64_t, double>> want;
+  if (stencil == Stencil::DECIMATE) {
+    const double taps[5] = {1.0 / 16, 4.0 / 16, 6.0 / 16, 4.0 / 16, 1.0 / 16};
+    for (int k = 0; k < 5; ++k) want.push_back({2 * o + k - 2, scale * taps[k]});
+  } else if (o % 2 == 0) {
+    want = {{o / 2 - 1, scale * 0.125}, {o / 2, scale * 0.75}, {o / 2 + 1, scale * 0.125}};
+  } else {
+    want = {{o / 2, scale * 0.5}, {o / 2 + 1, scale * 0.5}};
+  }
+  std::vector<std::pair<int64_t, double>> have;
+  for (int64_t k = a.start[o]; k < a.start[o + 1]; ++k) {
+    bool merged = false;
+    for (auto& entry : have)
+      if (entry.first == a.index[k]) {
+        entry.second += a.weight[k];
+        merged = true;
+      }
+    if (!merged) have.push_back({a.index[k], a.weight[k]});
+  }
+  if (have.size() != want.size()) return false;
+  std::sort(have.begin(), have.end());
+  for (size_t k = 0; k < want.size(); ++k)
+    if (want[k].first < 0 || want[k].first >= a.inputs || have[k].first != want[k].first ||
+        have[k].second != want[k].second)
+      return false;
+  return true;
+}
+
+// mark the longest run of outputs that match the stencil as the fast interior
+Axis with_stencil(Axis a, Stencil stencil, double scale) {
+  int64_t best_lo = 0, best_hi = 0;
+  for (int64_t o = 0; o < a.outputs();) {
+    if (!row_matches(a, o, stencil, scale)) {
+      ++o;
+      continue;
+    }
+    int64_t end = o;
+    while (end < a.outputs() && row_matches(a, end, stencil, scale)) ++end;
+    if (end - o > best_hi - best_lo) best_lo = o, best_hi = end;
+    o = end;
+  }
+  a.stencil = stencil;
+  a.scale = scale;
+  a.lo = best_lo;
+  a.hi = best_hi;
+  return a;
+}
+
+// out[0..outputs) = the map applied to in[0..inputs)
+template <typename T>
+void apply_axis(const Axis& a, const T* in, T* out) {
+  auto by_rows = [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o) {
+      T v = T(0);
+      for (int64_t k = a.start[o]; k < a.start[o + 1]; ++k) v += T(a.weight[k]) * in[a.index[k]];
+      out[o] = v;
+    }
+  };
+  by_rows(0, a.lo);
+  by_rows(a.hi, a.outputs());
+  const T s = T(a.scale);
+  if (a.stencil == Stencil::DECIMATE) {
+    const T t0 = s * T(0.0625), t1 = s * T(0.25), t2 = s * T(0.375);
+    for (int64_t j = a.lo; j < a.hi; ++j) {
+      const T* m = in + 2 * j - 2;
+      out[j] = (t0 * (m[0] + m[4]) + t1 * (m[1] + m[3])) + t2 * m[2];
+    }
+  } else if (a.stencil == Stencil::INTERPOLATE) {
+    const T edge = s * T(0.125), centre = s * T(0.75), half = s * T(0.5);
+    for (int64_t f = a.lo + (a.lo % 2); f < a.hi; f += 2) {
+      const int64_t i = f / 2;
+      out[f] = edge * (in[i - 1] + in[i + 1]) + centre * in[i];
+    }
+    for (int64_t f = a.lo + 1 - (a.lo % 2); f < a.hi; f += 2) {
+      const int64_t i = f / 2;
+      out[f] = half * (in[i] + in[i + 1]);
+    }
+  } else {
+    by_rows(a.lo, a.hi);
+  }
+}
+
+// pyr_down along an axis of n samples (down_row's taps and borders): ceil(n / 2) outputs
+Axis down_axis(int64_t n, int64_t mode) {
+  static const double taps[5] = {0.0625, 0.25, 0.375, 0.25, 0.0625};
+  Axis a;
+  a.inputs = n;
+  a.start.push_back(0);
+  for (int64_t j = 0; j < (n + 1) / 2; ++j) {
+    for (int k = 0; k < 5; ++k) {
+      a.index.push_back(border_index(2 * j + k - 2, n, mode));
+      a.weight.push_back(taps[k]);
+    }
+    a.start.push_back(int64_t(a.index.size()));
+  }
+  return a;
+}
+
+// pyr_up from m coarse samples to n fine ones (up_row's and up_fine_row's taps and borders)
+Axis up_axis(int64_t m, int64_t n, int64_t left, int64_t right) {
+  Axis a;
+  a.inputs = m;
+  a.start.push_back(0);
+  for (int64_t f = 0; f < n; ++f) {
+    const int64_t i = f / 2;
+    const int64_t after = border_index(i + 1, m, right);
+    if (f % 2 == 0) {
+      a.index.insert(a.index.end(), {border_index(i - 1, m, i - 1 < 0 ? left : right), i, after});
+      a.weight.insert(a.weight.end(), {0.125, 0.75, 0.125});
+    } else {
+      a.index.insert(a.index.end(), {i, after});
+      a.weight.insert(a.weight.end(), {0.5, 0.5});
+    }
+    a.start.push_back(int64_t(a.index.size()));
+  }
+  return a;
+}
+
+// the adjoint (transpose) of a 1-D map
+Axis transpose(const Axis& a) {
+  Axis t;
+  t.inputs = a.outputs();
+  std::vector<int64_t> count(static_cast<size_t>(a.inputs + 1), 0);
+  for (int64_t idx : a.index) ++count[idx + 1];
+  for (int64_t i = 0; i < a.inputs; ++i) count[i + 1] += count[i];
+  t.start = count;
+  t.index.resize(a.index.size());
+  t.weight.resize(a.weight.size());
+  std::vector<int64_t> fill(count.begin(), count.end() - 1);
+  for (int64_t o = 0; o < a.outputs(); ++o)
+    for (int64_t k = a.start[o]; k < a.start[o + 1]; ++k) {
+      const int64_t slot = fill[a.index[k]]++;
+      t.index[slot] = o;
+      t.weight[slot] = a.weight[k];
+    }
+  return t;
+}
+
+// planes of a [B, P, h, w] layout inside a larger tensor: plane p of item b at base + b * item + p * plane
+template <typename T>
+struct Planes {
+  T* base;
+  int64_t per_item, item, plane;
+  T* at(int64_t b, int64_t p) const { return base + b * item + p * plane; }
+};
+
+template <typename T>
+Planes<T> contiguous_planes(at::Tensor& t, int64_t per_item) {
+  const int64_t plane = t.size(-2) * t.size(-1);
+  return Planes<T>{t.data_ptr<T>(), per_item, per_item * plane, plane};
+}
+
+// out = (out if add) + alpha * (rows (x) cols) in, plane by plane (batch * per_item planes)
+template <typename T>
+void apply_separable(const Planes<T>& in, const Planes<T>& out, int64_t batch, const Axis& rows, const Axis& cols,
+                     T alpha, bool add) {
+  const int64_t per_item = in.per_item, h_out = rows.outputs(), w_in = cols.inputs, w_out = cols.outputs();
+  at::parallel_for(0, batch * per_item * h_out, grain_rows(w_in * 3), [&](int64_t i0, int64_t i1) {
+    std::vector<T> mixed(static_cast<size_t>(w_in)), row(static_cast<size_t>(w_out));
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t y = i % h_out, p = (i / h_out) % per_item, b = i / (h_out * per_item);
+      const T* src = in.at(b, p);
+      for (int64_t k = rows.start[y]; k < rows.start[y + 1]; ++k) {
+        const T a = T(rows.weight[k]);
+        const T* r = src + rows.index[k] * w_in;
+        if (k == rows.start[y])
+          for (int64_t x = 0; x < w_in; ++x) mixed[x] = a * r[x];
+        else
+          for (int64_t x = 0; x < w_in; ++x) mixed[x] += a * r[x];
+      }
+      apply_axis(cols, mixed.data(), row.data());
+      T* o = out.at(b, p) + y * w_out;
+      if (add)
+        for (int64_t x = 0; x < w_out; ++x) o[x] += alpha * row[x];
+      else
+        for (int64_t x = 0; x < w_out; ++x) o[x] = alpha * row[x];
+    }
+  });
+}
+
+// the gradient of the weights' Laplacian (measures.laplacian, 4-neighbour, lap_border) as a gather:
+// out[y, x] = sum of the Laplacian rows / columns that read gray sample (y, x), times their taps
+template <typename T>
+void laplacian_adjoint_row(const T* d, int64_t height, int64_t width, int64_t y, int64_t mode, T* out) {
+  const T* mid = d + y * width;
+  for (int64_t x = 0; x < width; ++x) out[x] = T(-4.0) * mid[x];
+  // vertical taps: row y + 1 reads y as "up", row y - 1 as "down"; rows 0 and H - 1 read the borders
+  auto add_row = [&](int64_t r) {
+    const T* s = d + r * width;
+    for (int64_t x = 0; x < width; ++x) out[x] += s[x];
+  };
+  if (y + 1 < height) add_row(y + 1);
+  if (y - 1 >= 0) add_row(y - 1);
+  if (border_index(-1, height, mode) == y) add_row(0);
+  if (border_index(height, height, mode) == y) add_row(height - 1);
+  for (int64_t x = 0; x < width; ++x) {
+    T v = T(0);
+    if (x + 1 < width) v += mid[x + 1];
+    if (x - 1 >= 0) v += mid[x - 1];
+    out[x] += v;
+  }
+  const int64_t left = border_index(-1, width, mode), right = border_index(width, width, mode);
+  out[left] += mid[0];
+  out[right] += mid[width - 1];
+}
+
+// the gradient of fuse (weights then blend) for the stack, the parameters (contrast, saturation,
+// exposure, mu_c, sigma_c) and the depth plan's coefficients (band_l then residual_l), the latter
+// two summed in double: d/d band_l = sum g_l B_l, d/d residual_l = sum g_l R_l (the blended levels)
+template <typename T>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
+    const at::Tensor& grad_in, const at::Tensor& stack, const WeightParams& p, const Conventions& cv,
+    const std::vector<double>& band_coef, const std::vector<double>& residual_coef, bool stack_grad,
+    bool parameter_grad, bool plan_grad) {
+  const int64_t batch = stack.size(0), frames = stack.size(1), channels = stack.size(2);
+  const int64_t height = stack.size(3), width = stack.size(4), plane = height * width;
+  const int64_t top = int64_t(band_coef.size());
+  TORCH_CHECK(top >= 1 && int64_t(residual_coef.size()) == top, "efusion_native: bad depth plan");
+  const auto options = stack.options();
+  at::Tensor grad = grad_in.contiguous();
+  const T* x_data = stack.data_ptr<T>();
+
+  // normalised weights w = W / sum_n W from the raw weights W
+  at::Tensor raw = at::empty({batch, frames, 1, height, width}, options);
+  weights_into<T>(stack, raw, p, cv, false);
+  at::Tensor total = at::empty({batch, 1, 1, height, width}, options);
+  at::Tensor normalised = at::empty_like(raw);
+  {
+    T* r = raw.data_ptr<T>();
+    T* t = total.data_ptr<T>();
+    T* w = normalised.data_ptr<T>();
+    at::parallel_for(0, batch * height, grain_rows(width * frames), [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = i / height, off = (i % height) * width;
+        T* tt = t + b * plane + off;
+        std::fill(tt, tt + width, T(0));
+        for (int64_t n = 0; n < frames; ++n) {
+          const T* rr = r + (b * frames + n) * plane + off;
+          for (int64_t x = 0; x < width; ++x) tt[x] += rr[x];
+        }
+        for (int64_t n = 0; n < frames; ++n) {
+          const T* rr = r + (b * frames + n) * plane + off;
+          T* ww = w + (b * frames + n) * plane + off;
+          for (int64_t x = 0; x < width; ++x) ww[x] = rr[x] / tt[x];
+        }
+      }
+    });
+  }
+
+  // pyramid geometry and the 1-D maps of each level
+  std::vector<Level> levels{{height, width}};
+  for (int64_t l = 1; l < top; ++l) levels.push_back({(levels.back().h + 1) / 2, (levels.back().w + 1) / 2});
+  std::vector<Axis> down_h, down_w, up_h, up_w, down_ht, down_wt, up_ht, up_wt;
+  for (int64_t l = 0; l + 1 < top; ++l) {
+    const Level f = levels[l], c = levels[l + 1];
+    down_h.push_back(with_stencil(down_axis(f.h, cv.down_border), Stencil::DECIMATE, 1.0));
+    down_w.push_back(with_stencil(down_axis(f.w, cv.down_border), Stencil::DECIMATE, 1.0));
+    up_h.push_back(with_stencil(up_axis(c.h, f.h, cv.up_left, cv.up_right), Stencil::INTERPOLATE, 1.0));
+    up_w.push_back(with_stencil(up_axis(c.w, f.w, cv.up_left, cv.up_right), Stencil::INTERPOLATE, 1.0));
+    down_ht.push_back(with_stencil(transpose(down_h.back()), Stencil::INTERPOLATE, 0.5));
+    down_wt.push_back(with_stencil(transpose(down_w.back()), Stencil::INTERPOLATE, 0.5));
+    up_ht.push_back(with_stencil(transpose(up_h.back()), Stencil::DECIMATE, 2.0));
+    up_wt.push_back(with_stencil(transpose(up_w.back()), Stencil::DECIMATE, 2.0));
+  }
+  auto level_tensor = [&](int64_t l, int64_t planes) { return at::empty({batch, planes, levels[l].h, levels[l].w}, options); };
+
+  // g_l: the gradient of blended level l (g_{l+1} = U^T g_l)
+  std::vector<at::Tensor> g{grad};
+  for (int64_t l = 0; l + 1 < top; ++l) {
+    g.push_back(level_tensor(l + 1, channels));
+    apply_separable<T>(contiguous_planes<T>(g[l], channels), contiguous_planes<T>(g[l + 1], channels), batch, up_ht[l],
+                       up_wt[l], T(1), false);
+  }
+
+  at::Tensor grad_stack = stack_grad ? at::empty_like(stack) : at::Tensor();
+  at::Tensor weight_grad = at::empty_like(raw);  // dL/dw, then dL/dW
+  const bool weights_grad = stack_grad || parameter_grad;  // the weights' gradient h is wanted
+  std::vector<at::Tensor> images(top), weights(top), h(top), q(top), band_parts(top);
+  for (int64_t l = 1; l < top; ++l) {
+    images[l] = level_tensor(l, channels);
+    weights[l] = level_tensor(l, 1);
+    if (weights_grad) h[l] = level_tensor(l, 1);
+    if (stack_grad) q[l] = level_tensor(l, channels);
+  }
+  for (int64_t l = 0; l + 1 < top; ++l)
+    if (stack_grad && band_coef[l] != 0) band_parts[l] = level_tensor(l, channels);
+  // a term's coefficient may be 0 and still want its gradient (a tensor depth at a whole level)
+  auto band_term = [&](int64_t l) { return l + 1 < top && (band_coef[l] != 0 || plan_grad); };
+  // per level, per row of the level: sum g w (G - U G') and sum g w G, summed over frames
+  std::vector<std::vector<double>> plan_rows(static_cast<size_t>(top));
+  if (plan_grad)
+    for (int64_t l = 0; l < top; ++l) plan_rows[l].assign(static_cast<size_t>(batch * levels[l].h * 2), 0.0);
+
+  for (int64_t n = 0; n < frames; ++n) {
+    // this frame's level-0 image, weights, h_0 and q_0 inside the [B, N, ...] tensors
+    const Planes<T> image0{const_cast<T*>(x_data) + n * channels * plane, channels, frames * channels * plane, plane};
+    const Planes<T> weight0{normalised.data_ptr<T>() + n * plane, 1, frames * plane, plane};
+    const Planes<T> h0{weight_grad.data_ptr<T>() + n * plane, 1, frames * plane, plane};
+    const Planes<T> q0{stack_grad ? grad_stack.data_ptr<T>() + n * channels * plane : nullptr, channels,
+                       frames * channels * plane, plane};
+    auto image_at = [&](int64_t l) { return l == 0 ? image0 : contiguous_planes<T>(images[l], channels); };
+    auto weight_at = [&](int64_t l) { return l == 0 ? weight0 : contiguous_planes<T>(weights[l], 1); };
+    auto h_at = [&](int64_t l) { return l == 0 || !weights_grad ? h0 : contiguous_planes<T>(h[l], 1); };
+    auto q_at = [&](int64_t l) { return l == 0 || !stack_grad ? q0 : contiguous_planes<T>(q[l], channels); };
+    for (int64_t l = 0; l + 1 < top; ++l) {  // the frame's Gaussian pyramids
+      apply_separable<T>(image_at(l), image_at(l + 1), batch, down_h[l], down_w[l], T(1), false);
+      apply_separable<T>(weight_at(l), weight_at(l + 1), batch, down_h[l], down_w[l], T(1), false);
+    }
+    for (int64_t l = top - 1; l >= 0; --l) {
+      const bool has_band = l + 1 < top && band_coef[l] != 0, has_residual = residual_coef[l] != 0;
+      const bool upsample = band_term(l) && (weights_grad || plan_grad);
+      const T bc = T(band_coef[l]), rc = T(residual_coef[l]);
+      const Level lv = levels[l], cl = l + 1 < top ? levels[l + 1] : Level{0, 0};
+      const Planes<T> image = image_at(l), weight = weight_at(l), hl = h_at(l), ql = q_at(l);
+      const Planes<T> gl = contiguous_planes<T>(g[l], channels);
+      const T* coarse = upsample ? images[l + 1].data_ptr<T>() : nullptr;
+      const Planes<T> band_part = stack_grad && has_band ? contiguous_planes<T>(band_parts[l], channels) : q0;
+      double* plan_sums = plan_grad ? plan_rows[l].data() : nullptr;
+      // one pass over the level's rows: U G' (the forward's up rows), h_l = sum_c g (band (G - U G')
+      // + residual G), q_l = (band + residual) w g and its band part band w g, the plan's sums
+      at::parallel_for(0, batch * lv.h, grain_rows(lv.w * channels * 4), [&](int64_t i0, int64_t i1) {
+        std::vector<T> vertical(static_cast<size_t>(cl.w)), padded(static_cast<size_t>(cl.w + 2)),
+            up(static_cast<size_t>(upsample ? lv.w : 0));
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t b = i / lv.h, row = i % lv.h, off = row * lv.w;
+          T* hh = weights_grad ? hl.at(b, 0) + off : nullptr;
+          const T* ww = weight.at(b, 0) + off;
+          if (hh) std::fill(hh, hh + lv.w, T(0));
+          double band_sum = 0, residual_sum = 0;
+          for (int64_t c = 0; c < channels; ++c) {
+            const T* xx = image.at(b, c) + off;
+            const T* gg = gl.at(b, c) + off;
+            if (upsample)
+              up_fine_row(coarse + (b * channels + c) * cl.h * cl.w, cl.h, cl.w, row, lv.w, cv, vertical.data(),
+                          padded.data(), up.data());
+            const T* uu = up.data();
+            if (hh) {
+              if (has_band && has_residual)
+                for (int64_t k = 0; k < lv.w; ++k) hh[k] += gg[k] * (bc * (xx[k] - uu[k]) + rc * xx[k]);
+              else if (has_band)
+                for (int64_t k = 0; k < lv.w; ++k) hh[k] += gg[k] * (bc * (xx[k] - uu[k]));
+              else if (has_residual)
+                for (int64_t k = 0; k < lv.w; ++k) hh[k] += gg[k] * (rc * xx[k]);
+            }
+            if (plan_sums) {
+              for (int64_t k = 0; k < lv.w; ++k) {
+                const double gw = double(gg[k]) * double(ww[k]);
+                if (upsample) band_sum += gw * double(xx[k] - uu[k]);
+                residual_sum += gw * double(xx[k]);
+              }
+            }
+            if (stack_grad) {
+              T* qq = ql.at(b, c) + off;
+              const T scale = (has_band ? bc : T(0)) + (has_residual ? rc : T(0));
+              for (int64_t k = 0; k < lv.w; ++k) qq[k] = scale * (ww[k] * gg[k]);
+              if (has_band) {
+                T* o = band_part.at(b, c) + off;
+                for (int64_t k = 0; k < lv.w; ++k) o[k] = bc * (ww[k] * gg[k]);
+              }
+            }
+          }
+          if (plan_sums) {
+            plan_sums[2 * i] += band_sum;
+            plan_sums[2 * i + 1] += residual_sum;
+          }
+        }
+      });
+      if (l + 1 < top) {
+        if (weights_grad) apply_separable<T>(h_at(l + 1), hl, batch, down_ht[l], down_wt[l], T(1), true);
+        if (stack_grad) {
+          // G_{l+1}'s share of the band: -U^T (band w g), then G_{l+1}'s gradient down to level l
+          if (has_band) apply_separable<T>(band_part, q_at(l + 1), batch, up_ht[l], up_wt[l], T(-1), true);
+          apply_separable<T>(q_at(l + 1), ql, batch, down_ht[l], down_wt[l], T(1), true);
+        }
+      }
+    }
+  }
+
+  // the normalisation: dL/dW_n = (dL/dw_n - sum_k dL/dw_k w_k) / sum_k W_k
+  if (weights_grad) {
+    T* hg = weight_grad.data_ptr<T>();
+    const T* w = normalised.data_ptr<T>();
+    const T* t = total.data_ptr<T>();
+    at::parallel_for(0, batch * height, grain_rows(width * frames), [&](int64_t i0, int64_t i1) {
+      std::vector<double> dot(static_cast<size_t>(width));  // in double: h - dot cancels
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = i / height, off = (i % height) * width;
+        std::fill(dot.begin(), dot.end(), 0.0);
+        for (int64_t n = 0; n < frames; ++n) {
+          const T* hh = hg + (b * frames + n) * plane + off;
+          const T* ww = w + (b * frames + n) * plane + off;
+          for (int64_t x = 0; x < width; ++x) dot[x] += double(hh[x]) * double(ww[x]);
+        }
+        const T* tt = t + b * plane + off;
+        for (int64_t n = 0; n < frames; ++n) {
+          T* hh = hg + (b * frames + n) * plane + off;
+          for (int64_t x = 0; x < width; ++x) hh[x] = T((double(hh[x]) - dot[x]) / double(tt[x]));
+        }
+      }
+    });
+  }
+
+  // the measures: W = P + 1e-12, P = C^c S^s E^e (S^s = (S^2)^(s/2), E^e = exp(e log E)); Q = dL/dW P:
+  // dP/dc = P log C, dP/dL = P c / L (L the signed Laplacian), dP/d(S^2) = P s / (2 S^2),
+  // dP/d(log E) = P e, with 1 in place of a measure that is 0 (where P or the exponent is 0)
+  const bool use_contrast = p.contrast != 0 || parameter_grad;
+  const bool use_saturation = channels == 3 && (p.saturation != 0 || parameter_grad);
+  const bool use_exposure = p.exposure != 0 || parameter_grad;
+  const int64_t sums = 3 + 2 * channels;
+  std::vector<double> row_sums(static_cast<size_t>(batch * height * sums), 0.0);
+  // every element is written by the measures pass
+  at::Tensor laplacian_grad = stack_grad && use_contrast && p.contrast != 0 ? at::empty_like(raw) : at::Tensor();
+  if (stack_grad || parameter_grad) {
+    const T c_exp = T(p.contrast), s_exp = T(p.saturation), e_exp = T(p.exposure);
+    const T flat = std::is_same<T, float>::value ? T(cv.flat_contrast) : T(0);
+    const T third = std::is_same<T, float>::value ? T(float(1.0 / 3.0)) : T(1.0 / 3.0);
+    const T* dw = weight_grad.data_ptr<T>();
+    T* gs = stack_grad ? grad_stack.data_ptr<T>() : nullptr;
+    T* lg = laplacian_grad.defined() ? laplacian_grad.data_ptr<T>() : nullptr;
+    const int64_t row_span = frames * width;
+    // rows staged together, so that each of torch's vectorised exp/log calls covers enough elements
+    const int64_t block = std::max<int64_t>(1, 16384 / std::max<int64_t>(row_span, 1));
+    const int64_t span = block * row_span;
+    at::parallel_for(0, batch * height, grain_rows(width * frames * 4), [&](int64_t i0, int64_t i1) {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain buffers: no autograd bookkeeping
+      // three gray rows per frame, keyed by row index (as the forward's weights_rows)
+      std::vector<T> gray(use_contrast ? static_cast<size_t>(frames * 3 * (width + 2)) : 0);
+      std::vector<int64_t> cached(static_cast<size_t>(frames * 3), -1);
+      // one row of every frame: the measures, their factors and logs (torch's vectorised exp/log)
+      std::vector<T> lap(static_cast<size_t>(span)), s2(static_cast<size_t>(span)), log_e(static_cast<size_t>(span));
+      std::vector<T> product(static_cast<size_t>(span)), factor(static_cast<size_t>(span)), q(static_cast<size_t>(span));
+      std::vector<T> log_c(static_cast<size_t>(span)), log_s(static_cast<size_t>(span));
+      int64_t batch_done = -1;
+      for (int64_t first = i0; first < i1; first += block) {
+      const int64_t last = std::min(i1, first + block), staged = (last - first) * row_span;
+      for (int64_t i = first; i < last; ++i) {
+        const int64_t b = i / height, row = i % height, off = row * width;
+        if (b != batch_done) {
+          std::fill(cached.begin(), cached.end(), -1);
+          batch_done = b;
+        }
+        for (int64_t n = 0; n < frames; ++n) {
+          const T* frame = x_data + (b * frames + n) * channels * plane;
+          const T* x0 = frame + off;
+          const int64_t o = (i - first) * row_span + n * width;
+          if (use_contrast) {  // the forward's gray rows and Laplacian, the same operations
+            const T* rows3[3];
+            for (int k = 0; k < 3; ++k) {
+              const int64_t src = border_index(row + k - 1, height, cv.lap_border);
+              const int64_t slot = n * 3 + src % 3;
+              T* buf = gray.data() + slot * (width + 2);
+              if (cached[slot] != src) {
+                gray_row(frame, channels, plane, width, src, cv, buf);
+                cached[slot] = src;
+              }
+              rows3[k] = buf;
+            }
+            const T *up = rows3[0] + 1, *mid = rows3[1] + 1, *down = rows3[2] + 1;
+            T* l = lap.data() + o;
+            for (int64_t x = 0; x < width; ++x) {
+              const T cc = mid[x];
+              l[x] = !cv.lap_opencv ? ((up[x] - cc) + (down[x] - cc)) + ((mid[x - 1] - cc) + (mid[x + 1] - cc))
+                                    : (((up[x] + mid[x - 1]) + mid[x] * T(-4.0)) + mid[x + 1]) + down[x];
+            }
+            if (flat > T(0))
+              for (int64_t x = 0; x < width; ++x)
+                if (std::abs(l[x]) < flat) l[x] = T(0);
+          }
+          if (use_saturation) {
+            const T *r = x0 + cv.rgb[0] * plane, *gr = x0 + cv.rgb[1] * plane, *bl = x0 + cv.rgb[2] * plane;
+            T* s = s2.data() + o;
+            if (!cv.sat_opencv) {
+              for (int64_t x = 0; x < width; ++x) {
+                const T a = r[x] - gr[x], bb = gr[x] - bl[x], c = bl[x] - r[x];
+                s[x] = ((a * a + bb * bb) + c * c) / T(9.0);
+              }
+            } else {
+              for (int64_t x = 0; x < width; ++x) {
+                const T mean = ((r[x] + gr[x]) + bl[x]) * third;
+                const T a = r[x] - mean, bb = gr[x] - mean, c = bl[x] - mean;
+                s[x] = (a * a + bb * bb) + c * c;
+              }
+            }
+          }
+          if (use_exposure) {
+            T* e = log_e.data() + o;
+            for (int64_t c = 0; c < channels; ++c) {
+              const T* ch = x0 + c * plane;
+              const T m = T(p.mu[c]), s2c = T(p.sigma[c]) * T(p.sigma[c]);
+              if (c == 0)
+                for (int64_t x = 0; x < width; ++x) { const T d = ch[x] - m; e[x] = d * d / s2c; }
+              else
+                for (int64_t x = 0; x < width; ++x) { const T d = ch[x] - m; e[x] += d * d / s2c; }
+            }
+            for (int64_t x = 0; x < width; ++x) e[x] *= T(-0.5);
+          }
+        }
+      }
+      // P = C^c S^s E^e over the staged rows of every frame (a factor with exponent 0 is 1)
+      // the logs of the measures (1 in place of 0), for the exponents' gradients and C^c = exp(c log C)
+      const bool contrast_log = use_contrast && (parameter_grad || (p.contrast != 0 && p.contrast != 1));
+      const bool saturation_log = use_saturation && (parameter_grad || (p.saturation != 0 && p.saturation != 1));
+      if (contrast_log) {
+        for (int64_t x = 0; x < staged; ++x) log_c[x] = lap[x] != T(0) ? std::abs(lap[x]) : T(1);
+        torch_unary_(log_c.data(), staged, Unary::LOG);
+      }
+      if (saturation_log) {
+        for (int64_t x = 0; x < staged; ++x) log_s[x] = s2[x] > T(0) ? s2[x] : T(1);
+        torch_unary_(log_s.data(), staged, Unary::LOG);
+      }
+      std::fill(product.begin(), product.begin() + staged, T(1));
+      if (use_contrast && p.contrast != 0) {
+        if (p.contrast == 1) {
+          for (int64_t x = 0; x < staged; ++x) product[x] = std::abs(lap[x]);
+        } else {
+          for (int64_t x = 0; x < staged; ++x) factor[x] = c_exp * log_c[x];
+          torch_unary_(factor.data(), staged, Unary::EXP);
+          for (int64_t x = 0; x < staged; ++x) product[x] = lap[x] != T(0) ? factor[x] : T(0);
+        }
+      }
+      if (use_saturation && p.saturation != 0) {
+        for (int64_t x = 0; x < staged; ++x) factor[x] = s2[x] > T(0) ? s2[x] : T(0);
+        if (p.saturation == 1) {
+          torch_unary_(factor.data(), staged, Unary::SQRT);
+        } else {
+          for (int64_t x = 0; x < staged; ++x) factor[x] = s_exp * T(0.5) * log_s[x];
+          torch_unary_(factor.data(), staged, Unary::EXP);
+          for (int64_t x = 0; x < staged; ++x)
+            if (!(s2[x] > T(0))) factor[x] = T(0);
+        }
+        for (int64_t x = 0; x < staged; ++x) product[x] *= factor[x];
+      }
+      if (use_exposure && p.exposure != 0) {
+        for (int64_t x = 0; x < staged; ++x) factor[x] = e_exp * log_e[x];
+        torch_unary_(factor.data(), staged, Unary::EXP);
+        for (int64_t x = 0; x < staged; ++x) product[x] *= factor[x];
+      }
+      for (int64_t i = first; i < last; ++i) {
+        const int64_t b = i / height, row = i % height, off = row * width, at_row = (i - first) * row_span;
+        double* acc = row_sums.data() + i * sums;
+        for (int64_t n = 0; n < frames; ++n) {
+          const T* dwr = dw + (b * frames + n) * plane + off;
+          T* qq = q.data() + at_row + n * width;
+          const T* pp = product.data() + at_row + n * width;
+          for (int64_t x = 0; x < width; ++x) qq[x] = dwr[x] * pp[x];
+        }
+        if (parameter_grad) {  // d/dc = sum Q log C, d/ds = sum Q log(S^2) / 2, d/de = sum Q log E
+          double sc = 0, ss = 0, se = 0;
+          for (int64_t x = at_row; x < at_row + row_span; ++x) {
+            if (use_contrast) sc += double(q[x]) * double(log_c[x]);
+            if (use_saturation) ss += double(q[x]) * double(log_s[x]);
+            if (use_exposure) se += double(q[x]) * double(log_e[x]);
+          }
+          acc[0] += sc;
+          acc[1] += 0.5 * ss;
+          acc[2] += se;
+        }
+        for (int64_t n = 0; n < frames; ++n) {
+          const T* x0 = x_data + (b * frames + n) * channels * plane + off;
+          const int64_t o = at_row + n * width;
+          const T* qn = q.data() + o;
+          if (use_exposure && p.exposure != 0) {  // d/dx_c = -e Q (x_c - mu_c) / sigma_c^2 = -d/dmu_c
+            for (int64_t c = 0; c < channels; ++c) {
+              const T* ch = x0 + c * plane;
+              const T m = T(p.mu[c]), s2c = T(p.sigma[c]) * T(p.sigma[c]);
+              T* gc = stack_grad ? gs + (b * frames + n) * channels * plane + c * plane + off : nullptr;
+              if (gc)
+                for (int64_t x = 0; x < width; ++x) gc[x] -= (qn[x] * e_exp) * (ch[x] - m) / s2c;
+              if (parameter_grad) {
+                double sm = 0, ssig = 0;
+                for (int64_t x = 0; x < width; ++x) {
+                  const double d = double(ch[x] - m), dlog = double(qn[x] * e_exp);
+                  sm += dlog * d;
+                  ssig += dlog * d * d;
+                }
+                acc[3 + c] += sm / (p.sigma[c] * p.sigma[c]);
+                acc[3 + channels + c] += ssig / (p.sigma[c] * p.sigma[c] * p.sigma[c]);
+              }
+            }
+          }
+          if (stack_grad && use_saturation && p.saturation != 0) {
+            const T *r = x0 + cv.rgb[0] * plane, *gr = x0 + cv.rgb[1] * plane, *bl = x0 + cv.rgb[2] * plane;
+            T* base = gs + (b * frames + n) * channels * plane + off;
+            T *out_r = base + cv.rgb[0] * plane, *out_g = base + cv.rgb[1] * plane, *out_b = base + cv.rgb[2] * plane;
+            const T* sn = s2.data() + o;
+            for (int64_t x = 0; x < width; ++x) {
+              if (!(sn[x] > T(0))) continue;
+              const T d = qn[x] * (s_exp * T(0.5)) / sn[x];
+              if (!cv.sat_opencv) {
+                const T rg = r[x] - gr[x], gb = gr[x] - bl[x], br = bl[x] - r[x], k = T(2.0 / 9.0) * d;
+                out_r[x] += k * (rg - br);
+                out_g[x] += k * (gb - rg);
+                out_b[x] += k * (br - gb);
+              } else {
+                const T mean = ((r[x] + gr[x]) + bl[x]) * third;
+                const T dr = r[x] - mean, dg = gr[x] - mean, db = bl[x] - mean;
+                const T shared = ((dr + dg) + db) * third;
+                out_r[x] += T(2) * d * (dr - shared);
+                out_g[x] += T(2) * d * (dg - shared);
+                out_b[x] += T(2) * d * (db - shared);
+              }
+            }
+          }
+          if (lg) {
+            T* l = lg + (b * frames + n) * plane + off;
+            const T* ln = lap.data() + o;
+            for (int64_t x = 0; x < width; ++x) l[x] = ln[x] != T(0) ? qn[x] * c_exp / ln[x] : T(0);
+          }
+        }
+      }
+      }
+    });
+  }
+  if (laplacian_grad.defined()) {  // the stack += luma^T Laplacian^T (dL/dLaplacian)
+    T* gs = grad_stack.data_ptr<T>();
+    const T* lg = laplacian_grad.data_ptr<T>();
+    T luma[3] = {T(1), T(1), T(1)};
+    if (channels == 3)
+      for (int k = 0; k < 3; ++k)
+        luma[k] = cv.luma_fma && std::is_same<T, float>::value ? T(float(cv.luma[k])) : T(cv.luma[k]);
+    at::parallel_for(0, batch * frames * height, grain_rows(width * 3), [&](int64_t i0, int64_t i1) {
+      std::vector<T> gray(static_cast<size_t>(width));
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t item = i / height, row = i % height;
+        laplacian_adjoint_row(lg + item * plane, height, width, row, cv.lap_border, gray.data());
+        T* base = gs + item * channels * plane + row * width;
+        if (channels == 1) {
+          for (int64_t x = 0; x < width; ++x) base[x] += gray[x];
+        } else {
+          for (int k = 0; k < 3; ++k) {
+            T* o = base + cv.rgb[k] * plane;
+            for (int64_t x = 0; x < width; ++x) o[x] += luma[k] * gray[x];
+          }
+        }
+      }
+    });
+  }
+  at::Tensor parameters = at::zeros({sums}, options.dtype(at::kDouble));
+  if (parameter_grad) {
+    double* out = parameters.data_ptr<double>();
+    for (int64_t i = 0; i < batch * height; ++i)
+      for (int64_t k = 0; k < sums; ++k) out[k] += row_sums[i * sums + k];
+  }
+  at::Tensor plan = at::zeros({2 * top}, options.dtype(at::kDouble));
+  if (plan_grad) {
+    double* out = plan.data_ptr<double>();
+    for (int64_t l = 0; l < top; ++l)
+      for (int64_t i = 0; i < batch * levels[l].h; ++i) {
+        if (l + 1 < top) out[l] += plan_rows[l][2 * i];
+        out[top + l] += plan_rows[l][2 * i + 1];
+      }
+  }
+  return {stack_grad ? grad_stack : at::empty({0}, options), parameters, plan};
+}
+
+// the depth plan vector of efusion_native::fusion: band_0..band_{L-1}, residual_0..residual_{L-1}
+std::pair<std::vector<double>, std::vector<double>> vector_plan(const at::Tensor& plan) {
+  TORCH_CHECK(plan.dim() == 1 && plan.size(0) >= 2 && plan.size(0) % 2 == 0,
+              "efusion_native: plan must be [2L] (band then residual coefficients), got ", plan.sizes());
+  const at::Tensor v = plan.to(at::kDouble).contiguous();
+  const double* d = v.data_ptr<double>();
+  const int64_t top = plan.size(0) / 2;
+  return {std::vector<double>(d, d + top), std::vector<double>(d + top, d + 2 * top)};
+}
+
+// the parameters vector of efusion_native::fusion: contrast, saturation, exposure, mu_c, sigma_c
+WeightParams vector_params(const at::Tensor& parameters, bool sigma_tensor, int64_t channels) {
+  TORCH_CHECK(parameters.dim() == 1 && parameters.size(0) == 3 + 2 * channels,
+              "efusion_native: parameters must be [3 + 2C], got ", parameters.sizes());
+  const at::Tensor v = parameters.to(at::kDouble).contiguous();
+  const double* d = v.data_ptr<double>();
+  return WeightParams{d[0], d[1], d[2], std::vector<double>(d + 3, d + 3 + channels),
+                      std::vector<double>(d + 3 + channels, d + 3 + 2 * channels), sigma_tensor};
+}
+
+at::Tensor fusion_op(const at::Tensor& stack_in, const at::Tensor& parameters, const at::Tensor& plan, bool sigma_tensor,
+                     at::ArrayRef<double> reals, at::IntArrayRef codes) {
+  check_stack(stack_in, "stack");
+  const WeightParams p = vector_params(parameters, sigma_tensor, stack_in.size(2));
+  const auto [band, residual] = vector_plan(plan);
+  return fuse_op(stack_in, {p.contrast, p.saturation, p.exposure}, p.mu, p.sigma, sigma_tensor, reals, band, residual,
+                 codes);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fusion_backward_op(
+    const at::Tensor& grad, const at::Tensor& stack_in, const at::Tensor& parameters, const at::Tensor& plan,
+    bool sigma_tensor, at::ArrayRef<double> reals, at::IntArrayRef codes, bool stack_grad, bool parameter_grad,
+    bool plan_grad) {
+  check_stack(stack_in, "stack");
+  const at::Tensor stack = stack_in.contiguous();
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == stack.size(0) && grad.size(1) == stack.size(2) &&
+                  grad.size(2) == stack.size(3) && grad.size(3) == stack.size(4) &&
+                  grad.scalar_type() == stack.scalar_type(),
+              "efusion_native: grad must be [B, C, H, W] of the stack's dtype, got ", grad.sizes());
+  const WeightParams p = vector_params(parameters, sigma_tensor, stack.size(2));
+  const auto [band, residual] = vector_plan(plan);
+  const auto cv = conventions_from(codes, reals);
+  if (stack.scalar_type() == at::kFloat)
+    return fuse_backward_impl<float>(grad, stack, p, cv, band, residual, stack_grad, parameter_grad, plan_grad);
+  return fuse_backward_impl<double>(grad, stack, p, cv, band, residual, stack_grad, parameter_grad, plan_grad);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(efusion_native, m) {
+  // fuse with the weight parameters as one differentiable vector [contrast, saturation, exposure,
+  // mu_0..mu_{C-1}, sigma_0..sigma_{C-1}] and the depth plan as another [band_0..band_{L-1},
+  // residual_0..residual_{L-1}] (float64; autograd registered in Python), and its gradient
+  m.def("fusion(Tensor stack, Tensor parameters, Tensor plan, bool sigma_tensor, float[] reals, int[] conventions) "
+        "-> Tensor");
+  m.def("fusion_backward(Tensor grad, Tensor stack, Tensor parameters, Tensor plan, bool sigma_tensor, float[] reals, "
+        "int[] conventions, bool stack_grad, bool parameter_grad, bool plan_grad) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(efusion_native, CPU, m) {
+  m.impl("fusion", &fusion_op);
+  m.impl("fusion_backward", &fusion_backward_op);
 }

@@ -1,4 +1,5 @@
-"""Second derivatives through the ``"cpu"`` backend's autograd functions."""
+"""Second derivatives through the backends' autograd functions (``"cpu"``, ``"native"``): a
+recorded backward (``create_graph=True``) is the reference code's gradient."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
