@@ -44,7 +44,7 @@ _PARAMS = {"translation": 2, "euclidean": 3, "similarity": 4, "homography": 8}
 _COARSE_SIDE = 128   # the bitmap search runs at the first pyramid level this small (longer side)
 _WORK_SIDE = 1024    # estimation runs on gray frames area-averaged by an integer factor to this (longer side)
 _SAMPLES = 32768     # Gauss-Newton uses at most this many reference pixels per level
-_BAND = 128          # the warp computes its sampling grid for this many rows at a time
+_BAND = 1 << 20      # the warp computes its sampling grid for bands of rows of about this many pixels
 _SEARCH = 0.15       # bitmap search range, a fraction of each side
 _CLIP = (0.02, 0.98) # gray values outside are clipped (or nearly): no information on motion
 
@@ -174,9 +174,9 @@ def _check_model(model) -> None:
 
 
 def _warp5(stack5: Tensor, homographies: Tensor, mask5: Tensor | None, ref: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Warp ``[B, N, C, H, W]`` frame by frame and band by band of _BAND rows (the sampling grid of
-    one band at a time: memory flat in N and H, and the grid stays in cache); the frames ``ref``
-    ``[B]`` are returned as they came (not resampled at their own pixel centres)."""
+    """Warp ``[B, N, C, H, W]`` frame by frame and band by band of about _BAND pixels (the sampling
+    grid of one band at a time: memory flat in N and H, and the grid stays in cache); the frames
+    ``ref`` ``[B]`` are returned as they came (not resampled at their own pixel centres)."""
     b, n, c, h, w = stack5.shape
     compute = stack5.dtype if stack5.dtype in (torch.float32, torch.float64) else torch.float32
     device = stack5.device
@@ -201,8 +201,9 @@ def _warp5(stack5: Tensor, homographies: Tensor, mask5: Tensor | None, ref: Tens
         a = unit[i]
         source = stack5[bi, ni : ni + 1].to(compute)
         source_mask = None if mask5 is None else mask5[bi, ni : ni + 1].to(compute)
-        for top in range(0, h, _BAND):
-            rows = slice(top, min(top + _BAND, h))
+        band = max(1, _BAND // w)
+        for top in range(0, h, band):
+            rows = slice(top, min(top + band, h))
             ys = torch.arange(rows.start, rows.stop, device=device, dtype=compute).view(-1, 1)
             gx = a[0, 0] * xs + (a[0, 1] * ys + a[0, 2])
             gy = a[1, 0] * xs + (a[1, 1] * ys + a[1, 2])
