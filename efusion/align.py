@@ -12,8 +12,17 @@ Two stages, both batched over ``[B, N]`` with no per-pixel Python:
    the reference's exposure by the intensity mapping function of histogram specification
    (Grossberg & Nayar 2003), with clipped pixels excluded and a Huber weight on the residuals.
 
-The warp (``grid_sample``, bilinear) is differentiable with respect to the frames; the estimation
-runs without gradients in float32 (float64 for float64 stacks).
+Speed: the pyramid is built on gray frames area-averaged to at most ``_WORK_SIDE`` pixels a side;
+on each level Gauss-Newton uses at most ``_SAMPLES`` reference pixels, the strongest gradients of
+each cell of a 16 x 16 grid (the pixels that carry the motion, spread over the frame), so an
+iteration costs the same at any size; frames larger than the work size get a last pass on
+full-resolution pixels read from the frames at those points only (the work level's error would
+otherwise grow by the averaging factor). Only the non-reference frames are refined; each burst
+stops when its steps fall below 1e-3 px.
+
+The warp (``grid_sample``, bilinear, one frame and one band of rows at a time) is differentiable
+with respect to the frames and the homographies; the estimation runs without gradients in float32
+(float64 for float64 stacks).
 
 References: G. Ward, "Fast, robust image registration for compositing high dynamic range
 photographs from hand-held exposures", J. Graphics Tools 8(2), 2003,
