@@ -283,7 +283,7 @@ def _estimate(stack5: Tensor, ref: Tensor, mask5: Tensor | None, model: str) -> 
         return hom
     # the pyramid is built on gray frames area-averaged by an integer factor to at most _WORK_SIDE:
     # work pixel i covers full pixels factor * i ... factor * i + factor - 1
-    factor = max(1, math.ceil(max(h, w) / _WORK_SIDE))
+    factor = max(1, min(math.ceil(max(h, w) / _WORK_SIDE), h, w))
     frames = stack5.reshape(b * n, c, h, w).to(dtype)
     if factor > 1:
         frames = F.avg_pool2d(frames, factor)
@@ -323,7 +323,7 @@ def _estimate(stack5: Tensor, ref: Tensor, mask5: Tensor | None, model: str) -> 
             # the bitmaps' integer shift first becomes a sub-pixel one: a better start for more parameters
             hom_n = _refine(points, sample, hom_n, "translation", geometry, 20)
         hom_n = _refine(points, sample, hom_n, model, geometry, 30 if level == coarse else 10)
-    if factor > 1:
+    if factor > 1 and min(h, w) >= 3:
         # the work level's error is multiplied by the factor at full resolution: a last pass on
         # full-resolution pixels (the work level's, sampled from the frames themselves)
         geometry = (1, 0.0, scale, (h, w))
