@@ -18,7 +18,7 @@ each cell of a 16 x 16 grid (the pixels that carry the motion, spread over the f
 iteration costs the same at any size; frames larger than the work size get a last pass on
 full-resolution pixels read from the frames at those points only (the work level's error would
 otherwise grow by the averaging factor). Only the non-reference frames are refined; each burst
-stops when its steps fall below 1e-3 px.
+stops when its steps fall below 1e-3 px on the last level (1e-2 px on the levels before it).
 
 The warp (``grid_sample``, bilinear, one frame and one band of rows at a time) is differentiable
 with respect to the frames and the homographies; the estimation runs without gradients in float32
@@ -316,19 +316,22 @@ def _estimate(stack5: Tensor, ref: Tensor, mask5: Tensor | None, model: str) -> 
     norm = torch.tensor([[1 / scale, 0, -(w - 1) / 2 / scale], [0, 1 / scale, -(h - 1) / 2 / scale], [0, 0, 1]], dtype=dtype, device=device)
     denorm = torch.linalg.inv(norm)
     hom_n = (norm @ hom @ denorm)[rows.view(b, 1), others].reshape(-1, 3, 3)
+    full_pass = factor > 1 and min(h, w) >= 3
     for level in range(coarse, -1, -1):
         geometry = (factor * 2 ** level, offset, scale, (h, w))
         points, sample = _level(grays[level], valids[level], ref, others, geometry)
+        # a level that a finer one refines stops at steps of 1e-2 of its pixels, the last at 1e-3
+        tolerance = 1e-3 if level == 0 and not full_pass else 1e-2
         if level == coarse and model != "translation":
             # the bitmaps' integer shift first becomes a sub-pixel one: a better start for more parameters
-            hom_n = _refine(points, sample, hom_n, "translation", geometry, 20)
-        hom_n = _refine(points, sample, hom_n, model, geometry, 30 if level == coarse else 10)
-    if factor > 1 and min(h, w) >= 3:
+            hom_n = _refine(points, sample, hom_n, "translation", geometry, 20, 1e-2)
+        hom_n = _refine(points, sample, hom_n, model, geometry, 30 if level == coarse else 10, tolerance)
+    if full_pass:
         # the work level's error is multiplied by the factor at full resolution: a last pass on
         # full-resolution pixels (the work level's, sampled from the frames themselves)
         geometry = (1, 0.0, scale, (h, w))
         points, sample = _full_level(stack5, valid, ref, others, points, factor, dtype)
-        hom_n = _refine(points, sample, hom_n, model, geometry, 10)
+        hom_n = _refine(points, sample, hom_n, model, geometry, 10, 1e-3)
     hom[rows.view(b, 1), others] = denorm @ hom_n.view(b, n - 1, 3, 3) @ norm
     hom = hom / hom[..., 2:, 2:]
     is_ref = order == ref.view(b, 1)
@@ -510,7 +513,7 @@ def _full_level(stack5: Tensor, valid: Tensor | None, ref: Tensor, others: Tenso
     return points, sample
 
 
-def _refine(points: _Points, sample, hom_n: Tensor, model: str, geometry, iterations: int) -> Tensor:
+def _refine(points: _Points, sample, hom_n: Tensor, model: str, geometry, iterations: int, tolerance: float) -> Tensor:
     """Inverse-compositional Gauss-Newton on one level (Baker & Matthews 2004, Sec. 3.2).
 
     The template is the reference at ``points`` (its steepest-descent images are computed once);
@@ -585,9 +588,9 @@ def _refine(points: _Points, sample, hom_n: Tensor, model: str, geometry, iterat
         dp = torch.linalg.solve(hessian, grad) * enough.unsqueeze(1).to(dtype)
         updated = hom @ torch.linalg.inv(_increment(model, dp))
         hom = torch.where(live.view(m, 1, 1), updated / updated[:, 2:, 2:], hom)
-        # converged when the increment moves no pixel of the level by more than 1e-3
+        # converged when the increment moves no pixel of the level by more than the tolerance
         moved = (dp.abs().amax(dim=1) * (scale / step)).view(b, -1).amax(dim=1)
-        last = live & (moved < 1e-3).repeat_interleave(m // b)
+        last = live & (moved < tolerance).repeat_interleave(m // b)
     # frames without enough pixels keep their start
     return best
 
