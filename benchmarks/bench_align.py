@@ -17,6 +17,7 @@ Usage::
 
     python benchmarks/bench_align.py                    # 3 x 12 MP, 5 repeats
     python benchmarks/bench_align.py --size 1200x1600 --repeats 3 --device cuda
+    python benchmarks/bench_align.py --threads 1         # torch and OpenCV on one thread each
 """
 from __future__ import annotations
 
@@ -61,8 +62,13 @@ def main(argv=None) -> None:
     parser.add_argument("--size", default="3000x4000", help="HxW of the frames (default 12 MP)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="threads for torch and OpenCV (default: their own defaults)")
     args = parser.parse_args(argv)
     import cv2
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)
 
     height, width = (int(v) for v in args.size.lower().split("x"))
     device = torch.device(args.device)
@@ -103,7 +109,10 @@ def main(argv=None) -> None:
     for model in ("translation", "homography"):
         errors[model] = corner_rms(run_efusion(model).homographies, truth, height, width)
 
-    print(f"3 frames {height}x{width} ({height * width / 1e6:.1f} MP), device {device}, torch threads {torch.get_num_threads()}, {args.repeats} repeats")
+    print(
+        f"3 frames {height}x{width} ({height * width / 1e6:.1f} MP), device {device}, torch threads "
+        f"{torch.get_num_threads()}, OpenCV threads {cv2.getNumThreads()}, {args.repeats} repeats"
+    )
     print("| method | median s | min s | worst corner RMS px |")
     print("|---|---|---|---|")
     for name in methods:

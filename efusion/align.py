@@ -12,8 +12,17 @@ Two stages, both batched over ``[B, N]`` with no per-pixel Python:
    the reference's exposure by the intensity mapping function of histogram specification
    (Grossberg & Nayar 2003), with clipped pixels excluded and a Huber weight on the residuals.
 
-The warp (``grid_sample``, bilinear) is differentiable with respect to the frames; the estimation
-runs without gradients in float32 (float64 for float64 stacks).
+Speed: the pyramid is built on gray frames area-averaged to at most ``_WORK_SIDE`` pixels a side;
+on each level Gauss-Newton uses at most ``_SAMPLES`` reference pixels, the strongest gradients of
+each cell of a 16 x 16 grid (the pixels that carry the motion, spread over the frame), so an
+iteration costs the same at any size; frames larger than the work size get a last pass on
+full-resolution pixels read from the frames at those points only (the work level's error would
+otherwise grow by the averaging factor). Only the non-reference frames are refined; each burst
+stops when its steps fall below 1e-3 px on the last level (1e-2 px on the levels before it).
+
+The warp (``grid_sample``, bilinear, one frame and one band of rows at a time) is differentiable
+with respect to the frames and the homographies; the estimation runs without gradients in float32
+(float64 for float64 stacks).
 
 References: G. Ward, "Fast, robust image registration for compositing high dynamic range
 photographs from hand-held exposures", J. Graphics Tools 8(2), 2003,
@@ -42,7 +51,9 @@ MODELS = ("translation", "euclidean", "similarity", "homography")
 _PARAMS = {"translation": 2, "euclidean": 3, "similarity": 4, "homography": 8}
 
 _COARSE_SIDE = 128   # the bitmap search runs at the first pyramid level this small (longer side)
-_FINEST_SIDE = 2048  # refinement stops at the first level this small: 12 MP frames refine at 3 MP
+_WORK_SIDE = 1024    # estimation runs on gray frames area-averaged by an integer factor to this (longer side)
+_SAMPLES = 32768     # Gauss-Newton uses at most this many reference pixels per level
+_BAND = 1 << 20      # the warp computes its sampling grid for bands of rows of about this many pixels
 _SEARCH = 0.15       # bitmap search range, a fraction of each side
 _CLIP = (0.02, 0.98) # gray values outside are clipped (or nearly): no information on motion
 
@@ -108,10 +119,7 @@ def align(stack: Tensor, *, model: str = "homography", reference: int | None = N
         mask5 = mask5.expand(b, n, 1, h, w)
     with torch.no_grad():
         homographies = _estimate(stack5.detach(), ref, None if mask5 is None else mask5.detach(), model)
-    frames, valid = _warp5(stack5, homographies, mask5)
-    is_ref = torch.arange(n, device=stack5.device).view(1, n) == ref.view(b, 1)
-    # the reference is returned as it came (not resampled at its own pixel centres)
-    frames = torch.where(is_ref.view(b, n, 1, 1, 1), stack5, frames)
+    frames, valid = _warp5(stack5, homographies, mask5, ref)
     if unbatched:
         frames, valid, homographies = frames[0], valid[0], homographies[0]
     return Alignment(frames, valid, homographies, model)
@@ -174,33 +182,73 @@ def _check_model(model) -> None:
 # warping
 
 
-def _warp5(stack5: Tensor, homographies: Tensor, mask5: Tensor | None) -> tuple[Tensor, Tensor]:
+def _warp5(stack5: Tensor, homographies: Tensor, mask5: Tensor | None, ref: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Warp ``[B, N, C, H, W]`` frame by frame and band by band of about _BAND pixels (the sampling
+    grid of one band at a time: memory flat in N and H, and the grid stays in cache); the frames
+    ``ref`` ``[B]`` are returned as they came (not resampled at their own pixel centres)."""
     b, n, c, h, w = stack5.shape
     compute = stack5.dtype if stack5.dtype in (torch.float32, torch.float64) else torch.float32
-    hom = homographies.to(device=stack5.device, dtype=torch.float64 if compute == torch.float64 else torch.float32)
-    ys, xs = torch.meshgrid(
-        torch.arange(h, device=stack5.device, dtype=hom.dtype),
-        torch.arange(w, device=stack5.device, dtype=hom.dtype),
-        indexing="ij",
-    )
-    px, py = _apply(hom.reshape(b * n, 3, 3), xs, ys)
-    inside = (px > -1e-3) & (px < w - 1 + 1e-3) & (py > -1e-3) & (py < h - 1 + 1e-3)
-    grid = torch.stack((_to_unit(px, w), _to_unit(py, h)), dim=-1).to(compute)
-    frames = F.grid_sample(
-        stack5.reshape(b * n, c, h, w).to(compute), grid, mode="bilinear", padding_mode="border", align_corners=True
-    )
-    valid = inside.to(compute).unsqueeze(1)
-    if mask5 is not None:
-        warped_mask = F.grid_sample(
-            mask5.reshape(b * n, 1, h, w).to(compute), grid, mode="bilinear", padding_mode="zeros", align_corners=True
-        )
-        valid = valid * warped_mask
-    return frames.reshape(b, n, c, h, w).to(stack5.dtype), valid.reshape(b, n, 1, h, w).to(stack5.dtype)
+    device = stack5.device
+    # reference pixel -> frame pixel -> grid_sample's unit coordinates (align_corners=True)
+    to_unit = torch.tensor([[2.0 / max(w - 1, 1), 0, -1], [0, 2.0 / max(h - 1, 1), -1], [0, 0, 1]], dtype=torch.float64)
+    unit = to_unit.to(device, homographies.dtype) @ homographies.reshape(b * n, 3, 3)
+    unit = (unit / unit[:, 2:, 2:]).to(compute)
+    # the last rows decide (on the host, once) which frames need the perspective division
+    projective = (unit.detach()[:, 2, :2] != 0).any(dim=1).tolist()
+    refs = [-1] * b if ref is None else ref.tolist()
+    xs = torch.arange(w, device=device, dtype=compute)
+    # a sample is inside when it falls within 1e-3 px of the end pixels' centres
+    bound_x, bound_y = 1 + 2e-3 / max(w - 1, 1), 1 + 2e-3 / max(h - 1, 1)
+    frames = torch.empty((b, n, c, h, w), device=device, dtype=compute)
+    valid = torch.empty((b, n, 1, h, w), device=device, dtype=compute)
+    for i in range(b * n):
+        bi, ni = divmod(i, n)
+        if refs[bi] == ni:
+            frames[bi, ni] = stack5[bi, ni]
+            valid[bi, ni] = 1.0 if mask5 is None else mask5[bi, ni]
+            continue
+        a = unit[i]
+        source = stack5[bi, ni : ni + 1].to(compute)
+        source_mask = None if mask5 is None else mask5[bi, ni : ni + 1].to(compute)
+        band = max(1, _BAND // w)
+        for top in range(0, h, band):
+            rows = slice(top, min(top + band, h))
+            ys = torch.arange(rows.start, rows.stop, device=device, dtype=compute).view(-1, 1)
+            grid = _band_grid(a, xs, ys, projective[i]).unsqueeze(0)
+            frames[bi, ni, :, rows] = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
+            inside = (grid[0, ..., 0].detach().abs() <= bound_x) & (grid[0, ..., 1].detach().abs() <= bound_y)
+            if source_mask is None:
+                valid[bi, ni, 0, rows] = inside
+            else:
+                warped_mask = F.grid_sample(source_mask, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+                valid[bi, ni, 0, rows] = inside * warped_mask[0, 0]
+    return frames.to(stack5.dtype), valid.to(stack5.dtype)
+
+
+def _band_grid(a: Tensor, xs: Tensor, ys: Tensor, projective: bool) -> Tensor:
+    """grid_sample's grid ``[rows, w, 2]`` of a band: ``a [3, 3]`` applied to columns ``xs [w]`` and rows ``ys [rows, 1]``."""
+    if a.requires_grad and torch.is_grad_enabled():
+        # always divided: the last row's gradient is not zero where its value is
+        den = a[2, 0] * xs + (a[2, 1] * ys + a[2, 2])
+        gx = (a[0, 0] * xs + (a[0, 1] * ys + a[0, 2])) / den
+        gy = (a[1, 0] * xs + (a[1, 1] * ys + a[1, 2])) / den
+        return torch.stack((gx, gy), dim=-1)
+    # without autograd, each coordinate is written straight into its interleaved place (4 times
+    # faster than computing both and stacking them)
+    grid = torch.empty((ys.shape[0], xs.shape[0], 2), device=xs.device, dtype=xs.dtype)
+    if projective:
+        den = a[2, 0] * xs + (a[2, 1] * ys + a[2, 2])
+        torch.div(a[0, 0] * xs + (a[0, 1] * ys + a[0, 2]), den, out=grid[..., 0])
+        torch.div(a[1, 0] * xs + (a[1, 1] * ys + a[1, 2]), den, out=grid[..., 1])
+    else:
+        torch.add(a[0, 0] * xs, a[0, 1] * ys + a[0, 2], out=grid[..., 0])
+        torch.add(a[1, 0] * xs, a[1, 1] * ys + a[1, 2], out=grid[..., 1])
+    return grid
 
 
 def _apply(hom: Tensor, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
-    """Apply ``[M, 3, 3]`` homographies to a grid of points ``[h, w]`` -> two ``[M, h, w]``."""
-    hm = hom.view(-1, 3, 3, 1, 1)
+    """Apply homographies ``[M, 3, 3]`` to points ``xs, ys`` of shape ``[M, P]`` -> two ``[M, P]``."""
+    hm = hom.unsqueeze(-1)
     den = hm[:, 2, 0] * xs + hm[:, 2, 1] * ys + hm[:, 2, 2]
     px = (hm[:, 0, 0] * xs + hm[:, 0, 1] * ys + hm[:, 0, 2]) / den
     py = (hm[:, 1, 0] * xs + hm[:, 1, 1] * ys + hm[:, 1, 2]) / den
@@ -226,44 +274,67 @@ def _gray(stack5: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _estimate(stack5: Tensor, ref: Tensor, mask5: Tensor | None, model: str) -> Tensor:
-    b, n, _, h, w = stack5.shape
+    b, n, c, h, w = stack5.shape
     dtype = torch.float64 if stack5.dtype == torch.float64 else torch.float32
-    gray = _gray(stack5, dtype)
-    valid = torch.ones_like(gray) if mask5 is None else (mask5[:, :, 0] >= 0.5).to(dtype)
+    device = stack5.device
+    eye = torch.eye(3, dtype=dtype, device=device)
+    hom = eye.expand(b, n, 3, 3).clone()
+    if n == 1:
+        return hom
+    # the pyramid is built on gray frames area-averaged by an integer factor to at most _WORK_SIDE:
+    # work pixel i covers full pixels factor * i ... factor * i + factor - 1
+    factor = max(1, min(math.ceil(max(h, w) / _WORK_SIDE), h, w))
+    frames = stack5.reshape(b * n, c, h, w).to(dtype)
+    if factor > 1:
+        frames = F.avg_pool2d(frames, factor)
+    gray = _gray(frames.view(b, n, c, *frames.shape[-2:]), dtype)
+    hw, ww = gray.shape[-2:]
+
     def side(level: int) -> int:
-        return max(math.ceil(h / 2 ** level), math.ceil(w / 2 ** level))
+        return max(math.ceil(hw / 2 ** level), math.ceil(ww / 2 ** level))
 
     coarse = 0
     while side(coarse) > _COARSE_SIDE:
         coarse += 1
-    finest = 0
-    while side(finest) > _FINEST_SIDE:
-        finest += 1
     grays = gaussian_pyramid(gray, coarse + 1)
-    valids = gaussian_pyramid(valid, coarse + 1) if mask5 is not None else [torch.ones_like(g) for g in grays]
-
-    eye = torch.eye(3, dtype=dtype, device=gray.device)
-    hom = eye.expand(b, n, 3, 3).clone()
-    if n == 1:
-        return hom
+    valid = None if mask5 is None else (mask5[:, :, 0] >= 0.5).to(dtype)
+    if valid is None:
+        valids = [torch.ones_like(g, dtype=torch.bool) for g in grays]
+    else:
+        valids = [v > 0.999 for v in gaussian_pyramid(F.avg_pool2d(valid, factor) if factor > 1 else valid, coarse + 1)]
+    # level l, pixel j sits at full-resolution pixel factor * 2^l * j + (factor - 1) / 2
+    offset = (factor - 1) / 2
+    rows = torch.arange(b, device=device)
+    order = torch.arange(n, device=device).expand(b, n)
+    others = order[order != ref.view(b, 1)].view(b, n - 1)
     # 1. coarse translation from Ward's bitmaps
-    shift = _mtb_shift(grays[coarse], valids[coarse] > 0.999, ref)
-    hom[..., 0, 2] = shift[..., 0] * 2 ** coarse
-    hom[..., 1, 2] = shift[..., 1] * 2 ** coarse
+    shift = _mtb_shift(grays[coarse], valids[coarse], ref)
+    hom[..., 0, 2] = shift[..., 0] * factor * 2 ** coarse
+    hom[..., 1, 2] = shift[..., 1] * factor * 2 ** coarse
     # 2. inverse-compositional Gauss-Newton, coarse to fine, in normalised coordinates
     scale = max(h, w) / 2.0
-    norm = torch.tensor([[1 / scale, 0, -(w - 1) / 2 / scale], [0, 1 / scale, -(h - 1) / 2 / scale], [0, 0, 1]], dtype=dtype, device=gray.device)
+    norm = torch.tensor([[1 / scale, 0, -(w - 1) / 2 / scale], [0, 1 / scale, -(h - 1) / 2 / scale], [0, 0, 1]], dtype=dtype, device=device)
     denorm = torch.linalg.inv(norm)
-    hom_n = norm @ hom @ denorm
-    for level in range(coarse, finest - 1, -1):
-        args = (grays[level], valids[level] > 0.999, ref)
+    hom_n = (norm @ hom @ denorm)[rows.view(b, 1), others].reshape(-1, 3, 3)
+    full_pass = factor > 1 and min(h, w) >= 3
+    for level in range(coarse, -1, -1):
+        geometry = (factor * 2 ** level, offset, scale, (h, w))
+        points, sample = _level(grays[level], valids[level], ref, others, geometry)
+        # a level that a finer one refines stops at steps of 1e-2 of its pixels, the last at 1e-3
+        tolerance = 1e-3 if level == 0 and not full_pass else 1e-2
         if level == coarse and model != "translation":
             # the bitmaps' integer shift first becomes a sub-pixel one: a better start for more parameters
-            hom_n = _refine(*args, hom_n, "translation", level, scale, (h, w), 20)
-        hom_n = _refine(*args, hom_n, model, level, scale, (h, w), 30 if level == coarse else 10)
-    hom = denorm @ hom_n @ norm
+            hom_n = _refine(points, sample, hom_n, "translation", geometry, 20, 1e-2)
+        hom_n = _refine(points, sample, hom_n, model, geometry, 30 if level == coarse else 10, tolerance)
+    if full_pass:
+        # the work level's error is multiplied by the factor at full resolution: a last pass on
+        # full-resolution pixels (the work level's, sampled from the frames themselves)
+        geometry = (1, 0.0, scale, (h, w))
+        points, sample = _full_level(stack5, valid, ref, others, points, factor, dtype)
+        hom_n = _refine(points, sample, hom_n, model, geometry, 10, 1e-3)
+    hom[rows.view(b, 1), others] = denorm @ hom_n.view(b, n - 1, 3, 3) @ norm
     hom = hom / hom[..., 2:, 2:]
-    is_ref = torch.arange(n, device=gray.device).view(1, n) == ref.view(b, 1)
+    is_ref = order == ref.view(b, 1)
     return torch.where(is_ref.view(b, n, 1, 1), eye, hom)
 
 
@@ -356,64 +427,143 @@ def _increment(model: str, dp: Tensor) -> Tensor:
     return out
 
 
-def _refine(gray, valid, ref, hom_n, model, level, scale, full_size, iterations):
-    """Inverse-compositional Gauss-Newton on one pyramid level (Baker & Matthews 2004, Sec. 3.2).
+class _Points(NamedTuple):
+    """The reference's pixels Gauss-Newton uses on one level, ``[B, S]`` each (S the same for all bursts)."""
 
-    The template is the reference (its gradient and steepest-descent images are computed once);
-    each frame, mapped to the reference's exposure, is warped by the current estimate; the update
-    solves the Huber-weighted normal equations and composes the inverse increment.
-    """
-    b, n, hl, wl = gray.shape
-    m = b * n
-    h, w = full_size
-    dtype, device = gray.dtype, gray.device
-    step = 2.0 ** level
-    rows = torch.arange(b, device=device)
+    xs: Tensor      # level pixel coordinates
+    ys: Tensor
+    value: Tensor   # the reference's gray there
+    gx: Tensor      # and its gradient per level pixel
+    gy: Tensor
+    use: Tensor     # bool: in the cost (valid, unclipped, not on the border)
+    valid: Tensor   # bool: in the histograms of the exposure matching (valid)
+
+
+def _level(gray: Tensor, valid: Tensor, ref: Tensor, others: Tensor, geometry):
+    """The points of one pyramid level ``[B, N, h, w]`` and a sampler of the other frames there."""
+    b, _, hl, wl = gray.shape
+    rows = torch.arange(b, device=gray.device)
     template = gray[rows, ref]  # [B, hl, wl]
-    # the level's pixel (x, y) sits at full-resolution pixel (2^l x, 2^l y)
-    ys, xs = torch.meshgrid(torch.arange(hl, device=device, dtype=dtype), torch.arange(wl, device=device, dtype=dtype), indexing="ij")
-    u = (xs * step - (w - 1) / 2) / scale
-    v = (ys * step - (h - 1) / 2) / scale
     gy, gx = torch.gradient(template, dim=(-2, -1))
-    gx, gy = gx * (scale / step), gy * (scale / step)  # d/du = d/dx * dx/du
-    jx, jy = _jacobian(model, u, v)
-    sd = torch.stack([gx * a + gy * c for a, c in zip(jx, jy)], dim=-1)  # [B, hl, wl, K]
     lo, hi = _CLIP
     ref_ok = valid[rows, ref] & (template > lo) & (template < hi)
     # the border row/column has one-sided differences: leave it out
-    ref_ok = ref_ok.clone()
     ref_ok[..., 0, :] = ref_ok[..., -1, :] = False
     ref_ok[..., :, 0] = ref_ok[..., :, -1] = False
-    frame_ok = (valid & (gray > lo) & (gray < hi)).reshape(m, hl, wl).to(dtype)
-    valid_f = valid.reshape(m, hl, wl).to(dtype)
-    source = torch.stack((gray.reshape(m, hl, wl), frame_ok, valid_f), dim=1)  # warped in one call
-    sd = sd.unsqueeze(1).expand(b, n, hl, wl, sd.shape[-1]).reshape(m, hl * wl, -1)
-    ref_ok = ref_ok.unsqueeze(1).expand(b, n, hl, wl).reshape(m, hl * wl)
-    template = template.unsqueeze(1).expand(b, n, hl, wl).reshape(m, hl * wl)
-    ref_valid = valid[rows, ref].unsqueeze(1).expand(b, n, hl, wl).reshape(m, hl * wl)
-    norm_to_px = torch.tensor([[scale / step, 0, (w - 1) / 2 / step], [0, scale / step, (h - 1) / 2 / step], [0, 0, 1]], dtype=dtype, device=device)
-    hom = hom_n.reshape(m, 3, 3).clone()
+    index, real = _select(gx * gx + gy * gy, ref_ok)  # [B, S]
+
+    def at(x: Tensor) -> Tensor:
+        return x.flatten(1).gather(1, index)
+
+    points = _Points(
+        (index % wl).to(gray.dtype), torch.div(index, wl, rounding_mode="floor").to(gray.dtype), at(template),
+        at(gx), at(gy), real & at(ref_ok), real & at(valid[rows, ref]),
+    )
+    moving, moving_valid = gray[rows.view(b, 1), others], valid[rows.view(b, 1), others]
+    frame_ok = moving_valid & (moving > lo) & (moving < hi)
+    m = others.numel()
+    source = torch.stack((moving, frame_ok.to(gray.dtype), moving_valid.to(gray.dtype)), dim=2).reshape(m, 3, hl, wl)
+
+    def sample(px: Tensor, py: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # [M, S] level pixel coordinates -> gray, usable, valid [M, S]; 0 outside the frame
+        grid = torch.stack((_to_unit(px, wl), _to_unit(py, hl)), dim=-1).unsqueeze(1)
+        warped = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[:, :, 0]
+        return warped[:, 0], warped[:, 1] > 0.999, warped[:, 2] > 0.999
+
+    return points, sample
+
+
+def _full_level(stack5: Tensor, valid: Tensor | None, ref: Tensor, others: Tensor, work: _Points, factor: int, dtype):
+    """The work level's points moved to full resolution (a pixel near each one's centre), and a
+    sampler of the other frames there: the frames are read at the points only, never converted whole."""
+    b, n, c, h, w = stack5.shape
+    rows = torch.arange(b, device=stack5.device)
+    xs = (work.xs * factor + (factor - 1) // 2).long().clamp_(1, w - 2)
+    ys = (work.ys * factor + (factor - 1) // 2).long().clamp_(1, h - 2)
+    flat = stack5.reshape(b * n, c, h * w)  # a view: the reference is read at the points only
+    batch, frame = rows.view(b, 1), (rows * n + ref).view(b, 1)
+
+    def gray_at(y: Tensor, x: Tensor) -> Tensor:  # [B, S] integer pixels of the reference -> gray
+        return _gray(flat[frame, :, y * w + x][..., None, None], dtype)[..., 0, 0]  # [B, S, C, 1, 1] -> [B, S]
+
+    value = gray_at(ys, xs)
+    gx = 0.5 * (gray_at(ys, xs + 1) - gray_at(ys, xs - 1))
+    gy = 0.5 * (gray_at(ys + 1, xs) - gray_at(ys - 1, xs))
+    lo, hi = _CLIP
+    ref_valid = work.valid if valid is None else work.valid & (valid[batch, ref.view(b, 1), ys, xs] > 0.5)
+    use = work.use & ref_valid & (value > lo) & (value < hi)
+    points = _Points(xs.to(dtype), ys.to(dtype), value, gx, gy, use, ref_valid)
+    pairs = list(zip(batch.expand_as(others).flatten().tolist(), others.flatten().tolist()))
+    sources = [stack5[bi, ni : ni + 1].to(dtype) for bi, ni in pairs]  # no copy for float32/64 stacks
+
+    def sample(px: Tensor, py: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        grid = torch.stack((_to_unit(px, w), _to_unit(py, h)), dim=-1).unsqueeze(1)  # [M, 1, S, 2]
+        gray, ok = [], []
+        for i, (bi, ni) in enumerate(pairs):
+            frame = F.grid_sample(sources[i], grid[i : i + 1], "bilinear", "zeros", align_corners=True)  # [1, C, 1, S]
+            gray.append(_gray(frame.unsqueeze(0), dtype)[0, 0, 0])
+            if valid is not None:
+                valid_at = F.grid_sample(valid[bi, ni].view(1, 1, h, w), grid[i : i + 1], "bilinear", "zeros", align_corners=True)
+                ok.append(valid_at[0, 0, 0] > 0.999)
+        gray_t = torch.stack(gray)
+        inside = (px >= 0) & (px <= w - 1) & (py >= 0) & (py <= h - 1)
+        frame_valid = inside if valid is None else inside & torch.stack(ok)
+        return gray_t, frame_valid & (gray_t > lo) & (gray_t < hi), frame_valid
+
+    return points, sample
+
+
+def _refine(points: _Points, sample, hom_n: Tensor, model: str, geometry, iterations: int, tolerance: float) -> Tensor:
+    """Inverse-compositional Gauss-Newton on one level (Baker & Matthews 2004, Sec. 3.2).
+
+    The template is the reference at ``points`` (its steepest-descent images are computed once);
+    each other frame ``hom_n [M, 3, 3]`` (M = B (N - 1), normalised coordinates), mapped to the
+    reference's exposure, is sampled at those points through the current estimate; the update
+    solves the Huber-weighted normal equations and composes the inverse increment. ``geometry``:
+    (level pixel -> full pixel step, offset, normalising scale, full size).
+    """
+    step, offset, scale, (h, w) = geometry
+    dtype, device = hom_n.dtype, hom_n.device
+    m, b = hom_n.shape[0], points.xs.shape[0]
+    u = (points.xs * step + offset - (w - 1) / 2) / scale
+    v = (points.ys * step + offset - (h - 1) / 2) / scale
+    gx, gy = points.gx * (scale / step), points.gy * (scale / step)  # d/du = d/dx * dx/du
+    jx, jy = _jacobian(model, u, v)
+    sd = torch.stack([gx * a + gy * c for a, c in zip(jx, jy)], dim=-1)  # [B, S, K]
+
+    def per_frame(x: Tensor) -> Tensor:  # [B, ...] -> [M, ...]
+        return x.unsqueeze(1).expand(b, m // b, *x.shape[1:]).reshape(m, *x.shape[1:])
+
+    samples = points.xs.shape[1]
+    sd, use, xs, ys = per_frame(sd), per_frame(points.use), per_frame(points.xs), per_frame(points.ys)
+    target, ref_valid = per_frame(points.value), per_frame(points.valid)
+    norm_to_px = torch.tensor(
+        [[scale / step, 0, ((w - 1) / 2 - offset) / step], [0, scale / step, ((h - 1) / 2 - offset) / step], [0, 0, 1]],
+        dtype=dtype, device=device,
+    )
+    px_to_norm = torch.linalg.inv(norm_to_px)
+    hom = hom_n.clone()
     eye_k = torch.eye(sd.shape[-1], dtype=dtype, device=device)
     best_cost = torch.full((m,), torch.inf, dtype=dtype, device=device)
     best = hom.clone()
+    enough_pixels = max(4 * sd.shape[-1], 0.05 * samples)
+    # each burst iterates until its frames' steps are all small, then evaluates that last step and
+    # stops (so a burst's result does not depend on the others it is batched with)
+    live = torch.ones(m, dtype=torch.bool, device=device)
+    last = torch.zeros_like(live)
     for iteration in range(iterations + 1):
         # level pixel -> normalised -> frame (normalised) -> frame level pixel
-        to_px = norm_to_px @ hom @ torch.linalg.inv(norm_to_px)
-        px, py = _apply(to_px, xs, ys)
-        grid = torch.stack((_to_unit(px, wl), _to_unit(py, hl)), dim=-1)
-        warped = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        inside = (px >= 0) & (px <= wl - 1) & (py >= 0) & (py <= hl - 1)
-        ok = ref_ok & (warped[:, 1] > 0.999).reshape(m, -1) & inside.reshape(m, -1)
+        px, py = _apply(norm_to_px @ hom @ px_to_norm, xs, ys)
+        warped_gray, frame_ok, frame_valid = sample(px, py)
+        ok = use & frame_ok
         okf = ok.to(dtype)
         count = okf.sum(1)
-        warped_gray = warped[:, 0].reshape(m, -1)
         if iteration % 5 == 0:
             # exposure matching on the pixels both frames see under the current estimate:
             # histograms of one region, so their quantiles correspond (a global histogram of
             # two differently framed views would bias the mapping and with it the motion)
-            common = ((warped[:, 2] > 0.999).reshape(m, -1) & inside.reshape(m, -1) & ref_valid).to(dtype)
-            table = _imf.imf_table(warped_gray, template, common)
-        error = (_imf.lookup(table, warped_gray) - template) * okf
+            table = _imf.imf_table(warped_gray, target, (frame_valid & ref_valid).to(dtype))
+        error = (_imf.lookup(table, warped_gray) - target) * okf
         # Huber weight with a robust scale (mean absolute residual of a Gaussian is 0.8 sigma)
         sigma = (1.253 * error.abs().sum(1) / count.clamp_min(1.0)).clamp_min(1.0 / 255.0)
         k = 1.345 * sigma.unsqueeze(1)
@@ -424,21 +574,49 @@ def _refine(gray, valid, ref, hom_n, model, level, scale, full_size, iterations)
         if iteration == 0:
             k0 = k
         loss = torch.where(error.abs() <= k0, 0.5 * error ** 2, k0 * (error.abs() - 0.5 * k0)) * okf
-        enough = count >= max(4 * sd.shape[-1], 0.05 * hl * wl)
+        enough = count >= enough_pixels
         cost = torch.where(enough, loss.sum(1) / count.clamp_min(1.0), torch.full_like(count, torch.inf))
-        better = cost < best_cost
+        better = (cost < best_cost) & live
         best = torch.where(better.view(m, 1, 1), hom, best)
         best_cost = torch.where(better, cost, best_cost)
-        if iteration == iterations:
+        live = live & ~last
+        if iteration == iterations or not bool(live.any()):
             break
         wsd = sd * weight.unsqueeze(-1)
         hessian = wsd.transpose(1, 2) @ sd + 1e-9 * eye_k
         grad = (wsd.transpose(1, 2) @ error.unsqueeze(-1)).squeeze(-1)
         dp = torch.linalg.solve(hessian, grad) * enough.unsqueeze(1).to(dtype)
-        hom = hom @ torch.linalg.inv(_increment(model, dp))
-        hom = hom / hom[:, 2:, 2:]
-        # converged when the increment moves no pixel of the level by more than 1e-3
-        if float(dp.abs().max()) * scale / step < 1e-3:
-            iterations = iteration + 1  # evaluate the last step, then stop
+        updated = hom @ torch.linalg.inv(_increment(model, dp))
+        hom = torch.where(live.view(m, 1, 1), updated / updated[:, 2:, 2:], hom)
+        # converged when the increment moves no pixel of the level by more than the tolerance
+        moved = (dp.abs().amax(dim=1) * (scale / step)).view(b, -1).amax(dim=1)
+        last = live & (moved < tolerance).repeat_interleave(m // b)
     # frames without enough pixels keep their start
-    return best.reshape(b, n, 3, 3)
+    return best
+
+
+def _select(strength: Tensor, ok: Tensor) -> tuple[Tensor, Tensor]:
+    """Flat indices ``[B, S]`` of the pixels Gauss-Newton uses on a level ``[B, h, w]``, and which are real (not padding).
+
+    All pixels of a small level; on a larger one the strongest gradients of each cell of a grid
+    of about 16 x 16 cells (the ones that carry the motion, spread over the frame so that the
+    perspective parameters stay determined), at most _SAMPLES in all.
+    """
+    b, hl, wl = strength.shape
+    if hl * wl <= _SAMPLES:
+        index = torch.arange(hl * wl, device=strength.device).expand(b, hl * wl)
+        return index, torch.ones_like(index, dtype=torch.bool)
+    cell = max(1, math.ceil(max(hl, wl) / 16))
+    cy, cx = math.ceil(hl / cell), math.ceil(wl / cell)
+    per_cell = max(1, _SAMPLES // (cy * cx))
+    # usable pixels first, then the others of the level, then the padding
+    score = F.pad(torch.where(ok, strength, -1.0), (0, cx * cell - wl, 0, cy * cell - hl), value=-2.0)
+    cells = score.view(b, cy, cell, cx, cell).permute(0, 1, 3, 2, 4).reshape(b, cy * cx, cell * cell)
+    local = cells.topk(min(per_cell, cell * cell), dim=-1, sorted=False).indices  # [B, cells, k]
+    cell_y = torch.arange(cy, device=strength.device).view(cy, 1).expand(cy, cx).reshape(1, cy * cx, 1)
+    cell_x = torch.arange(cx, device=strength.device).view(1, cx).expand(cy, cx).reshape(1, cy * cx, 1)
+    y = cell_y * cell + torch.div(local, cell, rounding_mode="floor")
+    x = cell_x * cell + local % cell
+    real = (y < hl) & (x < wl)
+    index = (y.clamp_max(hl - 1) * wl + x.clamp_max(wl - 1)).flatten(1)
+    return index, real.flatten(1)
