@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.export import Dim, ExportedProgram
+from torch._dynamo import config as dynamo_config
 from torch.fx.experimental import _config as fx_config
 
 from . import backends
@@ -99,7 +100,10 @@ def to_exported_program(layer: Fusion, example: Tensor | None = None, *, unrolle
     # The coarse pyramid levels of any example are 1 sample wide; size-oblivious reasoning keeps
     # the tracer from fixing those sizes to 1 (the graph gathers by index, valid for any size).
     oblivious = fx_config.patch(backed_size_oblivious=True)  # type: ignore[attr-defined]
-    with oblivious, contextlib.nullcontext() if unrolled is None else traced_levels(unrolled):
+    # Fake-tensor dispatch caching costs more symbolic arithmetic than it saves on this graph, whose
+    # operations rarely repeat with the same sizes (one level after another): a quarter of the time.
+    uncached = dynamo_config.patch(fake_tensor_cache_enabled=False)
+    with oblivious, uncached, contextlib.nullcontext() if unrolled is None else traced_levels(unrolled):
         return torch.export.export(_Exported(layer), (example,), dynamic_shapes=dynamic_shapes())
 
 
