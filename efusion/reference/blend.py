@@ -52,14 +52,15 @@ def blend(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool
         image, weight = (stack[:, n], weights[:, n]) if by_frame else (stack, weights)
         for level in range(top):
             sizes[level] = image.shape[-2:]
+            coarser: Tensor | None = None
+            coarser_weight: Tensor | None = None
             if traced and level < top - 1:
-                # symbolic sizes: frame and weight as one stack of planes, one pyr_down, sizes
-                # from the finest level (short size expressions; the same values)
+                # a graph: frame and weight as one stack of planes, one pyr_down, sizes from the
+                # finest level (short symbolic size expressions; the same values)
                 both = pyr_down(torch.cat([image, weight], dim=-3), preset, level_size((height, width), level + 1))
                 coarser, coarser_weight = both[..., :-1, :, :], both[..., -1:, :, :]
-            else:
-                coarser = pyr_down(image, preset) if level < top - 1 else None
-                coarser_weight = None
+            elif level < top - 1:
+                coarser = pyr_down(image, preset)
             if coarser is not None and not is_zero(band_coef[level]):  # the coarsest level has no band
                 add(bands, level, weight * (image - pyr_up(coarser, image.shape[-2:], preset)))
             if not is_zero(residual_coef[level]):
