@@ -28,6 +28,9 @@ from .presets import get_preset
 
 __all__ = ["LEARNABLE_DEFAULT", "Fusion"]
 
+#: state_dict key of whether ``levels`` counts from the automatic maximum (beside ``levels``)
+_RELATIVE_KEY = "relative_levels"
+
 
 class _Softplus(nn.Module):
     """Parametrisation keeping a parameter above a floor: ``value = floor + softplus(raw)``.
@@ -66,7 +69,8 @@ class Fusion(nn.Module):
     range in the forward pass with a gradient that keeps pointing back inside (see
     :mod:`efusion.depth`). A learnable depth given as ``None`` starts at -1 (the automatic
     maximum) and stays relative to the maximum: its sign at construction decides whether it
-    counts absolute levels or levels from the maximum.
+    counts absolute levels or levels from the maximum, and that choice is kept however training
+    moves it (the ``state_dict`` stores it as ``relative_levels``, pickling and :meth:`export` keep it).
 
     Args:
         contrast, saturation, exposure, mu, sigma, levels, preset: as in :func:`exposure_fusion`.
@@ -208,6 +212,13 @@ class Fusion(nn.Module):
         config["levels"] = None if self.levels is None else (-1.0 if self.relative_levels else 1.0)
         return config
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        # Whether a depth counts from the maximum is written down, not left to its sign: training
+        # may move a relative learnable depth above 0 (clamped to the maximum in the forward pass).
+        if self.levels is not None:
+            destination[f"{prefix}{_RELATIVE_KEY}"] = torch.tensor(bool(self.relative_levels))
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
         # The values carry over between learnable sets: a learnable positive parameter is stored
@@ -228,12 +239,13 @@ class Fusion(nn.Module):
                             f"cannot load {name}={value.tolist()} into a Fusion that learns {name}: {error}"
                         ) from None
         levels_key = f"{prefix}levels"
+        stored_relative = state_dict.pop(f"{prefix}{_RELATIVE_KEY}", None)
         if levels_key in state_dict:
             value = state_dict[levels_key]
             if self.levels is None:  # an automatic depth here: take the stored one
                 self._buffers["levels"] = torch.empty_like(value)
-            if value.dim() == 0:
-                self.relative_levels = bool(value < 0)
+            if value.dim() == 0:  # state_dicts from before the flag was stored: the sign decides
+                self.relative_levels = bool(value < 0) if stored_relative is None else bool(stored_relative)
         elif self.levels is not None:  # stored automatic depth
             if "levels" in self._parameters:  # learnable: the automatic depth is -1, relative
                 state_dict[levels_key] = torch.tensor(-1.0)

@@ -166,3 +166,57 @@ class TestFromParams:
             Fusion.from_params([1.0])
         with pytest.raises(ValueError, match="colour"):
             Fusion.from_params({"colour": 1.0})
+
+
+class TestRelativeDepthMovedAboveZero:
+    """A relative learnable depth that training moved above 0 still counts from the maximum
+    (the forward pass clamps it to the maximum) after every way of saving it."""
+
+    @staticmethod
+    def moved() -> Fusion:
+        layer = Fusion(learnable=["levels"], levels=-2.0)
+        with torch.no_grad():
+            layer.levels.fill_(0.5)
+        return layer
+
+    def test_still_relative_here(self):
+        # the reference: relative 0.5 clamps to the maximum (-1); as an absolute depth it would be 1 level
+        layer, x = self.moved(), stack(3)
+        assert torch.equal(layer(x), Fusion(levels=-1.0)(x))
+        assert not torch.equal(layer(x), Fusion(levels=1.0)(x))
+
+    @pytest.mark.parametrize("route", ["pickle", "deepcopy", "torch.save"])
+    def test_round_trip(self, route):
+        layer = self.moved()
+        other = {"pickle": lambda l: pickle.loads(pickle.dumps(l)), "deepcopy": copy.deepcopy,
+                 "torch.save": torch_round_trip}[route](layer)
+        assert other.relative_levels is True and other.levels.item() == 0.5
+        assert_same_layer(layer, other)
+
+    @pytest.mark.parametrize("target", [{"learnable": ["levels"], "levels": 3.0}, {"levels": 2}, {}], ids=str)
+    def test_state_dict(self, target):
+        layer, dst = self.moved(), Fusion(**target)
+        dst.load_state_dict(layer.state_dict())
+        assert dst.relative_levels is True and dst.levels.item() == 0.5
+        x = stack(4)
+        assert torch.equal(dst(x), layer(x))
+
+    def test_export_round_trip(self):
+        layer = self.moved()
+        other = Fusion(**layer.export())
+        assert other.relative_levels is True
+        x = stack(5)
+        assert torch.equal(other(x), layer(x))
+
+    def test_state_dict_without_the_flag_falls_back_to_the_sign(self):
+        # state_dicts written before the flag was stored: a negative depth is relative, a positive one absolute
+        state = Fusion(levels=3.0).state_dict()
+        del state["relative_levels"]
+        dst = Fusion(learnable=["levels"])
+        dst.load_state_dict(state)
+        assert dst.relative_levels is False and dst.levels.item() == 3.0
+
+    def test_flag_is_stored_only_with_a_depth(self):
+        assert "relative_levels" not in Fusion().state_dict()
+        assert Fusion(levels=-2).state_dict()["relative_levels"].item() is True
+        assert Fusion(levels=4).state_dict()["relative_levels"].item() is False

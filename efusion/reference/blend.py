@@ -14,7 +14,7 @@ from torch import Tensor
 from .._util import is_zero, scaled
 from ..depth import depth_plan
 from ..presets import Preset
-from .pyramid import gaussian_pyramid, pyr_down, pyr_up
+from .pyramid import gaussian_pyramid, level_size, pyr_down, pyr_up
 
 __all__ = ["blend", "textbook_blend"]
 
@@ -44,18 +44,29 @@ def blend(stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool
 
     # one frame at a time; a traced graph with a symbolic frame count takes all frames at once
     # and sums over them at each level (another order of additions: not bit for bit)
-    by_frame = not isinstance(frames, torch.SymInt)
+    # (also under torch.compile: a graph a fraction of the size, which compiles several times faster)
+    compiling = torch.compiler.is_compiling()
+    by_frame = not isinstance(frames, torch.SymInt) and not compiling
+    traced = isinstance(height, torch.SymInt) or isinstance(width, torch.SymInt) or compiling
     for n in range(frames if by_frame else 1):
         image, weight = (stack[:, n], weights[:, n]) if by_frame else (stack, weights)
         for level in range(top):
             sizes[level] = image.shape[-2:]
-            coarser = pyr_down(image, preset) if level < top - 1 else None
+            coarser: Tensor | None = None
+            coarser_weight: Tensor | None = None
+            if traced and level < top - 1:
+                # a graph: frame and weight as one stack of planes, one pyr_down, sizes from the
+                # finest level (short symbolic size expressions; the same values)
+                both = pyr_down(torch.cat([image, weight], dim=-3), preset, level_size((height, width), level + 1))
+                coarser, coarser_weight = both[..., :-1, :, :], both[..., -1:, :, :]
+            elif level < top - 1:
+                coarser = pyr_down(image, preset)
             if coarser is not None and not is_zero(band_coef[level]):  # the coarsest level has no band
                 add(bands, level, weight * (image - pyr_up(coarser, image.shape[-2:], preset)))
             if not is_zero(residual_coef[level]):
                 add(residuals, level, weight * image)
             if coarser is not None:
-                image, weight = coarser, pyr_down(weight, preset)
+                image, weight = coarser, pyr_down(weight, preset) if coarser_weight is None else coarser_weight
 
     def level_sum(level: int) -> Tensor | None:
         band, residual = bands[level], residuals[level]

@@ -27,10 +27,21 @@ __all__ = [
     "collapse_laplacian_pyramid",
     "gaussian_pyramid",
     "laplacian_pyramid",
+    "level_size",
     "pad",
     "pyr_down",
     "pyr_up",
 ]
+
+#: the 5-tap binomial filter of Burt & Adelson, times 16
+_TAPS = (1.0, 4.0, 6.0, 4.0, 1.0)
+
+
+def level_size(size: Sequence, level: int) -> tuple:
+    """``(H, W)`` of pyramid level ``level`` of an image of ``size = (H, W)``: ``ceil(H / 2^level)``
+    and ``ceil(W / 2^level)`` (each step keeps samples 0, 2, 4, ...). Written as one division of the
+    finest size, so symbolic sizes stay short expressions instead of ``level`` nested halvings."""
+    return tuple(side if level == 0 else (side + (1 << level) - 1) // (1 << level) for side in size[:2])
 
 
 def border_index(i: int, n: int, mode: str) -> int:
@@ -67,6 +78,12 @@ def _symbolic(size) -> bool:
     index tensors built by tensor operations instead of Python decisions on the value, so the
     traced graph holds for every size; the samples taken, and so the values, are the same."""
     return isinstance(size, torch.SymInt)
+
+
+def _graph(*sizes) -> bool:
+    """Whether to take the graph formulation of the filters (below): sizes are symbolic, or
+    ``torch.compile`` traces the call (a graph a fraction of the size: it compiles several times faster)."""
+    return any(_symbolic(size) for size in sizes) or torch.compiler.is_compiling()
 
 
 def _border_indices(positions: Tensor, n, mode: str) -> Tensor:
@@ -120,7 +137,7 @@ def _up_1d(x: Tensor, dim: int, size: int, modes: tuple[str, str]) -> Tensor:
     return _take(fine, dim, 0, size)
 
 
-def pyr_down(x: Tensor, preset: str | Preset = "mertens") -> Tensor:
+def pyr_down(x: Tensor, preset: str | Preset = "mertens", size: Sequence | None = None) -> Tensor:
     """Blur with the 5-tap binomial filter and keep every other sample.
 
     Mertens' ``downsample.m`` (``'symmetric'`` borders) or OpenCV's ``pyrDown`` (reflect-101),
@@ -129,6 +146,8 @@ def pyr_down(x: Tensor, preset: str | Preset = "mertens") -> Tensor:
     Args:
         x: tensor ``[..., H, W]``.
         preset: a preset (``"mertens"``, ``"opencv"``, ``"opencv-rgb"``) or its name.
+        size: the coarse ``(ceil(H / 2), ceil(W / 2))`` if the caller has it (:func:`level_size`
+            of the finest size: keeps a traced graph's size expressions short); checked if not symbolic.
 
     Returns:
         tensor ``[..., ceil(H / 2), ceil(W / 2)]``.
@@ -138,6 +157,12 @@ def pyr_down(x: Tensor, preset: str | Preset = "mertens") -> Tensor:
         torch.Size([1, 3, 3, 4])
     """
     mode = get_preset(preset).down_border
+    height, width = x.shape[-2:]
+    coarse = ((height + 1) // 2, (width + 1) // 2) if size is None else tuple(size[:2])
+    if _graph(height, width):
+        return _traced_down(x, coarse, mode)
+    if coarse != ((height + 1) // 2, (width + 1) // 2):
+        raise ValueError(f"pyr_down of a {height}x{width} image gives {(height + 1) // 2}x{(width + 1) // 2}, got size {coarse}")
     return _down_1d(_down_1d(x, -1, mode), -2, mode)
 
 
@@ -162,7 +187,58 @@ def pyr_up(x: Tensor, size: Sequence[int], preset: str | Preset = "mertens") -> 
     if not traced and (height not in (2 * h - 1, 2 * h) or width not in (2 * w - 1, 2 * w)):
         raise ValueError(f"pyr_up of a {h}x{w} image gives 2h-1..2h x 2w-1..2w, got size {height}x{width}")
     modes = get_preset(preset).up_borders
+    if _graph(height, width, h, w):
+        return _traced_up(x, (height, width), modes)
     return _up_1d(_up_1d(x, -2, height, modes), -1, width, modes)
+
+
+# Traced graphs (symbolic sizes: torch.export, efusion.export; torch.compile) compute the same filter along each
+# axis as one gather and one weighted sum over the taps instead of the strided sums above: a few
+# graph nodes per axis instead of dozens, each of which costs the tracer symbolic-shape reasoning.
+# The gather's indices (border samples included) are computed in the graph, and every output size
+# is one the caller gives (:func:`level_size`), so size expressions stay short. The taps are summed
+# in another order, so the values equal the eager ones to float32 rounding, not bit for bit.
+
+
+def _filter_along(x: Tensor, dim: int, sources: Tensor, taps: Tensor) -> Tensor:
+    """``out[i] = sum_t taps[i, t] * x[sources[i, t]]`` along a negative ``dim``, for ``sources``
+    and ``taps`` of shape ``[size, T]`` (``taps`` may be ``[1, T]``: the same for every ``i``)."""
+    gathered = x.index_select(dim, sources.flatten()).unflatten(dim, sources.shape)
+    return (gathered * taps.reshape(*taps.shape, *[1] * (-dim - 1))).sum(dim)
+
+
+def _traced_down(x: Tensor, coarse: tuple, mode: str) -> Tensor:
+    """:func:`pyr_down` for symbolic sizes, to the given ``coarse`` size: coarse sample ``j`` is
+    the binomial sum of samples ``2j - 2 .. 2j + 2`` (border samples by ``mode``)."""
+    taps = torch.tensor([[value / 16.0 for value in _TAPS]], dtype=x.dtype, device=x.device)
+    offsets = torch.arange(-2, 3, device=x.device)
+    for dim, size in ((-1, coarse[1]), (-2, coarse[0])):
+        positions = 2 * torch.arange(size, device=x.device).unsqueeze(1) + offsets
+        x = _filter_along(x, dim, _border_indices(positions, x.shape[dim], mode), taps)
+    return x
+
+
+def _traced_up(x: Tensor, fine: tuple, modes: tuple[str, str]) -> Tensor:
+    """:func:`pyr_up` for symbolic sizes: fine sample ``i`` is a sum over coarse samples
+    ``i // 2 - 1 .. i // 2 + 1`` with ``_up_1d``'s taps, (1, 6, 1) / 8 for even ``i`` and
+    (0, 4, 4) / 8 for odd ``i`` (border samples by ``modes``, left and right)."""
+    phase_taps = torch.tensor([[1 / 8, 6 / 8, 1 / 8], [0.0, 4 / 8, 4 / 8]], dtype=x.dtype, device=x.device)
+    offsets = torch.arange(-1, 2, device=x.device)
+    for dim, size in ((-2, fine[0]), (-1, fine[1])):
+        fine_index = torch.arange(size, device=x.device)
+        positions = (fine_index // 2).unsqueeze(1) + offsets  # in -1 .. n
+        x = _filter_along(x, dim, _up_sources(positions, x.shape[dim], modes), phase_taps.index_select(0, fine_index % 2))
+    return x
+
+
+def _up_sources(positions: Tensor, n, modes: tuple[str, str]) -> Tensor:
+    """:func:`border_index` of ``positions`` in ``-1 .. n`` with the left and right border modes."""
+    if modes[1] == "replicate" and modes[0] in ("replicate", "reflect101"):
+        # replicate takes sample 0 for -1, reflect-101 sample 1 (0 for n = 1: the right clamp)
+        left = positions.clamp(min=0) if modes[0] == "replicate" else positions.abs()
+        return left.clamp(max=n - 1)
+    # in-range positions map to themselves in every mode
+    return torch.where(positions < 0, _border_indices(positions, n, modes[0]), _border_indices(positions, n, modes[1]))
 
 
 def gaussian_pyramid(x: Tensor, levels: int, preset: str | Preset = "mertens") -> list[Tensor]:

@@ -18,6 +18,7 @@ from efusion import (
     pyr_down,
     pyr_up,
 )
+from efusion.reference.pyramid import level_size
 
 cv2 = pytest.importorskip("cv2")
 
@@ -160,3 +161,46 @@ class TestMaxLevels:
         libm.logf.restype, libm.logf.argtypes = ctypes.c_float, [ctypes.c_float]
         ratio = np.float32(libm.logf(side)) / np.float32(libm.logf(2.0))
         assert get_preset("opencv").max_levels(side, side) == int(ratio) + 1
+
+
+class TestLevelSize:
+    @settings(max_examples=25, deadline=None)
+    @given(st.integers(1, 300), st.integers(1, 300), st.integers(1, 9))
+    def test_sizes_of_the_pyramid(self, height, width, levels):
+        # level_size is what repeated pyr_down makes (ceil(n / 2) per step)
+        pyramid = gaussian_pyramid(torch.zeros(height, width), levels)
+        assert [level_size((height, width), l) for l in range(levels)] == [tuple(g.shape) for g in pyramid]
+
+    def test_pyr_down_checks_a_given_size(self):
+        assert pyr_down(torch.rand(1, 9, 8), size=(5, 4)).shape == (1, 5, 4)
+        with pytest.raises(ValueError, match=r"gives 5x4, got size \(4, 4\)"):
+            pyr_down(torch.rand(1, 9, 8), size=(4, 4))
+
+
+class _DownUp(torch.nn.Module):
+    def __init__(self, preset: str) -> None:
+        super().__init__()
+        self.preset = preset
+
+    def forward(self, x):
+        coarse = pyr_down(x, self.preset)
+        return coarse, pyr_up(coarse, x.shape[-2:], self.preset)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["mertens", "opencv"])
+def test_traced_filters_equal_eager(preset):
+    # with symbolic sizes (torch.export) the filters run as gathers and weighted sums: the same
+    # values as the strided eager code, to float32 rounding, at sizes other than the traced one
+    from torch.export import Dim
+    from torch.fx.experimental import _config as fx_config
+
+    with fx_config.patch(backed_size_oblivious=True):
+        program = torch.export.export(_DownUp(preset), (torch.rand(2, 12, 10),),
+                                      dynamic_shapes=({1: Dim("h", min=1), 2: Dim("w", min=1)},))
+    generator = torch.Generator().manual_seed(4)
+    for height, width in [(1, 1), (1, 7), (2, 3), (9, 16), (31, 4)]:
+        x = torch.rand(2, height, width, generator=generator)
+        for got, want in zip(program.module()(x), _DownUp(preset)(x)):
+            assert got.shape == want.shape
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
