@@ -222,7 +222,9 @@ def _traced_up(x: Tensor, fine: tuple, modes: tuple[str, str]) -> Tensor:
     """:func:`pyr_up` for symbolic sizes: fine sample ``i`` is a sum over coarse samples
     ``i // 2 - 1 .. i // 2 + 1`` with ``_up_1d``'s taps, (1, 6, 1) / 8 for even ``i`` and
     (0, 4, 4) / 8 for odd ``i`` (border samples by ``modes``, left and right)."""
-    phase_taps = torch.tensor([[1 / 8, 6 / 8, 1 / 8], [0.0, 4 / 8, 4 / 8]], dtype=x.dtype, device=x.device)
+    # the binomial taps times 2 split by phase: even (1, 6, 1) / 8, odd (0, 4, 4) / 8
+    even, odd = (_TAPS[0], _TAPS[2], _TAPS[4]), (0.0, _TAPS[1], _TAPS[3])
+    phase_taps = torch.tensor([[t / 8 for t in even], [t / 8 for t in odd]], dtype=x.dtype, device=x.device)
     offsets = torch.arange(-1, 2, device=x.device)
     for dim, size in ((-2, fine[0]), (-1, fine[1])):
         fine_index = torch.arange(size, device=x.device)
