@@ -113,6 +113,8 @@ def align(stack: Tensor, *, model: str = "homography", reference: int | None = N
     stack5, unbatched = _checks.as_stack(stack)
     _check_model(model)
     b, n, _, h, w = stack5.shape
+    if min(h, w) < 2:
+        raise ValueError(f"align needs frames of at least 2 x 2 pixels (a motion in 2-D), got {h} x {w}")
     ref = reference_index(stack5, reference)
     mask5 = _checks.as_mask(mask, stack5, unbatched)
     if mask5 is not None:
@@ -283,7 +285,8 @@ def _estimate(stack5: Tensor, ref: Tensor, mask5: Tensor | None, model: str) -> 
         return hom
     # the pyramid is built on gray frames area-averaged by an integer factor to at most _WORK_SIDE:
     # work pixel i covers full pixels factor * i ... factor * i + factor - 1
-    factor = max(1, min(math.ceil(max(h, w) / _WORK_SIDE), h, w))
+    # (and leaving at least 3 work pixels across a thin strip: its border pixels are not used)
+    factor = max(1, min(math.ceil(max(h, w) / _WORK_SIDE), min(h, w) // 3))
     frames = stack5.reshape(b * n, c, h, w).to(dtype)
     if factor > 1:
         frames = F.avg_pool2d(frames, factor)
@@ -293,8 +296,11 @@ def _estimate(stack5: Tensor, ref: Tensor, mask5: Tensor | None, model: str) -> 
     def side(level: int) -> int:
         return max(math.ceil(hw / 2 ** level), math.ceil(ww / 2 ** level))
 
-    coarse = 0
-    while side(coarse) > _COARSE_SIDE:
+    def across(level: int) -> int:
+        return min(math.ceil(hw / 2 ** level), math.ceil(ww / 2 ** level))
+
+    coarse = 0  # a thin strip stops coarsening while its shorter side still has interior pixels
+    while side(coarse) > _COARSE_SIDE and across(coarse + 1) >= 3:
         coarse += 1
     grays = gaussian_pyramid(gray, coarse + 1)
     valid = None if mask5 is None else (mask5[:, :, 0] >= 0.5).to(dtype)

@@ -288,3 +288,21 @@ class TestContract:
         stack = torch.rand(1, 3, 16, 16)
         result = efusion.align(stack)
         assert torch.equal(result.frames, stack) and torch.equal(result.homographies[0], torch.eye(3))
+
+    def test_one_pixel_high_frames_are_refused(self):
+        with pytest.raises(ValueError, match=r"at least 2 x 2 pixels .*got 1 x 50"):
+            efusion.align(torch.rand(3, 3, 1, 50))
+
+
+@pytest.mark.parametrize("height", [3, 8])
+def test_thin_strip_shift_recovered(height):
+    # a strip far longer than high (the coarse level cannot be chosen by the longer side alone):
+    # frames cut from a smooth 1-D texture at known offsets, different exposures
+    texture = torch.nn.functional.avg_pool1d(torch.rand(1, 3, 1400, generator=torch.Generator().manual_seed(0)), 9, 1)
+    strip = texture.unsqueeze(2).expand(1, 3, height, texture.shape[-1])[0]
+    offsets, gains = (20, 27, 13), (1.0, 0.6, 1.2)
+    frames = torch.stack([(strip[..., x : x + 1200] * g).clamp(0, 1) for x, g in zip(offsets, gains)])
+    result = efusion.align(frames, model="translation", reference=0)
+    expected = torch.tensor([[0.0, 0.0], [offsets[0] - offsets[1], 0.0], [offsets[0] - offsets[2], 0.0]])
+    assert torch.allclose(result.homographies[:, :2, 2], expected, atol=0.05)
+    assert torch.isfinite(result.frames).all()
