@@ -266,6 +266,14 @@ def _native_ran(out: torch.Tensor) -> bool:
     return "efusion_native_fusion" in type(out.grad_fn).__name__
 
 
+def _assert_same_gradients(names, fast, slow, relative: float) -> None:
+    """Each gradient present in both or neither, and within ``relative`` of the largest reference gradient."""
+    for name, a, b in zip(names, fast, slow):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=relative * max(1.0, b.abs().max().item()), rtol=0, msg=name)
+
+
 def _fused_gradients(backend: str, stack, tensors: dict, numbers: dict, seed: int = 5):
     """The gradients of a random projection of ``exposure_fusion`` for the stack and ``tensors``
     (``None`` where one gets none), with ``backend`` selected; also whether the native op ran."""
@@ -318,11 +326,7 @@ class TestGradients:
         slow, _, expected = _fused_gradients("reference", x, tensors, numbers)
         assert ran
         torch.testing.assert_close(value, expected, atol=BOUND[torch.float64], rtol=0)
-        for name, a, b in zip(["stack", *tensors], fast, slow):
-            assert (a is None) == (b is None), name
-            if a is not None:
-                bound = BOUND[torch.float64] * max(1.0, b.abs().max().item())
-                torch.testing.assert_close(a, b, atol=bound, rtol=0, msg=name)
+        _assert_same_gradients(["stack", *tensors], fast, slow, BOUND[torch.float64])
 
     @pytest.mark.parametrize("preset", ["mertens", "opencv"])
     @pytest.mark.parametrize("levels", [None, 2.5])
@@ -358,10 +362,7 @@ class TestGradients:
         slow, _, expected = _fused_gradients("reference", x, tensors, numbers)
         assert ran
         torch.testing.assert_close(value, expected, atol=BOUND[torch.float64], rtol=0)
-        for name, a, b in zip(["stack", *tensors], fast, slow):
-            assert (a is None) == (b is None), name
-            if a is not None:
-                torch.testing.assert_close(a, b, atol=1e-12 * max(1.0, b.abs().max().item()), rtol=0, msg=name)
+        _assert_same_gradients(["stack", *tensors], fast, slow, 1e-12)
 
     @pytest.mark.parametrize("wanted", ["stack", "parameters"])
     def test_partial_needs(self, wanted):
@@ -371,10 +372,7 @@ class TestGradients:
         fast, ran, _ = _fused_gradients("native", x, tensors, dict(levels=3))
         slow, _, _ = _fused_gradients("reference", x, tensors, dict(levels=3))
         assert ran
-        for name, a, b in zip(["stack", *tensors], fast, slow):
-            assert (a is None) == (b is None), name
-            if a is not None:
-                torch.testing.assert_close(a, b, atol=1e-12 * max(1.0, b.abs().max().item()), rtol=0, msg=name)
+        _assert_same_gradients(["stack", *tensors], fast, slow, 1e-12)
 
     def test_gradcheck(self):
         x = _smooth_stack(1, 2, 3, 6, 7).requires_grad_()

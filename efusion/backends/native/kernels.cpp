@@ -119,6 +119,49 @@ void gray_row(const T* frame, int64_t channels, int64_t plane, int64_t width, in
   out[width + 1] = g[border_index(width, width, cv.lap_border)];
 }
 
+// The gray rows row - 1, row, row + 1 of frame n (borders by cv.lap_border), each computed once:
+// slot n * 3 + src % 3 of `gray` holds gray row `src` while cached[slot] == src. Returns pointers
+// to the three rows' first sample (their border samples at [-1] and [width]).
+template <typename T>
+std::array<const T*, 3> gray_rows3(const T* frame, int64_t n, int64_t row, int64_t channels, int64_t plane,
+                                   int64_t height, int64_t width, const Conventions& cv, std::vector<T>& gray,
+                                   std::vector<int64_t>& cached) {
+  std::array<const T*, 3> rows3;
+  for (int k = 0; k < 3; ++k) {
+    const int64_t src = border_index(row + k - 1, height, cv.lap_border);
+    const int64_t slot = n * 3 + src % 3;
+    T* buf = gray.data() + slot * (width + 2);
+    if (cached[slot] != src) {
+      gray_row(frame, channels, plane, width, src, cv, buf);
+      cached[slot] = src;
+    }
+    rows3[k] = buf + 1;
+  }
+  return rows3;
+}
+
+// The Laplacian of a gray row from its three rows (measures.laplacian: "differences", exact zeros
+// where neighbours cancel, or filter2D's order of accumulation), |value| below `flat` set to 0
+// (float32 luma rounding, not contrast); Absolute: its magnitude (measures.contrast).
+template <bool Absolute, typename T>
+void laplacian_row(const std::array<const T*, 3>& rows3, int64_t width, const Conventions& cv, T flat, T* out) {
+  const T *up = rows3[0], *mid = rows3[1], *down = rows3[2];
+  if (!cv.lap_opencv) {
+    for (int64_t x = 0; x < width; ++x) {
+      const T cc = mid[x];
+      const T value = ((up[x] - cc) + (down[x] - cc)) + ((mid[x - 1] - cc) + (mid[x + 1] - cc));
+      out[x] = Absolute ? std::abs(value) : value;
+    }
+  } else {
+    for (int64_t x = 0; x < width; ++x) {
+      const T value = (((up[x] + mid[x - 1]) + mid[x] * T(-4.0)) + mid[x + 1]) + down[x];
+      out[x] = Absolute ? std::abs(value) : value;
+    }
+  }
+  if (flat > T(0))
+    for (int64_t x = 0; x < width; ++x) out[x] = std::abs(out[x]) < flat ? T(0) : out[x];  // a select: vectorises
+}
+
 // torch's own sqrt / exp / log on a buffer: torch vectorises them (MKL VML or Sleef) with results
 // that differ from the C library's in the last bit, elementwise and independent of position, so
 // calling the same kernels gives the reference's bits. One call per row (all frames together).
@@ -202,32 +245,9 @@ void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int6
     for (int64_t n = 0; n < frames; ++n) {
       const T* frame = stack + b * item_stride + n * channels * plane;
       const T* x0 = frame + row * width;
-      if (use_contrast) {
-        const T* rows3[3];
-        for (int k = 0; k < 3; ++k) {
-          const int64_t src = border_index(row + k - 1, height, cv.lap_border);
-          const int64_t slot = n * 3 + src % 3;
-          T* buf = gray.data() + slot * (width + 2);
-          if (cached[slot] != src) {
-            gray_row(frame, channels, plane, width, src, cv, buf);
-            cached[slot] = src;
-          }
-          rows3[k] = buf;
-        }
-        const T *up = rows3[0] + 1, *mid = rows3[1] + 1, *down = rows3[2] + 1;
-        T* w = contrast.data() + n * width;
-        if (!cv.lap_opencv) {  // measures.laplacian "differences": exact zeros where neighbours cancel
-          for (int64_t x = 0; x < width; ++x) {
-            const T cc = mid[x];
-            w[x] = std::abs(((up[x] - cc) + (down[x] - cc)) + ((mid[x - 1] - cc) + (mid[x + 1] - cc)));
-          }
-        } else {  // filter2D's order of accumulation
-          for (int64_t x = 0; x < width; ++x)
-            w[x] = std::abs((((up[x] + mid[x - 1]) + mid[x] * T(-4.0)) + mid[x + 1]) + down[x]);
-        }
-        if (flat > T(0))  // measures.laplacian: float32 luma rounding, not contrast
-          for (int64_t x = 0; x < width; ++x) w[x] = w[x] < flat ? T(0) : w[x];  // a select: vectorises
-      }
+      if (use_contrast)
+        laplacian_row<true>(gray_rows3(frame, n, row, channels, plane, height, width, cv, gray, cached), width, cv,
+                            flat, contrast.data() + n * width);
       if (use_saturation) {
         const T *r = x0 + cv.rgb[0] * plane, *g = x0 + cv.rgb[1] * plane, *bl = x0 + cv.rgb[2] * plane;
         T* s = saturation.data() + n * width;
@@ -1403,29 +1423,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
           const T* frame = x_data + (b * frames + n) * channels * plane;
           const T* x0 = frame + off;
           const int64_t o = (i - first) * row_span + n * width;
-          if (use_contrast) {  // the forward's gray rows and Laplacian, the same operations
-            const T* rows3[3];
-            for (int k = 0; k < 3; ++k) {
-              const int64_t src = border_index(row + k - 1, height, cv.lap_border);
-              const int64_t slot = n * 3 + src % 3;
-              T* buf = gray.data() + slot * (width + 2);
-              if (cached[slot] != src) {
-                gray_row(frame, channels, plane, width, src, cv, buf);
-                cached[slot] = src;
-              }
-              rows3[k] = buf;
-            }
-            const T *up = rows3[0] + 1, *mid = rows3[1] + 1, *down = rows3[2] + 1;
-            T* l = lap.data() + o;
-            for (int64_t x = 0; x < width; ++x) {
-              const T cc = mid[x];
-              l[x] = !cv.lap_opencv ? ((up[x] - cc) + (down[x] - cc)) + ((mid[x - 1] - cc) + (mid[x + 1] - cc))
-                                    : (((up[x] + mid[x - 1]) + mid[x] * T(-4.0)) + mid[x + 1]) + down[x];
-            }
-            if (flat > T(0))
-              for (int64_t x = 0; x < width; ++x)
-                if (std::abs(l[x]) < flat) l[x] = T(0);
-          }
+          if (use_contrast)  // the forward's gray rows and Laplacian, the same operations
+            laplacian_row<false>(gray_rows3(frame, n, row, channels, plane, height, width, cv, gray, cached), width,
+                                 cv, flat, lap.data() + o);
           if (use_saturation) {
             const T *r = x0 + cv.rgb[0] * plane, *gr = x0 + cv.rgb[1] * plane, *bl = x0 + cv.rgb[2] * plane;
             T* s = s2.data() + o;
