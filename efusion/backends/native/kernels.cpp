@@ -33,6 +33,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
@@ -101,6 +102,8 @@ inline int64_t grain_rows(int64_t width) { return std::max<int64_t>(1, 8192 / st
 // task). Workers are persistent threads (never more than torch.get_num_threads() - 1 take part in a
 // pass); a forked child starts a fresh pool.
 
+constexpr int64_t kSpinMicros = 50;  // how long a waiting thread spins before it sleeps
+
 struct Pass {
   const std::function<void(int64_t, int64_t)>* body;  // the caller's: dereferenced only inside a claimed task
   int64_t begin, end, size, tasks;
@@ -135,6 +138,20 @@ void take_tasks(Pass& pass) {
   }
 }
 
+// spin (yielding the core each time) until ready() or `micros` have passed; true if ready. A pass
+// starts and ends faster than a sleeping thread wakes (~10-50 us), so both sides spin briefly first.
+template <typename Ready>
+bool spin_until(const Ready& ready, int64_t micros) {
+  const auto stop = std::chrono::steady_clock::now() + std::chrono::microseconds(micros);
+  for (;;) {
+    for (int k = 0; k < 64; ++k) {
+      if (ready()) return true;
+      std::this_thread::yield();
+    }
+    if (std::chrono::steady_clock::now() >= stop) return ready();
+  }
+}
+
 class Pool {
  public:
   // the process's pool (a new one after a fork: the parent's threads do not exist in the child,
@@ -156,7 +173,7 @@ class Pool {
       }
       pass->seats.store(helpers);
       current_ = pass;
-      ++generation_;
+      generation_.fetch_add(1);
     }
     wake_.notify_all();
   }
@@ -168,10 +185,11 @@ class Pool {
     uint64_t seen = 0;
     for (;;) {
       std::shared_ptr<Pass> pass;
+      spin_until([&] { return generation_.load() != seen; }, kSpinMicros);
       {
         std::unique_lock<std::mutex> hold(lock_);
-        wake_.wait(hold, [&] { return generation_ != seen; });
-        seen = generation_;
+        wake_.wait(hold, [&] { return generation_.load() != seen; });
+        seen = generation_.load();
         pass = current_;
       }
       if (!pass || pass->seats.fetch_sub(1) <= 0 || pass->next.load() >= pass->tasks) continue;
@@ -184,7 +202,7 @@ class Pool {
   std::mutex lock_;
   std::condition_variable wake_;
   std::shared_ptr<Pass> current_;
-  uint64_t generation_ = 0;
+  std::atomic<uint64_t> generation_{0};
   size_t threads_ = 0;
 };
 
@@ -208,7 +226,7 @@ void parallel_rows(int64_t begin, int64_t end, int64_t grain, const F& f) {
   pass->tasks = (range + pass->size - 1) / pass->size;
   Pool::get().run(pass, std::min(threads, pass->tasks) - 1);
   take_tasks(*pass);
-  {
+  if (!spin_until([&] { return pass->finished.load() == pass->tasks; }, kSpinMicros)) {
     std::unique_lock<std::mutex> hold(pass->lock);
     pass->done.wait(hold, [&] { return pass->finished.load() == pass->tasks; });
   }
