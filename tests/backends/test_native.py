@@ -470,6 +470,21 @@ class TestFallback:
         assert len(warned) == 1, lines
         assert "NativeBuildWarning" in warned[0] and "no C++ compiler found" in warned[0] and "EFUSION_NATIVE=0" in warned[0]
 
+    def test_compiler_refusing_the_cpu_flags_gets_a_baseline_build(self, tmp_path):
+        # a compiler that rejects -march=native (as some cross or old compilers do): the kernels are
+        # still built, without it, and run; no warning
+        compiler = tmp_path / "picky-c++"
+        compiler.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = "-march=native" ] && echo "unknown arch" >&2 && exit 1; done\n'
+                            'exec c++ "$@"\n')
+        compiler.chmod(0o755)
+        done = _python(_FALLBACK.replace('use("cpu")', 'use("reference")'), CXX=str(compiler),
+                       EFUSION_CACHE=str(tmp_path / "cache"))
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.strip().splitlines()
+        assert lines[:2] == ["True True", "native"]  # 3 frames: the reference's bits
+        assert not [line for line in lines if line.startswith("WARNING")], lines
+        assert len(list((tmp_path / "cache").glob("*.so"))) == 1
+
     def test_disabled_by_environment(self, tmp_path):
         done = _python(_FALLBACK, EFUSION_NATIVE="0", EFUSION_CACHE=str(tmp_path / "cache"))
         assert done.returncode == 0, done.stderr

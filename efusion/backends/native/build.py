@@ -1,17 +1,22 @@
 """Building and loading the native kernels (``kernels.cpp``): compiled on first use, cached per user.
 
-The shared library is built once per (source, torch version, compiler flags) and cached in
+The shared library is built once per (source, torch version, compiler flags, CPU) and cached in
 ``$XDG_CACHE_HOME/efusion/native`` (else ``~/.cache/efusion/native``; ``EFUSION_CACHE`` overrides),
 then loaded with ``torch.ops.load_library``, which registers the ``efusion_native::`` operators.
 The compiler is ``$CXX`` or ``c++``, called directly with the include paths and ABI flag of
 :mod:`torch.utils.cpp_extension` (whose ``load`` would also need the ``ninja`` package, which
 efusion does not require). ``EFUSION_NATIVE=0`` disables the backend; where the build fails
 (no compiler, missing headers), :func:`load` warns once and efusion runs the other backends.
+It is compiled for the CPU that builds it (``-march=native``: its vector width, 20-30 % faster than
+baseline x86-64 code at 0.4-1 MP, issue 13); the cache key names that CPU, so a cache shared by
+different machines holds one library per CPU, and a compiler that refuses the flag gets a baseline
+build instead.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shlex
 import shutil
 import subprocess
@@ -24,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["FLAGS", "SOURCE", "NativeBuildWarning", "build_seconds", "cache_dir", "compiler", "disabled", "load", "loaded", "on_load"]
+__all__ = ["ARCH_FLAGS", "FLAGS", "SOURCE", "NativeBuildWarning", "build_seconds", "cache_dir", "compiler", "disabled", "load", "loaded", "on_load"]
 
 #: the kernels' single translation unit, shipped as package data
 SOURCE = Path(__file__).with_name("kernels.cpp")
@@ -32,6 +37,10 @@ SOURCE = Path(__file__).with_name("kernels.cpp")
 #: and without floating-point contraction (an FMA would round unlike the reference's mul + add)
 FLAGS = ("-O3", "-std=c++20", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off", "-fno-math-errno",
          "-Wno-unused-parameter")
+
+#: for the building CPU; the same bits as a baseline build (no contraction, no reassociation: the
+#: flag only widens the vectors), hence taken where the compiler accepts it
+ARCH_FLAGS = ("-march=native",)
 
 _lock = threading.Lock()
 _state: dict = {}
@@ -60,24 +69,37 @@ def compiler() -> str:
     return os.environ.get("CXX") or "c++"
 
 
-def _command(output: Path) -> list[str]:
+def _command(output: Path, flags: tuple[str, ...]) -> list[str]:
     from torch.utils import cpp_extension
 
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     includes = [f"-I{p}" for p in cpp_extension.include_paths()]
     libraries = [f"-L{p}" for p in cpp_extension.library_paths()]
-    return [*shlex.split(compiler()), *FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={abi}", *includes, str(SOURCE),
+    return [*shlex.split(compiler()), *flags, f"-D_GLIBCXX_USE_CXX11_ABI={abi}", *includes, str(SOURCE),
             "-o", str(output), *libraries, "-lc10", "-ltorch_cpu"]
 
 
-def _library_path() -> Path:
+def _cpu_identity() -> str:
+    """What ``-march=native`` depends on: the CPU's model and feature flags (``/proc/cpuinfo``)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            wanted = ("model name", "flags", "features", "cpu part", "cpu implementer")
+            lines = {line.strip() for line in info if line.lower().startswith(wanted)}
+        return "\n".join(sorted(lines))
+    except OSError:  # not Linux
+        return f"{platform.machine()}|{platform.processor()}"
+
+
+def _library_path(flags: tuple[str, ...]) -> Path:
     key = hashlib.sha256()
     key.update(SOURCE.read_bytes())
-    key.update(f"{torch.__version__}|{compiler()}|{' '.join(FLAGS)}|{sys.platform}".encode())
+    key.update(f"{torch.__version__}|{compiler()}|{' '.join(flags)}|{sys.platform}".encode())
+    if ARCH_FLAGS[0] in flags:
+        key.update(_cpu_identity().encode())
     return cache_dir() / f"efusion_native_{key.hexdigest()[:16]}.so"
 
 
-def _build(target: Path) -> float:
+def _build(target: Path, flags: tuple[str, ...]) -> float:
     """Compile into ``target`` (atomically: a temporary file renamed); returns the seconds taken."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if shutil.which(shlex.split(compiler())[0]) is None:
@@ -86,7 +108,7 @@ def _build(target: Path) -> float:
     os.close(handle)
     start = time.perf_counter()
     try:
-        done = subprocess.run(_command(Path(temporary)), check=False, capture_output=True, text=True)
+        done = subprocess.run(_command(Path(temporary), flags), check=False, capture_output=True, text=True)
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()[-8:]
             raise RuntimeError(f"{compiler()} failed (exit {done.returncode}): " + " | ".join(tail))
@@ -95,6 +117,26 @@ def _build(target: Path) -> float:
         if os.path.exists(temporary):
             os.unlink(temporary)
     return time.perf_counter() - start
+
+
+def _built() -> Path:
+    """The library for this machine, built first if the cache has none: for this CPU where the
+    compiler accepts :data:`ARCH_FLAGS`, else the baseline build (whose failure is the one raised)."""
+    tuned = FLAGS + ARCH_FLAGS
+    for flags in (tuned, FLAGS):
+        target = _library_path(flags)
+        if target.exists():
+            return target
+    try:
+        target = _library_path(tuned)
+        _state["build_seconds"] = _build(target, tuned)
+        return target
+    except RuntimeError as error:
+        if "no C++ compiler found" in str(error):
+            raise
+    target = _library_path(FLAGS)
+    _state["build_seconds"] = _build(target, FLAGS)
+    return target
 
 
 def load() -> bool:
@@ -112,10 +154,7 @@ def load() -> bool:
             _state["ok"] = False
             return False
         try:
-            target = _library_path()
-            if not target.exists():
-                _state["build_seconds"] = _build(target)
-            torch.ops.load_library(str(target))
+            torch.ops.load_library(str(_built()))
             for callback in _on_load:
                 callback()
             _state["ok"] = True
