@@ -34,6 +34,10 @@ core in a pure-Python loop, as a data loader or a second job would), interleaved
 columns see the same machine; the table shows the loaded eager time, its ratio to efusion's own
 idle time and to OpenCV's time under the same load.
 
+``--batch B`` times B brackets at once (different scenes): efusion's methods take the batched
+stack ``[B, N, 3, H, W]`` (the training shape ``[8, 3, 3, 256, 256]`` is ``--sizes 256x256 --frames 3
+--batch 8``), OpenCV and ``stream`` fuse the B brackets one after the other.
+
 ``--sizes`` takes megapixels (4:3 frames: 12 -> 3000 x 4000) or ``HxW``. Results go to stdout as
 a Markdown table and, with ``--json PATH`` (``-`` for stdout), as JSON.
 """
@@ -113,12 +117,15 @@ class Case:
     """The inputs of one case in every form the methods take, and the callables that time them."""
 
     def __init__(self, frames_u8: np.ndarray, device: torch.device, dtype: torch.dtype, preset: str) -> None:
+        """``frames_u8``: one bracket ``[N, H, W, 3]`` or a batch of them ``[B, N, H, W, 3]``."""
         self.frames_u8 = frames_u8
         self.device, self.dtype, self.preset = device, dtype, preset
-        self.cv_frames = list(frames_u8)  # OpenCV takes a list of H x W x 3 arrays (RGB here)
-        chw = torch.from_numpy(frames_u8).permute(0, 3, 1, 2)
-        self.torch_frames = [f.contiguous().to(device) for f in chw]
-        self.stack = (chw.to(device=device, dtype=torch.float32) / 255).to(dtype).contiguous()
+        brackets = frames_u8 if frames_u8.ndim == 5 else frames_u8[None]
+        self.cv_brackets = [list(b) for b in brackets]  # OpenCV takes a list of H x W x 3 arrays (RGB here)
+        chw = torch.from_numpy(brackets).permute(0, 1, 4, 2, 3)
+        self.torch_brackets = [[f.contiguous().to(device) for f in b] for b in chw]
+        stack = (chw.to(device=device, dtype=torch.float32) / 255).to(dtype).contiguous()
+        self.stack = stack if frames_u8.ndim == 5 else stack[0]
         self._compiled = None
         self._grad_inputs = None
 
@@ -126,7 +133,7 @@ class Case:
         import cv2
 
         merge = cv2.createMergeMertens(1.0, 1.0, 1.0)
-        return lambda: merge.process(self.cv_frames)
+        return lambda: [merge.process(frames) for frames in self.cv_brackets]
 
     def eager(self) -> Callable[[], torch.Tensor]:
         def run():
@@ -138,7 +145,9 @@ class Case:
     def stream(self) -> Callable[[], torch.Tensor]:
         def run():
             with torch.no_grad():
-                return efusion.fuse_frames(self.torch_frames, preset=self.preset, dtype=self._stream_dtype())
+                fused = [efusion.fuse_frames(frames, preset=self.preset, dtype=self._stream_dtype())
+                         for frames in self.torch_brackets]
+            return torch.stack(fused) if self.stack.dim() == 5 else fused[0]
 
         return run
 
@@ -291,12 +300,14 @@ def run_case(height: int, width: int, frames: int, args, log: Callable[[str], No
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     skip = set(args.skip)
     frames_u8 = make_frames(height, width, frames, args.seed)
+    if args.batch > 1:
+        frames_u8 = np.stack([frames_u8, *(make_frames(height, width, frames, args.seed + b) for b in range(1, args.batch))])
     case = Case(frames_u8, device, dtype, args.preset)
     methods = [m for m in METHODS if m not in skip]
     runs = {m: getattr(case, m)() for m in methods}
     result: dict = {
         "height": height, "width": width, "megapixels": round(height * width / 1e6, 3), "frames": frames,
-        "ev_step": ev_step(frames), "device": str(device), "dtype": args.dtype, "preset": args.preset,
+        "batch": args.batch, "ev_step": ev_step(frames), "device": str(device), "dtype": args.dtype, "preset": args.preset,
         "input_mb": {"uint8": frames_u8.nbytes / 2**20, "float32": frames_u8.size * 4 / 2**20},
     }
     # warm-up (the first compiled call compiles: its time is reported apart)
@@ -372,6 +383,11 @@ def _fmt(value, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _count(r: dict) -> str:
+    """The frame count, ``B x N`` for a batch of B brackets."""
+    return f"{r['batch']} x {r['frames']}" if r.get("batch", 1) > 1 else str(r["frames"])
+
+
 def format_row(r: dict) -> str:
     t, q, mem = r.get("time_s", {}), r.get("ratio", {}), r.get("memory", {})
 
@@ -389,7 +405,7 @@ def format_row(r: dict) -> str:
     if loaded and "eager" in loaded["time_s"]:
         under_load = (f"{loaded['time_s']['eager']:.3f} ({_fmt(loaded['slowdown']['eager'])}, "
                       f"{_fmt(loaded['ratio'].get('eager/opencv'))})")
-    return (f"| {r['megapixels']:g} MP ({r['height']}x{r['width']}) | {r['frames']} | {_fmt(t.get('opencv'), '.3f')} "
+    return (f"| {r['megapixels']:g} MP ({r['height']}x{r['width']}) | {_count(r)} | {_fmt(t.get('opencv'), '.3f')} "
             f"| {timed_cell('eager')} | {timed_cell('compiled')} | {timed_cell('stream')} | {fb} | {peaks} "
             f"| {under_load} |")
 
@@ -480,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
                              f"which prefers 'native'); one of {', '.join(efusion.backends.available())}")
     parser.add_argument("--threads", type=int, default=0, help="threads for torch and OpenCV (default: theirs)")
     parser.add_argument("--seed", type=int, default=0, help="scene seed")
+    parser.add_argument("--batch", type=int, default=1, metavar="B",
+                        help="B brackets at once: efusion on [B, N, 3, H, W], OpenCV and stream one by one (default 1)")
     parser.add_argument("--load", type=int, default=0, metavar="N",
                         help="also time every case beside N busy processes (default 0: idle only)")
     parser.add_argument("--skip", default="", help=f"comma-separated, among {', '.join(SKIPPABLE)}")
@@ -522,6 +540,8 @@ def _main(args) -> dict:
         raise SystemExit(f"--skip: unknown {sorted(unknown)}; choose among {', '.join(SKIPPABLE)}")
     if args.repeats < 1 or args.warmup < 1:
         raise SystemExit("--repeats and --warmup must be >= 1")
+    if args.batch < 1:
+        raise SystemExit("--batch must be >= 1")
     if args.load < 0:
         raise SystemExit("--load must be >= 0")
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():

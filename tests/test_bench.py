@@ -46,6 +46,22 @@ def test_json_structure(bench, tmp_path):
     assert target["value"] == case["ratio"]["eager/opencv"] and target["met"] == (target["value"] <= 0.5)
 
 
+def test_batch_option_fuses_every_bracket(bench, tmp_path):
+    path = tmp_path / "results.json"
+    bench.main(["--sizes", "24x32", "--frames", "3", "--batch", "2", "--repeats", "1", "--skip", "memory,compiled",
+                "--json", str(path)])
+    (case,) = json.loads(path.read_text())["cases"]
+    assert (case["batch"], case["frames"]) == (2, 3)
+    # the batched stack gives each bracket's own fusion: the streamed brackets, one by one, agree
+    assert case["max_abs_diff"]["stream_vs_eager"] < 1e-6 and case["max_abs_diff"]["eager_vs_reference"] < 1e-5
+    assert "| 2 x 3 |" in bench.format_row(case)
+    brackets = np.stack([bench.make_frames(24, 32, 3, seed) for seed in (0, 1)])
+    stack = bench.Case(brackets, bench.torch.device("cpu"), bench.torch.float32, "mertens").stack
+    assert stack.shape == (2, 3, 3, 24, 32) and not bench.torch.equal(stack[0], stack[1])
+    with pytest.raises(SystemExit, match="--batch must be >= 1"):
+        bench.main(["--batch", "0"])
+
+
 def test_backend_option_runs_every_method_with_that_backend(bench, tmp_path):
     path = tmp_path / "results.json"
     bench.main(["--sizes", "24x32", "--frames", "2", "--repeats", "1", "--skip", "memory,compiled,forward_grad",
