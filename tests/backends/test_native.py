@@ -16,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from efusion import backends, blend, exposure_fusion, fuse_frames
+from efusion import backends, blend, exposure_fusion, fuse_frames, mertens_weights
 from efusion.backends.native import BACKEND, build, conventions, supported
 from efusion.presets import PRESETS, Preset
 from efusion.reference.blend import blend as reference_blend
@@ -233,7 +233,12 @@ class TestSelection:
         assert _select("fuse", x.double().requires_grad_(), (None, *params, None)) == "native"  # gradients
         assert _select("weights", x.double().requires_grad_(), (None, *params)) == "cpu"  # no weights gradient
         assert _select("blend", x.double(), (w.double().requires_grad_(), 2.5)) == "cpu"  # nor blend gradient
-        assert _select("fuse", x, (torch.ones(1, 3, 1, 8, 8), *params, None)) == "cpu"  # masks
+        mask = torch.ones(1, 3, 1, 8, 8)
+        assert _select("fuse", x, (mask, *params, None)) == "native"  # masks, no gradient
+        assert _select("weights", x, (mask, *params)) == "native"
+        assert _select("fuse", x.double().requires_grad_(), (mask.double(), *params, None)) == "cpu"  # masked gradients
+        assert _select("fuse", x, (mask.requires_grad_(), *params, None)) == "cpu"
+        assert _select("fuse", x, (mask.detach(), *params, torch.tensor(2.5))) == "cpu"  # masked tensor depth
         assert _select("fuse", x, (None, *params, torch.tensor(2.5))) == "native"  # tensor depth: fuse only
         assert _select("blend", x, (w, torch.tensor(2.5))) == "cpu"
         assert _select("fuse", x.half(), (None, *params, None)) == "reference"
@@ -303,6 +308,52 @@ GRADIENT_CASES = [
     (dict(contrast=0.0, saturation=1.5, exposure=0.0), dict(mu=0.5, sigma=0.2)),
     (dict(mu=0.45), dict(contrast=0.7, exposure=0.0)),  # mu unused: no gradient, as the reference
 ]
+
+
+@needs_native
+class TestMasks:
+    """Masked calls without gradients run natively, with the reference's bits (its fill, then the
+    native raw weights, normalised under the mask), and nothing under mask = 0 reaches the result."""
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    @pytest.mark.parametrize("preset", ["mertens", "opencv"])
+    @pytest.mark.parametrize("channels", [1, 3])
+    def test_masked_fuse_and_weights_are_the_reference(self, dtype, preset, channels):
+        g = torch.Generator().manual_seed(channels)
+        x = torch.rand(2, 4, channels, 21, 30, generator=g, dtype=dtype)
+        mask = (torch.rand(2, 4, 1, 21, 30, generator=g) > 0.3).to(dtype)
+        mask[1, 2] = 0  # a frame masked everywhere
+        mask[0, :, :, :3, :3] = 0  # pixels masked in every frame
+        assert backends.select("fuse", x, (mask, 1.0, 1.0, 1.0, 0.5, 0.2, None), preset=PRESETS[preset],
+                               mask=mask).name == "native"
+        fused, weights = exposure_fusion(x, mask=mask, preset=preset, levels=3), mertens_weights(x, mask=mask, preset=preset)
+        with backends.use("reference"):
+            assert torch.equal(fused, exposure_fusion(x, mask=mask, preset=preset, levels=3))
+            assert torch.equal(weights, mertens_weights(x, mask=mask, preset=preset))
+        assert torch.equal(weights[0, :, :, :3, :3], torch.zeros_like(weights[0, :, :, :3, :3]))
+
+    def test_content_under_the_mask_does_not_matter(self):
+        g = torch.Generator().manual_seed(5)
+        x = torch.rand(1, 3, 3, 40, 40, generator=g)
+        mask = torch.ones(1, 3, 1, 40, 40)
+        mask[0, 0, :, 5:25, 5:25] = 0
+        other = x.clone()
+        other[0, 0, :, 5:25, 5:25] = torch.tensor([0.0, 1.0, float("nan")]).view(3, 1, 1)
+        assert torch.equal(exposure_fusion(x, mask=mask), exposure_fusion(other, mask=mask))
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_streamed_masked_frames_are_the_stacked_result(self, dtype):
+        g = torch.Generator().manual_seed(6)
+        frames = [torch.rand(3, 16, 18, generator=g, dtype=dtype) for _ in range(5)]
+        masks = [torch.rand(1, 16, 18, generator=g) > 0.4 for _ in range(5)]
+        masks[2][:] = False  # a padding frame, NaN under its mask
+        frames[2][:, :4] = float("nan")
+        streamed = fuse_frames(frames, masks=masks)
+        with backends.use("reference"):
+            expected = exposure_fusion(torch.stack(frames), mask=torch.stack(masks).to(dtype))
+            single = exposure_fusion(frames[0][None], mask=masks[0][None].to(dtype))
+        assert torch.equal(streamed, expected)
+        assert torch.equal(fuse_frames(frames[:1], masks=masks[:1]), single)
 
 
 @needs_native

@@ -7,6 +7,9 @@ for the sum over 4 or more frames at the few pixels torch's vectorised reduction
 tail (there torch adds in another order, one that also depends on its thread count):
 
 - ``efusion_native::weights`` = :func:`efusion.reference.measures.fusion_weights` (no mask);
+  with a mask (no gradient recorded), the reference's :func:`~efusion.reference.masks.fill_masked`
+  first, ``efusion_native::raw_weights`` of the filled stack, then the reference's
+  :func:`~efusion.reference.measures.normalise` with the mask: the reference's bits;
 - ``efusion_native::blend`` = :func:`efusion.reference.blend.blend` with a number depth;
 - ``efusion_native::fuse`` = both, as :meth:`efusion.backends.reference.ReferenceBackend.fuse`;
   ``efusion_native::fuse_two_pass`` the same bits without holding the N weight planes (the
@@ -20,6 +23,8 @@ tail (there torch adds in another order, one that also depends on its thread cou
   gradients of the stack, the parameters and the plan (a recorded backward, ``create_graph=True``,
   is the reference code's gradient instead, :func:`efusion.backends.gradients.reference_gradients`,
   so second derivatives work).
+- masked ``fuse`` (no gradient recorded): the masked weights above, then ``efusion_native::blend`` of
+  the filled stack, as :meth:`efusion.backends.reference.ReferenceBackend.fuse`.
 
 One parallel pass per pyramid level, its rows split into a few tasks per thread, each task running
 the whole chain of its rows: ``torch.get_num_threads()`` is respected (one thread inside DataLoader
@@ -27,7 +32,7 @@ workers, where torch sets it). Tasks are claimed from a counter, so a pass never
 the OS has descheduled in favour of another process (issue 13: a busy machine). The kernels are compiled on first use and cached (:mod:`.build`);
 ``EFUSION_NATIVE=0`` turns the backend off. It declines, so that the ``"cpu"`` backend or the
 reference runs instead: ``weights`` and ``blend`` calls that record gradients or have a tensor
-depth, masks, other dtypes and devices, ``torch.func`` transforms, and exponents whose weights could
+depth, masked calls that record gradients, other dtypes and devices, ``torch.func`` transforms, and exponents whose weights could
 overflow. Under ``torch.compile`` it takes no-grad ``fuse`` and ``blend`` calls whose parameters
 are numbers: the operators stay opaque in the graph (their fake kernels give the shapes), so a
 compiled call returns the eager result's bits.
@@ -44,7 +49,8 @@ from ..._util import WeightParams, needs_grad, present
 from ...depth import depth_plan
 from ...presets import Preset
 from ...reference.blend import blend as reference_blend
-from ...reference.measures import fusion_weights, may_overflow
+from ...reference.masks import fill_masked
+from ...reference.measures import fusion_weights, may_overflow, normalise
 from .. import current_options
 from ..gradients import reference_gradients
 from . import build
@@ -150,7 +156,11 @@ class NativeBackend:
     differentiable = True
 
     def accepts(self, op: str, stack: Tensor, inputs: tuple, *, preset: Preset, mask: Tensor | None = None) -> bool:
-        if mask is not None or not supported(preset):
+        if not supported(preset):
+            return False
+        if mask is None and op in ("fuse", "weights") and len(inputs) == _ARITY[op]:
+            mask = inputs[0]  # the call's own mask, whether or not the caller named it
+        if mask is not None and not self._mask_fits(op, stack, inputs, mask):
             return False
         if len(inputs) != _ARITY[op]:  # not the call's full inputs: nothing to check them by
             return False
@@ -172,11 +182,18 @@ class NativeBackend:
                 return False
         else:  # fuse: (mask, contrast, saturation, exposure, mu, sigma, levels); weights: the same but levels
             levels = inputs[6] if op == "fuse" else None
-            if inputs[0] is not None or not self._params_fit(inputs[1:6], stack.shape[2], stack.shape[1], stack.dtype):
+            if not self._params_fit(inputs[1:6], stack.shape[2], stack.shape[1], stack.dtype):
                 return False
-        if isinstance(levels, Tensor) and (op != "fuse" or levels.device.type != "cpu"):
+        if isinstance(levels, Tensor) and (op != "fuse" or levels.device.type != "cpu" or mask is not None):
             return False  # tensor depths (learned, differentiable): fuse only (efusion_native::fusion)
         return build.load()
+
+    @staticmethod
+    def _mask_fits(op: str, stack: Tensor, inputs: tuple, mask: Tensor) -> bool:
+        """Masked ``fuse`` and ``weights`` calls run here when they record no gradient, eagerly, with
+        a CPU mask (the masked gradient is the reference code's, by another backend)."""
+        return (op in ("fuse", "weights") and not torch.compiler.is_compiling() and mask.device.type == "cpu"
+                and not needs_grad(stack, mask, *inputs) and not _functorch_wrapped((stack, mask, *inputs)))
 
     @staticmethod
     def _accepts_traced(op: str, stack: Tensor, inputs: tuple) -> bool:
@@ -221,7 +238,18 @@ class NativeBackend:
     def weights(self, stack: Tensor, mask: Tensor | None, params: WeightParams, preset: Preset) -> Tensor:
         """:func:`efusion.reference.measures.fusion_weights` by ``efusion_native::weights``."""
         codes, reals = conventions(preset)
+        if mask is not None:
+            return self._masked_weights(fill_masked(stack, mask, preset), mask, params, preset)
         return torch.ops.efusion_native.weights(stack.contiguous(), *self._weight_arguments(stack, params), reals, codes)
+
+    def _masked_weights(self, filled: Tensor, mask: Tensor, params: WeightParams, preset: Preset) -> Tensor:
+        """The weights of an already filled stack ``[B, N, C, H, W]``, normalised under ``mask`` (the
+        reference's steps; the accepted exponents cannot overflow, so its log-domain path is not needed)."""
+        codes, reals = conventions(preset)
+        batch, frames, channels, height, width = filled.shape
+        frame_rows = filled.contiguous().view(batch * frames, channels, height, width)
+        raw = torch.ops.efusion_native.raw_weights(frame_rows, *self._weight_arguments(filled, params), reals, codes)
+        return normalise(raw.view(batch, frames, 1, height, width), mask)
 
     def blend(self, stack: Tensor, weights: Tensor, levels, preset: Preset, relative: bool | None) -> Tensor:
         """:func:`efusion.reference.blend.blend` by ``efusion_native::blend``."""
@@ -234,6 +262,11 @@ class NativeBackend:
         """The reference weights then blend, by ``efusion_native::fuse`` (or ``fuse_two_pass`` where
         the weight planes would exceed the memory budget: :data:`DEFAULT_WEIGHT_BYTES`)."""
         codes, reals = conventions(preset)
+        if mask is not None:
+            filled = fill_masked(stack, mask, preset)
+            weights = self._masked_weights(filled, mask, params, preset)
+            band, residual = self._plan(levels, stack, preset)
+            return torch.ops.efusion_native.blend(filled.contiguous(), weights, band, residual, reals, codes)
         if needs_grad(stack, *params) or isinstance(levels, Tensor):  # parameters and depth plan as tensors
             plan = depth_plan(levels, stack.shape[-2], stack.shape[-1], preset, stack.dtype, stack.device, relative,
                               sparse=True)
@@ -251,18 +284,9 @@ class NativeBackend:
                     levels, preset: Preset, masked: bool) -> Tensor | None:
         """:func:`efusion.fuse_frames`'s two passes over the frames by ``efusion_native::raw_weights``,
         ``blend_add`` and ``blend_collapse``: the bits of :meth:`fuse` on the stacked frames, in
-        the memory of one frame's pyramids and the blended pyramid. With masks (which these kernels
-        decline), the streaming of the backend that runs a masked ``exposure_fusion`` in this context,
-        so both keep giving the same bits; ``None`` (the caller stacks the frames) when a frame
-        requires a gradient."""
-        if masked:
-            from .. import select  # the registry, imported by now
-
-            frame = torch.zeros((), dtype=dtype, device=device).expand(shape)  # no memory: select reads metadata
-            mask = torch.ones((), dtype=dtype, device=device).expand(weight_shape).unsqueeze(1)
-            masked_backend = select("fuse", frame.unsqueeze(1), (mask, *params, levels), preset=preset, mask=mask)
-            return masked_backend.fuse_frames(passes, first_pass, shape, weight_shape, dtype, device, params, levels,
-                                              preset, masked)
+        the memory of one frame's pyramids and the blended pyramid; with masks (``passes`` yields the
+        filled frames), the weights normalised as :func:`~efusion.reference.measures.normalise` does
+        under a mask. ``None`` (the caller stacks the frames) when a frame requires a gradient."""
         grad_enabled = torch.is_grad_enabled()
         codes, reals = conventions(preset)
         image = torch.empty(shape, dtype=dtype, device=device)
@@ -274,21 +298,28 @@ class NativeBackend:
 
         # pass 1: the normaliser, summed over frames in the order of the stacked kernels (torch's sum)
         total, count = _FrameSum(), 0
-        for frame, _, requires_grad in first_pass(image):
-            if grad_enabled and requires_grad:
+        for frame, mask, requires_grad in first_pass(image):
+            if grad_enabled and (requires_grad or (mask is not None and mask.requires_grad)):
                 return None
-            total.add(raw(frame))
+            total.add(raw(frame) if mask is None else raw(frame).mul_(mask))
             count += 1
-        if count == 1:  # as exposure_fusion: the frame itself
+        if count == 1 and not masked:  # as exposure_fusion: the frame itself
             return image.clone()
         normaliser = total.result()
+        no_weight = None
+        if masked:  # pixels no frame may contribute to get weight 0 (normalise's where)
+            no_weight = torch.logical_not(normaliser > 0)
+            normaliser.masked_fill_(no_weight, 1.0)
         band, residual = self._plan(levels, like, preset)
         accumulators = _accumulators(like, band, residual)
         seen = 0
-        for frame, _, _ in passes(image):
+        for frame, mask, _ in passes(image):
             if seen == count:
                 raise ValueError(f"frames gave {count} frames on the first pass and more on the second")
-            weight = raw(frame).div_(normaliser)
+            weight = raw(frame) if mask is None else raw(frame).mul_(mask)
+            weight.div_(normaliser)
+            if no_weight is not None:
+                weight.masked_fill_(no_weight, 0.0)
             torch.ops.efusion_native.blend_add(accumulators, frame.reshape(like.shape), weight, band, residual, seen == 0,
                                                reals, codes)
             seen += 1
