@@ -20,6 +20,7 @@ from efusion import backends, blend, exposure_fusion, fuse_frames, mertens_weigh
 from efusion.backends.native import BACKEND, build, conventions, supported
 from efusion.presets import PRESETS, Preset
 from efusion.reference.blend import blend as reference_blend
+from efusion.reference.masks import fill_masked
 from efusion.reference.measures import WEIGHT_FLOOR, fusion_weights, laplacian, luma
 
 from conftest import gradcheck_stack
@@ -331,6 +332,20 @@ class TestMasks:
             assert torch.equal(fused, exposure_fusion(x, mask=mask, preset=preset, levels=3))
             assert torch.equal(weights, mertens_weights(x, mask=mask, preset=preset))
         assert torch.equal(weights[0, :, :, :3, :3], torch.zeros_like(weights[0, :, :, :3, :3]))
+
+    @pytest.mark.parametrize("preset", ["mertens", "opencv"])
+    @pytest.mark.parametrize("size", [(1, 1), (1, 7), (2, 3), (5, 4), (37, 53)])
+    def test_fill_masked_is_the_reference(self, preset, size, dtype):
+        g = torch.Generator().manual_seed(size[0] * 100 + size[1])
+        x = torch.rand(4, 3, *size, generator=g, dtype=dtype)
+        mask = (torch.rand(4, 1, *size, generator=g) > 0.5).to(dtype)
+        mask[0] = 1  # a frame without a hole: copied
+        mask[1] = 0  # a frame without a valid pixel: 0
+        x[mask.expand_as(x) == 0] = float("nan")
+        codes, reals = conventions(PRESETS[preset])
+        filled = torch.ops.efusion_native.fill_masked(x, mask, reals, codes)
+        assert torch.equal(filled, fill_masked(x, mask, preset))
+        assert filled.isfinite().all()
 
     def test_content_under_the_mask_does_not_matter(self):
         g = torch.Generator().manual_seed(5)

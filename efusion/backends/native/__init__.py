@@ -7,9 +7,10 @@ for the sum over 4 or more frames at the few pixels torch's vectorised reduction
 tail (there torch adds in another order, one that also depends on its thread count):
 
 - ``efusion_native::weights`` = :func:`efusion.reference.measures.fusion_weights` (no mask);
-  with a mask (no gradient recorded), the reference's :func:`~efusion.reference.masks.fill_masked`
-  first, ``efusion_native::raw_weights`` of the filled stack, then the reference's
-  :func:`~efusion.reference.measures.normalise` with the mask: the reference's bits;
+  with a mask (no gradient recorded), ``efusion_native::fill_masked``
+  (= :func:`efusion.reference.masks.fill_masked`) first, ``efusion_native::raw_weights`` of the
+  filled stack, then the reference's :func:`~efusion.reference.measures.normalise` with the mask:
+  the reference's bits;
 - ``efusion_native::blend`` = :func:`efusion.reference.blend.blend` with a number depth;
 - ``efusion_native::fuse`` = both, as :meth:`efusion.backends.reference.ReferenceBackend.fuse`;
   ``efusion_native::fuse_two_pass`` the same bits without holding the N weight planes (the
@@ -49,7 +50,6 @@ from ..._util import WeightParams, needs_grad, present
 from ...depth import depth_plan
 from ...presets import Preset
 from ...reference.blend import blend as reference_blend
-from ...reference.masks import fill_masked
 from ...reference.measures import fusion_weights, may_overflow, normalise
 from .. import current_options
 from ..gradients import reference_gradients
@@ -239,7 +239,7 @@ class NativeBackend:
         """:func:`efusion.reference.measures.fusion_weights` by ``efusion_native::weights``."""
         codes, reals = conventions(preset)
         if mask is not None:
-            return self._masked_weights(fill_masked(stack, mask, preset), mask, params, preset)
+            return self._masked_weights(_fill_masked(stack, mask, preset), mask, params, preset)
         return torch.ops.efusion_native.weights(stack.contiguous(), *self._weight_arguments(stack, params), reals, codes)
 
     def _masked_weights(self, filled: Tensor, mask: Tensor, params: WeightParams, preset: Preset) -> Tensor:
@@ -263,7 +263,7 @@ class NativeBackend:
         the weight planes would exceed the memory budget: :data:`DEFAULT_WEIGHT_BYTES`)."""
         codes, reals = conventions(preset)
         if mask is not None:
-            filled = fill_masked(stack, mask, preset)
+            filled = _fill_masked(stack, mask, preset)
             weights = self._masked_weights(filled, mask, params, preset)
             band, residual = self._plan(levels, stack, preset)
             return torch.ops.efusion_native.blend(filled.contiguous(), weights, band, residual, reals, codes)
@@ -350,6 +350,7 @@ class NativeBackend:
             (torch.ops.efusion_native.blend.default, [x, w, [1.0, 0.3, 0.0], [0.0, 0.7, 0.3], reals, codes]),
             (torch.ops.efusion_native.fuse.default, [x.double(), *weight_args, mertens_reals, [1.0, 0.0], [0.0, 1.0],
                                                      mertens_codes]),
+            (torch.ops.efusion_native.fill_masked.default, [x[0], (w[0] > 0.3).float(), reals, codes]),
             (torch.ops.efusion_native.fuse_two_pass.default, [x, *weight_args, reals, [1.0, 0.3, 0.0], [0.0, 0.7, 0.3],
                                                               codes]),
         ]
@@ -464,6 +465,16 @@ def _preset(name: str) -> Preset:
     return get_preset(name)
 
 
+def _fill_masked(stack: Tensor, mask: Tensor, preset: Preset) -> Tensor:
+    """:func:`efusion.reference.masks.fill_masked` of a ``[B, N, C, H, W]`` stack by ``efusion_native::fill_masked``."""
+    batch, frames, channels, height, width = stack.shape
+    valid = (mask > 0).to(stack.dtype).expand(batch, frames, 1, height, width).reshape(batch * frames, 1, height, width)
+    codes, reals = conventions(preset)
+    filled = torch.ops.efusion_native.fill_masked(stack.reshape(batch * frames, channels, height, width), valid, reals,
+                                                  codes)
+    return filled.view(stack.shape)
+
+
 def _register_fakes() -> None:
     """Shape-only kernels for ``torch.compile`` / ``opcheck`` (the C++ side defines the schemas), and
     ``fusion``'s autograd."""
@@ -483,6 +494,10 @@ def _register_fakes() -> None:
     @torch.library.register_fake("efusion_native::fuse_two_pass")
     def _fuse_two_pass_fake(stack, *args):
         return stack.new_empty((stack.shape[0], stack.shape[2], stack.shape[3], stack.shape[4]))
+
+    @torch.library.register_fake("efusion_native::fill_masked")
+    def _fill_masked_fake(stack, *args):
+        return stack.new_empty(stack.shape)
 
     @torch.library.register_fake("efusion_native::fusion")
     def _fusion_fake(stack, *args):

@@ -1065,6 +1065,134 @@ at::Tensor fuse_two_pass_op(const at::Tensor& stack_in, at::ArrayRef<double> exp
   return fuse_two_pass<double>(stack, p, band.vec(), residual.vec(), cv);
 }
 
+// ---------------------------------------------------------------------------------------------
+// fill_masked (efusion.reference.masks.fill_masked): each frame with a hole is filled by push-pull
+// (its masked image and mask down the Gaussian pyramid, each level's image divided by its mask
+// where that is > 0, holes taking the upsampled coarser level); frames without a hole are copied.
+// The reference's operations in its order (pyr_down: columns then rows; pyr_up: rows then columns,
+// as the blend's), hence its bits.
+
+template <typename T>
+at::Tensor fill_masked_impl(const at::Tensor& stack, const at::Tensor& valid_in, const Conventions& cv) {
+  const int64_t frames = stack.size(0), channels = stack.size(1), height = stack.size(2), width = stack.size(3);
+  const int64_t plane = height * width;
+  at::Tensor out = stack.clone();
+  const at::Tensor valid = valid_in.contiguous();
+  const T* x = stack.data_ptr<T>();
+  const T* v = valid.data_ptr<T>();
+  std::vector<int64_t> holes;  // the frames with a masked pixel
+  for (int64_t m = 0; m < frames; ++m) {
+    const T* vm = v + m * plane;
+    if (std::any_of(vm, vm + plane, [](T a) { return !(a > T(0)); })) holes.push_back(m);
+  }
+  if (holes.empty()) return out;
+  const int64_t count = int64_t(holes.size()), planes = channels + 1;  // the image's channels and the mask
+  std::vector<Level> levels{{height, width}};
+  while (levels.back().h > 1 || levels.back().w > 1) levels.push_back({(levels.back().h + 1) / 2, (levels.back().w + 1) / 2});
+  const int64_t top = int64_t(levels.size());
+  // level l of frame k: planes [k][0..C-1] the masked image, [k][C] the mask
+  std::vector<at::Tensor> pyramid(static_cast<size_t>(top));
+  for (int64_t l = 0; l < top; ++l) pyramid[l] = at::empty({count, planes, levels[l].h, levels[l].w}, stack.options());
+  T* base = pyramid[0].data_ptr<T>();
+  parallel_rows(0, count * height, grain_rows(width * planes), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t k = i / height, row = i % height;
+      const T* vr = v + holes[k] * plane + row * width;
+      for (int64_t c = 0; c < channels; ++c) {
+        const T* xr = x + (holes[k] * channels + c) * plane + row * width;
+        T* o = base + (k * planes + c) * plane + row * width;
+        for (int64_t q = 0; q < width; ++q) o[q] = vr[q] > T(0) ? xr[q] : T(0);
+      }
+      T* o = base + (k * planes + channels) * plane + row * width;
+      for (int64_t q = 0; q < width; ++q) o[q] = vr[q] > T(0) ? T(1) : T(0);
+    }
+  });
+  // down: every plane filtered along its rows into `across` ([planes, h, w'] at the coarse width), then along columns
+  for (int64_t l = 0; l + 1 < top; ++l) {
+    const Level fl = levels[l], cl = levels[l + 1];
+    const T* fine = pyramid[l].data_ptr<T>();
+    T* coarse = pyramid[l + 1].data_ptr<T>();
+    at::Tensor across_t = at::empty({count * planes, fl.h, cl.w}, stack.options());
+    T* across = across_t.data_ptr<T>();
+    parallel_rows(0, count * planes * fl.h, grain_rows(fl.w), [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) down_row(fine + i * fl.w, fl.w, cv.down_border, static_cast<T*>(nullptr), across + i * cl.w);
+    });
+    parallel_rows(0, count * planes * cl.h, grain_rows(cl.w * 5), [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t p = i / cl.h, j = i % cl.h;
+        const T* in = across + p * fl.h * cl.w;
+        const T* r[5];
+        for (int k = 0; k < 5; ++k) r[k] = in + border_index(2 * j + k - 2, fl.h, cv.down_border) * cl.w;
+        T* o = coarse + (p * cl.h + j) * cl.w;
+        for (int64_t q = 0; q < cl.w; ++q) o[q] = down_tap(r[0][q], r[1][q], r[2][q], r[3][q], r[4][q]);
+      }
+    });
+  }
+  // pull: filled_top = image / mask (0 where the mask is 0), then each level's image / mask where the
+  // mask is > 0, else the upsampled coarser filled level
+  at::Tensor filled = at::empty({count, channels, levels[top - 1].h, levels[top - 1].w}, stack.options());
+  {
+    const Level lv = levels[top - 1];
+    const T* src = pyramid[top - 1].data_ptr<T>();
+    T* f = filled.data_ptr<T>();
+    const int64_t n = lv.h * lv.w;
+    for (int64_t k = 0; k < count; ++k)
+      for (int64_t c = 0; c < channels; ++c)
+        for (int64_t q = 0; q < n; ++q) {
+          const T w = src[(k * planes + channels) * n + q];
+          f[(k * channels + c) * n + q] = w > T(0) ? src[(k * planes + c) * n + q] / w : T(0);
+        }
+  }
+  for (int64_t l = top - 2; l >= 0; --l) {
+    const Level fl = levels[l], cl = levels[l + 1];
+    at::Tensor next = l == 0 ? at::empty({count, channels, height, width}, stack.options())
+                             : at::empty({count, channels, fl.h, fl.w}, stack.options());
+    const T* coarse = filled.data_ptr<T>();
+    const T* src = pyramid[l].data_ptr<T>();
+    T* f = next.data_ptr<T>();
+    const int64_t fn = fl.h * fl.w;
+    parallel_rows(0, count * channels * fl.h, grain_rows(fl.w * 2), [&](int64_t i0, int64_t i1) {
+      std::vector<T> vertical(static_cast<size_t>(cl.w)), padded(static_cast<size_t>(cl.w + 2)), up(static_cast<size_t>(fl.w));
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t row = i % fl.h, kc = i / fl.h, k = kc / channels, c = kc % channels;
+        up_fine_row(coarse + kc * cl.h * cl.w, cl.h, cl.w, row, fl.w, cv, vertical.data(), padded.data(), up.data());
+        const T* img = src + (k * planes + c) * fn + row * fl.w;
+        const T* w = src + (k * planes + channels) * fn + row * fl.w;
+        T* o = f + kc * fn + row * fl.w;
+        for (int64_t q = 0; q < fl.w; ++q) o[q] = w[q] > T(0) ? img[q] / w[q] : up[q];
+      }
+    });
+    filled = next;
+  }
+  // the frame keeps its own values where valid
+  T* o = out.data_ptr<T>();
+  const T* f = filled.data_ptr<T>();
+  parallel_rows(0, count * channels * height, grain_rows(width), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t row = i % height, kc = i / height, k = kc / channels, c = kc % channels;
+      const T* vr = v + holes[k] * plane + row * width;
+      T* dst = o + (holes[k] * channels + c) * plane + row * width;
+      const T* fr = f + kc * plane + row * width;
+      for (int64_t q = 0; q < width; ++q) dst[q] = vr[q] > T(0) ? dst[q] : fr[q];
+    }
+  });
+  return out;
+}
+
+at::Tensor fill_masked_op(const at::Tensor& stack_in, const at::Tensor& valid_in, at::ArrayRef<double> reals,
+                          at::IntArrayRef codes) {
+  TORCH_CHECK(stack_in.dim() == 4, "efusion_native: stack must be [M, C, H, W], got ", stack_in.sizes());
+  check_stack(stack_in.unsqueeze(0), "stack");
+  TORCH_CHECK(valid_in.dim() == 4 && valid_in.size(0) == stack_in.size(0) && valid_in.size(1) == 1 &&
+                  valid_in.size(2) == stack_in.size(2) && valid_in.size(3) == stack_in.size(3),
+              "efusion_native: mask must be [M, 1, H, W] for a stack ", stack_in.sizes(), ", got ", valid_in.sizes());
+  TORCH_CHECK(valid_in.scalar_type() == stack_in.scalar_type(), "efusion_native: mask must have the stack's dtype");
+  const at::Tensor stack = stack_in.contiguous();
+  const auto cv = conventions_from(codes, reals);
+  if (stack.scalar_type() == at::kFloat) return fill_masked_impl<float>(stack, valid_in, cv);
+  return fill_masked_impl<double>(stack, valid_in, cv);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(efusion_native, m) {
@@ -1083,6 +1211,7 @@ TORCH_LIBRARY(efusion_native, m) {
         "float[] band, float[] residual, int[] conventions) -> Tensor");
   m.def("fuse_two_pass(Tensor stack, float[] exponents, float[] mu, float[] sigma, bool sigma_tensor, float[] reals, "
         "float[] band, float[] residual, int[] conventions) -> Tensor");
+  m.def("fill_masked(Tensor stack, Tensor mask, float[] reals, int[] conventions) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(efusion_native, CPU, m) {
@@ -1090,6 +1219,7 @@ TORCH_LIBRARY_IMPL(efusion_native, CPU, m) {
   m.impl("blend", &blend_op);
   m.impl("fuse", &fuse_op);
   m.impl("fuse_two_pass", &fuse_two_pass_op);
+  m.impl("fill_masked", &fill_masked_op);
   m.impl("raw_weights", &raw_weights_op);
   m.impl("blend_add", &blend_add_op);
   m.impl("blend_collapse", &blend_collapse_op);
