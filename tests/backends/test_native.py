@@ -230,7 +230,8 @@ class TestSelection:
         assert _select("blend", x, (w, 2.5)) == "native"
         assert _select("weights", x, (None, *params)) == "native"
         assert _select("fuse_frames", x[:, 0], (*params, None)) == "native"  # a first frame [B, C, H, W]
-        assert _select("fuse_frames", x[:, 0], (*params, torch.tensor(2.5))) == "cpu"  # tensor depth
+        assert _select("fuse_frames", x[:, 0], (*params, torch.tensor(2.5))) == "native"  # tensor depth, no gradient
+        assert _select("fuse_frames", x[:, 0], (*params, torch.tensor(2.5, requires_grad=True))) == "reference"  # stacked, then fuse
         assert _select("fuse", x.double().requires_grad_(), (None, *params, None)) == "native"  # gradients
         assert _select("weights", x.double().requires_grad_(), (None, *params)) == "cpu"  # no weights gradient
         assert _select("blend", x.double(), (w.double().requires_grad_(), 2.5)) == "cpu"  # nor blend gradient
@@ -239,7 +240,8 @@ class TestSelection:
         assert _select("weights", x, (mask, *params)) == "native"
         assert _select("fuse", x.double().requires_grad_(), (mask.double(), *params, None)) == "cpu"  # masked gradients
         assert _select("fuse", x, (mask.requires_grad_(), *params, None)) == "cpu"
-        assert _select("fuse", x, (mask.detach(), *params, torch.tensor(2.5))) == "cpu"  # masked tensor depth
+        assert _select("fuse", x, (mask.detach(), *params, torch.tensor(2.5))) == "native"  # masked tensor depth
+        assert _select("fuse", x, (mask.detach(), *params, torch.tensor(2.5, requires_grad=True))) == "cpu"
         assert _select("fuse", x, (None, *params, torch.tensor(2.5))) == "native"  # tensor depth: fuse only
         assert _select("blend", x, (w, torch.tensor(2.5))) == "cpu"
         assert _select("fuse", x.half(), (None, *params, None)) == "reference"
@@ -327,9 +329,10 @@ class TestMasks:
         mask[0, :, :, :3, :3] = 0  # pixels masked in every frame
         assert backends.select("fuse", x, (mask, 1.0, 1.0, 1.0, 0.5, 0.2, None), preset=PRESETS[preset],
                                mask=mask).name == "native"
-        fused, weights = exposure_fusion(x, mask=mask, preset=preset, levels=3), mertens_weights(x, mask=mask, preset=preset)
+        depth = torch.tensor(2.3, dtype=dtype)  # between levels: the plan's coefficients as numbers
+        fused, weights = exposure_fusion(x, mask=mask, preset=preset, levels=depth), mertens_weights(x, mask=mask, preset=preset)
         with backends.use("reference"):
-            assert torch.equal(fused, exposure_fusion(x, mask=mask, preset=preset, levels=3))
+            assert torch.equal(fused, exposure_fusion(x, mask=mask, preset=preset, levels=depth))
             assert torch.equal(weights, mertens_weights(x, mask=mask, preset=preset))
         assert torch.equal(weights[0, :, :, :3, :3], torch.zeros_like(weights[0, :, :, :3, :3]))
 

@@ -167,7 +167,7 @@ class NativeBackend:
         if op == "fuse_frames":  # a first frame [C, H, W] or [B, C, H, W] and (five parameters, levels)
             return (not torch.compiler.is_compiling() and stack.device.type == "cpu" and stack.dtype in _DTYPES
                     and stack.dim() in (3, 4) and not needs_grad(*inputs) and not _functorch_wrapped(inputs)
-                    and not isinstance(inputs[5], Tensor)
+                    and (not isinstance(inputs[5], Tensor) or inputs[5].device.type == "cpu")
                     and self._params_fit(inputs[:5], stack.shape[-3], _STREAMED_FRAMES, stack.dtype)
                     and build.load())
         if torch.compiler.is_compiling():
@@ -184,7 +184,7 @@ class NativeBackend:
             levels = inputs[6] if op == "fuse" else None
             if not self._params_fit(inputs[1:6], stack.shape[2], stack.shape[1], stack.dtype):
                 return False
-        if isinstance(levels, Tensor) and (op != "fuse" or levels.device.type != "cpu" or mask is not None):
+        if isinstance(levels, Tensor) and (op != "fuse" or levels.device.type != "cpu"):
             return False  # tensor depths (learned, differentiable): fuse only (efusion_native::fusion)
         return build.load()
 
@@ -231,8 +231,9 @@ class NativeBackend:
         return [exponents, _values(mu, channels), _values(sigma, channels), isinstance(sigma, Tensor)]
 
     @staticmethod
-    def _plan(levels, stack: Tensor, preset: Preset) -> tuple[list[float], list[float]]:
-        band, residual = depth_plan(levels, stack.shape[-2], stack.shape[-1], preset, stack.dtype, stack.device, None)
+    def _plan(levels, stack: Tensor, preset: Preset, relative: bool | None = None) -> tuple[list[float], list[float]]:
+        """The depth plan's coefficients as numbers (a tensor depth here records no gradient)."""
+        band, residual = depth_plan(levels, stack.shape[-2], stack.shape[-1], preset, stack.dtype, stack.device, relative)
         return [float(c) for c in band], [float(c) for c in residual]
 
     def weights(self, stack: Tensor, mask: Tensor | None, params: WeightParams, preset: Preset) -> Tensor:
@@ -265,7 +266,7 @@ class NativeBackend:
         if mask is not None:
             filled = _fill_masked(stack, mask, preset)
             weights = self._masked_weights(filled, mask, params, preset)
-            band, residual = self._plan(levels, stack, preset)
+            band, residual = self._plan(levels, stack, preset, relative)
             return torch.ops.efusion_native.blend(filled.contiguous(), weights, band, residual, reals, codes)
         if needs_grad(stack, *params) or isinstance(levels, Tensor):  # parameters and depth plan as tensors
             plan = depth_plan(levels, stack.shape[-2], stack.shape[-1], preset, stack.dtype, stack.device, relative,
