@@ -55,7 +55,11 @@ _WORK_SIDE = 1024    # estimation runs on gray frames area-averaged by an intege
 _SAMPLES = 32768     # Gauss-Newton uses at most this many reference pixels per level
 _BAND = 1 << 20      # the warp computes its sampling grid for bands of rows of about this many pixels
 _SEARCH = 0.15       # bitmap search range, a fraction of each side
-_CLIP = (0.02, 0.98) # gray values outside are clipped (or nearly): no information on motion
+#: gray values outside are clipped or nearly: no information on motion. The upper bound leaves out
+#: the shoulder of the tone curve too, where one channel is often clipped already (the luma of such a
+#: pixel no longer follows the scene) and highlights are compressed (0.95 rather than 0.98: Ostrow's
+#: worst corner RMS at 256 px 0.58 -> 0.43 px, frobisher 0.79 -> 0.51 px)
+_CLIP = (0.02, 0.95)
 
 
 class Alignment(NamedTuple):

@@ -29,20 +29,20 @@ CAN_REPRESENT = {
 }
 FOLDERS = bracket_folders()
 #: brackets where some model misses a known warp by more than 0.5 px at 256 px wide (worst corner
-#: RMS measured with the homography's extra parameters fitted on the finest level only: Seq_10 0.52,
-#: frobisher 0.79, House 1.36, Lamp 0.52, Ostrow 0.58, Set 0.85, memorial 0.96, samsung16 0.94,
-#: seed_house 1.42 px, mostly the homography model on the brightest or darkest frame; Seq_20 passes
-#: the 0.5 px check (0.49) but its fusion is at 34.8 dB). Most are the brackets themselves, not the
-#: synthetic warp: aligning the unwarped middle frames gives the same misses (memorial 1.03 px: film
-#: scans registered by hand, see its SOURCE.txt; Set 0.89: clouds move 1 to 3 px in the top quarter
-#: (translations fitted to 64 px patches);
-#: samsung16 0.76: leaves in the wind; House / seed_house 1.4: the dark frame is 72 % black and its
-#: unclipped part is the window with trees). Strict: a fix makes them pass.
-#: (seed_lighthouse left the list when the refinement moved to sampled pixels: 0.50 -> 0.46 px;
-#: seed_taipei when the extra parameters moved to the finest level: 0.60 -> 0.27 px.)
+#: RMS measured at this commit: Seq_10 0.57, frobisher 0.51, House 1.34, Lamp 0.53, Set 0.80,
+#: memorial 0.94, samsung16 0.93, seed_house 1.37 px, mostly the homography model on the brightest
+#: or darkest frame; Seq_20 passes the 0.5 px check (0.497) but its fusion is at 34.8 dB). Most are
+#: the brackets themselves, not the synthetic warp: aligning the unwarped middle frames gives the
+#: same misses (memorial 0.98 px: film scans registered by hand, see its SOURCE.txt; Set 0.85: clouds
+#: move 1 to 3 px in the top quarter (translations fitted to 64 px patches); samsung16 0.75: leaves in
+#: the wind; House / seed_house 1.4: the dark frame is 72 % black and its unclipped part is the
+#: window with trees; Seq_10 / Seq_20: 0.47 / 0.41 px with the translation model too); frobisher
+#: and Lamp do not (0.22 and 0.10 px unwarped): those two are the estimator's.
+#: Strict: a fix makes them pass. Left the list: seed_lighthouse when the refinement moved to
+#: sampled pixels (0.50 -> 0.46 px); seed_taipei when a homography's extra parameters moved to the
+#: finest level (0.60 -> 0.27 px); Ostrow when the upper clip bound moved to 0.95 (0.58 -> 0.43 px).
 ALIGN_KNOWN_MISSES = {
-    "Seq_10", "Seq_20", "frobisher", "House", "Lamp", "Ostrow", "Set", "memorial", "samsung16",
-    "seed_house",
+    "Seq_10", "Seq_20", "frobisher", "House", "Lamp", "Set", "memorial", "samsung16", "seed_house",
 }
 
 
