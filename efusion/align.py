@@ -10,7 +10,8 @@ Two stages, both batched over ``[B, N]`` with no per-pixel Python:
 2. **Refinement** of the full model (translation, euclidean, similarity, homography) by
    inverse-compositional Gauss-Newton (Baker & Matthews 2004) coarse to fine, on frames mapped to
    the reference's exposure by the intensity mapping function of histogram specification
-   (Grossberg & Nayar 2003), with clipped pixels excluded and a Huber weight on the residuals.
+   (Grossberg & Nayar 2003), with clipped pixels excluded and a Huber weight on the residuals;
+   a homography's parameters beyond a similarity are fitted on the finest level only.
 
 Speed: the pyramid is built on gray frames area-averaged to at most ``_WORK_SIDE`` pixels a side;
 on each level Gauss-Newton uses at most ``_SAMPLES`` reference pixels, the strongest gradients of
