@@ -28,14 +28,21 @@ CAN_REPRESENT = {
     "perspective": ("homography",),
 }
 FOLDERS = bracket_folders()
-#: brackets where some model misses a known warp by more than 0.5 px at 256 px wide (measured at
-#: this commit: 0.5 to 1.4 px corner RMS, mostly the homography model on the brightest or darkest
-#: frame: exposure differences the global intensity mapping does not explain pull the 8 parameters;
-#: Seq_20 passes the 0.5 px check but its fusion is at 34.9 dB). Strict: a fix makes them pass.
-#: (seed_lighthouse left the list when the refinement moved to sampled pixels: 0.50 -> 0.46 px.)
+#: brackets where some model misses a known warp by more than 0.5 px at 256 px wide (worst corner
+#: RMS measured at this commit: Seq_10 0.57, frobisher 0.51, House 1.34, Lamp 0.53, Set 0.80,
+#: memorial 0.94, samsung16 0.93, seed_house 1.37 px, mostly the homography model on the brightest
+#: or darkest frame; Seq_20 passes the 0.5 px check (0.497) but its fusion is at 34.8 dB). Most are
+#: the brackets themselves, not the synthetic warp: aligning the unwarped middle frames gives the
+#: same misses (memorial 0.98 px: film scans registered by hand, see its SOURCE.txt; Set 0.85: clouds
+#: move 1 to 3 px in the top quarter (translations fitted to 64 px patches); samsung16 0.75: leaves in
+#: the wind; House / seed_house 1.4: the dark frame is 72 % black and its unclipped part is the
+#: window with trees; Seq_10 / Seq_20: 0.47 / 0.41 px with the translation model too); frobisher
+#: and Lamp do not (0.22 and 0.10 px unwarped): those two are the estimator's.
+#: Strict: a fix makes them pass. Left the list: seed_lighthouse when the refinement moved to
+#: sampled pixels (0.50 -> 0.46 px); seed_taipei when a homography's extra parameters moved to the
+#: finest level (0.60 -> 0.27 px); Ostrow when the upper clip bound moved to 0.95 (0.58 -> 0.43 px).
 ALIGN_KNOWN_MISSES = {
-    "Seq_10", "Seq_20", "frobisher", "House", "Lamp", "Ostrow", "Set", "memorial", "samsung16",
-    "seed_house", "seed_taipei",
+    "Seq_10", "Seq_20", "frobisher", "House", "Lamp", "Set", "memorial", "samsung16", "seed_house",
 }
 
 
