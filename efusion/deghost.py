@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _checks
-from ._imf import BINS, imf_table, lookup
+from ._imf import BINS, imf_table, inverse_cdf, lookup
 from .align import reference_index
 
 __all__ = ["deghost"]
@@ -34,6 +34,8 @@ __all__ = ["deghost"]
 _CLIP = (0.02, 0.98)   # per channel: values outside carry only a bound on the scene
 _THRESHOLD = (3.0, 6.0) # disagreement in noise units: below the first agrees, above the second moved
 _PRIOR = 16.0          # pixels' worth of weight of the histogram-specification IMF in each bin
+_SPREAD = 0.5          # share of the reference's spread at a frame level counted as noise (chosen on ../shared's brackets)
+_MIN_SHARE = 0.01      # a class of pixels needs this share of the frame for a scale of its own
 
 
 def deghost(stack: Tensor, *, reference: int | None = None, mask: Tensor | None = None) -> Tensor:
@@ -86,35 +88,43 @@ def _deghost5(stack5: Tensor, ref: Tensor, mask5: Tensor | None) -> Tensor:
     lo, hi = _CLIP
     frame_ok = (x > lo) & (x < hi)
     target_ok = (target > lo) & (target < hi)
-    both = (frame_ok & target_ok & valid).to(dtype)
+    both = frame_ok & target_ok & valid
 
     m = b * n * c
     xf, tf = x.reshape(m, -1), target.reshape(m, -1)
     prior = imf_table(xf, tf, valid.expand(b, n, c, h, w).reshape(m, -1))
-    # conditional mean of the reference per bin of the frame, over pixels both expose well
-    index = (xf.clamp(0, 1) * BINS).long().clamp_(0, BINS - 1)
-    sums = torch.zeros(m, BINS, dtype=dtype, device=x.device).scatter_add_(1, index, tf * both.reshape(m, -1))
-    counts = torch.zeros(m, BINS, dtype=dtype, device=x.device).scatter_add_(1, index, both.reshape(m, -1))
-    table = (sums + _PRIOR * prior) / (counts + _PRIOR)
-    table = table.cummax(dim=1).values  # a camera response is monotone, so is the IMF
+    quartiles = _conditional_quantiles(xf, tf, (frame_ok & valid).reshape(m, -1), prior, (0.25, 0.5, 0.75))
+    table = quartiles[..., 1].cummax(dim=1).values  # a camera response is monotone, so is the IMF
     mapped = lookup(table, xf).view_as(x)
     slope = (lookup(table, (xf + 0.5 / BINS).clamp(0, 1)) - lookup(table, (xf - 0.5 / BINS).clamp(0, 1))).view_as(x)
+    # how far one global mapping is from the reference at each level of the frame: the narrower
+    # half of the conditional interquartile range (an object inside the bin widens one side)
+    below, above = quartiles[..., 1] - quartiles[..., 0], quartiles[..., 2] - quartiles[..., 1]
+    spread = lookup(torch.minimum(below, above) / 0.6745, xf).view_as(x)
 
-    difference = mapped - target
-    # one-sided where exactly one of the two is clipped: a clipped value bounds the scene
+    # each value as the interval of scene values it allows (a clipped value only bounds the scene),
+    # the reference's widened to its 3 x 3 neighbourhood (edges a pixel apart, mixed differently
+    # by clipping and resampling, are no motion); the disagreement is the gap between the two
     frame_high, frame_low = x >= hi, x <= lo
-    target_high, target_low = target >= hi, target <= lo
-    at_hi = lookup(table, torch.full_like(xf[:, :1], hi)).view(b, n, c, 1, 1)
-    at_lo = lookup(table, torch.full_like(xf[:, :1], lo)).view(b, n, c, 1, 1)
-    difference = torch.where(frame_high & target_ok, (at_hi - target).clamp_min(0), difference)
-    difference = torch.where(frame_low & target_ok, (target - at_lo).clamp_min(0), difference)
-    difference = torch.where(target_high & frame_ok, (hi - mapped).clamp_min(0), difference)
-    difference = torch.where(target_low & frame_ok, (mapped - lo).clamp_min(0), difference)
+    at_hi = lookup(table, torch.full_like(xf[:, :1], hi)).view(b, n, c, 1, 1).expand_as(x)
+    at_lo = lookup(table, torch.full_like(xf[:, :1], lo)).view(b, n, c, 1, 1).expand_as(x)
+    below_all, above_all = torch.full_like(x, -1.0), torch.full_like(x, 2.0)
+    frame_min = torch.where(frame_low, below_all, torch.where(frame_high, at_hi, mapped))
+    frame_max = torch.where(frame_high, above_all, torch.where(frame_low, at_lo, mapped))
+    target_min = _erode(torch.where(target <= lo, below_all, target).reshape(m, 1, h, w), 1).view_as(x)
+    target_max = _dilate(torch.where(target >= hi, above_all, target).reshape(m, 1, h, w), 1).view_as(x)
+    difference = torch.maximum(frame_min - target_max, target_min - frame_max).clamp_min(0)
     comparable = (frame_ok | target_ok) & valid
-    # robust scale of the disagreement over well-exposed pixels (moving objects are a minority)
-    masked = torch.where(both > 0, difference.abs(), torch.nan).flatten(3)
-    scale = 1.4826 * masked.nanmedian(dim=3).values.nan_to_num(0.0).view(b, n, c, 1, 1)
-    noise = torch.sqrt(scale.clamp_min(1.0 / 255) ** 2 + (slope.abs() * 0.5) ** 2)
+
+    # robust scale of the disagreement over well-exposed pixels (moving objects are a minority),
+    # and apart over those where another channel clips: there the camera's colour processing no
+    # longer maps each channel on its own, so one channel's mapping is looser
+    scale = _robust_scale(difference, both).clamp_min(1.0 / 255)
+    some_clipped = (~(frame_ok & target_ok)).any(dim=2, keepdim=True)
+    partly = both & some_clipped
+    enough = partly.flatten(3).sum(3).view(b, n, c, 1, 1) >= _MIN_SHARE * h * w
+    scale = torch.where(some_clipped & enough, torch.maximum(scale, _robust_scale(difference, partly)), scale)
+    noise = torch.sqrt(torch.maximum(scale, _SPREAD * spread) ** 2 + (slope.abs() * 0.5) ** 2)
     score = torch.where(comparable, difference.abs() / noise, torch.zeros_like(difference)).amax(dim=2)  # [B, N, H, W]
     # a 3 x 3 mean keeps single noisy pixels from crossing the threshold
     score = F.avg_pool2d(score.reshape(b * n, 1, h, w), 3, stride=1, padding=1, count_include_pad=False)
@@ -128,6 +138,34 @@ def _deghost5(stack5: Tensor, ref: Tensor, mask5: Tensor | None) -> Tensor:
     is_ref = torch.arange(n, device=x.device).view(1, n) == ref.view(b, 1)
     weights = torch.where(is_ref.view(b, n, 1, 1, 1), torch.ones_like(weights), weights)
     return weights.to(stack5.dtype)
+
+
+def _conditional_quantiles(frame: Tensor, target: Tensor, weight: Tensor, prior: Tensor, quantiles: tuple[float, ...]) -> Tensor:
+    """Quantiles of ``target`` per bin of ``frame`` (``[M, P]`` each), with ``_PRIOR`` pixels at ``prior [M, K]``: ``[M, K, Q]``.
+
+    Every pixel the frame exposes well counts, whatever the target's value (a target clipped dark
+    still says the mapping is dark there: leaving such pixels out would let a moving object
+    outvote the few that remain); the median keeps an object that covers less than half of a bin
+    from moving its value.
+    """
+    m = frame.shape[0]
+    row = (frame.clamp(0, 1) * BINS).long().clamp_(0, BINS - 1)
+    col = (target.clamp(0, 1) * BINS).long().clamp_(0, BINS - 1)
+    joint = torch.zeros(m, BINS * BINS, dtype=frame.dtype, device=frame.device)
+    joint.scatter_add_(1, row * BINS + col, weight.to(frame.dtype))
+    prior_col = (prior.clamp(0, 1) * BINS).long().clamp_(0, BINS - 1)
+    cells = torch.arange(BINS, device=frame.device).view(1, BINS) * BINS + prior_col
+    joint.scatter_add_(1, cells, torch.full_like(prior, _PRIOR))
+    joint = joint.view(m, BINS, BINS)
+    cumulative = joint.cumsum(-1) / joint.sum(-1, keepdim=True)
+    q = torch.tensor(quantiles, dtype=frame.dtype, device=frame.device).expand(m, BINS, len(quantiles))
+    return inverse_cdf(cumulative, q)
+
+
+def _robust_scale(difference: Tensor, where: Tensor) -> Tensor:
+    """1.4826 x the median of ``|difference|`` over ``where``, per frame and channel: ``[B, N, C, 1, 1]`` (0 where empty)."""
+    masked = torch.where(where, difference.abs(), torch.nan).flatten(3)
+    return 1.4826 * masked.nanmedian(dim=3).values.nan_to_num(0.0)[..., None, None]
 
 
 def _dilate(x: Tensor, radius: int) -> Tensor:
