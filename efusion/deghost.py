@@ -1,16 +1,25 @@
 """Deghosting: per-pixel weights that remove what moved between the frames of a bracket.
 
-Each frame is mapped to the reference frame's exposure by an intensity mapping function (IMF)
-estimated per channel from the joint histogram of the two frames over pixels both expose well:
-the conditional mean of the reference given the frame's value (the comparametric view of Mann
-1996), regularised towards the IMF of histogram specification (Grossberg & Nayar 2003) where the
-joint histogram is thin, and made monotone. Where the mapped frame and the reference disagree
-by more than the noise expected there (a robust per-frame scale, plus the frame's quantisation
-step magnified by the IMF's slope), something moved: the normalised disagreement goes through a
-smooth threshold, and a morphological opening (min then max pooling, which removes isolated
-detections) and closing (max then min pooling, which fills holes in an object) clean it up; a
-final dilation covers the object's blurred outline. This follows the consistency-check family of
-deghosting methods reviewed by Tursun et al. (2015); the reference frame's weights are all 1.
+Each frame is compared with the reference frame once their exposures are matched by an intensity
+mapping function (IMF), estimated per channel from the joint histogram of the two frames over
+every pixel the mapped frame exposes well: the conditional median of the other frame's value
+given this one's (the comparametric view of Mann 2000; a median, so that a moving object does
+not drag the mapping where it covers less than half of a level), with the IMF of histogram
+specification (Grossberg & Nayar 2003) as a prior where the joint histogram is thin, made
+monotone. The comparison runs in the exposure that resolves the scene better at each pixel: the
+frame mapped to the reference where the IMF expands, the reference mapped to the frame where it
+compresses (where the reference is dark or nearly clipped, a few of its levels cover what the
+frame shows with many). Each value is an interval of the scene values it allows (a clipped one
+only bounds the scene), the reference's widened to its 3 x 3 neighbourhood so that edges mixed
+differently by clipping and resampling are no motion, and the disagreement is the gap between the
+two intervals, in units of the noise expected there: a robust per-frame scale (a looser one where
+another channel clips), the spread of the reference at that level of the frame (how far one
+global mapping is from the data), and the quantisation step magnified by the IMF's slope.
+Where it is large, something moved: the normalised disagreement goes through a smooth threshold,
+and a morphological opening (min then max pooling, which removes isolated detections) and closing
+(max then min pooling, which fills holes in an object) clean it up; a final dilation covers the
+object's blurred outline. This follows the consistency-check family of deghosting methods reviewed
+by Tursun et al. (2015); the reference frame's weights are all 1.
 
 References: M. D. Grossberg and S. K. Nayar, "Determining the camera response from images: what
 is knowable?", IEEE TPAMI 25(11), 2003, doi:10.1109/TPAMI.2003.1240119; S. Mann, "Comparametric
@@ -32,7 +41,7 @@ from .align import reference_index
 __all__ = ["deghost"]
 
 _CLIP = (0.02, 0.98)   # per channel: values outside carry only a bound on the scene
-_THRESHOLD = (3.0, 6.0) # disagreement in noise units: below the first agrees, above the second moved
+_THRESHOLD = (3.5, 7.0) # disagreement in noise units: below the first agrees, above the second moved
 _PRIOR = 16.0          # pixels' worth of weight of the histogram-specification IMF in each bin
 _SPREAD = 0.5          # share of the reference's spread at a frame level counted as noise (chosen on ../shared's brackets)
 _MIN_SHARE = 0.01      # a class of pixels needs this share of the frame for a scale of its own
@@ -78,13 +87,40 @@ def deghost(stack: Tensor, *, reference: int | None = None, mask: Tensor | None 
 
 
 def _deghost5(stack5: Tensor, ref: Tensor, mask5: Tensor | None) -> Tensor:
-    b, n, c, h, w = stack5.shape
+    b, n, _, h, w = stack5.shape
     dtype = torch.float64 if stack5.dtype == torch.float64 else torch.float32
     x = stack5.to(dtype)
     rows = torch.arange(b, device=x.device)
     target = x[rows, ref].unsqueeze(1).expand_as(x)
     valid = torch.ones(b, n, 1, h, w, dtype=torch.bool, device=x.device) if mask5 is None else (mask5 >= 0.5).expand(b, n, 1, h, w)
     valid = valid & valid[rows, ref].unsqueeze(1)
+    # compared in the exposure that resolves the scene better: the frame mapped to the reference's
+    # where the mapping expands (gain >= 1), the reference mapped to the frame's where it compresses
+    # (a dark or nearly clipped reference spans too few levels there to show what the frame shows)
+    forward, gain = _disagreement(x, target, valid)
+    backward, _ = _disagreement(target, x, valid)
+    score = torch.where(gain < 1, backward, forward).amax(dim=2)  # [B, N, H, W]
+    # a 3 x 3 mean keeps single noisy pixels from crossing the threshold
+    score = F.avg_pool2d(score.reshape(b * n, 1, h, w), 3, stride=1, padding=1, count_include_pad=False)
+    t0, t1 = _THRESHOLD
+    s = ((score - t0) / (t1 - t0)).clamp(0, 1)
+    ghost = s * s * (3 - 2 * s)  # smoothstep
+    ghost = _dilate(_erode(ghost, 1), 1)   # opening: drop specks
+    ghost = _erode(_dilate(ghost, 2), 2)   # closing: fill holes inside objects
+    ghost = _dilate(ghost, 2)              # cover the blurred outline
+    weights = (1 - ghost).reshape(b, n, 1, h, w)
+    is_ref = torch.arange(n, device=x.device).view(1, n) == ref.view(b, 1)
+    weights = torch.where(is_ref.view(b, n, 1, 1, 1), torch.ones_like(weights), weights)
+    return weights.to(stack5.dtype)
+
+
+def _disagreement(x: Tensor, target: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """``x`` mapped to ``target``'s exposure against ``target`` (``[B, N, C, H, W]`` each).
+
+    Returns the disagreement in noise units (0 where not comparable) and the IMF's gain
+    d target / d x at each pixel, both ``[B, N, C, H, W]``.
+    """
+    b, n, c, h, w = x.shape
     lo, hi = _CLIP
     frame_ok = (x > lo) & (x < hi)
     target_ok = (target > lo) & (target < hi)
@@ -125,19 +161,7 @@ def _deghost5(stack5: Tensor, ref: Tensor, mask5: Tensor | None) -> Tensor:
     enough = partly.flatten(3).sum(3).view(b, n, c, 1, 1) >= _MIN_SHARE * h * w
     scale = torch.where(some_clipped & enough, torch.maximum(scale, _robust_scale(difference, partly)), scale)
     noise = torch.sqrt(torch.maximum(scale, _SPREAD * spread) ** 2 + (slope.abs() * 0.5) ** 2)
-    score = torch.where(comparable, difference.abs() / noise, torch.zeros_like(difference)).amax(dim=2)  # [B, N, H, W]
-    # a 3 x 3 mean keeps single noisy pixels from crossing the threshold
-    score = F.avg_pool2d(score.reshape(b * n, 1, h, w), 3, stride=1, padding=1, count_include_pad=False)
-    t0, t1 = _THRESHOLD
-    s = ((score - t0) / (t1 - t0)).clamp(0, 1)
-    ghost = s * s * (3 - 2 * s)  # smoothstep
-    ghost = _dilate(_erode(ghost, 1), 1)   # opening: drop specks
-    ghost = _erode(_dilate(ghost, 2), 2)   # closing: fill holes inside objects
-    ghost = _dilate(ghost, 2)              # cover the blurred outline
-    weights = (1 - ghost).reshape(b, n, 1, h, w)
-    is_ref = torch.arange(n, device=x.device).view(1, n) == ref.view(b, 1)
-    weights = torch.where(is_ref.view(b, n, 1, 1, 1), torch.ones_like(weights), weights)
-    return weights.to(stack5.dtype)
+    return torch.where(comparable, difference / noise, torch.zeros_like(difference)), slope * BINS
 
 
 def _conditional_quantiles(frame: Tensor, target: Tensor, weight: Tensor, prior: Tensor, quantiles: tuple[float, ...]) -> Tensor:

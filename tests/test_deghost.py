@@ -10,14 +10,21 @@ from _align_cases import bracket_folders, load_small, psnr, smooth_texture
 from conftest import requires_shared
 
 FOLDERS = bracket_folders()
-#: brackets where deghosting falls more than 3 dB short of the exact object mask (measured at this
-#: commit): the object or its background lies where one frame is clipped or nearly black, so the
-#: disagreement is below the noise the detector allows there. Strict: a fix makes them pass.
-#: Farmhouse and Set joined with issue 12's exact masks: the exact object mask no longer leaks the
-#: object through the coarse pyramid levels, which raised the bound (Farmhouse 18.8 -> 23.9 dB, Set
-#: 24.3 -> 27.1 dB) more than deghosting itself gained (19.4 -> 20.0 dB, 23.4 -> 23.9 dB).
-DEGHOST_KNOWN_MISSES = {"Farmhouse", "House", "MadisonCapitol", "Mask", "Set", "Studio", "memorial", "seed_house", "seed_mask",
-                        "seed_taipei"}
+#: brackets where deghosting falls more than 3 dB short of the exact object mask, or gains less
+#: than 1 dB over no mask (measured at this commit; with / without / exact mask, dB):
+#: MadisonCapitol 22.2 / 21.6 / 22.7: the exact mask itself gains only 1.1 dB, so the test needs a
+#: nearly exact detection, and the brightest frame's object is 89 % clipped over a nearly clipped
+#: background (a clipped value only bounds the scene, so part of it agrees with the reference);
+#: Set 23.7 / 20.8 / 27.1: both objects are found, but the darkest frame's twilight sky and lit
+#: lamps beside the brightest frame's object disagree with the reference beyond one global mapping
+#: (false detections: 25.3 dB there against 38.2 with the exact mask). Strict: a fix makes them pass.
+#: Issue 14 (s20): Farmhouse, House, Mask, Studio, memorial, seed_house, seed_mask and seed_taipei
+#: left the set when the mapping became a conditional median over every pixel the frame exposes
+#: well (a moving object had outvoted the few pixels left where the reference is clipped dark) and
+#: the comparison moved to the better-resolving exposure (before -> after, dB: Farmhouse 20.0 ->
+#: 22.8, House 20.7 -> 34.6, Mask 21.3 -> 28.1, Studio 13.5 -> 26.6, memorial 14.3 -> 19.0,
+#: seed_house 24.2 -> 34.7, seed_mask 21.4 -> 28.2, seed_taipei 20.7 -> 22.2).
+DEGHOST_KNOWN_MISSES = {"MadisonCapitol", "Set"}
 
 
 def _bracket_params():
