@@ -45,6 +45,7 @@ _THRESHOLD = (3.5, 7.0) # disagreement in noise units: below the first agrees, a
 _PRIOR = 16.0          # pixels' worth of weight of the histogram-specification IMF in each bin
 _SPREAD = 0.5          # share of the reference's spread at a frame level counted as noise (chosen on ../shared's brackets)
 _MIN_SHARE = 0.01      # a class of pixels needs this share of the frame for a scale of its own
+_SCALE_SAMPLES = 1 << 16  # pixels a robust scale is taken over, at most
 
 
 def deghost(stack: Tensor, *, reference: int | None = None, mask: Tensor | None = None) -> Tensor:
@@ -187,14 +188,27 @@ def _conditional_quantiles(frame: Tensor, target: Tensor, weight: Tensor, prior:
 
 
 def _robust_scale(difference: Tensor, where: Tensor) -> Tensor:
-    """1.4826 x the median of ``|difference|`` over ``where``, per frame and channel: ``[B, N, C, 1, 1]`` (0 where empty)."""
+    """1.4826 x the median of ``|difference|`` over ``where``, per frame and channel: ``[B, N, C, 1, 1]`` (0 where empty).
+
+    Over at most about ``_SCALE_SAMPLES`` pixels, evenly spaced (a median needs no more).
+    """
     masked = torch.where(where, difference.abs(), torch.nan).flatten(3)
+    masked = masked[..., :: -(-masked.shape[-1] // _SCALE_SAMPLES)]
     return 1.4826 * masked.nanmedian(dim=3).values.nan_to_num(0.0)[..., None, None]
 
 
 def _dilate(x: Tensor, radius: int) -> Tensor:
-    return F.max_pool2d(x, 2 * radius + 1, stride=1, padding=radius)
+    """Maximum over the ``(2 radius + 1)``-square around each pixel of ``x [M, 1, H, W]`` (what
+    ``max_pool2d`` with stride 1 gives, without its indices), one direction at a time."""
+    for dim in (-1, -2):
+        size = x.shape[dim]
+        padded = F.pad(x, (radius, radius, 0, 0) if dim == -1 else (0, 0, radius, radius), value=-torch.inf)
+        out = padded.narrow(dim, 0, size)
+        for shift in range(1, 2 * radius + 1):
+            out = torch.maximum(out, padded.narrow(dim, shift, size))
+        x = out
+    return x
 
 
 def _erode(x: Tensor, radius: int) -> Tensor:
-    return -F.max_pool2d(-x, 2 * radius + 1, stride=1, padding=radius)
+    return -_dilate(-x, radius)
