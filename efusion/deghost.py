@@ -41,9 +41,8 @@ from .align import reference_index
 __all__ = ["deghost"]
 
 _CLIP = (0.02, 0.98)   # per channel: values outside carry only a bound on the scene
-_THRESHOLD = (3.5, 7.0) # disagreement in noise units: below the first agrees, above the second moved
+_THRESHOLD = (3.25, 6.5)  # disagreement in noise units: below the first agrees, above the second moved (chosen on ../shared's brackets)
 _PRIOR = 16.0          # pixels' worth of weight of the histogram-specification IMF in each bin
-_SPREAD = 0.5          # share of the reference's spread at a frame level counted as noise (chosen on ../shared's brackets)
 _MIN_SHARE = 0.01      # a class of pixels needs this share of the frame for a scale of its own
 _SCALE_SAMPLES = 1 << 16  # pixels a robust scale is taken over, at most
 
@@ -161,7 +160,7 @@ def _disagreement(x: Tensor, target: Tensor, valid: Tensor) -> tuple[Tensor, Ten
     partly = both & some_clipped
     enough = partly.flatten(3).sum(3).view(b, n, c, 1, 1) >= _MIN_SHARE * h * w
     scale = torch.where(some_clipped & enough, torch.maximum(scale, _robust_scale(difference, partly)), scale)
-    noise = torch.sqrt(torch.maximum(scale, _SPREAD * spread) ** 2 + (slope.abs() * 0.5) ** 2)
+    noise = torch.sqrt(torch.maximum(scale, spread) ** 2 + (slope.abs() * 0.5) ** 2)
     return torch.where(comparable, difference / noise, torch.zeros_like(difference)), slope * BINS
 
 
