@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import efusion
 
@@ -10,14 +12,20 @@ from _align_cases import bracket_folders, load_small, psnr, smooth_texture
 from conftest import requires_shared
 
 FOLDERS = bracket_folders()
-#: brackets where deghosting falls more than 3 dB short of the exact object mask (measured at this
-#: commit): the object or its background lies where one frame is clipped or nearly black, so the
-#: disagreement is below the noise the detector allows there. Strict: a fix makes them pass.
-#: Farmhouse and Set joined with issue 12's exact masks: the exact object mask no longer leaks the
-#: object through the coarse pyramid levels, which raised the bound (Farmhouse 18.8 -> 23.9 dB, Set
-#: 24.3 -> 27.1 dB) more than deghosting itself gained (19.4 -> 20.0 dB, 23.4 -> 23.9 dB).
-DEGHOST_KNOWN_MISSES = {"Farmhouse", "House", "MadisonCapitol", "Mask", "Set", "Studio", "memorial", "seed_house", "seed_mask",
-                        "seed_taipei"}
+#: brackets where deghosting falls more than 3 dB short of the exact object mask, or gains less
+#: than 1 dB over no mask (measured at this commit; with / without / exact mask, dB):
+#: MadisonCapitol 22.2 / 21.6 / 22.7: the exact mask itself gains only 1.1 dB, so the test needs a
+#: nearly exact detection, and the brightest frame's object is 89 % clipped over a nearly clipped
+#: background (a clipped value only bounds the scene, so part of it agrees with the reference).
+#: Strict: a fix makes it pass.
+#: Issue 14 (s20): the nine others left the set when the mapping became a conditional median over
+#: every pixel the frame exposes well (a moving object had outvoted the few pixels left where the
+#: reference is clipped) and the comparison moved to the exposure that resolves the scene better
+#: (before -> after, dB; exact mask): Farmhouse 20.0 -> 22.8 (23.9), House 20.7 -> 34.5 (34.5),
+#: Mask 21.3 -> 28.2 (28.7), Set 23.9 -> 24.6 (27.1), Studio 13.5 -> 26.4 (27.3), memorial 14.3 ->
+#: 18.4 (19.7), seed_house 24.2 -> 34.8 (34.9), seed_mask 21.4 -> 28.4 (28.9), seed_taipei 20.7 ->
+#: 22.4 (24.0).
+DEGHOST_KNOWN_MISSES = {"MadisonCapitol"}
 
 
 def _bracket_params():
@@ -74,6 +82,21 @@ def test_generated_moving_object():
     assert with_deghost >= best - 3.0 and with_deghost >= without + 2.0, (with_deghost, without, best)
 
 
+def test_generated_object_where_the_reference_clips():
+    # a bright sky the reference clips: the object (a piece of that sky) is exposed well in the
+    # darkest frame, at values whose other pixels the reference shows clipped; a mapping fitted only
+    # where both frames expose well is then the object's own and lets it through (17.7 dB, worse
+    # than no deghosting, before issue 14's conditional median over every pixel the frame exposes)
+    texture = smooth_texture(3, 160, 256)
+    radiance = texture[1:2] ** 2.2
+    radiance[..., : 160 // 3, :] *= 3.0
+    source = torch.cat([(radiance * 2.0 ** ev).clamp(0, 1) ** (1 / 2.2) for ev in (-2.0, 0.0, 2.0)])
+    source = (source * 255).round() / 255  # 8-bit frames
+    assert (source[REFERENCE] >= 0.98).double().mean() > 0.1  # the reference clips part of the sky
+    with_deghost, without, best = check_deghost(source)
+    assert with_deghost >= best - 3.0 and with_deghost >= without + 2.0, (with_deghost, without, best)
+
+
 @requires_shared()
 @pytest.mark.slow
 @pytest.mark.parametrize("folder", _bracket_params())
@@ -119,6 +142,17 @@ class TestContract:
         assert efusion.deghost(stack, reference=0)[1, 0, 10, 10] < 0.5
         mask[1, :, :20, :20] = 0
         assert (efusion.deghost(stack, reference=0, mask=mask)[1, 0, 5:15, 5:15] == 1).all()
+
+    @settings(max_examples=10, deadline=None)
+    @given(order=st.permutations(range(4)), reference=st.integers(0, 3), seed=st.integers(0, 3))
+    def test_frame_order_does_not_matter(self, order, reference, seed):
+        # each frame is judged against the reference alone: reordering the bracket reorders the weights
+        stack = smooth_texture(4, 24, 32, seed=seed)
+        stack[(reference + 1) % 4, :, 4:12, 6:14] = 1 - stack[(reference + 1) % 4, :, 4:12, 6:14]
+        weights = efusion.deghost(stack, reference=reference)
+        order_t = torch.tensor(order)
+        reordered = efusion.deghost(stack[order_t], reference=order.index(reference))
+        torch.testing.assert_close(reordered, weights[order_t])
 
     @pytest.mark.parametrize("reference", [3, -4])
     def test_bad_reference(self, reference):

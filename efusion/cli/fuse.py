@@ -289,7 +289,14 @@ def _undo_motion(frames: torch.Tensor, mask: torch.Tensor | None, args: argparse
     import efusion
 
     if args.align != "none":
-        aligned = efusion.align(frames, model=args.align, reference=args.reference, mask=mask)
+        try:
+            aligned = efusion.align(frames, model=args.align, reference=args.reference, mask=mask)
+        except ValueError as error:
+            # the model and the reference were checked, the mask is the bracket's own: what is left
+            # is the frames themselves (too small to align); align's message names their size
+            where = str(paths[0]) if len(paths) == 1 else f"{paths[0]} (and {len(paths) - 1} more frames)"
+            raise CommandError(f"{where}: --align {args.align}: {one_line(error)}; fuse these frames without --align",
+                               code=2) from None
         frames = aligned.frames
         mask = aligned.mask if mask is None else aligned.mask * mask
         if args.verbose:

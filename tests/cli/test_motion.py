@@ -96,6 +96,22 @@ def test_bad_align_model_is_refused(tmp_path, capsys, shaken):
     assert code == 2 and "--align" in err and "homography" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("size", [(1, 8), (5, 1)])
+def test_frames_too_small_to_align_are_bad_input(tmp_path, capsys, size):
+    # align refuses frames under 2 pixels in a direction (no 2-D motion to estimate): the command
+    # says so in one line naming the size, exit status 2 like other bad input, and writes nothing
+    h, w = size
+    frames = np.stack([np.full((h, w, 3), v, dtype=np.uint8) for v in (40, 120, 220)])
+    paths = write_frames(tmp_path / "tiny", frames)
+    code, _, err = run(["fuse", *paths, "-o", tmp_path / "a.png", "--align", "homography"], capsys)
+    assert code == 2, err
+    assert_one_error_line(err, "--align homography", f"{h} x {w}", str(paths[0]))
+    assert "unexpected" not in err
+    assert not (tmp_path / "a.png").exists()
+    # without --align the same frames fuse
+    assert run(["fuse", *paths, "-o", tmp_path / "b.png", "-q"], capsys)[0] == 0
+
+
 def test_a_batch_rerun_with_other_motion_settings_says_so(tmp_path, capsys, shaken):
     _, moved = shaken
     out_dir = tmp_path / "fused"
