@@ -313,3 +313,14 @@ def test_thin_strip_shift_recovered(height):
     expected = torch.tensor([[0.0, 0.0], [offsets[0] - offsets[1], 0.0], [offsets[0] - offsets[2], 0.0]])
     assert torch.allclose(result.homographies[:, :2, 2], expected, atol=0.05)
     assert torch.isfinite(result.frames).all()
+
+
+def test_threads_restored_after_the_single_threaded_estimation():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        frames = torch.rand(2, 3, 40, 48, generator=torch.Generator().manual_seed(3))
+        efusion.align(frames, model="translation")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
