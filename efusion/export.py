@@ -126,8 +126,8 @@ def to_onnx(layer: Fusion, path: str | os.PathLike, *, example: Tensor | None = 
         unrolled: as in :func:`to_exported_program`.
         optimize: fold constants, remove unused nodes and common subexpressions (onnxscript's
             constant folding and ``onnx_ir``'s passes: under a second). ``False`` writes the graph
-            as translated; ONNX Runtime then folds it when it loads the model, and logs a warning per
-            unused initializer. The exporter's full optimiser (pattern rewrites) is not run: it took
+            as translated; ONNX Runtime then folds it when it loads the model, and logs warnings
+            (unused initializers, ``CastLike`` nodes it cannot fold). The exporter's full optimiser (pattern rewrites) is not run: it took
             longer than the export itself and ONNX Runtime runs the result no faster; call
             ``.optimize()`` on the returned program for it.
 
@@ -177,9 +177,10 @@ def _translate(program: ExportedProgram, opset: int | None):
     symbolic shapes: more time than ``torch.export`` took (for the default layer 2/3 of the exporter's
     time). This graph needs none of it: the handful of operators without a translation are rewritten
     below in place to translated equivalents, then the exporter's own FX passes (type promotion,
-    assertions removed) and translator run as ``torch.onnx.export`` runs them. Private API of torch
-    2.14 (``torch.onnx._internal.exporter``), looked up here and only here: if it moves, the caller
-    takes the public route (same model, slower).
+    assertions removed) and translator run as ``torch.onnx.export`` runs them (the type promotion
+    reading each node's traced value instead of recomputing it: :func:`_promotion_from_metadata`).
+    Private API of torch 2.14 (``torch.onnx._internal``), looked up here and there only: if it
+    moves, the caller takes the public route (same model, slower).
     """
     try:
         from torch.onnx._constants import ONNX_DEFAULT_OPSET
@@ -187,7 +188,8 @@ def _translate(program: ExportedProgram, opset: int | None):
 
         torchlib_opset = _constants.TORCHLIB_OPSET
         from_torchlib = _registration.ONNXRegistry.from_torchlib
-        promote, strip_assertions = _fx_passes.insert_type_promotion_nodes, _fx_passes.remove_assertion_nodes
+        strip_assertions = _fx_passes.remove_assertion_nodes
+        promote = _promotion_from_metadata() or _fx_passes.insert_type_promotion_nodes
         translate, rename_inputs, rename_outputs = (
             _core._exported_program_to_onnx_program, _ir_passes.rename_inputs, _ir_passes.rename_outputs,
         )
@@ -230,6 +232,9 @@ def _rewrite_untranslated(graph_module: torch.fx.GraphModule) -> None:
     that have (the same values; what the exporter's decompositions make of them), in place."""
     graph = graph_module.graph
 
+    def same_dtype(node) -> bool:  # the rewritten nodes take the value's metadata: keep it exact
+        return node.args[0].meta["val"].dtype == node.meta["val"].dtype
+
     def replace(node, target, args, kwargs=None) -> None:
         with graph.inserting_before(node):
             new = graph.call_function(target, args, kwargs or {})
@@ -250,9 +255,10 @@ def _rewrite_untranslated(graph_module: torch.fx.GraphModule) -> None:
                 graph.erase_node(node)
             else:
                 replace(node, _aten._to_copy.default, (node.args[0],), {"dtype": value.dtype, "device": value.device})
-        elif node.target is _aten.square.default:
+        elif node.target is _aten.square.default and same_dtype(node):
             replace(node, _aten.mul.Tensor, (node.args[0], node.args[0]))
-        elif node.target is _aten.rsub.Scalar and len(node.args) == 2 and not node.kwargs:  # other - self
+        elif node.target is _aten.rsub.Scalar and len(node.args) == 2 and not node.kwargs and same_dtype(node):
+            # other - self
             with graph.inserting_before(node):
                 negated = graph.call_function(_aten.neg.default, (node.args[0],))
             negated.meta.update(node.meta)
@@ -260,3 +266,38 @@ def _rewrite_untranslated(graph_module: torch.fx.GraphModule) -> None:
         elif node.target is _aten.__or__.Tensor:
             replace(node, _aten.bitwise_or.Tensor, node.args)
     graph_module.recompile()
+
+
+def _promotion_from_metadata():
+    """The ONNX exporter's type-promotion pass (explicit casts where ATen promotes implicitly), run
+    on the traced values that ``torch.export`` stored on each node (``node.meta["val"]``) instead of
+    re-executing every node with fake tensors, which costs about as much symbolic-shape reasoning
+    as the trace (2/3 of the translation's time here). Nodes the pass changes or inserts are still
+    re-executed by it, so their metadata is fresh; the rules and casts are the exporter's own.
+    ``None`` where this PyTorch lacks the private classes (the caller runs the exporter's pass)."""
+    try:
+        from torch.onnx._internal.fx.passes import type_promotion
+        interpreter_class = type_promotion._TypePromotionInterpreter
+        rule_for, table, transform_class = (
+            type_promotion.get_type_promotion_rule, type_promotion.TypePromotionTable, type_promotion.InsertTypePromotion,
+        )
+    except (ImportError, AttributeError):
+        return None
+
+    class FromMetadata(interpreter_class):  # type: ignore[misc, valid-type]
+        def run_node(self, node):
+            if node.op != "call_function" or "val" not in node.meta:
+                return super().run_node(node)
+            with self._set_current_node(node):
+                if rule := rule_for(node, self.type_promotion_table):
+                    self._maybe_promote_node(node, rule)  # re-executes the node if it changed it
+            return node.meta["val"]
+
+    def promote(graph_module: torch.fx.GraphModule) -> None:
+        for module in graph_module.modules():
+            if isinstance(module, torch.fx.GraphModule):
+                transform = transform_class(module)
+                transform.interpreter = FromMetadata(module, table())
+                transform.run()
+
+    return promote
