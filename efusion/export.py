@@ -111,9 +111,12 @@ def to_onnx(layer: Fusion, path: str | os.PathLike, *, example: Tensor | None = 
             unrolled: int | None = None, optimize: bool = True):
     """Write ``layer`` as an ONNX model with dynamic batch, frames, height and width.
 
-    Exported through ``torch.onnx.export(..., dynamo=True)`` from :func:`to_exported_program`'s
-    graph; ONNX Runtime runs it at any size. Input ``"stack"`` ``[B, N, C, H, W]``, output
-    ``"fused"`` ``[B, C, H, W]``, in the example's dtype (float32 by default).
+    :func:`to_exported_program`'s graph translated by PyTorch's ONNX exporter (the one behind
+    ``torch.onnx.export(..., dynamo=True)``); ONNX Runtime runs it at any size. Input ``"stack"``
+    ``[B, N, C, H, W]``, output ``"fused"`` ``[B, C, H, W]``, in the example's dtype (float32 by
+    default). The graph is traced once: its operators all have ONNX translations, so the exporter's
+    own decomposition pass, a second trace of the whole graph, is skipped (see the README, "Deploy
+    and save"; where this PyTorch lacks the entry points used, ``torch.onnx.export`` does it all).
 
     Args:
         layer: a :class:`~efusion.Fusion`.
@@ -121,20 +124,181 @@ def to_onnx(layer: Fusion, path: str | os.PathLike, *, example: Tensor | None = 
         example: as in :func:`to_exported_program`.
         opset: ONNX opset version (default: the exporter's).
         unrolled: as in :func:`to_exported_program`.
-        optimize: run the ONNX exporter's graph optimiser (constant folding, dead-code removal).
-            ``False`` writes the same computation unoptimised, in about two thirds of the time;
-            ONNX Runtime then folds the constants when it loads the model (and logs that it cannot
-            fold the ``CastLike`` nodes, which is harmless).
+        optimize: fold constants, remove unused nodes and common subexpressions (onnxscript's
+            constant folding and ``onnx_ir``'s passes: a second or two). ``False`` writes the graph
+            as translated; ONNX Runtime then folds it when it loads the model, and logs warnings
+            (unused initializers, ``CastLike`` nodes it cannot fold). The exporter's full
+            optimiser (pattern rewrites) is not run: it took longer than the export itself and
+            ONNX Runtime runs the result no faster; call ``.optimize()`` on the returned program
+            for it.
 
     Returns:
         the ``torch.onnx.ONNXProgram`` (also written to ``path``).
     """
     program = to_exported_program(layer, example, unrolled=unrolled)
-    onnx_program = torch.onnx.export(
-        program, input_names=["stack"], output_names=["fused"], dynamo=True, verbose=False,
-        opset_version=None if opset is None else int(opset), optimize=bool(optimize),
-    )
+    onnx_program = _translate(program, opset)
+    if onnx_program is None:  # this PyTorch's exporter lacks the entry points: the public route
+        onnx_program = torch.onnx.export(
+            program, input_names=["stack"], output_names=["fused"], dynamo=True, verbose=False,
+            opset_version=None if opset is None else int(opset), optimize=False,
+        )
     if onnx_program is None:  # only the legacy TorchScript exporter returns nothing
         raise RuntimeError("torch.onnx.export returned no ONNX program")
+    if optimize:
+        _optimize(onnx_program.model)
     onnx_program.save(os.fspath(path))
     return onnx_program
+
+
+def _optimize(model) -> None:
+    """Constant folding and clean-up passes on an ``onnx_ir`` model, in place: what makes the model
+    load in ONNX Runtime without warnings, without the exporter's pattern rewrites (whose matcher
+    walks the graph again and again: 15 s for a 7-level graph, against 0.7 s for these)."""
+    import onnx_ir.passes.common as passes
+    import onnxscript.optimizer
+
+    onnxscript.optimizer.fold_constants(model)
+    for cleanup in (
+        passes.RemoveUnusedNodesPass(),
+        passes.CommonSubexpressionEliminationPass(),
+        passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        passes.DeduplicateInitializersPass(),
+        passes.RemoveUnusedNodesPass(),
+    ):
+        cleanup(model)
+
+
+def _translate(program: ExportedProgram, opset: int | None):
+    """``program`` as a ``torch.onnx.ONNXProgram`` (inputs named ``stack``, outputs ``fused``) by
+    the ONNX exporter's translator, without its decomposition pass; ``None`` where this PyTorch
+    lacks the (private) entry points, or the graph holds an operator without an ONNX translation.
+
+    ``torch.onnx.export`` of an ``ExportedProgram`` first calls ``run_decompositions`` with a table
+    that only decomposes operators lacking an ONNX translation, which retraces the whole graph with
+    symbolic shapes: more time than ``torch.export`` took (for the default layer 2/3 of the exporter's
+    time). This graph needs none of it: the handful of operators without a translation are rewritten
+    below in place to translated equivalents, then the exporter's own FX passes (type promotion,
+    assertions removed) and translator run as ``torch.onnx.export`` runs them (the type promotion
+    reading each node's traced value instead of recomputing it: :func:`_promotion_from_metadata`).
+    Private API of torch 2.14 (``torch.onnx._internal``), looked up here and there only: if it
+    moves, the caller takes the public route (same model, slower).
+    """
+    try:
+        from torch.onnx._constants import ONNX_DEFAULT_OPSET
+        from torch.onnx._internal.exporter import _constants, _core, _fx_passes, _ir_passes, _registration
+
+        torchlib_opset = _constants.TORCHLIB_OPSET
+        from_torchlib = _registration.ONNXRegistry.from_torchlib
+        strip_assertions = _fx_passes.remove_assertion_nodes
+        promote = _promotion_from_metadata() or _fx_passes.insert_type_promotion_nodes
+        translate, rename_inputs, rename_outputs = (
+            _core._exported_program_to_onnx_program, _ir_passes.rename_inputs, _ir_passes.rename_outputs,
+        )
+        import onnxscript.version_converter
+    except (ImportError, AttributeError):
+        return None
+    target = ONNX_DEFAULT_OPSET if opset is None else int(opset)
+    if target < torchlib_opset:  # the public route converts down (or warns)
+        return None
+    registry = from_torchlib(opset_version=target)
+    graph_module = program.graph_module
+    _rewrite_untranslated(graph_module)
+    untranslated = {
+        node.target for node in graph_module.graph.nodes
+        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload)
+        and node.target not in _ASSERTIONS and not registry.is_registered(node.target)
+    }
+    if untranslated:
+        return None
+    graph_module = strip_assertions(graph_module)
+    promote(graph_module)
+    program._graph_module = graph_module  # what the exporter does with the graph it prepared
+    onnx_program = translate(program, registry=registry)
+    onnxscript.version_converter.convert_version(onnx_program.model, target, fallback=True)
+    rename_inputs(onnx_program.model, ["stack"])
+    rename_outputs(onnx_program.model, ["fused"])
+    return onnx_program
+
+
+_aten = torch.ops.aten
+#: checks that the exporter removes (``remove_assertion_nodes``), not translates
+_ASSERTIONS = frozenset({
+    _aten._assert_tensor_metadata.default, _aten._assert_scalar.default, _aten._assert_async.default,
+    _aten._assert_async.msg, _aten.sym_constrain_range_for_size.default,
+})
+
+
+def _rewrite_untranslated(graph_module: torch.fx.GraphModule) -> None:
+    """Replace the operators of a ``torch.export`` graph that have no ONNX translation by ones
+    that have (the same values; what the exporter's decompositions make of them), in place."""
+    graph = graph_module.graph
+
+    def same_dtype(node) -> bool:  # the rewritten nodes take the value's metadata: keep it exact
+        return node.args[0].meta["val"].dtype == node.meta["val"].dtype
+
+    def replace(node, target, args, kwargs=None) -> None:
+        with graph.inserting_before(node):
+            new = graph.call_function(target, args, kwargs or {})
+        new.meta.update(node.meta)
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target is _aten.detach_.default:  # of a fresh constant copy: no effect on values
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+        elif node.target in (_aten.to.dtype, _aten.to.device):
+            source, value = node.args[0].meta["val"], node.meta["val"]
+            if (source.dtype, source.device) == (value.dtype, value.device):  # ``to`` returns its input
+                node.replace_all_uses_with(node.args[0])
+                graph.erase_node(node)
+            else:
+                replace(node, _aten._to_copy.default, (node.args[0],), {"dtype": value.dtype, "device": value.device})
+        elif node.target is _aten.square.default and same_dtype(node):
+            replace(node, _aten.mul.Tensor, (node.args[0], node.args[0]))
+        elif node.target is _aten.rsub.Scalar and len(node.args) == 2 and not node.kwargs and same_dtype(node):
+            # other - self
+            with graph.inserting_before(node):
+                negated = graph.call_function(_aten.neg.default, (node.args[0],))
+            negated.meta.update(node.meta)
+            replace(node, _aten.add.Tensor, (negated, node.args[1]))
+        elif node.target is _aten.__or__.Tensor:
+            replace(node, _aten.bitwise_or.Tensor, node.args)
+    graph_module.recompile()
+
+
+def _promotion_from_metadata():
+    """The ONNX exporter's type-promotion pass (explicit casts where ATen promotes implicitly), run
+    on the traced values that ``torch.export`` stored on each node (``node.meta["val"]``) instead of
+    re-executing every node with fake tensors, which costs about as much symbolic-shape reasoning
+    as the trace (2/3 of the translation's time here). Nodes the pass changes or inserts are still
+    re-executed by it, so their metadata is fresh; the rules and casts are the exporter's own.
+    ``None`` where this PyTorch lacks the private classes (the caller runs the exporter's pass)."""
+    try:
+        from torch.onnx._internal.fx.passes import type_promotion
+        interpreter_class = type_promotion._TypePromotionInterpreter
+        rule_for, table, transform_class = (
+            type_promotion.get_type_promotion_rule, type_promotion.TypePromotionTable, type_promotion.InsertTypePromotion,
+        )
+    except (ImportError, AttributeError):
+        return None
+
+    class FromMetadata(interpreter_class):  # type: ignore[misc, valid-type]
+        def run_node(self, node):
+            if node.op != "call_function" or "val" not in node.meta:
+                return super().run_node(node)
+            with self._set_current_node(node):
+                if rule := rule_for(node, self.type_promotion_table):
+                    self._maybe_promote_node(node, rule)  # re-executes the node if it changed it
+            return node.meta["val"]
+
+    def promote(graph_module: torch.fx.GraphModule) -> None:
+        for module in graph_module.modules():
+            if isinstance(module, torch.fx.GraphModule):
+                transform = transform_class(module)
+                transform.interpreter = FromMetadata(module, table())
+                transform.run()
+
+    return promote

@@ -50,18 +50,27 @@ def bursts(seed: int = 1):
         yield (base * gains).clamp(0, 1)
 
 
-@pytest.fixture(scope="module", params=["mertens", "opencv"])
-def exported(request, tmp_path_factory):
-    layer = efusion.Fusion(preset=request.param)
-    path = tmp_path_factory.mktemp("onnx") / f"{request.param}.onnx"
-    # the ONNX optimiser's run is tested once (it takes a third of the conversion's time)
-    program = to_onnx(layer, path, unrolled=UNROLLED, optimize=request.param == "opencv")
-    return layer, path, program
+PRESETS = ("mertens", "opencv")
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """One ONNX export per preset, shared by the tests of this module: ``{preset: (layer, path, program)}``."""
+    folder = tmp_path_factory.mktemp("onnx")
+    made = {}
+    for preset in PRESETS:
+        layer = efusion.Fusion(preset=preset)
+        path = folder / f"{preset}.onnx"
+        # both settings of the ONNX optimiser are tested, one per preset
+        program = to_onnx(layer, path, unrolled=UNROLLED, optimize=preset == "opencv")
+        made[preset] = layer, path, program
+    return made
 
 
 @pytest.mark.slow
-def test_onnx_runs_unseen_sizes(exported):
-    layer, path, _ = exported
+@pytest.mark.parametrize("preset", PRESETS)
+def test_onnx_runs_unseen_sizes(exports, preset):
+    layer, path, _ = exports[preset]
     onnx.checker.check_model(str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["stack"]
@@ -71,15 +80,14 @@ def test_onnx_runs_unseen_sizes(exported):
 
 
 @pytest.mark.slow
-def test_exported_program_runs_without_efusion(exported, tmp_path):
-    layer, _, onnx_program = exported
-    program = onnx_program.exported_program
-    saved = tmp_path / "fusion.pt2"
-    torch.export.save(program, saved)
+def test_exported_program_runs_without_efusion(exports, tmp_path):
+    # both presets' programs in one fresh process (its start and torch's import are paid once)
+    for preset in PRESETS:
+        torch.export.save(exports[preset][2].exported_program, tmp_path / f"{preset}.pt2")
     inputs = list(bursts(seed=2))
     torch.save(inputs, tmp_path / "inputs.pt")
     script = textwrap.dedent(
-        """
+        f"""
         import importlib.abc, sys
 
         class NoEfusion(importlib.abc.MetaPathFinder):
@@ -90,10 +98,10 @@ def test_exported_program_runs_without_efusion(exported, tmp_path):
 
         sys.meta_path.insert(0, NoEfusion())
         import torch
-        program = torch.export.load("fusion.pt2")
         inputs = torch.load("inputs.pt")
-        fusion = program.module()
-        torch.save([fusion(x) for x in inputs], "outputs.pt")
+        for preset in {PRESETS!r}:
+            fusion = torch.export.load(f"{{preset}}.pt2").module()
+            torch.save([fusion(x) for x in inputs], f"{{preset}}-outputs.pt")
         assert "efusion" not in sys.modules
         try:
             import efusion  # noqa: F401
@@ -106,14 +114,18 @@ def test_exported_program_runs_without_efusion(exported, tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert "efusion not importable" in done.stdout
-    outputs = torch.load(tmp_path / "outputs.pt")
-    for stack, got in zip(inputs, outputs):
-        assert_close_to_eager(got, layer(stack))
+    for preset in PRESETS:
+        layer = exports[preset][0]
+        outputs = torch.load(tmp_path / f"{preset}-outputs.pt")
+        assert len(outputs) == len(inputs)
+        for stack, got in zip(inputs, outputs):
+            assert_close_to_eager(got, layer(stack))
 
 
 @pytest.mark.slow
-def test_exported_program_is_core_aten(exported):
-    _, _, onnx_program = exported
+@pytest.mark.parametrize("preset", PRESETS)
+def test_exported_program_is_core_aten(exports, preset):
+    _, _, onnx_program = exports[preset]
     targets = {str(node.target) for node in onnx_program.exported_program.graph.nodes if node.op == "call_function"}
     assert targets, "an empty graph"
     assert not [t for t in targets if "efusion" in t]
