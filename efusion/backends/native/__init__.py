@@ -27,10 +27,10 @@ tail (there torch adds in another order, one that also depends on its thread cou
 - masked ``fuse`` (no gradient recorded): the masked weights above, then ``efusion_native::blend`` of
   the filled stack, as :meth:`efusion.backends.reference.ReferenceBackend.fuse`.
 
-One parallel pass per pyramid level, its rows split into a few tasks per thread, each task running
-the whole chain of its rows: ``torch.get_num_threads()`` is respected (one thread inside DataLoader
-workers, where torch sets it). Tasks are claimed from a counter, so a pass never waits for a thread
-the OS has descheduled in favour of another process (issue 13: a busy machine). The kernels are compiled on first use and cached (:mod:`.build`);
+One ``at::parallel_for`` per pass over a pyramid level, rows split across threads, each thread
+running the whole chain of its rows: ``torch.get_num_threads()`` is respected (one thread inside
+DataLoader workers, where torch sets it) and a busy machine costs a barrier per pass, not per
+elementwise step. The kernels are compiled on first use and cached (:mod:`.build`);
 ``EFUSION_NATIVE=0`` turns the backend off. It declines, so that the ``"cpu"`` backend or the
 reference runs instead: ``weights`` and ``blend`` calls that record gradients or have a tensor
 depth, masked calls that record gradients, other dtypes and devices, ``torch.func`` transforms, and exponents whose weights could

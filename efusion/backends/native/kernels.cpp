@@ -13,12 +13,11 @@
 // The file must be compiled without floating-point contraction (-ffp-contract=off): an FMA would
 // round differently from the reference's separate multiply and add.
 //
-// Parallelism (issue 13): one parallel_rows per pass over a pyramid level, over rows (all
-// batches' rows together); each task runs the whole chain of its rows with its own small row
-// buffers. parallel_rows (below) respects torch.get_num_threads() and runs inline inside a parallel
-// region; unlike at::parallel_for, the caller never waits for a thread that has not started.
+// Parallelism (issue 13): one at::parallel_for per pass over a pyramid level, over rows (all
+// batches' rows together); each thread runs the whole chain of its rows with its own small row
+// buffers. at::parallel_for respects torch.get_num_threads() and runs inline when called from
+// inside a parallel region.
 #include <ATen/Parallel.h>
-#include <ATen/ThreadLocalState.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -26,22 +25,12 @@
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/log.h>
 #include <ATen/ops/sqrt.h>
-#include <c10/util/ParallelGuard.h>
 #include <torch/library.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <array>
-#include <atomic>
-#include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
-#include <exception>
-#include <functional>
-#include <memory>
-#include <mutex>
-#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -90,148 +79,6 @@ inline int64_t border_index(int64_t i, int64_t n, int64_t mode) {
 
 // rows per task: enough work per task that scheduling costs nothing
 inline int64_t grain_rows(int64_t width) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(width, 1)); }
-
-// ---------------------------------------------------------------------------------------------
-// parallel_rows: at::parallel_for's contract (f(i0, i1) over disjoint ranges covering [begin, end),
-// the first exception rethrown, inline inside a parallel region or with one thread), with tasks
-// claimed from a shared counter instead of one fixed range per thread (issue 13). With OpenMP's
-// static split every pass waited at its barrier for the thread the OS had descheduled in favour
-// of another process: 0.4 MP x 3 took 12x its idle time beside one busy process. Here the caller
-// takes tasks itself and waits only for tasks already running; a worker that wakes late finds
-// nothing left. The results do not depend on the split (each row is computed the same way in any
-// task). Workers are persistent threads (never more than torch.get_num_threads() - 1 take part in a
-// pass); a forked child starts a fresh pool.
-
-constexpr int64_t kSpinMicros = 50;  // how long a waiting thread spins before it sleeps
-
-struct Pass {
-  const std::function<void(int64_t, int64_t)>* body;  // the caller's: dereferenced only inside a claimed task
-  int64_t begin, end, size, tasks;
-  std::atomic<int64_t> next{0}, finished{0}, seats{0};
-  std::atomic<bool> failed{false};
-  std::exception_ptr error;
-  std::mutex lock;
-  std::condition_variable done;
-  at::ThreadLocalState state;  // the caller's grad mode, dispatch keys...: the workers run under it
-};
-
-// run tasks of `pass` until none is left (called by the caller and by each worker that takes a seat)
-void take_tasks(Pass& pass) {
-  c10::ParallelGuard in_parallel(true);  // torch calls inside the tasks stay on this thread
-  for (;;) {
-    const int64_t k = pass.next.fetch_add(1);
-    if (k >= pass.tasks) return;
-    if (!pass.failed.load()) {
-      const int64_t i0 = pass.begin + k * pass.size;
-      try {
-        (*pass.body)(i0, std::min(pass.end, i0 + pass.size));
-      } catch (...) {
-        std::lock_guard<std::mutex> hold(pass.lock);
-        if (!pass.error) pass.error = std::current_exception();
-        pass.failed.store(true);
-      }
-    }
-    if (pass.finished.fetch_add(1) + 1 == pass.tasks) {
-      std::lock_guard<std::mutex> hold(pass.lock);
-      pass.done.notify_all();
-    }
-  }
-}
-
-// spin (yielding the core each time) until ready() or `micros` have passed; true if ready. A pass
-// starts and ends faster than a sleeping thread wakes (~10-50 us), so both sides spin briefly first.
-template <typename Ready>
-bool spin_until(const Ready& ready, int64_t micros) {
-  const auto stop = std::chrono::steady_clock::now() + std::chrono::microseconds(micros);
-  for (;;) {
-    for (int k = 0; k < 64; ++k) {
-      if (ready()) return true;
-      std::this_thread::yield();
-    }
-    if (std::chrono::steady_clock::now() >= stop) return ready();
-  }
-}
-
-class Pool {
- public:
-  // the process's pool (a new one after a fork: the parent's threads do not exist in the child,
-  // and its mutexes may have been held; the old pool is left as it is)
-  static Pool& get() {
-    static std::mutex creating;
-    static Pool* pool = nullptr;
-    std::lock_guard<std::mutex> hold(creating);
-    if (pool == nullptr || pool->pid_ != getpid()) pool = new Pool();
-    return *pool;
-  }
-
-  void run(const std::shared_ptr<Pass>& pass, int64_t helpers) {
-    {
-      std::lock_guard<std::mutex> hold(lock_);
-      while (int64_t(threads_) < helpers) {
-        std::thread(&Pool::serve, this).detach();
-        ++threads_;
-      }
-      pass->seats.store(helpers);
-      current_ = pass;
-      generation_.fetch_add(1);
-    }
-    wake_.notify_all();
-  }
-
- private:
-  Pool() : pid_(getpid()) {}
-
-  void serve() {
-    uint64_t seen = 0;
-    for (;;) {
-      std::shared_ptr<Pass> pass;
-      spin_until([&] { return generation_.load() != seen; }, kSpinMicros);
-      {
-        std::unique_lock<std::mutex> hold(lock_);
-        wake_.wait(hold, [&] { return generation_.load() != seen; });
-        seen = generation_.load();
-        pass = current_;
-      }
-      if (!pass || pass->seats.fetch_sub(1) <= 0 || pass->next.load() >= pass->tasks) continue;
-      at::ThreadLocalStateGuard state(pass->state);
-      take_tasks(*pass);
-    }
-  }
-
-  const pid_t pid_;
-  std::mutex lock_;
-  std::condition_variable wake_;
-  std::shared_ptr<Pass> current_;
-  std::atomic<uint64_t> generation_{0};
-  size_t threads_ = 0;
-};
-
-template <typename F>
-void parallel_rows(int64_t begin, int64_t end, int64_t grain, const F& f) {
-  if (end <= begin) return;
-  const int64_t range = end - begin, threads = at::in_parallel_region() ? 1 : int64_t(at::get_num_threads());
-  // a few tasks per thread: a late or slow thread leaves its share to the others
-  const int64_t tasks = std::min<int64_t>(threads * 4, (range + grain - 1) / std::max<int64_t>(grain, 1));
-  if (threads <= 1 || tasks <= 1) {
-    c10::ParallelGuard in_parallel(true);
-    f(begin, end);
-    return;
-  }
-  const std::function<void(int64_t, int64_t)> body(std::cref(f));
-  auto pass = std::make_shared<Pass>();
-  pass->body = &body;
-  pass->begin = begin;
-  pass->end = end;
-  pass->size = (range + tasks - 1) / tasks;
-  pass->tasks = (range + pass->size - 1) / pass->size;
-  Pool::get().run(pass, std::min(threads, pass->tasks) - 1);
-  take_tasks(*pass);
-  if (!spin_until([&] { return pass->finished.load() == pass->tasks; }, kSpinMicros)) {
-    std::unique_lock<std::mutex> hold(pass->lock);
-    pass->done.wait(hold, [&] { return pass->finished.load() == pass->tasks; });
-  }
-  if (pass->error) std::rethrow_exception(pass->error);
-}
 
 // ---------------------------------------------------------------------------------------------
 // weights (efusion.reference.measures)
@@ -530,7 +377,7 @@ void weights_into(const at::Tensor& stack, at::Tensor& out, const WeightParams& 
                 width = stack.size(4);
   const T* src = stack.data_ptr<T>();
   T* dst = out.data_ptr<T>();
-  parallel_rows(0, batch * height, grain_rows(width * frames), [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, batch * height, grain_rows(width * frames), [&](int64_t i0, int64_t i1) {
     weights_rows<T>(src, dst, frames, channels, height, width, p, cv, normalise, i0, i1);
   });
 }
@@ -731,7 +578,7 @@ void blend_add(Blend& s, const T* image0, int64_t image_step, const T* weight0, 
         };
         // coarse rows per cache block: their fine rows (about 2 per coarse row, all planes) within ~256 KiB
         const int64_t block = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, 2 * fl.w * planes));
-        parallel_rows(0, batch * cl.h, grain_rows(fl.w * planes * 2), [&](int64_t i0, int64_t i1) {
+        at::parallel_for(0, batch * cl.h, grain_rows(fl.w * planes * 2), [&](int64_t i0, int64_t i1) {
           std::vector<T> rows(static_cast<size_t>(planes * 5 * cl.w));  // column-filtered fine rows, by index mod 5
           std::vector<int64_t> cached(static_cast<size_t>(planes * 5), -1);
           std::vector<T> halo(static_cast<size_t>(2 * channels * cl.w));  // two private coarse rows (all channels)
@@ -793,7 +640,7 @@ void blend_add(Blend& s, const T* image0, int64_t image_step, const T* weight0, 
         continue;
       }
       // the top level: residual only
-      parallel_rows(0, batch * lv.h, grain_rows(lv.w * channels * 2), [&](int64_t i0, int64_t i1) {
+      at::parallel_for(0, batch * lv.h, grain_rows(lv.w * channels * 2), [&](int64_t i0, int64_t i1) {
         std::vector<T> vertical(static_cast<size_t>(cl.w)), up(static_cast<size_t>(lv.w));
         auto no_coarse = [](int64_t, int64_t) -> const T* { return nullptr; };
         for (int64_t i = i0; i < i1; ++i) add_row(i / lv.h, i % lv.h, no_coarse, vertical.data(), up.data());
@@ -829,7 +676,7 @@ at::Tensor blend_collapse(const Blend& s, const Conventions& cv, const at::Tenso
     const Level cl = coarser ? levels[l + 1] : Level{0, 0};
     const double bc = band_coef[l], rc = residual_coef[l];
     const T band_scale = T(bc), residual_scale = T(rc);
-    parallel_rows(0, batch * lv.h, grain_rows(lv.w * channels), [&](int64_t i0, int64_t i1) {
+    at::parallel_for(0, batch * lv.h, grain_rows(lv.w * channels), [&](int64_t i0, int64_t i1) {
       std::vector<T> vertical(static_cast<size_t>(cl.w)), padded(static_cast<size_t>(cl.w + 2)), up(static_cast<size_t>(lv.w));
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t b = i / lv.h, row = i % lv.h;
@@ -898,7 +745,7 @@ at::Tensor fuse_two_pass(const at::Tensor& stack, const WeightParams& p, const s
   const T* src = stack.data_ptr<T>();
   at::Tensor total = at::empty({batch, 1, height, width}, stack.options());
   T* total_data = total.data_ptr<T>();
-  parallel_rows(0, batch * height, grain_rows(width * frames), [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, batch * height, grain_rows(width * frames), [&](int64_t i0, int64_t i1) {
     weights_rows<T>(src, nullptr, frames, channels, height, width, p, cv, true, i0, i1, total_data);
   });
   Blend s = make_blend(batch, channels, height, width, band_coef, residual_coef, stack.options(), true);
@@ -907,7 +754,7 @@ at::Tensor fuse_two_pass(const at::Tensor& stack, const WeightParams& p, const s
   const int64_t item_stride = frames * channels * plane;
   for (int64_t n = 0; n < frames; ++n) {
     const T* frame = src + n * channels * plane;
-    parallel_rows(0, batch * height, grain_rows(width), [&](int64_t i0, int64_t i1) {
+    at::parallel_for(0, batch * height, grain_rows(width), [&](int64_t i0, int64_t i1) {
       weights_rows<T>(frame, weight_data, 1, channels, height, width, p, cv, false, i0, i1, nullptr, total_data,
                       item_stride);
     });
@@ -1094,7 +941,7 @@ at::Tensor fill_masked_impl(const at::Tensor& stack, const at::Tensor& valid_in,
   std::vector<at::Tensor> pyramid(static_cast<size_t>(top));
   for (int64_t l = 0; l < top; ++l) pyramid[l] = at::empty({count, planes, levels[l].h, levels[l].w}, stack.options());
   T* base = pyramid[0].data_ptr<T>();
-  parallel_rows(0, count * height, grain_rows(width * planes), [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, count * height, grain_rows(width * planes), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t k = i / height, row = i % height;
       const T* vr = v + holes[k] * plane + row * width;
@@ -1114,10 +961,10 @@ at::Tensor fill_masked_impl(const at::Tensor& stack, const at::Tensor& valid_in,
     T* coarse = pyramid[l + 1].data_ptr<T>();
     at::Tensor across_t = at::empty({count * planes, fl.h, cl.w}, stack.options());
     T* across = across_t.data_ptr<T>();
-    parallel_rows(0, count * planes * fl.h, grain_rows(fl.w), [&](int64_t i0, int64_t i1) {
+    at::parallel_for(0, count * planes * fl.h, grain_rows(fl.w), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) down_row(fine + i * fl.w, fl.w, cv.down_border, static_cast<T*>(nullptr), across + i * cl.w);
     });
-    parallel_rows(0, count * planes * cl.h, grain_rows(cl.w * 5), [&](int64_t i0, int64_t i1) {
+    at::parallel_for(0, count * planes * cl.h, grain_rows(cl.w * 5), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t p = i / cl.h, j = i % cl.h;
         const T* in = across + p * fl.h * cl.w;
@@ -1151,7 +998,7 @@ at::Tensor fill_masked_impl(const at::Tensor& stack, const at::Tensor& valid_in,
     const T* src = pyramid[l].data_ptr<T>();
     T* f = next.data_ptr<T>();
     const int64_t fn = fl.h * fl.w;
-    parallel_rows(0, count * channels * fl.h, grain_rows(fl.w * 2), [&](int64_t i0, int64_t i1) {
+    at::parallel_for(0, count * channels * fl.h, grain_rows(fl.w * 2), [&](int64_t i0, int64_t i1) {
       std::vector<T> vertical(static_cast<size_t>(cl.w)), padded(static_cast<size_t>(cl.w + 2)), up(static_cast<size_t>(fl.w));
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t row = i % fl.h, kc = i / fl.h, k = kc / channels, c = kc % channels;
@@ -1167,7 +1014,7 @@ at::Tensor fill_masked_impl(const at::Tensor& stack, const at::Tensor& valid_in,
   // the frame keeps its own values where valid
   T* o = out.data_ptr<T>();
   const T* f = filled.data_ptr<T>();
-  parallel_rows(0, count * channels * height, grain_rows(width), [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, count * channels * height, grain_rows(width), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t row = i % height, kc = i / height, k = kc / channels, c = kc % channels;
       const T* vr = v + holes[k] * plane + row * width;
@@ -1239,7 +1086,7 @@ TORCH_LIBRARY_IMPL(efusion_native, CPU, m) {
 // The same mathematics as the "cpu" backend's hand-written backward (efusion/backends/cpu/blend.py
 // BlendFunction, weights.py WeightsBackward), with the reference's conventions at the kinks (0
 // where a measure is 0). Gradients need not equal any bits: the pyramid operators and their
-// adjoints are applied as separable sparse 1-D matrices, one parallel_rows per pass over a level.
+// adjoints are applied as separable sparse 1-D matrices, one at::parallel_for per pass over a level.
 namespace {
 
 // a 1-D linear map as rows: output i = sum over k in [start[i], start[i + 1]) of weight[k] * input[index[k]]
@@ -1418,7 +1265,7 @@ template <typename T>
 void apply_separable(const Planes<T>& in, const Planes<T>& out, int64_t batch, const Axis& rows, const Axis& cols,
                      T alpha, bool add) {
   const int64_t per_item = in.per_item, h_out = rows.outputs(), w_in = cols.inputs, w_out = cols.outputs();
-  parallel_rows(0, batch * per_item * h_out, grain_rows(w_in * 3), [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, batch * per_item * h_out, grain_rows(w_in * 3), [&](int64_t i0, int64_t i1) {
     std::vector<T> mixed(static_cast<size_t>(w_in)), row(static_cast<size_t>(w_out));
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t y = i % h_out, p = (i / h_out) % per_item, b = i / (h_out * per_item);
@@ -1492,7 +1339,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
     T* r = raw.data_ptr<T>();
     T* t = total.data_ptr<T>();
     T* w = normalised.data_ptr<T>();
-    parallel_rows(0, batch * height, grain_rows(width * frames), [&](int64_t i0, int64_t i1) {
+    at::parallel_for(0, batch * height, grain_rows(width * frames), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t b = i / height, off = (i % height) * width;
         T* tt = t + b * plane + off;
@@ -1581,7 +1428,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
       double* plan_sums = plan_grad ? plan_rows[l].data() : nullptr;
       // one pass over the level's rows: U G' (the forward's up rows), h_l = sum_c g (band (G - U G')
       // + residual G), q_l = (band + residual) w g and its band part band w g, the plan's sums
-      parallel_rows(0, batch * lv.h, grain_rows(lv.w * channels * 4), [&](int64_t i0, int64_t i1) {
+      at::parallel_for(0, batch * lv.h, grain_rows(lv.w * channels * 4), [&](int64_t i0, int64_t i1) {
         std::vector<T> vertical(static_cast<size_t>(cl.w)), padded(static_cast<size_t>(cl.w + 2)),
             up(static_cast<size_t>(upsample ? lv.w : 0));
         for (int64_t i = i0; i < i1; ++i) {
@@ -1644,7 +1491,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
     T* hg = weight_grad.data_ptr<T>();
     const T* w = normalised.data_ptr<T>();
     const T* t = total.data_ptr<T>();
-    parallel_rows(0, batch * height, grain_rows(width * frames), [&](int64_t i0, int64_t i1) {
+    at::parallel_for(0, batch * height, grain_rows(width * frames), [&](int64_t i0, int64_t i1) {
       std::vector<double> dot(static_cast<size_t>(width));  // in double: h - dot cancels
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t b = i / height, off = (i % height) * width;
@@ -1684,7 +1531,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
     // rows staged together, so that each of torch's vectorised exp/log calls covers enough elements
     const int64_t block = std::max<int64_t>(1, 16384 / std::max<int64_t>(row_span, 1));
     const int64_t span = block * row_span;
-    parallel_rows(0, batch * height, grain_rows(width * frames * 4), [&](int64_t i0, int64_t i1) {
+    at::parallel_for(0, batch * height, grain_rows(width * frames * 4), [&](int64_t i0, int64_t i1) {
       at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain buffers: no autograd bookkeeping
       // three gray rows per frame, keyed by row index (as the forward's weights_rows)
       std::vector<T> gray(use_contrast ? static_cast<size_t>(frames * 3 * (width + 2)) : 0);
@@ -1861,7 +1708,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
     if (channels == 3)
       for (int k = 0; k < 3; ++k)
         luma[k] = cv.luma_fma && std::is_same<T, float>::value ? T(float(cv.luma[k])) : T(cv.luma[k]);
-    parallel_rows(0, batch * frames * height, grain_rows(width * 3), [&](int64_t i0, int64_t i1) {
+    at::parallel_for(0, batch * frames * height, grain_rows(width * 3), [&](int64_t i0, int64_t i1) {
       std::vector<T> gray(static_cast<size_t>(width));
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t item = i / height, row = i % height;
