@@ -91,15 +91,31 @@ def _deghost5(stack5: Tensor, ref: Tensor, mask5: Tensor | None) -> Tensor:
     dtype = torch.float64 if stack5.dtype == torch.float64 else torch.float32
     x = stack5.to(dtype)
     rows = torch.arange(b, device=x.device)
-    target = x[rows, ref].unsqueeze(1).expand_as(x)
+    target = x[rows, ref].unsqueeze(1)  # [B, 1, C, H, W]
     valid = torch.ones(b, n, 1, h, w, dtype=torch.bool, device=x.device) if mask5 is None else (mask5 >= 0.5).expand(b, n, 1, h, w)
     valid = valid & valid[rows, ref].unsqueeze(1)
+    is_ref = torch.arange(n, device=x.device).view(1, n) == ref.view(b, 1)
+    weights = torch.ones(b, n, 1, h, w, dtype=dtype, device=x.device)
+    # frame by frame (every step is per frame; a third of the temporaries for 3 frames, and the
+    # reference frame, whose weights are 1, skipped where every item has it at the same place)
+    for k in range(n):
+        if bool(is_ref[:, k].all()):
+            continue
+        weights[:, k : k + 1] = _frame_weights(x[:, k : k + 1], target, valid[:, k : k + 1])
+    weights = torch.where(is_ref.view(b, n, 1, 1, 1), torch.ones_like(weights), weights)
+    return weights.to(stack5.dtype)
+
+
+def _frame_weights(x: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    """Weights of frames ``x [B, M, C, H, W]`` against the reference frames ``target [B, 1, C, H, W]``: ``[B, M, 1, H, W]``."""
+    b, n, _, h, w = x.shape
+    target = target.expand_as(x)
     # compared in the exposure that resolves the scene better: the frame mapped to the reference's
     # where the mapping expands (gain >= 1), the reference mapped to the frame's where it compresses
     # (a dark or nearly clipped reference spans too few levels there to show what the frame shows)
     forward, gain = _disagreement(x, target, valid)
     backward, _ = _disagreement(target, x, valid)
-    score = torch.where(gain < 1, backward, forward).amax(dim=2)  # [B, N, H, W]
+    score = torch.where(gain < 1, backward, forward).amax(dim=2)  # [B, M, H, W]
     # a 3 x 3 mean keeps single noisy pixels from crossing the threshold
     score = F.avg_pool2d(score.reshape(b * n, 1, h, w), 3, stride=1, padding=1, count_include_pad=False)
     t0, t1 = _THRESHOLD
@@ -108,10 +124,7 @@ def _deghost5(stack5: Tensor, ref: Tensor, mask5: Tensor | None) -> Tensor:
     ghost = _dilate(_erode(ghost, 1), 1)   # opening: drop specks
     ghost = _erode(_dilate(ghost, 2), 2)   # closing: fill holes inside objects
     ghost = _dilate(ghost, 2)              # cover the blurred outline
-    weights = (1 - ghost).reshape(b, n, 1, h, w)
-    is_ref = torch.arange(n, device=x.device).view(1, n) == ref.view(b, 1)
-    weights = torch.where(is_ref.view(b, n, 1, 1, 1), torch.ones_like(weights), weights)
-    return weights.to(stack5.dtype)
+    return (1 - ghost).reshape(b, n, 1, h, w)
 
 
 def _disagreement(x: Tensor, target: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
