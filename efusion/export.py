@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -81,9 +82,11 @@ def _check(layer: Fusion, example: Tensor | None) -> Tensor:
 def to_exported_program(layer: Fusion, example: Tensor | None = None, *, unrolled: int | None = None) -> ExportedProgram:
     """``torch.export`` program of ``layer`` with dynamic batch, frames, height and width.
 
-    The program holds core ATen operators only, so ``torch.export.load`` runs it without efusion;
-    save it with ``torch.export.save``. The layer's values are captured as they are (learnable
-    ones as parameters of the program).
+    The program holds core ATen operators only (``torch.export``'s program, then
+    ``run_decompositions()`` to the core ATen set: a second trace, about as long as the first), so
+    ``torch.export.load`` runs it without efusion, and backends that take core ATen take it; save it
+    with ``torch.export.save``. The layer's values are captured as they are (learnable ones as
+    parameters of the program).
 
     Args:
         layer: a :class:`~efusion.Fusion`.
@@ -96,7 +99,18 @@ def to_exported_program(layer: Fusion, example: Tensor | None = None, *, unrolle
     Returns:
         ``torch.export.ExportedProgram`` taking one ``[B, N, C, H, W]`` stack -> ``[B, C, H, W]``.
     """
-    example = _check(layer, example)
+    with _tracing(unrolled):
+        return _export(layer, example).run_decompositions()
+
+
+def _export(layer: Fusion, example: Tensor | None) -> ExportedProgram:
+    """``torch.export``'s program of ``layer`` (ATen operators, not decomposed to the core set)."""
+    return torch.export.export(_Exported(layer), (_check(layer, example),), dynamic_shapes=dynamic_shapes())
+
+
+@contextlib.contextmanager
+def _tracing(unrolled: int | None) -> Iterator[None]:
+    """The settings export traces under (and the unrolled depth, when given)."""
     # The coarse pyramid levels of any example are 1 sample wide; size-oblivious reasoning keeps
     # the tracer from fixing those sizes to 1 (the graph gathers by index, valid for any size).
     oblivious = fx_config.patch(backed_size_oblivious=True)  # type: ignore[attr-defined]
@@ -104,14 +118,15 @@ def to_exported_program(layer: Fusion, example: Tensor | None = None, *, unrolle
     # operations rarely repeat with the same sizes (one level after another): a quarter of the time.
     uncached = dynamo_config.patch(fake_tensor_cache_enabled=False)
     with oblivious, uncached, contextlib.nullcontext() if unrolled is None else traced_levels(unrolled):
-        return torch.export.export(_Exported(layer), (example,), dynamic_shapes=dynamic_shapes())
+        yield
 
 
 def to_onnx(layer: Fusion, path: str | os.PathLike, *, example: Tensor | None = None, opset: int | None = None,
             unrolled: int | None = None, optimize: bool = True):
     """Write ``layer`` as an ONNX model with dynamic batch, frames, height and width.
 
-    :func:`to_exported_program`'s graph translated by PyTorch's ONNX exporter (the one behind
+    ``torch.export``'s graph of the layer (:func:`to_exported_program`'s before its decomposition)
+    translated by PyTorch's ONNX exporter (the one behind
     ``torch.onnx.export(..., dynamo=True)``); ONNX Runtime runs it at any size. Input ``"stack"``
     ``[B, N, C, H, W]``, output ``"fused"`` ``[B, C, H, W]``, in the example's dtype (float32 by
     default). The graph is traced once: its operators all have ONNX translations, so the exporter's
@@ -135,7 +150,8 @@ def to_onnx(layer: Fusion, path: str | os.PathLike, *, example: Tensor | None = 
     Returns:
         the ``torch.onnx.ONNXProgram`` (also written to ``path``).
     """
-    program = to_exported_program(layer, example, unrolled=unrolled)
+    with _tracing(unrolled):  # the exporter translates ATen: no core decomposition needed first
+        program = _export(layer, example)
     onnx_program = _translate(program, opset)
     if onnx_program is None:  # this PyTorch's exporter lacks the entry points: the public route
         onnx_program = torch.onnx.export(
