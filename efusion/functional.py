@@ -284,6 +284,8 @@ def fuse_frames(
     shape = (1, *first.shape) if unbatched else tuple(first.shape)
     weight_shape = (shape[0], 1, *shape[-2:])
     params = (contrast, saturation, exposure, mu, sigma)
+    # the masked pixels' fill: the reference's, or the selected backend's own (the same values)
+    fill: Callable[[Tensor, Tensor, Preset], Tensor] = fill_masked
 
     def passes(out: Tensor | None = None, frames_iter=None):
         """The frames (checked, as float ``[B, C, H, W]``, into ``out`` when given) with their masks."""
@@ -300,7 +302,7 @@ def fuse_frames(
             converted = _to_unit_float(frame.reshape(shape), dtype, preset, out)
             _checks.check_samples(converted, None if mask is None else mask.unsqueeze(-4), "frames", i)
             if mask is not None:  # as exposure_fusion: masked pixels filled from the unmasked ones
-                converted = fill_masked(converted, mask, preset)
+                converted = fill(converted, mask, preset)
             yield converted, mask, frame.requires_grad
         if masks_iter is not None and next(masks_iter, None) is not None:
             raise ValueError("masks has more entries than frames")
@@ -313,6 +315,7 @@ def fuse_frames(
         return result.squeeze(0) if unbatched else result
 
     backend = backends.select("fuse_frames", first.to(dtype), (*params, levels), preset=preset)
+    fill = getattr(backend, "fill_masked", fill_masked)
     result = None
     if not (torch.is_grad_enabled() and first.requires_grad):
         result = backend.fuse_frames(passes, lambda out: passes(out, itertools.chain([first], source)), shape,

@@ -350,6 +350,21 @@ class TestMasks:
         assert torch.equal(filled, fill_masked(x, mask, preset))
         assert filled.isfinite().all()
 
+    def test_streamed_masked_frames_with_gradients_take_the_reference_fill(self):
+        # frames that require grad are stacked and fused with autograd: the fill must be the
+        # reference's differentiable one, and the gradient under the mask exactly 0
+        g = torch.Generator().manual_seed(7)
+        frames = [torch.rand(3, 12, 14, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+        masks = [torch.rand(1, 12, 14, generator=g) > 0.3 for _ in range(3)]
+        fuse_frames(frames, masks=masks).sum().backward()
+        grads = [f.grad.clone() for f in frames]
+        stacked = torch.stack([f.detach() for f in frames]).requires_grad_()
+        with backends.use("reference"):
+            exposure_fusion(stacked, mask=torch.stack(masks).double()).sum().backward()
+        for k, grad in enumerate(grads):
+            torch.testing.assert_close(grad, stacked.grad[k], rtol=1e-10, atol=1e-12)
+            assert torch.equal(grad * ~masks[k], torch.zeros_like(grad))
+
     def test_content_under_the_mask_does_not_matter(self):
         g = torch.Generator().manual_seed(5)
         x = torch.rand(1, 3, 3, 40, 40, generator=g)

@@ -50,6 +50,7 @@ from ..._util import WeightParams, needs_grad, present
 from ...depth import depth_plan
 from ...presets import Preset
 from ...reference.blend import blend as reference_blend
+from ...reference.masks import fill_masked as reference_fill_masked
 from ...reference.measures import fusion_weights, may_overflow, normalise
 from .. import current_options
 from ..gradients import reference_gradients
@@ -328,6 +329,16 @@ class NativeBackend:
             raise ValueError(f"frames gave {count} frames on the first pass and {seen} on the second")
         result = torch.ops.efusion_native.blend_collapse(accumulators, like, band, residual, reals, codes)
         return result.reshape((*shape[:-3], *result.shape[-3:]))
+
+    @staticmethod
+    def fill_masked(frames: Tensor, mask: Tensor, preset: Preset) -> Tensor:
+        """:func:`efusion.reference.masks.fill_masked` of streamed frames ``[B, C, H, W]`` (mask
+        ``[B or 1, 1, H, W]``) by ``efusion_native::fill_masked`` where the kernels take the call (CPU,
+        float32/64, no gradient recorded, eager), else by the reference; the same values either way."""
+        if (frames.dim() != 4 or frames.device.type != "cpu" or frames.dtype not in _DTYPES or torch.compiler.is_compiling()
+                or needs_grad(frames, mask) or mask.device.type != "cpu" or not supported(preset) or not build.loaded()):
+            return reference_fill_masked(frames, mask, preset)
+        return _fill_masked(frames.unsqueeze(1), mask.unsqueeze(1), preset).squeeze(1)
 
     def operator_samples(self) -> list:
         """``(operator, arguments)`` pairs for ``torch.library.opcheck`` (empty when the kernels are unavailable)."""
