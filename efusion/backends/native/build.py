@@ -47,6 +47,10 @@ _state: dict = {}
 _on_load: list = []
 
 
+class _NoCompiler(RuntimeError):
+    """No C++ compiler to run (a baseline build would not help either)."""
+
+
 class NativeBuildWarning(RuntimeWarning):
     """The native kernels could not be built or loaded; efusion runs its other backends."""
 
@@ -103,7 +107,7 @@ def _build(target: Path, flags: tuple[str, ...]) -> float:
     """Compile into ``target`` (atomically: a temporary file renamed); returns the seconds taken."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if shutil.which(shlex.split(compiler())[0]) is None:
-        raise RuntimeError(f"no C++ compiler found ({compiler()!r}; set CXX or install g++)")
+        raise _NoCompiler(f"no C++ compiler found ({compiler()!r}; set CXX or install g++)")
     handle, temporary = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(handle)
     start = time.perf_counter()
@@ -123,20 +127,20 @@ def _built() -> Path:
     """The library for this machine, built first if the cache has none: for this CPU where the
     compiler accepts :data:`ARCH_FLAGS`, else the baseline build (whose failure is the one raised)."""
     tuned = FLAGS + ARCH_FLAGS
-    for flags in (tuned, FLAGS):
-        target = _library_path(flags)
+    candidates = [(flags, _library_path(flags)) for flags in (tuned, FLAGS)]  # hashes the source once each
+    for _, target in candidates:
         if target.exists():
             return target
-    try:
-        target = _library_path(tuned)
-        _state["build_seconds"] = _build(target, tuned)
-        return target
-    except RuntimeError as error:
-        if "no C++ compiler found" in str(error):
+    for flags, target in candidates:
+        try:
+            _state["build_seconds"] = _build(target, flags)
+            return target
+        except _NoCompiler:
             raise
-    target = _library_path(FLAGS)
-    _state["build_seconds"] = _build(target, FLAGS)
-    return target
+        except RuntimeError:  # the compiler refused the CPU flags (or the tuned build failed): baseline next
+            if flags == FLAGS:
+                raise
+    raise AssertionError("unreachable")
 
 
 def load() -> bool:

@@ -393,10 +393,9 @@ inline T down_tap(T x0, T x1, T x2, T x3, T x4) {
 
 // _down_1d along a row of `n` samples (columns first, as pyr_down): out has ceil(n / 2) samples.
 // The interior reads the row in place; only the outputs whose taps cross the border look samples
-// up by border_index (no padded copy of the row: issue 13, memory traffic). `padded` is unused.
+// up by border_index (no padded copy of the row: issue 13, memory traffic).
 template <typename T>
-void down_row(const T* in, int64_t n, int64_t mode, T* padded, T* out) {
-  (void)padded;
+void down_row(const T* in, int64_t n, int64_t mode, T* out) {
   const int64_t m = (n + 1) / 2;
   auto at = [&](int64_t k) { return in[border_index(k, n, mode)]; };
   auto edge = [&](int64_t j) { out[j] = down_tap(at(2 * j - 2), at(2 * j - 1), at(2 * j), at(2 * j + 1), at(2 * j + 2)); };
@@ -412,10 +411,9 @@ void down_row(const T* in, int64_t n, int64_t mode, T* padded, T* out) {
 
 // pyr_up's 1-D step: `coarse` (m samples, padded by one on each side by the up borders) -> `out`
 // (n = 2m - 1 or 2m samples): even (before + after) * 1/8 + centre * 3/4, odd (centre + after) / 2
-// (the interior reads `coarse` in place, the ends look their neighbours up: no padded copy; `padded` is unused)
+// (the interior reads `coarse` in place, the ends look their neighbours up: no padded copy)
 template <typename T>
-void up_row(const T* coarse, int64_t m, int64_t n, int64_t left, int64_t right, T* padded, T* out) {
-  (void)padded;
+void up_row(const T* coarse, int64_t m, int64_t n, int64_t left, int64_t right, T* out) {
   auto at = [&](int64_t k) { return k < 0 ? coarse[border_index(k, m, left)] : k >= m ? coarse[border_index(k, m, right)] : coarse[k]; };
   auto edge = [&](int64_t i) {
     const T before = at(i - 1), centre = at(i), after = at(i + 1);
@@ -434,26 +432,9 @@ void up_row(const T* coarse, int64_t m, int64_t n, int64_t left, int64_t right, 
   for (int64_t i = last; i < count; ++i) edge(i);
 }
 
-// fine row `row` of pyr_up(coarse [h, w]) to a [H, W] level: the rows step (the reference upsamples
-// rows first, then columns) into `vertical` (w samples), then the columns step into out (W samples)
-template <typename T>
-void up_fine_row(const T* coarse, int64_t h, int64_t w, int64_t row, int64_t width, const Conventions& cv,
-                 T* vertical, T* padded, T* out) {
-  const int64_t i = row / 2;
-  if (row % 2 == 0) {
-    const T* before = coarse + border_index(i - 1, h, i - 1 < 0 ? cv.up_left : cv.up_right) * w;
-    const T* centre = coarse + i * w;
-    const T* after = coarse + border_index(i + 1, h, cv.up_right) * w;
-    for (int64_t x = 0; x < w; ++x) vertical[x] = (before[x] + after[x]) * T(0.125) + centre[x] * T(0.75);
-  } else {
-    const T* centre = coarse + i * w;
-    const T* after = coarse + border_index(i + 1, h, cv.up_right) * w;
-    for (int64_t x = 0; x < w; ++x) vertical[x] = (centre[x] + after[x]) * T(0.5);
-  }
-  up_row(vertical, w, width, cv.up_left, cv.up_right, padded, out);
-}
-
-// up_fine_row with the coarse rows given by `coarse_row(c, k)` (channel c, row k of [h, w])
+// fine row `row` of pyr_up(coarse [h, w]) to a [H, W] level, the coarse rows given by
+// `coarse_row(c, k)` (channel c, row k): the rows step (the reference upsamples rows first, then
+// columns) into `vertical` (w samples), then the columns step into out (W samples)
 template <typename T, typename Rows>
 void up_fine_row_from(Rows coarse_row, int64_t c, int64_t h, int64_t w, int64_t row, int64_t width, const Conventions& cv,
                       T* vertical, T* out) {
@@ -468,7 +449,14 @@ void up_fine_row_from(Rows coarse_row, int64_t c, int64_t h, int64_t w, int64_t 
     const T* after = coarse_row(c, border_index(i + 1, h, cv.up_right));
     for (int64_t x = 0; x < w; ++x) vertical[x] = (centre[x] + after[x]) * T(0.5);
   }
-  up_row(vertical, w, width, cv.up_left, cv.up_right, static_cast<T*>(nullptr), out);
+  up_row(vertical, w, width, cv.up_left, cv.up_right, out);
+}
+
+// up_fine_row_from of one contiguous coarse plane [h, w]
+template <typename T>
+void up_fine_row(const T* coarse, int64_t h, int64_t w, int64_t row, int64_t width, const Conventions& cv, T* vertical,
+                 T* out) {
+  up_fine_row_from([&](int64_t, int64_t k) { return coarse + k * w; }, 0, h, w, row, width, cv, vertical, out);
 }
 
 struct Level {
@@ -598,7 +586,7 @@ void blend_add(Blend& s, const T* image0, int64_t image_step, const T* weight0, 
               const int64_t slot = p * 5 + r % 5;
               T* buf = rows.data() + slot * cl.w;
               if (cached[slot] != r) {
-                down_row(in + r * fl.w, fl.w, cv.down_border, static_cast<T*>(nullptr), buf);
+                down_row(in + r * fl.w, fl.w, cv.down_border, buf);
                 cached[slot] = r;
               }
               taps[k] = buf;
@@ -677,7 +665,7 @@ at::Tensor blend_collapse(const Blend& s, const Conventions& cv, const at::Tenso
     const double bc = band_coef[l], rc = residual_coef[l];
     const T band_scale = T(bc), residual_scale = T(rc);
     at::parallel_for(0, batch * lv.h, grain_rows(lv.w * channels), [&](int64_t i0, int64_t i1) {
-      std::vector<T> vertical(static_cast<size_t>(cl.w)), padded(static_cast<size_t>(cl.w + 2)), up(static_cast<size_t>(lv.w));
+      std::vector<T> vertical(static_cast<size_t>(cl.w)), up(static_cast<size_t>(lv.w));
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t b = i / lv.h, row = i % lv.h;
         for (int64_t c = 0; c < channels; ++c) {
@@ -700,7 +688,7 @@ at::Tensor blend_collapse(const Blend& s, const Conventions& cv, const at::Tenso
           }
           if (coarser) {
             up_fine_row(coarse_data + (b * channels + c) * cl.h * cl.w, cl.h, cl.w, row, lv.w, cv, vertical.data(),
-                        padded.data(), up.data());
+                        up.data());
             if (band || residual)
               for (int64_t k = 0; k < lv.w; ++k) o[k] = o[k] + up[k];
             else
@@ -962,7 +950,7 @@ at::Tensor fill_masked_impl(const at::Tensor& stack, const at::Tensor& valid_in,
     at::Tensor across_t = at::empty({count * planes, fl.h, cl.w}, stack.options());
     T* across = across_t.data_ptr<T>();
     at::parallel_for(0, count * planes * fl.h, grain_rows(fl.w), [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) down_row(fine + i * fl.w, fl.w, cv.down_border, static_cast<T*>(nullptr), across + i * cl.w);
+      for (int64_t i = i0; i < i1; ++i) down_row(fine + i * fl.w, fl.w, cv.down_border, across + i * cl.w);
     });
     at::parallel_for(0, count * planes * cl.h, grain_rows(cl.w * 5), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
@@ -975,34 +963,21 @@ at::Tensor fill_masked_impl(const at::Tensor& stack, const at::Tensor& valid_in,
       }
     });
   }
-  // pull: filled_top = image / mask (0 where the mask is 0), then each level's image / mask where the
-  // mask is > 0, else the upsampled coarser filled level
-  at::Tensor filled = at::empty({count, channels, levels[top - 1].h, levels[top - 1].w}, stack.options());
-  {
-    const Level lv = levels[top - 1];
-    const T* src = pyramid[top - 1].data_ptr<T>();
-    T* f = filled.data_ptr<T>();
-    const int64_t n = lv.h * lv.w;
-    for (int64_t k = 0; k < count; ++k)
-      for (int64_t c = 0; c < channels; ++c)
-        for (int64_t q = 0; q < n; ++q) {
-          const T w = src[(k * planes + channels) * n + q];
-          f[(k * channels + c) * n + q] = w > T(0) ? src[(k * planes + c) * n + q] / w : T(0);
-        }
-  }
-  for (int64_t l = top - 2; l >= 0; --l) {
-    const Level fl = levels[l], cl = levels[l + 1];
-    at::Tensor next = l == 0 ? at::empty({count, channels, height, width}, stack.options())
-                             : at::empty({count, channels, fl.h, fl.w}, stack.options());
-    const T* coarse = filled.data_ptr<T>();
+  // pull, from the top level down: each level's image / mask where the mask is > 0, elsewhere the
+  // upsampled coarser filled level (0 at the top level)
+  at::Tensor filled;
+  for (int64_t l = top - 1; l >= 0; --l) {
+    const Level fl = levels[l], cl = l + 1 < top ? levels[l + 1] : Level{0, 0};
+    at::Tensor next = at::empty({count, channels, fl.h, fl.w}, stack.options());
+    const T* coarse = filled.defined() ? filled.data_ptr<T>() : nullptr;
     const T* src = pyramid[l].data_ptr<T>();
     T* f = next.data_ptr<T>();
     const int64_t fn = fl.h * fl.w;
     at::parallel_for(0, count * channels * fl.h, grain_rows(fl.w * 2), [&](int64_t i0, int64_t i1) {
-      std::vector<T> vertical(static_cast<size_t>(cl.w)), padded(static_cast<size_t>(cl.w + 2)), up(static_cast<size_t>(fl.w));
+      std::vector<T> vertical(static_cast<size_t>(cl.w)), up(static_cast<size_t>(fl.w), T(0));
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t row = i % fl.h, kc = i / fl.h, k = kc / channels, c = kc % channels;
-        up_fine_row(coarse + kc * cl.h * cl.w, cl.h, cl.w, row, fl.w, cv, vertical.data(), padded.data(), up.data());
+        if (coarse != nullptr) up_fine_row(coarse + kc * cl.h * cl.w, cl.h, cl.w, row, fl.w, cv, vertical.data(), up.data());
         const T* img = src + (k * planes + c) * fn + row * fl.w;
         const T* w = src + (k * planes + channels) * fn + row * fl.w;
         T* o = f + kc * fn + row * fl.w;
@@ -1429,8 +1404,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
       // one pass over the level's rows: U G' (the forward's up rows), h_l = sum_c g (band (G - U G')
       // + residual G), q_l = (band + residual) w g and its band part band w g, the plan's sums
       at::parallel_for(0, batch * lv.h, grain_rows(lv.w * channels * 4), [&](int64_t i0, int64_t i1) {
-        std::vector<T> vertical(static_cast<size_t>(cl.w)), padded(static_cast<size_t>(cl.w + 2)),
-            up(static_cast<size_t>(upsample ? lv.w : 0));
+        std::vector<T> vertical(static_cast<size_t>(cl.w)), up(static_cast<size_t>(upsample ? lv.w : 0));
         for (int64_t i = i0; i < i1; ++i) {
           const int64_t b = i / lv.h, row = i % lv.h, off = row * lv.w;
           T* hh = weights_grad ? hl.at(b, 0) + off : nullptr;
@@ -1442,7 +1416,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
             const T* gg = gl.at(b, c) + off;
             if (upsample)
               up_fine_row(coarse + (b * channels + c) * cl.h * cl.w, cl.h, cl.w, row, lv.w, cv, vertical.data(),
-                          padded.data(), up.data());
+                          up.data());
             const T* uu = up.data();
             if (hh) {
               if (has_band && has_residual)
