@@ -20,8 +20,9 @@ tail (there torch adds in another order, one that also depends on its thread cou
   :data:`DEFAULT_WEIGHT_BYTES`) and one frame's size.
 - ``efusion_native::fusion`` = ``fuse`` with the five weight parameters and the depth plan
   (:func:`efusion.depth.depth_plan`'s coefficients) as tensors, for calls that record gradients or
-  have a tensor depth, with registered autograd: ``efusion_native::fusion_backward`` gives the
-  gradients of the stack, the parameters and the plan (a recorded backward, ``create_graph=True``,
+  have a tensor depth, with registered autograd: it also returns the normalised weights and their
+  normaliser (not differentiable), which ``efusion_native::fusion_backward`` reads instead of
+  computing the weights again, and which gives the gradients of the stack, the parameters and the plan (a recorded backward, ``create_graph=True``,
   is the reference code's gradient instead, :func:`efusion.backends.gradients.reference_gradients`,
   so second derivatives work).
 - masked ``fuse`` (no gradient recorded): the masked weights above, then ``efusion_native::blend`` of
@@ -273,7 +274,7 @@ class NativeBackend:
             plan = depth_plan(levels, stack.shape[-2], stack.shape[-1], preset, stack.dtype, stack.device, relative,
                               sparse=True)
             return torch.ops.efusion_native.fusion(stack.contiguous(), _parameter_vector(params, stack.shape[2]),
-                                                   _plan_vector(plan), isinstance(params[4], Tensor), reals, codes)
+                                                   _plan_vector(plan), isinstance(params[4], Tensor), reals, codes)[0]
         band, residual = self._plan(levels, stack, preset)
         batch, frames, channels, height, width = stack.shape
         weight_bytes = batch * frames * height * width * stack.element_size()
@@ -353,11 +354,12 @@ class NativeBackend:
         vector = torch.tensor([0.8, 1.2, 1.5, 0.4, 0.5, 0.6, 0.2, 0.25, 0.3], dtype=torch.float64)
         grad = torch.rand(1, 3, 9, 11, generator=g, dtype=torch.float64)
         plan = torch.tensor([1.0, 0.3, 0.0, 0.0, 0.7, 0.3], dtype=torch.float64)  # a depth of 2.3 levels
+        fusion_saved = torch.ops.efusion_native.fusion(x.double(), vector, plan, True, reals, codes)[1:]
         return [
             (torch.ops.efusion_native.fusion.default, [x.double().requires_grad_(), vector.clone().requires_grad_(),
                                                        plan.clone().requires_grad_(), True, reals, codes]),
-            (torch.ops.efusion_native.fusion_backward.default, [grad, x.double(), vector, plan, True, reals, codes, True,
-                                                                True, True]),
+            (torch.ops.efusion_native.fusion_backward.default, [grad, x.double(), *fusion_saved, vector, plan, True,
+                                                                reals, codes, True, True, True]),
             (torch.ops.efusion_native.weights.default, [x, *weight_args, reals, codes]),
             (torch.ops.efusion_native.blend.default, [x, w, [1.0, 0.3, 0.0], [0.0, 0.7, 0.3], reals, codes]),
             (torch.ops.efusion_native.fuse.default, [x.double(), *weight_args, mertens_reals, [1.0, 0.0], [0.0, 1.0],
@@ -441,14 +443,17 @@ def _plan_vector(plan) -> Tensor:
 
 def _fusion_setup(ctx, inputs, output) -> None:
     stack, parameters, plan, sigma_tensor, reals, codes = inputs
-    ctx.save_for_backward(stack, parameters, plan)
+    _, weights, total = output  # what the backward reads: the normalised weights and their normaliser
+    ctx.mark_non_differentiable(weights, total)
+    ctx.save_for_backward(stack, parameters, plan, weights, total)
     ctx.arguments = (sigma_tensor, reals, codes)
 
 
-def _fusion_backward(ctx, grad: Tensor):
+def _fusion_backward(ctx, grad: Tensor, *_unused: Tensor | None):
     """The kernels' gradient (``efusion_native::fusion_backward``); when autograd records the
-    backward (``create_graph=True``), the reference code's, differentiable again."""
-    stack, parameters, plan = ctx.saved_tensors
+    backward (``create_graph=True``), the reference code's, differentiable again. The weights
+    and normaliser outputs are not differentiable (``_unused``: their gradients, None)."""
+    stack, parameters, plan, weights, total = ctx.saved_tensors
     sigma_tensor, reals, codes = ctx.arguments
     needs = ctx.needs_input_grad[:3]
     if torch.is_grad_enabled():
@@ -466,7 +471,7 @@ def _fusion_backward(ctx, grad: Tensor):
         grads = reference_gradients(reference, [stack, parameters, plan], needs, grad)
         return grads[0], grads[1], grads[2], None, None, None
     grad_stack, grad_parameters, grad_plan = torch.ops.efusion_native.fusion_backward(
-        grad.contiguous(), stack, parameters, plan, sigma_tensor, reals, codes, *needs)
+        grad.contiguous(), stack, weights, total, parameters, plan, sigma_tensor, reals, codes, *needs)
     return (grad_stack if needs[0] else None, grad_parameters.to(parameters.dtype) if needs[1] else None,
             grad_plan.to(plan.dtype) if needs[2] else None, None, None, None)
 
@@ -513,10 +518,12 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("efusion_native::fusion")
     def _fusion_fake(stack, *args):
-        return stack.new_empty((stack.shape[0], stack.shape[2], stack.shape[3], stack.shape[4]))
+        batch, frames, _, height, width = stack.shape
+        return (stack.new_empty((batch, stack.shape[2], height, width)), stack.new_empty((batch, frames, 1, height, width)),
+                stack.new_empty((batch, 1, 1, height, width)))
 
     @torch.library.register_fake("efusion_native::fusion_backward")
-    def _fusion_backward_fake(grad, stack, parameters, plan, *args):
+    def _fusion_backward_fake(grad, stack, weights, total, parameters, plan, *args):
         stack_grad = args[-3]
         return (stack.new_empty(stack.shape if stack_grad else (0,)),
                 parameters.new_empty(parameters.shape, dtype=torch.float64), plan.new_empty(plan.shape, dtype=torch.float64))

@@ -199,11 +199,13 @@ void power_(T* m, int64_t n, T exponent, T scale, std::vector<uint8_t>& positive
 // Two-pass form (fuse without N weight planes): with `sum_out` [B, 1, H, W] the raw weights stay in
 // row buffers and only their sum over N is written (out unused); with `divide_by` [B, 1, H, W] the
 // raw weights are divided by it (normalise false). `item_stride`: elements between batch items of
-// the stack (default N C H W; a frame of a bigger stack: that stack's).
+// the stack (default N C H W; a frame of a bigger stack: that stack's). `total_out` [B, 1, H, W]:
+// where given, the normaliser is also written there (efusion_native::fusion keeps it for the backward).
 template <typename T>
 void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int64_t height, int64_t width,
                   const WeightParams& p, const Conventions& cv, bool normalise, int64_t i0, int64_t i1,
-                  T* sum_out = nullptr, const T* divide_by = nullptr, int64_t item_stride = -1) {
+                  T* sum_out = nullptr, const T* divide_by = nullptr, int64_t item_stride = -1,
+                  T* total_out = nullptr) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain buffers: no autograd bookkeeping
   const int64_t plane = height * width, row_span = frames * width;
   const bool use_contrast = p.contrast != 0, use_saturation = channels == 3 && p.saturation != 0,
@@ -363,6 +365,7 @@ void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int6
       std::copy(total.begin(), total.end(), sum_out + b * plane + row * width);
       continue;
     }
+    if (total_out != nullptr) std::copy(total.begin(), total.end(), total_out + b * plane + row * width);
     for (int64_t n = 0; n < frames; ++n) {
       T* w = row_of(n);
       for (int64_t x = 0; x < width; ++x) w[x] = w[x] / total[x];
@@ -372,13 +375,14 @@ void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int6
 
 template <typename T>
 void weights_into(const at::Tensor& stack, at::Tensor& out, const WeightParams& p, const Conventions& cv,
-                  bool normalise = true) {
+                  bool normalise = true, T* total_out = nullptr) {
   const int64_t batch = stack.size(0), frames = stack.size(1), channels = stack.size(2), height = stack.size(3),
                 width = stack.size(4);
   const T* src = stack.data_ptr<T>();
   T* dst = out.data_ptr<T>();
   at::parallel_for(0, batch * height, grain_rows(width * frames), [&](int64_t i0, int64_t i1) {
-    weights_rows<T>(src, dst, frames, channels, height, width, p, cv, normalise, i0, i1);
+    weights_rows<T>(src, dst, frames, channels, height, width, p, cv, normalise, i0, i1, nullptr, nullptr, -1,
+                    total_out);
   });
 }
 
@@ -1294,7 +1298,8 @@ void laplacian_adjoint_row(const T* d, int64_t height, int64_t width, int64_t y,
 // two summed in double: d/d band_l = sum g_l B_l, d/d residual_l = sum g_l R_l (the blended levels)
 template <typename T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
-    const at::Tensor& grad_in, const at::Tensor& stack, const WeightParams& p, const Conventions& cv,
+    const at::Tensor& grad_in, const at::Tensor& stack, const at::Tensor& normalised, const at::Tensor& total,
+    const WeightParams& p, const Conventions& cv,
     const std::vector<double>& band_coef, const std::vector<double>& residual_coef, bool stack_grad,
     bool parameter_grad, bool plan_grad) {
   const int64_t batch = stack.size(0), frames = stack.size(1), channels = stack.size(2);
@@ -1305,32 +1310,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
   at::Tensor grad = grad_in.contiguous();
   const T* x_data = stack.data_ptr<T>();
 
-  // normalised weights w = W / sum_n W from the raw weights W
-  at::Tensor raw = at::empty({batch, frames, 1, height, width}, options);
-  weights_into<T>(stack, raw, p, cv, false);
-  at::Tensor total = at::empty({batch, 1, 1, height, width}, options);
-  at::Tensor normalised = at::empty_like(raw);
-  {
-    T* r = raw.data_ptr<T>();
-    T* t = total.data_ptr<T>();
-    T* w = normalised.data_ptr<T>();
-    at::parallel_for(0, batch * height, grain_rows(width * frames), [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t b = i / height, off = (i % height) * width;
-        T* tt = t + b * plane + off;
-        std::fill(tt, tt + width, T(0));
-        for (int64_t n = 0; n < frames; ++n) {
-          const T* rr = r + (b * frames + n) * plane + off;
-          for (int64_t x = 0; x < width; ++x) tt[x] += rr[x];
-        }
-        for (int64_t n = 0; n < frames; ++n) {
-          const T* rr = r + (b * frames + n) * plane + off;
-          T* ww = w + (b * frames + n) * plane + off;
-          for (int64_t x = 0; x < width; ++x) ww[x] = rr[x] / tt[x];
-        }
-      }
-    });
-  }
+  // `normalised`: the forward's weights w = W / T, `total`: their normaliser T = sum_n W_n
 
   // pyramid geometry and the 1-D maps of each level
   std::vector<Level> levels{{height, width}};
@@ -1358,7 +1338,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
   }
 
   at::Tensor grad_stack = stack_grad ? at::empty_like(stack) : at::Tensor();
-  at::Tensor weight_grad = at::empty_like(raw);  // dL/dw, then dL/dW
+  at::Tensor weight_grad = at::empty_like(normalised);  // dL/dw, then Q = dL/dW P
   const bool weights_grad = stack_grad || parameter_grad;  // the weights' gradient h is wanted
   std::vector<at::Tensor> images(top), weights(top), h(top), q(top), band_parts(top);
   for (int64_t l = 1; l < top; ++l) {
@@ -1367,8 +1347,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
     if (weights_grad) h[l] = level_tensor(l, 1);
     if (stack_grad) q[l] = level_tensor(l, channels);
   }
+  // where a level has no residual term its q_l is the band part itself (read before D^T q_{l+1}
+  // is added to it): a separate band part only where both terms are present
   for (int64_t l = 0; l + 1 < top; ++l)
-    if (stack_grad && band_coef[l] != 0) band_parts[l] = level_tensor(l, channels);
+    if (stack_grad && band_coef[l] != 0 && residual_coef[l] != 0) band_parts[l] = level_tensor(l, channels);
   // a term's coefficient may be 0 and still want its gradient (a tensor depth at a whole level)
   auto band_term = [&](int64_t l) { return l + 1 < top && (band_coef[l] != 0 || plan_grad); };
   // per level, per row of the level: sum g w (G - U G') and sum g w G, summed over frames
@@ -1399,18 +1381,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
       const Planes<T> image = image_at(l), weight = weight_at(l), hl = h_at(l), ql = q_at(l);
       const Planes<T> gl = contiguous_planes<T>(g[l], channels);
       const T* coarse = upsample ? images[l + 1].data_ptr<T>() : nullptr;
-      const Planes<T> band_part = stack_grad && has_band ? contiguous_planes<T>(band_parts[l], channels) : q0;
+      const bool separate_band = stack_grad && has_band && has_residual;
+      const Planes<T> band_part = separate_band ? contiguous_planes<T>(band_parts[l], channels) : ql;
       double* plan_sums = plan_grad ? plan_rows[l].data() : nullptr;
       // one pass over the level's rows: U G' (the forward's up rows), h_l = sum_c g (band (G - U G')
       // + residual G), q_l = (band + residual) w g and its band part band w g, the plan's sums
       at::parallel_for(0, batch * lv.h, grain_rows(lv.w * channels * 4), [&](int64_t i0, int64_t i1) {
         std::vector<T> vertical(static_cast<size_t>(cl.w)), up(static_cast<size_t>(upsample ? lv.w : 0));
+        // the plan's sums element by element (vectorised), added up at the row's end
+        std::vector<double> band_acc(plan_sums ? static_cast<size_t>(lv.w) : 0), residual_acc(band_acc.size());
         for (int64_t i = i0; i < i1; ++i) {
           const int64_t b = i / lv.h, row = i % lv.h, off = row * lv.w;
           T* hh = weights_grad ? hl.at(b, 0) + off : nullptr;
           const T* ww = weight.at(b, 0) + off;
           if (hh) std::fill(hh, hh + lv.w, T(0));
-          double band_sum = 0, residual_sum = 0;
+          if (plan_sums) {
+            std::fill(band_acc.begin(), band_acc.end(), 0.0);
+            std::fill(residual_acc.begin(), residual_acc.end(), 0.0);
+          }
           for (int64_t c = 0; c < channels; ++c) {
             const T* xx = image.at(b, c) + off;
             const T* gg = gl.at(b, c) + off;
@@ -1427,23 +1415,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
                 for (int64_t k = 0; k < lv.w; ++k) hh[k] += gg[k] * (rc * xx[k]);
             }
             if (plan_sums) {
-              for (int64_t k = 0; k < lv.w; ++k) {
-                const double gw = double(gg[k]) * double(ww[k]);
-                if (upsample) band_sum += gw * double(xx[k] - uu[k]);
-                residual_sum += gw * double(xx[k]);
-              }
+              double *ba = band_acc.data(), *ra = residual_acc.data();
+              if (upsample)
+                for (int64_t k = 0; k < lv.w; ++k) ba[k] += double(gg[k]) * double(ww[k]) * double(xx[k] - uu[k]);
+              for (int64_t k = 0; k < lv.w; ++k) ra[k] += double(gg[k]) * double(ww[k]) * double(xx[k]);
             }
             if (stack_grad) {
               T* qq = ql.at(b, c) + off;
               const T scale = (has_band ? bc : T(0)) + (has_residual ? rc : T(0));
               for (int64_t k = 0; k < lv.w; ++k) qq[k] = scale * (ww[k] * gg[k]);
-              if (has_band) {
+              if (separate_band) {
                 T* o = band_part.at(b, c) + off;
                 for (int64_t k = 0; k < lv.w; ++k) o[k] = bc * (ww[k] * gg[k]);
               }
             }
           }
           if (plan_sums) {
+            double band_sum = 0, residual_sum = 0;
+            for (int64_t k = 0; k < lv.w; ++k) {
+              band_sum += band_acc[k];
+              residual_sum += residual_acc[k];
+            }
             plan_sums[2 * i] += band_sum;
             plan_sums[2 * i + 1] += residual_sum;
           }
@@ -1460,13 +1452,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
     }
   }
 
-  // the normalisation: dL/dW_n = (dL/dw_n - sum_k dL/dw_k w_k) / sum_k W_k
+  // the normalisation and the product rule together: Q_n = dL/dW_n P_n, where dL/dW_n = (dL/dw_n -
+  // sum_k dL/dw_k w_k) / T and P_n = W_n - 1e-12 = w_n T - 1e-12 (the measures' product below the
+  // floor), so Q_n = (dL/dw_n - sum_k dL/dw_k w_k) (w_n - 1e-12 / T); in double (the difference cancels)
   if (weights_grad) {
     T* hg = weight_grad.data_ptr<T>();
     const T* w = normalised.data_ptr<T>();
     const T* t = total.data_ptr<T>();
+    const double floor_ = double(T(1e-12));
     at::parallel_for(0, batch * height, grain_rows(width * frames), [&](int64_t i0, int64_t i1) {
-      std::vector<double> dot(static_cast<size_t>(width));  // in double: h - dot cancels
+      std::vector<double> dot(static_cast<size_t>(width)), floor_share(static_cast<size_t>(width));
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t b = i / height, off = (i % height) * width;
         std::fill(dot.begin(), dot.end(), 0.0);
@@ -1476,205 +1471,202 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
           for (int64_t x = 0; x < width; ++x) dot[x] += double(hh[x]) * double(ww[x]);
         }
         const T* tt = t + b * plane + off;
+        for (int64_t x = 0; x < width; ++x) floor_share[x] = floor_ / double(tt[x]);
         for (int64_t n = 0; n < frames; ++n) {
           T* hh = hg + (b * frames + n) * plane + off;
-          for (int64_t x = 0; x < width; ++x) hh[x] = T((double(hh[x]) - dot[x]) / double(tt[x]));
+          const T* ww = w + (b * frames + n) * plane + off;
+          for (int64_t x = 0; x < width; ++x) hh[x] = T((double(hh[x]) - dot[x]) * (double(ww[x]) - floor_share[x]));
         }
       }
     });
   }
 
-  // the measures: W = P + 1e-12, P = C^c S^s E^e (S^s = (S^2)^(s/2), E^e = exp(e log E)); Q = dL/dW P:
-  // dP/dc = P log C, dP/dL = P c / L (L the signed Laplacian), dP/d(S^2) = P s / (2 S^2),
-  // dP/d(log E) = P e, with 1 in place of a measure that is 0 (where P or the exponent is 0)
+  // the measures: P = C^c S^s E^e (S^s = (S^2)^(s/2), E^e = exp(e log E)), differentiated through Q:
+  // d/dc = sum Q log C, d/ds = sum Q log(S^2) / 2, d/de = sum Q log E; the stack through the signed
+  // Laplacian L (dP/dL = P c / L), S^2 (dP/d(S^2) = P s / (2 S^2)) and log E (dP/d(log E) = P e), with
+  // 1 in place of a measure that is 0 in the logs and 0 for its share of the stack's gradient. P
+  // itself is the forward's (in Q): no exp here, logs only for the exponents' gradients.
   const bool use_contrast = p.contrast != 0 || parameter_grad;
   const bool use_saturation = channels == 3 && (p.saturation != 0 || parameter_grad);
   const bool use_exposure = p.exposure != 0 || parameter_grad;
   const int64_t sums = 3 + 2 * channels;
   std::vector<double> row_sums(static_cast<size_t>(batch * height * sums), 0.0);
   // every element is written by the measures pass
-  at::Tensor laplacian_grad = stack_grad && use_contrast && p.contrast != 0 ? at::empty_like(raw) : at::Tensor();
+  at::Tensor laplacian_grad = stack_grad && p.contrast != 0 ? at::empty_like(normalised) : at::Tensor();
   if (stack_grad || parameter_grad) {
     const T c_exp = T(p.contrast), s_exp = T(p.saturation), e_exp = T(p.exposure);
     const T flat = std::is_same<T, float>::value ? T(cv.flat_contrast) : T(0);
     const T third = std::is_same<T, float>::value ? T(float(1.0 / 3.0)) : T(1.0 / 3.0);
-    const T* dw = weight_grad.data_ptr<T>();
+    const T* qg = weight_grad.data_ptr<T>();
     T* gs = stack_grad ? grad_stack.data_ptr<T>() : nullptr;
     T* lg = laplacian_grad.defined() ? laplacian_grad.data_ptr<T>() : nullptr;
+    const bool contrast_log = use_contrast && parameter_grad, saturation_log = use_saturation && parameter_grad;
+    const bool exposure_log = use_exposure && parameter_grad;
+    const bool need_lap = contrast_log || lg != nullptr;
+    const bool need_s2 = saturation_log || (stack_grad && use_saturation && p.saturation != 0);
+    const bool exposure_stack = stack_grad && use_exposure && p.exposure != 0;
     const int64_t row_span = frames * width;
-    // rows staged together, so that each of torch's vectorised exp/log calls covers enough elements
+    // rows staged together, so that each of torch's vectorised log calls covers enough elements
     const int64_t block = std::max<int64_t>(1, 16384 / std::max<int64_t>(row_span, 1));
-    const int64_t span = block * row_span;
+    const auto span = static_cast<size_t>(block * row_span);
     at::parallel_for(0, batch * height, grain_rows(width * frames * 4), [&](int64_t i0, int64_t i1) {
       at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain buffers: no autograd bookkeeping
       // three gray rows per frame, keyed by row index (as the forward's weights_rows)
-      std::vector<T> gray(use_contrast ? static_cast<size_t>(frames * 3 * (width + 2)) : 0);
+      std::vector<T> gray(need_lap ? static_cast<size_t>(frames * 3 * (width + 2)) : 0);
       std::vector<int64_t> cached(static_cast<size_t>(frames * 3), -1);
-      // one row of every frame: the measures, their factors and logs (torch's vectorised exp/log)
-      std::vector<T> lap(static_cast<size_t>(span)), s2(static_cast<size_t>(span)), log_e(static_cast<size_t>(span));
-      std::vector<T> product(static_cast<size_t>(span)), factor(static_cast<size_t>(span)), q(static_cast<size_t>(span));
-      std::vector<T> log_c(static_cast<size_t>(span)), log_s(static_cast<size_t>(span));
+      std::vector<T> lap(need_lap ? span : 0), s2(need_s2 ? span : 0), log_e(exposure_log ? span : 0);
+      std::vector<T> log_c(contrast_log ? span : 0), log_s(saturation_log ? span : 0);
+      // the parameters' sums of a row element by element (vectorised), added up at the row's end
+      std::vector<double> lanes(parameter_grad ? static_cast<size_t>(sums * width) : 0);
+      std::vector<double> total_of(static_cast<size_t>(sums));
       int64_t batch_done = -1;
       for (int64_t first = i0; first < i1; first += block) {
-      const int64_t last = std::min(i1, first + block), staged = (last - first) * row_span;
-      for (int64_t i = first; i < last; ++i) {
-        const int64_t b = i / height, row = i % height, off = row * width;
-        if (b != batch_done) {
-          std::fill(cached.begin(), cached.end(), -1);
-          batch_done = b;
-        }
-        for (int64_t n = 0; n < frames; ++n) {
-          const T* frame = x_data + (b * frames + n) * channels * plane;
-          const T* x0 = frame + off;
-          const int64_t o = (i - first) * row_span + n * width;
-          if (use_contrast)  // the forward's gray rows and Laplacian, the same operations
-            laplacian_row<false>(gray_rows3(frame, n, row, channels, plane, height, width, cv, gray, cached), width,
-                                 cv, flat, lap.data() + o);
-          if (use_saturation) {
-            const T *r = x0 + cv.rgb[0] * plane, *gr = x0 + cv.rgb[1] * plane, *bl = x0 + cv.rgb[2] * plane;
-            T* s = s2.data() + o;
-            if (!cv.sat_opencv) {
-              for (int64_t x = 0; x < width; ++x) {
-                const T a = r[x] - gr[x], bb = gr[x] - bl[x], c = bl[x] - r[x];
-                s[x] = ((a * a + bb * bb) + c * c) / T(9.0);
-              }
-            } else {
-              for (int64_t x = 0; x < width; ++x) {
-                const T mean = ((r[x] + gr[x]) + bl[x]) * third;
-                const T a = r[x] - mean, bb = gr[x] - mean, c = bl[x] - mean;
-                s[x] = (a * a + bb * bb) + c * c;
-              }
-            }
+        const int64_t last = std::min(i1, first + block), staged = (last - first) * row_span;
+        for (int64_t i = first; i < last; ++i) {
+          const int64_t b = i / height, row = i % height, off = row * width;
+          if (b != batch_done) {
+            std::fill(cached.begin(), cached.end(), -1);
+            batch_done = b;
           }
-          if (use_exposure) {
-            T* e = log_e.data() + o;
-            for (int64_t c = 0; c < channels; ++c) {
-              const T* ch = x0 + c * plane;
-              const T m = T(p.mu[c]), s2c = T(p.sigma[c]) * T(p.sigma[c]);
-              if (c == 0)
-                for (int64_t x = 0; x < width; ++x) { const T d = ch[x] - m; e[x] = d * d / s2c; }
-              else
-                for (int64_t x = 0; x < width; ++x) { const T d = ch[x] - m; e[x] += d * d / s2c; }
-            }
-            for (int64_t x = 0; x < width; ++x) e[x] *= T(-0.5);
-          }
-        }
-      }
-      // P = C^c S^s E^e over the staged rows of every frame (a factor with exponent 0 is 1)
-      // the logs of the measures (1 in place of 0), for the exponents' gradients and C^c = exp(c log C)
-      const bool contrast_log = use_contrast && (parameter_grad || (p.contrast != 0 && p.contrast != 1));
-      const bool saturation_log = use_saturation && (parameter_grad || (p.saturation != 0 && p.saturation != 1));
-      if (contrast_log) {
-        for (int64_t x = 0; x < staged; ++x) log_c[x] = lap[x] != T(0) ? std::abs(lap[x]) : T(1);
-        torch_unary_(log_c.data(), staged, Unary::LOG);
-      }
-      if (saturation_log) {
-        for (int64_t x = 0; x < staged; ++x) log_s[x] = s2[x] > T(0) ? s2[x] : T(1);
-        torch_unary_(log_s.data(), staged, Unary::LOG);
-      }
-      std::fill(product.begin(), product.begin() + staged, T(1));
-      if (use_contrast && p.contrast != 0) {
-        if (p.contrast == 1) {
-          for (int64_t x = 0; x < staged; ++x) product[x] = std::abs(lap[x]);
-        } else {
-          for (int64_t x = 0; x < staged; ++x) factor[x] = c_exp * log_c[x];
-          torch_unary_(factor.data(), staged, Unary::EXP);
-          for (int64_t x = 0; x < staged; ++x) product[x] = lap[x] != T(0) ? factor[x] : T(0);
-        }
-      }
-      if (use_saturation && p.saturation != 0) {
-        for (int64_t x = 0; x < staged; ++x) factor[x] = s2[x] > T(0) ? s2[x] : T(0);
-        if (p.saturation == 1) {
-          torch_unary_(factor.data(), staged, Unary::SQRT);
-        } else {
-          for (int64_t x = 0; x < staged; ++x) factor[x] = s_exp * T(0.5) * log_s[x];
-          torch_unary_(factor.data(), staged, Unary::EXP);
-          for (int64_t x = 0; x < staged; ++x)
-            if (!(s2[x] > T(0))) factor[x] = T(0);
-        }
-        for (int64_t x = 0; x < staged; ++x) product[x] *= factor[x];
-      }
-      if (use_exposure && p.exposure != 0) {
-        for (int64_t x = 0; x < staged; ++x) factor[x] = e_exp * log_e[x];
-        torch_unary_(factor.data(), staged, Unary::EXP);
-        for (int64_t x = 0; x < staged; ++x) product[x] *= factor[x];
-      }
-      for (int64_t i = first; i < last; ++i) {
-        const int64_t b = i / height, row = i % height, off = row * width, at_row = (i - first) * row_span;
-        double* acc = row_sums.data() + i * sums;
-        for (int64_t n = 0; n < frames; ++n) {
-          const T* dwr = dw + (b * frames + n) * plane + off;
-          T* qq = q.data() + at_row + n * width;
-          const T* pp = product.data() + at_row + n * width;
-          for (int64_t x = 0; x < width; ++x) qq[x] = dwr[x] * pp[x];
-        }
-        if (parameter_grad) {  // d/dc = sum Q log C, d/ds = sum Q log(S^2) / 2, d/de = sum Q log E
-          double sc = 0, ss = 0, se = 0;
-          for (int64_t x = at_row; x < at_row + row_span; ++x) {
-            if (use_contrast) sc += double(q[x]) * double(log_c[x]);
-            if (use_saturation) ss += double(q[x]) * double(log_s[x]);
-            if (use_exposure) se += double(q[x]) * double(log_e[x]);
-          }
-          acc[0] += sc;
-          acc[1] += 0.5 * ss;
-          acc[2] += se;
-        }
-        for (int64_t n = 0; n < frames; ++n) {
-          const T* x0 = x_data + (b * frames + n) * channels * plane + off;
-          const int64_t o = at_row + n * width;
-          const T* qn = q.data() + o;
-          if (use_exposure && p.exposure != 0) {  // d/dx_c = -e Q (x_c - mu_c) / sigma_c^2 = -d/dmu_c
-            for (int64_t c = 0; c < channels; ++c) {
-              const T* ch = x0 + c * plane;
-              const T m = T(p.mu[c]), s2c = T(p.sigma[c]) * T(p.sigma[c]);
-              T* gc = stack_grad ? gs + (b * frames + n) * channels * plane + c * plane + off : nullptr;
-              if (gc)
-                for (int64_t x = 0; x < width; ++x) gc[x] -= (qn[x] * e_exp) * (ch[x] - m) / s2c;
-              if (parameter_grad) {
-                double sm = 0, ssig = 0;
-                for (int64_t x = 0; x < width; ++x) {
-                  const double d = double(ch[x] - m), dlog = double(qn[x] * e_exp);
-                  sm += dlog * d;
-                  ssig += dlog * d * d;
-                }
-                acc[3 + c] += sm / (p.sigma[c] * p.sigma[c]);
-                acc[3 + channels + c] += ssig / (p.sigma[c] * p.sigma[c] * p.sigma[c]);
-              }
-            }
-          }
-          if (stack_grad && use_saturation && p.saturation != 0) {
-            const T *r = x0 + cv.rgb[0] * plane, *gr = x0 + cv.rgb[1] * plane, *bl = x0 + cv.rgb[2] * plane;
-            T* base = gs + (b * frames + n) * channels * plane + off;
-            T *out_r = base + cv.rgb[0] * plane, *out_g = base + cv.rgb[1] * plane, *out_b = base + cv.rgb[2] * plane;
-            const T* sn = s2.data() + o;
-            for (int64_t x = 0; x < width; ++x) {
-              if (!(sn[x] > T(0))) continue;
-              const T d = qn[x] * (s_exp * T(0.5)) / sn[x];
+          for (int64_t n = 0; n < frames; ++n) {
+            const T* frame = x_data + (b * frames + n) * channels * plane;
+            const T* x0 = frame + off;
+            const int64_t o = (i - first) * row_span + n * width;
+            if (need_lap)  // the forward's gray rows and Laplacian, the same operations
+              laplacian_row<false>(gray_rows3(frame, n, row, channels, plane, height, width, cv, gray, cached), width,
+                                   cv, flat, lap.data() + o);
+            if (need_s2) {
+              const T *r = x0 + cv.rgb[0] * plane, *gr = x0 + cv.rgb[1] * plane, *bl = x0 + cv.rgb[2] * plane;
+              T* s = s2.data() + o;
               if (!cv.sat_opencv) {
-                const T rg = r[x] - gr[x], gb = gr[x] - bl[x], br = bl[x] - r[x], k = T(2.0 / 9.0) * d;
-                out_r[x] += k * (rg - br);
-                out_g[x] += k * (gb - rg);
-                out_b[x] += k * (br - gb);
+                for (int64_t x = 0; x < width; ++x) {
+                  const T a = r[x] - gr[x], bb = gr[x] - bl[x], c = bl[x] - r[x];
+                  s[x] = ((a * a + bb * bb) + c * c) / T(9.0);
+                }
               } else {
-                const T mean = ((r[x] + gr[x]) + bl[x]) * third;
-                const T dr = r[x] - mean, dg = gr[x] - mean, db = bl[x] - mean;
-                const T shared = ((dr + dg) + db) * third;
-                out_r[x] += T(2) * d * (dr - shared);
-                out_g[x] += T(2) * d * (dg - shared);
-                out_b[x] += T(2) * d * (db - shared);
+                for (int64_t x = 0; x < width; ++x) {
+                  const T mean = ((r[x] + gr[x]) + bl[x]) * third;
+                  const T a = r[x] - mean, bb = gr[x] - mean, c = bl[x] - mean;
+                  s[x] = (a * a + bb * bb) + c * c;
+                }
               }
             }
-          }
-          if (lg) {
-            T* l = lg + (b * frames + n) * plane + off;
-            const T* ln = lap.data() + o;
-            for (int64_t x = 0; x < width; ++x) l[x] = ln[x] != T(0) ? qn[x] * c_exp / ln[x] : T(0);
+            if (exposure_log) {
+              T* e = log_e.data() + o;
+              for (int64_t c = 0; c < channels; ++c) {
+                const T* ch = x0 + c * plane;
+                const T m = T(p.mu[c]), s2c = T(p.sigma[c]) * T(p.sigma[c]);
+                if (c == 0)
+                  for (int64_t x = 0; x < width; ++x) { const T d = ch[x] - m; e[x] = d * d / s2c; }
+                else
+                  for (int64_t x = 0; x < width; ++x) { const T d = ch[x] - m; e[x] += d * d / s2c; }
+              }
+              for (int64_t x = 0; x < width; ++x) e[x] *= T(-0.5);
+            }
           }
         }
-      }
+        // the logs of the measures (1 in place of 0), for the exponents' gradients
+        if (contrast_log) {
+          for (int64_t x = 0; x < staged; ++x) log_c[x] = lap[x] != T(0) ? std::abs(lap[x]) : T(1);
+          torch_unary_(log_c.data(), staged, Unary::LOG);
+        }
+        if (saturation_log) {
+          for (int64_t x = 0; x < staged; ++x) log_s[x] = s2[x] > T(0) ? s2[x] : T(1);
+          torch_unary_(log_s.data(), staged, Unary::LOG);
+        }
+        for (int64_t i = first; i < last; ++i) {
+          const int64_t b = i / height, row = i % height, off = row * width, at_row = (i - first) * row_span;
+          if (parameter_grad) std::fill(lanes.begin(), lanes.end(), 0.0);
+          auto lane = [&](int64_t k) { return lanes.data() + k * width; };
+          for (int64_t n = 0; n < frames; ++n) {
+            const T* x0 = x_data + (b * frames + n) * channels * plane + off;
+            const int64_t o = at_row + n * width;
+            const T* qn = qg + (b * frames + n) * plane + off;
+            if (parameter_grad) {  // d/dc = sum Q log C, d/ds = sum Q log(S^2) / 2, d/de = sum Q log E
+              if (contrast_log) {
+                double* a = lane(0);
+                const T* lc = log_c.data() + o;
+                for (int64_t x = 0; x < width; ++x) a[x] += double(qn[x]) * double(lc[x]);
+              }
+              if (saturation_log) {
+                double* a = lane(1);
+                const T* ls = log_s.data() + o;
+                for (int64_t x = 0; x < width; ++x) a[x] += double(qn[x]) * double(ls[x]);
+              }
+              if (exposure_log) {
+                double* a = lane(2);
+                const T* le = log_e.data() + o;
+                for (int64_t x = 0; x < width; ++x) a[x] += double(qn[x]) * double(le[x]);
+              }
+            }
+            if (use_exposure && p.exposure != 0) {  // d/dx_c = -e Q (x_c - mu_c) / sigma_c^2 = -d/dmu_c
+              for (int64_t c = 0; c < channels; ++c) {
+                const T* ch = x0 + c * plane;
+                const T m = T(p.mu[c]), s2c = T(p.sigma[c]) * T(p.sigma[c]);
+                if (exposure_stack) {
+                  T* gc = gs + (b * frames + n) * channels * plane + c * plane + off;
+                  for (int64_t x = 0; x < width; ++x) gc[x] -= (qn[x] * e_exp) * (ch[x] - m) / s2c;
+                }
+                if (parameter_grad) {
+                  double *am = lane(3 + c), *as = lane(3 + channels + c);
+                  for (int64_t x = 0; x < width; ++x) {
+                    const double d = double(ch[x] - m), dlog = double(qn[x] * e_exp);
+                    am[x] += dlog * d;
+                    as[x] += dlog * d * d;
+                  }
+                }
+              }
+            }
+            if (stack_grad && use_saturation && p.saturation != 0) {
+              const T *r = x0 + cv.rgb[0] * plane, *gr = x0 + cv.rgb[1] * plane, *bl = x0 + cv.rgb[2] * plane;
+              T* base = gs + (b * frames + n) * channels * plane + off;
+              T *out_r = base + cv.rgb[0] * plane, *out_g = base + cv.rgb[1] * plane, *out_b = base + cv.rgb[2] * plane;
+              const T* sn = s2.data() + o;
+              for (int64_t x = 0; x < width; ++x) {
+                if (!(sn[x] > T(0))) continue;
+                const T d = qn[x] * (s_exp * T(0.5)) / sn[x];
+                if (!cv.sat_opencv) {
+                  const T rg = r[x] - gr[x], gb = gr[x] - bl[x], br = bl[x] - r[x], k = T(2.0 / 9.0) * d;
+                  out_r[x] += k * (rg - br);
+                  out_g[x] += k * (gb - rg);
+                  out_b[x] += k * (br - gb);
+                } else {
+                  const T mean = ((r[x] + gr[x]) + bl[x]) * third;
+                  const T dr = r[x] - mean, dg = gr[x] - mean, db = bl[x] - mean;
+                  const T shared = ((dr + dg) + db) * third;
+                  out_r[x] += T(2) * d * (dr - shared);
+                  out_g[x] += T(2) * d * (dg - shared);
+                  out_b[x] += T(2) * d * (db - shared);
+                }
+              }
+            }
+            if (lg) {
+              T* l = lg + (b * frames + n) * plane + off;
+              const T* ln = lap.data() + o;
+              for (int64_t x = 0; x < width; ++x) l[x] = ln[x] != T(0) ? qn[x] * c_exp / ln[x] : T(0);
+            }
+          }
+          if (parameter_grad) {
+            double* acc = row_sums.data() + i * sums;
+            for (int64_t k = 0; k < sums; ++k) {
+              const double* a = lane(k);
+              double v = 0;
+              for (int64_t x = 0; x < width; ++x) v += a[x];
+              total_of[k] = v;
+            }
+            acc[0] += total_of[0];
+            acc[1] += 0.5 * total_of[1];
+            acc[2] += total_of[2];
+            for (int64_t c = 0; c < channels; ++c) {
+              acc[3 + c] += total_of[3 + c] / (p.sigma[c] * p.sigma[c]);
+              acc[3 + channels + c] += total_of[3 + channels + c] / (p.sigma[c] * p.sigma[c] * p.sigma[c]);
+            }
+          }
+        }
       }
     });
   }
+
   if (laplacian_grad.defined()) {  // the stack += luma^T Laplacian^T (dL/dLaplacian)
     T* gs = grad_stack.data_ptr<T>();
     const T* lg = laplacian_grad.data_ptr<T>();
@@ -1737,21 +1729,45 @@ WeightParams vector_params(const at::Tensor& parameters, bool sigma_tensor, int6
                       std::vector<double>(d + 3 + channels, d + 3 + 2 * channels), sigma_tensor};
 }
 
-at::Tensor fusion_op(const at::Tensor& stack_in, const at::Tensor& parameters, const at::Tensor& plan, bool sigma_tensor,
-                     at::ArrayRef<double> reals, at::IntArrayRef codes) {
+// fuse (fuse_op's bits), keeping what the backward reads: the normalised weights [B, N, 1, H, W]
+// and their normaliser [B, 1, 1, H, W] (the sum of the raw weights over frames)
+template <typename T>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fusion_impl(const at::Tensor& stack, const WeightParams& p,
+                                                           const std::vector<double>& band,
+                                                           const std::vector<double>& residual, const Conventions& cv) {
+  const int64_t batch = stack.size(0), frames = stack.size(1), height = stack.size(3), width = stack.size(4);
+  at::Tensor weights = at::empty({batch, frames, 1, height, width}, stack.options());
+  at::Tensor total = at::empty({batch, 1, 1, height, width}, stack.options());
+  weights_into<T>(stack, weights, p, cv, true, total.data_ptr<T>());
+  at::Tensor out = blend_impl<T>(stack, weights, band, residual, cv);
+  return {out, weights, total};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fusion_op(const at::Tensor& stack_in, const at::Tensor& parameters,
+                                                         const at::Tensor& plan, bool sigma_tensor,
+                                                         at::ArrayRef<double> reals, at::IntArrayRef codes) {
   check_stack(stack_in, "stack");
-  const WeightParams p = vector_params(parameters, sigma_tensor, stack_in.size(2));
+  const at::Tensor stack = stack_in.contiguous();
+  const WeightParams p = vector_params(parameters, sigma_tensor, stack.size(2));
   const auto [band, residual] = vector_plan(plan);
-  return fuse_op(stack_in, {p.contrast, p.saturation, p.exposure}, p.mu, p.sigma, sigma_tensor, reals, band, residual,
-                 codes);
+  const auto cv = conventions_from(codes, reals);
+  if (stack.scalar_type() == at::kFloat) return fusion_impl<float>(stack, p, band, residual, cv);
+  return fusion_impl<double>(stack, p, band, residual, cv);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fusion_backward_op(
-    const at::Tensor& grad, const at::Tensor& stack_in, const at::Tensor& parameters, const at::Tensor& plan,
-    bool sigma_tensor, at::ArrayRef<double> reals, at::IntArrayRef codes, bool stack_grad, bool parameter_grad,
-    bool plan_grad) {
+    const at::Tensor& grad, const at::Tensor& stack_in, const at::Tensor& weights_in, const at::Tensor& total_in,
+    const at::Tensor& parameters, const at::Tensor& plan, bool sigma_tensor, at::ArrayRef<double> reals,
+    at::IntArrayRef codes, bool stack_grad, bool parameter_grad, bool plan_grad) {
   check_stack(stack_in, "stack");
   const at::Tensor stack = stack_in.contiguous();
+  const at::Tensor weights = weights_in.contiguous(), total = total_in.contiguous();
+  const int64_t batch = stack.size(0), frames = stack.size(1), height = stack.size(3), width = stack.size(4);
+  TORCH_CHECK(weights.sizes() == at::IntArrayRef({batch, frames, 1, height, width}) &&
+                  total.sizes() == at::IntArrayRef({batch, 1, 1, height, width}) &&
+                  weights.scalar_type() == stack.scalar_type() && total.scalar_type() == stack.scalar_type(),
+              "efusion_native: weights [B, N, 1, H, W] and total [B, 1, 1, H, W] of the stack's dtype expected (fusion's "
+              "outputs), got ", weights.sizes(), " and ", total.sizes());
   TORCH_CHECK(grad.dim() == 4 && grad.size(0) == stack.size(0) && grad.size(1) == stack.size(2) &&
                   grad.size(2) == stack.size(3) && grad.size(3) == stack.size(4) &&
                   grad.scalar_type() == stack.scalar_type(),
@@ -1760,8 +1776,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fusion_backward_op(
   const auto [band, residual] = vector_plan(plan);
   const auto cv = conventions_from(codes, reals);
   if (stack.scalar_type() == at::kFloat)
-    return fuse_backward_impl<float>(grad, stack, p, cv, band, residual, stack_grad, parameter_grad, plan_grad);
-  return fuse_backward_impl<double>(grad, stack, p, cv, band, residual, stack_grad, parameter_grad, plan_grad);
+    return fuse_backward_impl<float>(grad, stack, weights, total, p, cv, band, residual, stack_grad, parameter_grad,
+                                     plan_grad);
+  return fuse_backward_impl<double>(grad, stack, weights, total, p, cv, band, residual, stack_grad, parameter_grad,
+                                    plan_grad);
 }
 
 }  // namespace
@@ -1770,10 +1788,13 @@ TORCH_LIBRARY_FRAGMENT(efusion_native, m) {
   // fuse with the weight parameters as one differentiable vector [contrast, saturation, exposure,
   // mu_0..mu_{C-1}, sigma_0..sigma_{C-1}] and the depth plan as another [band_0..band_{L-1},
   // residual_0..residual_{L-1}] (float64; autograd registered in Python), and its gradient
+  // fusion returns the fused image, then the normalised weights and their normaliser, which its
+  // backward reads (not differentiable outputs)
   m.def("fusion(Tensor stack, Tensor parameters, Tensor plan, bool sigma_tensor, float[] reals, int[] conventions) "
-        "-> Tensor");
-  m.def("fusion_backward(Tensor grad, Tensor stack, Tensor parameters, Tensor plan, bool sigma_tensor, float[] reals, "
-        "int[] conventions, bool stack_grad, bool parameter_grad, bool plan_grad) -> (Tensor, Tensor, Tensor)");
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("fusion_backward(Tensor grad, Tensor stack, Tensor weights, Tensor total, Tensor parameters, Tensor plan, "
+        "bool sigma_tensor, float[] reals, int[] conventions, bool stack_grad, bool parameter_grad, bool plan_grad) "
+        "-> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(efusion_native, CPU, m) {
