@@ -1491,8 +1491,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
   const bool use_exposure = p.exposure != 0 || parameter_grad;
   const int64_t sums = 3 + 2 * channels;
   std::vector<double> row_sums(static_cast<size_t>(batch * height * sums), 0.0);
-  // every element is written by the measures pass
-  at::Tensor laplacian_grad = stack_grad && p.contrast != 0 ? at::empty_like(normalised) : at::Tensor();
+  // the Laplacian's gradient takes Q's place: the measures pass reads each element of Q at its own
+  // place only, before it writes the Laplacian's gradient there
+  at::Tensor laplacian_grad = stack_grad && p.contrast != 0 ? weight_grad : at::Tensor();
   if (stack_grad || parameter_grad) {
     const T c_exp = T(p.contrast), s_exp = T(p.saturation), e_exp = T(p.exposure);
     const T flat = std::is_same<T, float>::value ? T(cv.flat_contrast) : T(0);
