@@ -445,6 +445,7 @@ def _fusion_setup(ctx, inputs, output) -> None:
     stack, parameters, plan, sigma_tensor, reals, codes = inputs
     _, weights, total = output  # what the backward reads: the normalised weights and their normaliser
     ctx.mark_non_differentiable(weights, total)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for weights and total (2 / 3 of a stack)
     ctx.save_for_backward(stack, parameters, plan, weights, total)
     ctx.arguments = (sigma_tensor, reals, codes)
 
@@ -456,6 +457,8 @@ def _fusion_backward(ctx, grad: Tensor, *_unused: Tensor | None):
     stack, parameters, plan, weights, total = ctx.saved_tensors
     sigma_tensor, reals, codes = ctx.arguments
     needs = ctx.needs_input_grad[:3]
+    if grad is None:  # gradients are not materialised: the fused image's may be absent
+        grad = stack.new_zeros((stack.shape[0], *stack.shape[2:]))
     if torch.is_grad_enabled():
         channels = stack.shape[2]
         preset = preset_of(codes, reals)
