@@ -1506,6 +1506,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
     const bool need_lap = contrast_log || lg != nullptr;
     const bool need_s2 = saturation_log || (stack_grad && use_saturation && p.saturation != 0);
     const bool exposure_stack = stack_grad && use_exposure && p.exposure != 0;
+    const bool saturation_stack = stack_grad && use_saturation && p.saturation != 0;
     const int64_t row_span = frames * width;
     // rows staged together, so that each of torch's vectorised log calls covers enough elements
     const int64_t block = std::max<int64_t>(1, 16384 / std::max<int64_t>(row_span, 1));
@@ -1604,7 +1605,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
               for (int64_t c = 0; c < channels; ++c) {
                 const T* ch = x0 + c * plane;
                 const T m = T(p.mu[c]), s2c = T(p.sigma[c]) * T(p.sigma[c]);
-                if (exposure_stack) {
+                if (exposure_stack && !saturation_stack) {  // (with saturation: in its pass below)
                   T* gc = gs + (b * frames + n) * channels * plane + c * plane + off;
                   for (int64_t x = 0; x < width; ++x) gc[x] -= (qn[x] * e_exp) * (ch[x] - m) / s2c;
                 }
@@ -1618,28 +1619,47 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
                 }
               }
             }
-            if (stack_grad && use_saturation && p.saturation != 0) {
-              const T *r = x0 + cv.rgb[0] * plane, *gr = x0 + cv.rgb[1] * plane, *bl = x0 + cv.rgb[2] * plane;
+            if (saturation_stack) {
+              // one pass over the three channels' gradients: the exposure's share (as above), then the
+              // saturation's, 0 where S^2 is 0 (branch-free, so that the loop vectorises)
+              const int64_t ir = cv.rgb[0], ig = cv.rgb[1], ib = cv.rgb[2];
+              const T *r = x0 + ir * plane, *gr = x0 + ig * plane, *bl = x0 + ib * plane;
               T* base = gs + (b * frames + n) * channels * plane + off;
-              T *out_r = base + cv.rgb[0] * plane, *out_g = base + cv.rgb[1] * plane, *out_b = base + cv.rgb[2] * plane;
+              T *out_r = base + ir * plane, *out_g = base + ig * plane, *out_b = base + ib * plane;
               const T* sn = s2.data() + o;
-              for (int64_t x = 0; x < width; ++x) {
-                if (!(sn[x] > T(0))) continue;
-                const T d = qn[x] * (s_exp * T(0.5)) / sn[x];
-                if (!cv.sat_opencv) {
-                  const T rg = r[x] - gr[x], gb = gr[x] - bl[x], br = bl[x] - r[x], k = T(2.0 / 9.0) * d;
-                  out_r[x] += k * (rg - br);
-                  out_g[x] += k * (gb - rg);
-                  out_b[x] += k * (br - gb);
-                } else {
-                  const T mean = ((r[x] + gr[x]) + bl[x]) * third;
-                  const T dr = r[x] - mean, dg = gr[x] - mean, db = bl[x] - mean;
-                  const T shared = ((dr + dg) + db) * third;
-                  out_r[x] += T(2) * d * (dr - shared);
-                  out_g[x] += T(2) * d * (dg - shared);
-                  out_b[x] += T(2) * d * (db - shared);
+              const T mr = T(p.mu[ir]), mg = T(p.mu[ig]), mb = T(p.mu[ib]);
+              const T vr = T(p.sigma[ir]) * T(p.sigma[ir]), vg = T(p.sigma[ig]) * T(p.sigma[ig]),
+                      vb = T(p.sigma[ib]) * T(p.sigma[ib]);
+              auto pass = [&](auto with_exposure, auto opencv_form) {
+                for (int64_t x = 0; x < width; ++x) {
+                  T gr_ = out_r[x], gg_ = out_g[x], gb_ = out_b[x];
+                  if constexpr (decltype(with_exposure)::value) {
+                    const T qe = qn[x] * e_exp;
+                    gr_ -= qe * (r[x] - mr) / vr;
+                    gg_ -= qe * (gr[x] - mg) / vg;
+                    gb_ -= qe * (bl[x] - mb) / vb;
+                  }
+                  const bool alive = sn[x] > T(0);
+                  const T d = alive ? qn[x] * (s_exp * T(0.5)) / (alive ? sn[x] : T(1)) : T(0);
+                  if constexpr (!decltype(opencv_form)::value) {
+                    const T rg = r[x] - gr[x], gb = gr[x] - bl[x], br = bl[x] - r[x], k = T(2.0 / 9.0) * d;
+                    out_r[x] = gr_ + k * (rg - br);
+                    out_g[x] = gg_ + k * (gb - rg);
+                    out_b[x] = gb_ + k * (br - gb);
+                  } else {
+                    const T mean = ((r[x] + gr[x]) + bl[x]) * third;
+                    const T dr = r[x] - mean, dg = gr[x] - mean, db = bl[x] - mean;
+                    const T shared = ((dr + dg) + db) * third;
+                    out_r[x] = gr_ + T(2) * d * (dr - shared);
+                    out_g[x] = gg_ + T(2) * d * (dg - shared);
+                    out_b[x] = gb_ + T(2) * d * (db - shared);
+                  }
                 }
-              }
+              };
+              if (exposure_stack)
+                cv.sat_opencv ? pass(std::true_type{}, std::true_type{}) : pass(std::true_type{}, std::false_type{});
+              else
+                cv.sat_opencv ? pass(std::false_type{}, std::true_type{}) : pass(std::false_type{}, std::false_type{});
             }
             if (lg) {
               T* l = lg + (b * frames + n) * plane + off;
