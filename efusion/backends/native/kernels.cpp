@@ -1239,6 +1239,22 @@ Planes<T> contiguous_planes(at::Tensor& t, int64_t per_item) {
   return Planes<T>{t.data_ptr<T>(), per_item, per_item * plane, plane};
 }
 
+// output row y of (rows (x) cols) applied to the plane `src` (cols.inputs wide): the rows' map
+// combines input rows into `mixed`, the columns' map then gives `out` (cols.outputs() samples)
+template <typename T>
+void separable_row(const T* src, const Axis& rows, const Axis& cols, int64_t y, T* mixed, T* out) {
+  const int64_t w_in = cols.inputs;
+  for (int64_t k = rows.start[y]; k < rows.start[y + 1]; ++k) {
+    const T a = T(rows.weight[k]);
+    const T* r = src + rows.index[k] * w_in;
+    if (k == rows.start[y])
+      for (int64_t x = 0; x < w_in; ++x) mixed[x] = a * r[x];
+    else
+      for (int64_t x = 0; x < w_in; ++x) mixed[x] += a * r[x];
+  }
+  apply_axis(cols, mixed, out);
+}
+
 // out = (out if add) + alpha * (rows (x) cols) in, plane by plane (batch * per_item planes)
 template <typename T>
 void apply_separable(const Planes<T>& in, const Planes<T>& out, int64_t batch, const Axis& rows, const Axis& cols,
@@ -1248,16 +1264,7 @@ void apply_separable(const Planes<T>& in, const Planes<T>& out, int64_t batch, c
     std::vector<T> mixed(static_cast<size_t>(w_in)), row(static_cast<size_t>(w_out));
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t y = i % h_out, p = (i / h_out) % per_item, b = i / (h_out * per_item);
-      const T* src = in.at(b, p);
-      for (int64_t k = rows.start[y]; k < rows.start[y + 1]; ++k) {
-        const T a = T(rows.weight[k]);
-        const T* r = src + rows.index[k] * w_in;
-        if (k == rows.start[y])
-          for (int64_t x = 0; x < w_in; ++x) mixed[x] = a * r[x];
-        else
-          for (int64_t x = 0; x < w_in; ++x) mixed[x] += a * r[x];
-      }
-      apply_axis(cols, mixed.data(), row.data());
+      separable_row(in.at(b, p), rows, cols, y, mixed.data(), row.data());
       T* o = out.at(b, p) + y * w_out;
       if (add)
         for (int64_t x = 0; x < w_out; ++x) o[x] += alpha * row[x];
@@ -1340,17 +1347,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
   at::Tensor grad_stack = stack_grad ? at::empty_like(stack) : at::Tensor();
   at::Tensor weight_grad = at::empty_like(normalised);  // dL/dw, then Q = dL/dW P
   const bool weights_grad = stack_grad || parameter_grad;  // the weights' gradient h is wanted
-  std::vector<at::Tensor> images(top), weights(top), h(top), q(top), band_parts(top);
+  std::vector<at::Tensor> images(top), weights(top), h(top), q(top);
   for (int64_t l = 1; l < top; ++l) {
     images[l] = level_tensor(l, channels);
     weights[l] = level_tensor(l, 1);
     if (weights_grad) h[l] = level_tensor(l, 1);
     if (stack_grad) q[l] = level_tensor(l, channels);
   }
-  // where a level has no residual term its q_l is the band part itself (read before D^T q_{l+1}
-  // is added to it): a separate band part only where both terms are present
-  for (int64_t l = 0; l + 1 < top; ++l)
-    if (stack_grad && band_coef[l] != 0 && residual_coef[l] != 0) band_parts[l] = level_tensor(l, channels);
   // a term's coefficient may be 0 and still want its gradient (a tensor depth at a whole level)
   auto band_term = [&](int64_t l) { return l + 1 < top && (band_coef[l] != 0 || plan_grad); };
   // per level, per row of the level: sum g w (G - U G') and sum g w G, summed over frames
@@ -1381,13 +1384,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
       const Planes<T> image = image_at(l), weight = weight_at(l), hl = h_at(l), ql = q_at(l);
       const Planes<T> gl = contiguous_planes<T>(g[l], channels);
       const T* coarse = upsample ? images[l + 1].data_ptr<T>() : nullptr;
-      const bool separate_band = stack_grad && has_band && has_residual;
-      const Planes<T> band_part = separate_band ? contiguous_planes<T>(band_parts[l], channels) : ql;
       double* plan_sums = plan_grad ? plan_rows[l].data() : nullptr;
-      // one pass over the level's rows: U G' (the forward's up rows), h_l = sum_c g (band (G - U G')
-      // + residual G), q_l = (band + residual) w g and its band part band w g, the plan's sums
+      const bool below = l + 1 < top;  // a coarser level, whose gradients come down to this one
+      if (stack_grad && has_band) {
+        // G_{l+1}'s share of the band: q_{l+1} -= U^T (band w g), the band rows computed as U^T reads them
+        const Planes<T> coarse_q = q_at(l + 1);
+        const Axis &rows = up_ht[l], &cols = up_wt[l];
+        at::parallel_for(0, batch * cl.h, grain_rows(lv.w * channels * 3), [&](int64_t i0, int64_t i1) {
+          std::vector<T> mixed(static_cast<size_t>(lv.w)), out(static_cast<size_t>(cl.w));
+          for (int64_t i = i0; i < i1; ++i) {
+            const int64_t b = i / cl.h, y = i % cl.h;
+            for (int64_t c = 0; c < channels; ++c) {
+              for (int64_t k = rows.start[y]; k < rows.start[y + 1]; ++k) {
+                const T a = T(rows.weight[k]);
+                const T* ww = weight.at(b, 0) + rows.index[k] * lv.w;
+                const T* gg = gl.at(b, c) + rows.index[k] * lv.w;
+                if (k == rows.start[y])
+                  for (int64_t x = 0; x < lv.w; ++x) mixed[x] = a * (bc * (ww[x] * gg[x]));
+                else
+                  for (int64_t x = 0; x < lv.w; ++x) mixed[x] += a * (bc * (ww[x] * gg[x]));
+              }
+              apply_axis(cols, mixed.data(), out.data());
+              T* o = coarse_q.at(b, c) + y * cl.w;
+              for (int64_t x = 0; x < cl.w; ++x) o[x] += T(-1) * out[x];
+            }
+          }
+        });
+      }
+      // one pass over the level's rows, each written once: U G' (the forward's up rows), h_l = sum_c g
+      // (band (G - U G') + residual G) + D^T h_{l+1}, q_l = (band + residual) w g + D^T q_{l+1}, the
+      // plan's sums
+      const Planes<T> coarse_h = below && weights_grad ? h_at(l + 1) : hl;
+      const Planes<T> coarse_q = below && stack_grad ? q_at(l + 1) : ql;
       at::parallel_for(0, batch * lv.h, grain_rows(lv.w * channels * 4), [&](int64_t i0, int64_t i1) {
         std::vector<T> vertical(static_cast<size_t>(cl.w)), up(static_cast<size_t>(upsample ? lv.w : 0));
+        std::vector<T> mixed(static_cast<size_t>(cl.w)), down_t(static_cast<size_t>(below ? lv.w : 0));
         // the plan's sums element by element (vectorised), added up at the row's end
         std::vector<double> band_acc(plan_sums ? static_cast<size_t>(lv.w) : 0), residual_acc(band_acc.size());
         for (int64_t i = i0; i < i1; ++i) {
@@ -1423,12 +1454,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
             if (stack_grad) {
               T* qq = ql.at(b, c) + off;
               const T scale = (has_band ? bc : T(0)) + (has_residual ? rc : T(0));
-              for (int64_t k = 0; k < lv.w; ++k) qq[k] = scale * (ww[k] * gg[k]);
-              if (separate_band) {
-                T* o = band_part.at(b, c) + off;
-                for (int64_t k = 0; k < lv.w; ++k) o[k] = bc * (ww[k] * gg[k]);
+              if (below) {
+                separable_row(coarse_q.at(b, c), down_ht[l], down_wt[l], row, mixed.data(), down_t.data());
+                const T* d = down_t.data();
+                for (int64_t k = 0; k < lv.w; ++k) qq[k] = scale * (ww[k] * gg[k]) + d[k];
+              } else {
+                for (int64_t k = 0; k < lv.w; ++k) qq[k] = scale * (ww[k] * gg[k]);
               }
             }
+          }
+          if (hh && below) {
+            separable_row(coarse_h.at(b, 0), down_ht[l], down_wt[l], row, mixed.data(), down_t.data());
+            const T* d = down_t.data();
+            for (int64_t k = 0; k < lv.w; ++k) hh[k] += d[k];
           }
           if (plan_sums) {
             double band_sum = 0, residual_sum = 0;
@@ -1441,14 +1479,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
           }
         }
       });
-      if (l + 1 < top) {
-        if (weights_grad) apply_separable<T>(h_at(l + 1), hl, batch, down_ht[l], down_wt[l], T(1), true);
-        if (stack_grad) {
-          // G_{l+1}'s share of the band: -U^T (band w g), then G_{l+1}'s gradient down to level l
-          if (has_band) apply_separable<T>(band_part, q_at(l + 1), batch, up_ht[l], up_wt[l], T(-1), true);
-          apply_separable<T>(q_at(l + 1), ql, batch, down_ht[l], down_wt[l], T(1), true);
-        }
-      }
     }
   }
 
