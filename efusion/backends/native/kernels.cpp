@@ -1085,30 +1085,36 @@ struct Axis {
   int64_t outputs() const { return int64_t(start.size()) - 1; }
 };
 
-// whether row o of the map equals the stencil's row (duplicate indices merged, all in range)
+// whether row o of the map equals the stencil's row (duplicate indices merged, all in range); no
+// heap allocation (it runs for every row of every map of a call: small calls felt it)
 bool row_matches(const Axis& a, int64_t o, Stencil stencil, double scale) {
-  std::vector<std::pair<int64_t, double>> want;
+  std::array<std::pair<int64_t, double>, 5> want{}, have{};
+  size_t wanted = 0, had = 0;
   if (stencil == Stencil::DECIMATE) {
     const double taps[5] = {1.0 / 16, 4.0 / 16, 6.0 / 16, 4.0 / 16, 1.0 / 16};
-    for (int k = 0; k < 5; ++k) want.push_back({2 * o + k - 2, scale * taps[k]});
+    for (int k = 0; k < 5; ++k) want[wanted++] = {2 * o + k - 2, scale * taps[k]};
   } else if (o % 2 == 0) {
-    want = {{o / 2 - 1, scale * 0.125}, {o / 2, scale * 0.75}, {o / 2 + 1, scale * 0.125}};
+    want[wanted++] = {o / 2 - 1, scale * 0.125};
+    want[wanted++] = {o / 2, scale * 0.75};
+    want[wanted++] = {o / 2 + 1, scale * 0.125};
   } else {
-    want = {{o / 2, scale * 0.5}, {o / 2 + 1, scale * 0.5}};
+    want[wanted++] = {o / 2, scale * 0.5};
+    want[wanted++] = {o / 2 + 1, scale * 0.5};
   }
-  std::vector<std::pair<int64_t, double>> have;
   for (int64_t k = a.start[o]; k < a.start[o + 1]; ++k) {
     bool merged = false;
-    for (auto& entry : have)
-      if (entry.first == a.index[k]) {
-        entry.second += a.weight[k];
+    for (size_t j = 0; j < had; ++j)
+      if (have[j].first == a.index[k]) {
+        have[j].second += a.weight[k];
         merged = true;
       }
-    if (!merged) have.push_back({a.index[k], a.weight[k]});
+    if (merged) continue;
+    if (had == have.size()) return false;  // more distinct inputs than any stencil row has
+    have[had++] = {a.index[k], a.weight[k]};
   }
-  if (have.size() != want.size()) return false;
-  std::sort(have.begin(), have.end());
-  for (size_t k = 0; k < want.size(); ++k)
+  if (had != wanted) return false;
+  std::sort(have.begin(), have.begin() + had);
+  for (size_t k = 0; k < wanted; ++k)
     if (want[k].first < 0 || want[k].first >= a.inputs || have[k].first != want[k].first ||
         have[k].second != want[k].second)
       return false;
