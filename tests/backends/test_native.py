@@ -517,6 +517,44 @@ def test_dataloader_workers_run_one_thread():
         torch.set_num_threads(threads)
 
 
+@needs_native
+class TestBusyMachine:
+    """Each operator runs on at most the cores other processes leave free when it starts (a pass
+    would otherwise wait at its barrier for a thread the OS descheduled): the rule, a live busy
+    process, and the caller's thread count left as it was."""
+
+    @pytest.mark.parametrize(("online", "running", "ours", "wanted", "expected"), [
+        (2, 1, 1, 2, 2),   # idle: only this thread runs
+        (2, 2, 2, 2, 2),   # this process's spinning OpenMP worker is not another process
+        (2, 2, 1, 2, 1),   # one busy process on two cores: one thread
+        (2, 5, 1, 2, 1),   # never fewer than one
+        (8, 3, 1, 4, 4),   # two busy processes on eight cores: the four wanted
+        (8, 7, 1, 4, 2),   # six busy: two left
+        (2, 1, 0, 2, 2),   # this thread itself counts even when its state was read as sleeping
+    ])
+    def test_rule(self, online, running, ours, wanted, expected):
+        assert torch.ops.efusion_native.threads_for(online, running, ours, wanted) == expected
+
+    @pytest.mark.skipif((os.cpu_count() or 1) < 2 or not Path("/proc/loadavg").exists(), reason="needs Linux, 2+ CPUs")
+    def test_busy_process_takes_a_core(self):
+        import time
+
+        online = os.cpu_count() or 1
+        threads = torch.get_num_threads()
+        x = torch.rand(1, 3, 3, 48, 64, generator=torch.Generator().manual_seed(2))
+        expected = exposure_fusion(x)
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            time.sleep(0.3)  # running, and past the 10 ms for which a reading of /proc is reused
+            assert torch.ops.efusion_native.call_threads() <= min(threads, online - 1)
+            assert torch.equal(exposure_fusion(x), expected)  # one thread or two: the same bits
+            assert torch.get_num_threads() == threads  # the cap is the call's, not the caller's
+        finally:
+            busy.kill()
+            busy.wait()
+        assert torch.ops.efusion_native.call_threads() <= threads
+
+
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **env}
     return subprocess.run([sys.executable, "-W", "always::RuntimeWarning", "-c", code], check=False, capture_output=True,

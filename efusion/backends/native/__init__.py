@@ -31,7 +31,11 @@ tail (there torch adds in another order, one that also depends on its thread cou
 One ``at::parallel_for`` per pass over a pyramid level, rows split across threads, each thread
 running the whole chain of its rows: ``torch.get_num_threads()`` is respected (one thread inside
 DataLoader workers, where torch sets it) and a busy machine costs a barrier per pass, not per
-elementwise step. The kernels are compiled on first use and cached (:mod:`.build`);
+elementwise step. Each operator runs on at most the cores other processes leave free when it
+starts (``/proc/loadavg``'s runnable count less this process's own running threads, read at most
+every 10 ms; ``efusion_native::call_threads()`` says the count now): a pass never waits at its
+barrier for a thread the OS descheduled for a busy neighbour, and the caller's thread count is
+left as it was. The kernels are compiled on first use and cached (:mod:`.build`);
 ``EFUSION_NATIVE=0`` turns the backend off. It declines, so that the ``"cpu"`` backend or the
 reference runs instead: ``weights`` and ``blend`` calls that record gradients or have a tensor
 depth, masked calls that record gradients, other dtypes and devices, ``torch.func`` transforms, and exponents whose weights could

@@ -35,6 +35,16 @@
 #include <utility>
 #include <vector>
 
+#include <dirent.h>
+#include <omp.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+
 namespace {
 
 // border modes (efusion.reference.pyramid.border_index)
@@ -79,6 +89,86 @@ inline int64_t border_index(int64_t i, int64_t n, int64_t mode) {
 
 // rows per task: enough work per task that scheduling costs nothing
 inline int64_t grain_rows(int64_t width) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(width, 1)); }
+
+// ---------------------------------------------------------------------------------------------
+// threads per call (issue 13, a busy machine): every parallel pass ends at a barrier that waits for
+// all of its threads, so a thread the OS has descheduled for another process's sake stalls the pass
+// (0.4 MP x 3 beside one busy process: 1.5-16x its idle time). Each operator therefore runs with
+// at most the cores no other process is using when it starts: torch's thread count, capped at the
+// online CPUs less the runnable threads of other processes (/proc/loadavg's running count, less
+// this process's own threads in state R, e.g. OpenMP workers still spinning after a pass). An idle
+// machine keeps every thread; with one busy process on two cores a call runs on one, which costs
+// the parallel speed-up but no stall. Linux only (elsewhere: torch's count).
+
+// threads = wanted, capped at the cores the others leave (at least 1)
+int threads_for(int online, int running, int ours, int wanted) {
+  const int others = std::max(0, running - std::max(ours, 1));
+  return std::max(1, std::min(wanted, online - others));
+}
+
+// this process's threads in state R (running or runnable), from /proc/self/task/*/stat
+int own_running_threads() {
+  int count = 0;
+  DIR* tasks = opendir("/proc/self/task");
+  if (tasks == nullptr) return 1;
+  char path[64], buffer[512];
+  while (dirent* entry = readdir(tasks)) {
+    if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
+    std::snprintf(path, sizeof path, "/proc/self/task/%s/stat", entry->d_name);
+    FILE* f = std::fopen(path, "r");
+    if (f == nullptr) continue;
+    const size_t got = std::fread(buffer, 1, sizeof buffer - 1, f);
+    std::fclose(f);
+    buffer[got] = 0;
+    const char* close = std::strrchr(buffer, ')');  // "pid (name) S ...": the state follows the name
+    if (close != nullptr && close[1] == ' ' && close[2] == 'R') ++count;
+  }
+  closedir(tasks);
+  return count;
+}
+
+// the cores other processes leave free now (reading /proc costs ~40 us: a reading is reused for
+// calls within 10 ms of it, so a loop of small calls pays it about once per 10 ms)
+int free_cores() {
+  static std::atomic<int64_t> read_at{std::numeric_limits<int64_t>::min() / 2};
+  static std::atomic<int> cores{1};
+  static const long online = sysconf(_SC_NPROCESSORS_ONLN);
+  const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                          std::chrono::steady_clock::now().time_since_epoch()).count();
+  if (now - read_at.load(std::memory_order_relaxed) < 10'000'000) return cores.load(std::memory_order_relaxed);
+  int running = 0, free = int(std::max(1L, online));
+  if (FILE* f = std::fopen("/proc/loadavg", "r")) {
+    if (std::fscanf(f, "%*f %*f %*f %d/", &running) == 1 && online > 0)
+      free = threads_for(int(online), running, own_running_threads(), int(online));
+    std::fclose(f);
+  }
+  cores.store(free, std::memory_order_relaxed);
+  read_at.store(now, std::memory_order_relaxed);
+  return free;
+}
+
+// the thread count for a call that may start now (see above)
+int call_threads() {
+  const int wanted = omp_get_max_threads();
+  return wanted <= 1 ? wanted : std::max(1, std::min(wanted, free_cores()));
+}
+
+// for the calling thread's parallel passes during an operator: call_threads() threads (OpenMP's
+// thread count is per calling thread: other threads' calls are not affected), restored after
+// (an operator called by another, fuse by fusion, keeps the outer one's count)
+thread_local int operator_depth = 0;
+
+struct CallThreads {
+  int previous;
+  CallThreads() : previous(at::get_num_threads()) {  // (torch sets a new thread's count on first use)
+    if (operator_depth++ == 0 && previous > 1 && !omp_in_parallel()) omp_set_num_threads(call_threads());
+  }
+  ~CallThreads() {
+    if (--operator_depth == 0) omp_set_num_threads(previous);
+  }
+  CallThreads(const CallThreads&) = delete;
+  CallThreads& operator=(const CallThreads&) = delete;
+};
 
 // ---------------------------------------------------------------------------------------------
 // weights (efusion.reference.measures)
@@ -779,6 +869,7 @@ WeightParams weight_params(at::ArrayRef<double> exponents, at::ArrayRef<double> 
 
 at::Tensor weights_op(const at::Tensor& stack_in, at::ArrayRef<double> exponents, at::ArrayRef<double> mu,
                       at::ArrayRef<double> sigma, bool sigma_tensor, at::ArrayRef<double> reals, at::IntArrayRef codes) {
+  CallThreads threads;
   check_stack(stack_in, "stack");
   const at::Tensor stack = stack_in.contiguous();
   const auto p = weight_params(exponents, mu, sigma, sigma_tensor, stack.size(2));
@@ -812,6 +903,7 @@ at::Tensor blend_run(const at::Tensor& stack_in, at::Tensor weights_in, at::Arra
 
 at::Tensor blend_op(const at::Tensor& stack_in, const at::Tensor& weights_in, at::ArrayRef<double> band,
                     at::ArrayRef<double> residual, at::ArrayRef<double> reals, at::IntArrayRef codes) {
+  CallThreads threads;
   return blend_run(stack_in, weights_in, band, residual, reals, codes);
 }
 
@@ -820,6 +912,7 @@ at::Tensor blend_op(const at::Tensor& stack_in, const at::Tensor& weights_in, at
 // tensor where the depth plan has no such term), then the collapse
 at::Tensor raw_weights_op(const at::Tensor& frame_in, at::ArrayRef<double> exponents, at::ArrayRef<double> mu,
                           at::ArrayRef<double> sigma, bool sigma_tensor, at::ArrayRef<double> reals, at::IntArrayRef codes) {
+  CallThreads threads;
   TORCH_CHECK(frame_in.dim() == 4, "efusion_native: frame must be [B, C, H, W], got ", frame_in.sizes());
   const at::Tensor frame = frame_in.contiguous().unsqueeze(1);
   check_stack(frame, "frame");
@@ -860,6 +953,7 @@ Blend blend_state(at::TensorList acc, const at::Tensor& like, int64_t channels, 
 
 void blend_add_op(at::TensorList acc, const at::Tensor& frame_in, const at::Tensor& weight_in, at::ArrayRef<double> band,
                   at::ArrayRef<double> residual, bool first, at::ArrayRef<double> reals, at::IntArrayRef codes) {
+  CallThreads threads;
   TORCH_CHECK(frame_in.dim() == 4 && weight_in.dim() == 4 && weight_in.size(1) == 1,
               "efusion_native: frame [B, C, H, W] and weight [B, 1, H, W] expected, got ", frame_in.sizes(), " and ",
               weight_in.sizes());
@@ -878,6 +972,7 @@ void blend_add_op(at::TensorList acc, const at::Tensor& frame_in, const at::Tens
 
 at::Tensor blend_collapse_op(at::TensorList acc, const at::Tensor& like, at::ArrayRef<double> band,
                              at::ArrayRef<double> residual, at::ArrayRef<double> reals, at::IntArrayRef codes) {
+  CallThreads threads;
   TORCH_CHECK(like.dim() == 4, "efusion_native: like must be a frame [B, C, H, W], got ", like.sizes());
   Blend s = blend_state(acc, like, like.size(1), like.size(2), like.size(3), band, residual, false);
   const auto cv = conventions_from(codes, reals);
@@ -888,6 +983,7 @@ at::Tensor blend_collapse_op(at::TensorList acc, const at::Tensor& like, at::Arr
 at::Tensor fuse_op(const at::Tensor& stack_in, at::ArrayRef<double> exponents, at::ArrayRef<double> mu,
                    at::ArrayRef<double> sigma, bool sigma_tensor, at::ArrayRef<double> reals, at::ArrayRef<double> band,
                    at::ArrayRef<double> residual, at::IntArrayRef codes) {
+  CallThreads threads;
   at::Tensor weights = weights_op(stack_in, exponents, mu, sigma, sigma_tensor, reals, codes);
   return blend_run(stack_in, std::move(weights), band, residual, reals, codes);
 }
@@ -896,6 +992,7 @@ at::Tensor fuse_op(const at::Tensor& stack_in, at::ArrayRef<double> exponents, a
 at::Tensor fuse_two_pass_op(const at::Tensor& stack_in, at::ArrayRef<double> exponents, at::ArrayRef<double> mu,
                             at::ArrayRef<double> sigma, bool sigma_tensor, at::ArrayRef<double> reals,
                             at::ArrayRef<double> band, at::ArrayRef<double> residual, at::IntArrayRef codes) {
+  CallThreads threads;
   check_stack(stack_in, "stack");
   const at::Tensor stack = stack_in.contiguous();
   const auto p = weight_params(exponents, mu, sigma, sigma_tensor, stack.size(2));
@@ -1007,6 +1104,7 @@ at::Tensor fill_masked_impl(const at::Tensor& stack, const at::Tensor& valid_in,
 
 at::Tensor fill_masked_op(const at::Tensor& stack_in, const at::Tensor& valid_in, at::ArrayRef<double> reals,
                           at::IntArrayRef codes) {
+  CallThreads threads;
   TORCH_CHECK(stack_in.dim() == 4, "efusion_native: stack must be [M, C, H, W], got ", stack_in.sizes());
   check_stack(stack_in.unsqueeze(0), "stack");
   TORCH_CHECK(valid_in.dim() == 4 && valid_in.size(0) == stack_in.size(0) && valid_in.size(1) == 1 &&
@@ -1038,6 +1136,12 @@ TORCH_LIBRARY(efusion_native, m) {
   m.def("fuse_two_pass(Tensor stack, float[] exponents, float[] mu, float[] sigma, bool sigma_tensor, float[] reals, "
         "float[] band, float[] residual, int[] conventions) -> Tensor");
   m.def("fill_masked(Tensor stack, Tensor mask, float[] reals, int[] conventions) -> Tensor");
+  // the thread count the operators would use if called now, and its rule (diagnostics and tests)
+  m.def("call_threads() -> int", [] { return int64_t(call_threads()); });
+  m.def("threads_for(int online, int running, int ours, int wanted) -> int",
+        [](int64_t online, int64_t running, int64_t ours, int64_t wanted) {
+          return int64_t(threads_for(int(online), int(running), int(ours), int(wanted)));
+        });
 }
 
 TORCH_LIBRARY_IMPL(efusion_native, CPU, m) {
@@ -1803,6 +1907,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fusion_impl(const at::Tensor& sta
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fusion_op(const at::Tensor& stack_in, const at::Tensor& parameters,
                                                          const at::Tensor& plan, bool sigma_tensor,
                                                          at::ArrayRef<double> reals, at::IntArrayRef codes) {
+  CallThreads threads;
   check_stack(stack_in, "stack");
   const at::Tensor stack = stack_in.contiguous();
   const WeightParams p = vector_params(parameters, sigma_tensor, stack.size(2));
@@ -1816,6 +1921,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fusion_backward_op(
     const at::Tensor& grad, const at::Tensor& stack_in, const at::Tensor& weights_in, const at::Tensor& total_in,
     const at::Tensor& parameters, const at::Tensor& plan, bool sigma_tensor, at::ArrayRef<double> reals,
     at::IntArrayRef codes, bool stack_grad, bool parameter_grad, bool plan_grad) {
+  CallThreads threads;
   check_stack(stack_in, "stack");
   const at::Tensor stack = stack_in.contiguous();
   const at::Tensor weights = weights_in.contiguous(), total = total_in.contiguous();
