@@ -23,7 +23,7 @@ from efusion.reference.blend import blend as reference_blend
 from efusion.reference.masks import fill_masked
 from efusion.reference.measures import WEIGHT_FLOOR, fusion_weights, laplacian, luma
 
-from conftest import gradcheck_stack
+from conftest import gradcheck_stack, requires_shared
 
 ROOT = Path(__file__).resolve().parents[2]
 #: the conformance suite's bound: values agree with the reference to this, per dtype
@@ -483,6 +483,31 @@ class TestGradients:
             return out
 
         assert torch.autograd.gradgradcheck(fn, (x, sigma))
+
+
+def _bracket_folders():
+    from _align_cases import bracket_folders
+
+    return bracket_folders()
+
+
+@needs_native
+@pytest.mark.slow
+@requires_shared()
+@pytest.mark.parametrize("folder", _bracket_folders(), ids=lambda f: f.name)
+def test_gradients_on_every_bracket(folder):
+    # real brackets (flat skies, clipped highlights: measures at their kinks, weights at the floor),
+    # every frame, 96 px wide, float64: the kernels' backward (which takes the product of the
+    # measures from the forward's weights, Q = (h - sum h w)(w - 1e-12 / T)) equals the reference
+    from _align_cases import load_small
+
+    x = load_small(folder, 96, max_frames=10 ** 6).unsqueeze(0).requires_grad_()
+    tensors = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in GRADIENT_CASES[1][0].items()}
+    fast, ran, value = _fused_gradients("native", x, tensors, {"levels": 2.6})
+    slow, _, expected = _fused_gradients("reference", x, tensors, {"levels": 2.6})
+    assert ran
+    torch.testing.assert_close(value, expected, atol=BOUND[torch.float64], rtol=0)
+    _assert_same_gradients(["stack", *tensors], fast, slow, BOUND[torch.float64])
 
 
 class _Fused(torch.utils.data.Dataset):

@@ -289,13 +289,14 @@ void power_(T* m, int64_t n, T exponent, T scale, std::vector<uint8_t>& positive
 // Two-pass form (fuse without N weight planes): with `sum_out` [B, 1, H, W] the raw weights stay in
 // row buffers and only their sum over N is written (out unused); with `divide_by` [B, 1, H, W] the
 // raw weights are divided by it (normalise false). `item_stride`: elements between batch items of
-// the stack (default N C H W; a frame of a bigger stack: that stack's). `total_out` [B, 1, H, W]:
-// where given, the normaliser is also written there (efusion_native::fusion keeps it for the backward).
+// the stack (default N C H W; a frame of a bigger stack: that stack's). `total_out` [B, 1, H, W] and
+// `product_out` [B, N, 1, H, W]: where given, the normaliser and the measures' product before the
+// floor (C^c S^s E^e) are also written there (efusion_native::fusion keeps them for the backward).
 template <typename T>
 void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int64_t height, int64_t width,
                   const WeightParams& p, const Conventions& cv, bool normalise, int64_t i0, int64_t i1,
                   T* sum_out = nullptr, const T* divide_by = nullptr, int64_t item_stride = -1,
-                  T* total_out = nullptr) {
+                  T* total_out = nullptr, T* product_out = nullptr) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain buffers: no autograd bookkeeping
   const int64_t plane = height * width, row_span = frames * width;
   const bool use_contrast = p.contrast != 0, use_saturation = channels == 3 && p.saturation != 0,
@@ -414,6 +415,7 @@ void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int6
         started = true;
       }
       if (!started) std::fill(w, w + width, T(1));
+      if (product_out != nullptr) std::copy(w, w + width, product_out + (b * frames + n) * plane + row * width);
       for (int64_t x = 0; x < width; ++x) w[x] = w[x] + floor_;
       if (divide_by != nullptr) {
         const T* t = divide_by + b * plane + row * width;
@@ -465,14 +467,14 @@ void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int6
 
 template <typename T>
 void weights_into(const at::Tensor& stack, at::Tensor& out, const WeightParams& p, const Conventions& cv,
-                  bool normalise = true, T* total_out = nullptr) {
+                  bool normalise = true, T* total_out = nullptr, T* product_out = nullptr) {
   const int64_t batch = stack.size(0), frames = stack.size(1), channels = stack.size(2), height = stack.size(3),
                 width = stack.size(4);
   const T* src = stack.data_ptr<T>();
   T* dst = out.data_ptr<T>();
   at::parallel_for(0, batch * height, grain_rows(width * frames), [&](int64_t i0, int64_t i1) {
     weights_rows<T>(src, dst, frames, channels, height, width, p, cv, normalise, i0, i1, nullptr, nullptr, -1,
-                    total_out);
+                    total_out, product_out);
   });
 }
 
@@ -1415,7 +1417,7 @@ void laplacian_adjoint_row(const T* d, int64_t height, int64_t width, int64_t y,
 // two summed in double: d/d band_l = sum g_l B_l, d/d residual_l = sum g_l R_l (the blended levels)
 template <typename T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
-    const at::Tensor& grad_in, const at::Tensor& stack, const at::Tensor& normalised, const at::Tensor& total,
+    const at::Tensor& grad_in, const at::Tensor& stack, const at::Tensor& product, const at::Tensor& total,
     const WeightParams& p, const Conventions& cv,
     const std::vector<double>& band_coef, const std::vector<double>& residual_coef, bool stack_grad,
     bool parameter_grad, bool plan_grad) {
@@ -1427,7 +1429,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
   at::Tensor grad = grad_in.contiguous();
   const T* x_data = stack.data_ptr<T>();
 
-  // `normalised`: the forward's weights w = W / T, `total`: their normaliser T = sum_n W_n
+  // the forward's normalised weights again from its product P and normaliser T: w = (P + 1e-12) / T,
+  // the forward's operations, hence its bits
+  at::Tensor normalised = at::empty(product.sizes(), options);
+  {
+    const T* pp = product.data_ptr<T>();
+    const T* t = total.data_ptr<T>();
+    T* w = normalised.data_ptr<T>();
+    const T floor_ = T(1e-12);
+    at::parallel_for(0, batch * height, grain_rows(width * frames), [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = i / height, off = (i % height) * width;
+        const T* tt = t + b * plane + off;
+        for (int64_t n = 0; n < frames; ++n) {
+          const T* pn = pp + (b * frames + n) * plane + off;
+          T* wn = w + (b * frames + n) * plane + off;
+          for (int64_t x = 0; x < width; ++x) wn[x] = (pn[x] + floor_) / tt[x];
+        }
+      }
+    });
+  }
 
   // pyramid geometry and the 1-D maps of each level
   std::vector<Level> levels{{height, width}};
@@ -1593,15 +1614,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
   }
 
   // the normalisation and the product rule together: Q_n = dL/dW_n P_n, where dL/dW_n = (dL/dw_n -
-  // sum_k dL/dw_k w_k) / T and P_n = W_n - 1e-12 = w_n T - 1e-12 (the measures' product below the
-  // floor), so Q_n = (dL/dw_n - sum_k dL/dw_k w_k) (w_n - 1e-12 / T); in double (the difference cancels)
+  // sum_k dL/dw_k w_k) / T and P_n the forward's product; in double (the difference cancels)
   if (weights_grad) {
     T* hg = weight_grad.data_ptr<T>();
     const T* w = normalised.data_ptr<T>();
+    const T* pp = product.data_ptr<T>();
     const T* t = total.data_ptr<T>();
-    const double floor_ = double(T(1e-12));
     at::parallel_for(0, batch * height, grain_rows(width * frames), [&](int64_t i0, int64_t i1) {
-      std::vector<double> dot(static_cast<size_t>(width)), floor_share(static_cast<size_t>(width));
+      std::vector<double> dot(static_cast<size_t>(width)), inverse(static_cast<size_t>(width));
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t b = i / height, off = (i % height) * width;
         std::fill(dot.begin(), dot.end(), 0.0);
@@ -1611,11 +1631,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
           for (int64_t x = 0; x < width; ++x) dot[x] += double(hh[x]) * double(ww[x]);
         }
         const T* tt = t + b * plane + off;
-        for (int64_t x = 0; x < width; ++x) floor_share[x] = floor_ / double(tt[x]);
+        for (int64_t x = 0; x < width; ++x) inverse[x] = 1.0 / double(tt[x]);
         for (int64_t n = 0; n < frames; ++n) {
           T* hh = hg + (b * frames + n) * plane + off;
-          const T* ww = w + (b * frames + n) * plane + off;
-          for (int64_t x = 0; x < width; ++x) hh[x] = T((double(hh[x]) - dot[x]) * (double(ww[x]) - floor_share[x]));
+          const T* pn = pp + (b * frames + n) * plane + off;
+          for (int64_t x = 0; x < width; ++x) hh[x] = T((double(hh[x]) - dot[x]) * inverse[x] * double(pn[x]));
         }
       }
     });
@@ -1890,18 +1910,21 @@ WeightParams vector_params(const at::Tensor& parameters, bool sigma_tensor, int6
                       std::vector<double>(d + 3 + channels, d + 3 + 2 * channels), sigma_tensor};
 }
 
-// fuse (fuse_op's bits), keeping what the backward reads: the normalised weights [B, N, 1, H, W]
-// and their normaliser [B, 1, 1, H, W] (the sum of the raw weights over frames)
+// fuse (fuse_op's bits), keeping what the backward reads: the measures' product before the floor
+// P = C^c S^s E^e [B, N, 1, H, W] and the weights' normaliser T = sum_n (P_n + 1e-12) [B, 1, 1, H, W]
+// (the normalised weights are (P + 1e-12) / T again, bit for bit; P itself because w T - 1e-12
+// loses it where P is far below the floor, and dP/dL = c P / L needs it there)
 template <typename T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fusion_impl(const at::Tensor& stack, const WeightParams& p,
                                                            const std::vector<double>& band,
                                                            const std::vector<double>& residual, const Conventions& cv) {
   const int64_t batch = stack.size(0), frames = stack.size(1), height = stack.size(3), width = stack.size(4);
   at::Tensor weights = at::empty({batch, frames, 1, height, width}, stack.options());
+  at::Tensor product = at::empty({batch, frames, 1, height, width}, stack.options());
   at::Tensor total = at::empty({batch, 1, 1, height, width}, stack.options());
-  weights_into<T>(stack, weights, p, cv, true, total.data_ptr<T>());
-  at::Tensor out = blend_impl<T>(stack, weights, band, residual, cv);
-  return {out, weights, total};
+  weights_into<T>(stack, weights, p, cv, true, total.data_ptr<T>(), product.data_ptr<T>());
+  at::Tensor out = blend_impl<T>(stack, std::move(weights), band, residual, cv);
+  return {out, product, total};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fusion_op(const at::Tensor& stack_in, const at::Tensor& parameters,
@@ -1918,19 +1941,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fusion_op(const at::Tensor& stack
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fusion_backward_op(
-    const at::Tensor& grad, const at::Tensor& stack_in, const at::Tensor& weights_in, const at::Tensor& total_in,
+    const at::Tensor& grad, const at::Tensor& stack_in, const at::Tensor& product_in, const at::Tensor& total_in,
     const at::Tensor& parameters, const at::Tensor& plan, bool sigma_tensor, at::ArrayRef<double> reals,
     at::IntArrayRef codes, bool stack_grad, bool parameter_grad, bool plan_grad) {
   CallThreads threads;
   check_stack(stack_in, "stack");
   const at::Tensor stack = stack_in.contiguous();
-  const at::Tensor weights = weights_in.contiguous(), total = total_in.contiguous();
+  const at::Tensor product = product_in.contiguous(), total = total_in.contiguous();
   const int64_t batch = stack.size(0), frames = stack.size(1), height = stack.size(3), width = stack.size(4);
-  TORCH_CHECK(weights.sizes() == at::IntArrayRef({batch, frames, 1, height, width}) &&
+  TORCH_CHECK(product.sizes() == at::IntArrayRef({batch, frames, 1, height, width}) &&
                   total.sizes() == at::IntArrayRef({batch, 1, 1, height, width}) &&
-                  weights.scalar_type() == stack.scalar_type() && total.scalar_type() == stack.scalar_type(),
-              "efusion_native: weights [B, N, 1, H, W] and total [B, 1, 1, H, W] of the stack's dtype expected (fusion's "
-              "outputs), got ", weights.sizes(), " and ", total.sizes());
+                  product.scalar_type() == stack.scalar_type() && total.scalar_type() == stack.scalar_type(),
+              "efusion_native: product [B, N, 1, H, W] and total [B, 1, 1, H, W] of the stack's dtype expected (fusion's "
+              "outputs), got ", product.sizes(), " and ", total.sizes());
   TORCH_CHECK(grad.dim() == 4 && grad.size(0) == stack.size(0) && grad.size(1) == stack.size(2) &&
                   grad.size(2) == stack.size(3) && grad.size(3) == stack.size(4) &&
                   grad.scalar_type() == stack.scalar_type(),
@@ -1939,9 +1962,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fusion_backward_op(
   const auto [band, residual] = vector_plan(plan);
   const auto cv = conventions_from(codes, reals);
   if (stack.scalar_type() == at::kFloat)
-    return fuse_backward_impl<float>(grad, stack, weights, total, p, cv, band, residual, stack_grad, parameter_grad,
+    return fuse_backward_impl<float>(grad, stack, product, total, p, cv, band, residual, stack_grad, parameter_grad,
                                      plan_grad);
-  return fuse_backward_impl<double>(grad, stack, weights, total, p, cv, band, residual, stack_grad, parameter_grad,
+  return fuse_backward_impl<double>(grad, stack, product, total, p, cv, band, residual, stack_grad, parameter_grad,
                                     plan_grad);
 }
 
@@ -1951,11 +1974,11 @@ TORCH_LIBRARY_FRAGMENT(efusion_native, m) {
   // fuse with the weight parameters as one differentiable vector [contrast, saturation, exposure,
   // mu_0..mu_{C-1}, sigma_0..sigma_{C-1}] and the depth plan as another [band_0..band_{L-1},
   // residual_0..residual_{L-1}] (float64; autograd registered in Python), and its gradient
-  // fusion returns the fused image, then the normalised weights and their normaliser, which its
-  // backward reads (not differentiable outputs)
+  // fusion returns the fused image, then the measures' product and the weights' normaliser, which
+  // its backward reads (not differentiable outputs)
   m.def("fusion(Tensor stack, Tensor parameters, Tensor plan, bool sigma_tensor, float[] reals, int[] conventions) "
         "-> (Tensor, Tensor, Tensor)");
-  m.def("fusion_backward(Tensor grad, Tensor stack, Tensor weights, Tensor total, Tensor parameters, Tensor plan, "
+  m.def("fusion_backward(Tensor grad, Tensor stack, Tensor product, Tensor total, Tensor parameters, Tensor plan, "
         "bool sigma_tensor, float[] reals, int[] conventions, bool stack_grad, bool parameter_grad, bool plan_grad) "
         "-> (Tensor, Tensor, Tensor)");
 }
