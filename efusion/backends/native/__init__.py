@@ -20,8 +20,8 @@ tail (there torch adds in another order, one that also depends on its thread cou
   :data:`DEFAULT_WEIGHT_BYTES`) and one frame's size.
 - ``efusion_native::fusion`` = ``fuse`` with the five weight parameters and the depth plan
   (:func:`efusion.depth.depth_plan`'s coefficients) as tensors, for calls that record gradients or
-  have a tensor depth, with registered autograd: it also returns the measures' product
-  ``C^c S^s E^e`` and the weights' normaliser (not differentiable), which
+  have a tensor depth, with registered autograd: it also returns the normalised weights, the
+  measures' product ``C^c S^s E^e`` and the weights' normaliser (not differentiable), which
   ``efusion_native::fusion_backward`` reads instead of computing the measures again, and which
   gives the gradients of the stack, the parameters and the plan (a recorded backward, ``create_graph=True``,
   is the reference code's gradient instead, :func:`efusion.backends.gradients.reference_gradients`,
@@ -448,18 +448,18 @@ def _plan_vector(plan) -> Tensor:
 
 def _fusion_setup(ctx, inputs, output) -> None:
     stack, parameters, plan, sigma_tensor, reals, codes = inputs
-    _, product, total = output  # what the backward reads: the measures' product, the weights' normaliser
-    ctx.mark_non_differentiable(product, total)
-    ctx.set_materialize_grads(False)  # no zero-filled gradients for product and total (2 / 3 of a stack)
-    ctx.save_for_backward(stack, parameters, plan, product, total)
+    _, weights, product, total = output  # what the backward reads: w, the measures' product, the normaliser
+    ctx.mark_non_differentiable(weights, product, total)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for those (2 / 3 of a stack and more)
+    ctx.save_for_backward(stack, parameters, plan, weights, product, total)
     ctx.arguments = (sigma_tensor, reals, codes)
 
 
 def _fusion_backward(ctx, grad: Tensor, *_unused: Tensor | None):
     """The kernels' gradient (``efusion_native::fusion_backward``); when autograd records the
-    backward (``create_graph=True``), the reference code's, differentiable again. The product
-    and normaliser outputs are not differentiable (``_unused``: their gradients, None)."""
-    stack, parameters, plan, product, total = ctx.saved_tensors
+    backward (``create_graph=True``), the reference code's, differentiable again. The weights,
+    product and normaliser outputs are not differentiable (``_unused``: their gradients, None)."""
+    stack, parameters, plan, weights, product, total = ctx.saved_tensors
     sigma_tensor, reals, codes = ctx.arguments
     needs = ctx.needs_input_grad[:3]
     if grad is None:  # gradients are not materialised: the fused image's may be absent
@@ -479,7 +479,7 @@ def _fusion_backward(ctx, grad: Tensor, *_unused: Tensor | None):
         grads = reference_gradients(reference, [stack, parameters, plan], needs, grad)
         return grads[0], grads[1], grads[2], None, None, None
     grad_stack, grad_parameters, grad_plan = torch.ops.efusion_native.fusion_backward(
-        grad.contiguous(), stack, product, total, parameters, plan, sigma_tensor, reals, codes, *needs)
+        grad.contiguous(), stack, weights, product, total, parameters, plan, sigma_tensor, reals, codes, *needs)
     return (grad_stack if needs[0] else None, grad_parameters.to(parameters.dtype) if needs[1] else None,
             grad_plan.to(plan.dtype) if needs[2] else None, None, None, None)
 
@@ -528,10 +528,10 @@ def _register_fakes() -> None:
     def _fusion_fake(stack, *args):
         batch, frames, _, height, width = stack.shape
         return (stack.new_empty((batch, stack.shape[2], height, width)), stack.new_empty((batch, frames, 1, height, width)),
-                stack.new_empty((batch, 1, 1, height, width)))
+                stack.new_empty((batch, frames, 1, height, width)), stack.new_empty((batch, 1, 1, height, width)))
 
     @torch.library.register_fake("efusion_native::fusion_backward")
-    def _fusion_backward_fake(grad, stack, product, total, parameters, plan, *args):
+    def _fusion_backward_fake(grad, stack, weights, product, total, parameters, plan, *args):
         stack_grad = args[-3]
         return (stack.new_empty(stack.shape if stack_grad else (0,)),
                 parameters.new_empty(parameters.shape, dtype=torch.float64), plan.new_empty(plan.shape, dtype=torch.float64))

@@ -1417,7 +1417,8 @@ void laplacian_adjoint_row(const T* d, int64_t height, int64_t width, int64_t y,
 // two summed in double: d/d band_l = sum g_l B_l, d/d residual_l = sum g_l R_l (the blended levels)
 template <typename T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
-    const at::Tensor& grad_in, const at::Tensor& stack, const at::Tensor& product, const at::Tensor& total,
+    const at::Tensor& grad_in, const at::Tensor& stack, const at::Tensor& normalised, const at::Tensor& product,
+    const at::Tensor& total,
     const WeightParams& p, const Conventions& cv,
     const std::vector<double>& band_coef, const std::vector<double>& residual_coef, bool stack_grad,
     bool parameter_grad, bool plan_grad) {
@@ -1429,27 +1430,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
   at::Tensor grad = grad_in.contiguous();
   const T* x_data = stack.data_ptr<T>();
 
-  // the forward's normalised weights again from its product P and normaliser T: w = (P + 1e-12) / T,
-  // the forward's operations, hence its bits
-  at::Tensor normalised = at::empty(product.sizes(), options);
-  {
-    const T* pp = product.data_ptr<T>();
-    const T* t = total.data_ptr<T>();
-    T* w = normalised.data_ptr<T>();
-    const T floor_ = T(1e-12);
-    at::parallel_for(0, batch * height, grain_rows(width * frames), [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t b = i / height, off = (i % height) * width;
-        const T* tt = t + b * plane + off;
-        for (int64_t n = 0; n < frames; ++n) {
-          const T* pn = pp + (b * frames + n) * plane + off;
-          T* wn = w + (b * frames + n) * plane + off;
-          for (int64_t x = 0; x < width; ++x) wn[x] = (pn[x] + floor_) / tt[x];
-        }
-      }
-    });
-  }
-
+  // the forward's normalised weights w, measures' product P and normaliser T (fusion's outputs)
   // pyramid geometry and the 1-D maps of each level
   std::vector<Level> levels{{height, width}};
   for (int64_t l = 1; l < top; ++l) levels.push_back({(levels.back().h + 1) / 2, (levels.back().w + 1) / 2});
@@ -1910,12 +1891,12 @@ WeightParams vector_params(const at::Tensor& parameters, bool sigma_tensor, int6
                       std::vector<double>(d + 3 + channels, d + 3 + 2 * channels), sigma_tensor};
 }
 
-// fuse (fuse_op's bits), keeping what the backward reads: the measures' product before the floor
-// P = C^c S^s E^e [B, N, 1, H, W] and the weights' normaliser T = sum_n (P_n + 1e-12) [B, 1, 1, H, W]
-// (the normalised weights are (P + 1e-12) / T again, bit for bit; P itself because w T - 1e-12
-// loses it where P is far below the floor, and dP/dL = c P / L needs it there)
+// fuse (fuse_op's bits), keeping what the backward reads: the normalised weights w [B, N, 1, H, W],
+// the measures' product before the floor P = C^c S^s E^e [B, N, 1, H, W] and the weights'
+// normaliser T = sum_n (P_n + 1e-12) [B, 1, 1, H, W] (P itself, because w T - 1e-12 loses it where
+// it is far below the floor, and dP/dL = c P / L needs it there)
 template <typename T>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fusion_impl(const at::Tensor& stack, const WeightParams& p,
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fusion_impl(const at::Tensor& stack, const WeightParams& p,
                                                            const std::vector<double>& band,
                                                            const std::vector<double>& residual, const Conventions& cv) {
   const int64_t batch = stack.size(0), frames = stack.size(1), height = stack.size(3), width = stack.size(4);
@@ -1923,13 +1904,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fusion_impl(const at::Tensor& sta
   at::Tensor product = at::empty({batch, frames, 1, height, width}, stack.options());
   at::Tensor total = at::empty({batch, 1, 1, height, width}, stack.options());
   weights_into<T>(stack, weights, p, cv, true, total.data_ptr<T>(), product.data_ptr<T>());
-  at::Tensor out = blend_impl<T>(stack, std::move(weights), band, residual, cv);
-  return {out, product, total};
+  at::Tensor out = blend_impl<T>(stack, weights, band, residual, cv);
+  return {out, weights, product, total};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fusion_op(const at::Tensor& stack_in, const at::Tensor& parameters,
-                                                         const at::Tensor& plan, bool sigma_tensor,
-                                                         at::ArrayRef<double> reals, at::IntArrayRef codes) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fusion_op(const at::Tensor& stack_in,
+                                                                     const at::Tensor& parameters,
+                                                                     const at::Tensor& plan, bool sigma_tensor,
+                                                                     at::ArrayRef<double> reals,
+                                                                     at::IntArrayRef codes) {
   CallThreads threads;
   check_stack(stack_in, "stack");
   const at::Tensor stack = stack_in.contiguous();
@@ -1941,19 +1924,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fusion_op(const at::Tensor& stack
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fusion_backward_op(
-    const at::Tensor& grad, const at::Tensor& stack_in, const at::Tensor& product_in, const at::Tensor& total_in,
+    const at::Tensor& grad, const at::Tensor& stack_in, const at::Tensor& weights_in, const at::Tensor& product_in,
+    const at::Tensor& total_in,
     const at::Tensor& parameters, const at::Tensor& plan, bool sigma_tensor, at::ArrayRef<double> reals,
     at::IntArrayRef codes, bool stack_grad, bool parameter_grad, bool plan_grad) {
   CallThreads threads;
   check_stack(stack_in, "stack");
   const at::Tensor stack = stack_in.contiguous();
-  const at::Tensor product = product_in.contiguous(), total = total_in.contiguous();
+  const at::Tensor weights = weights_in.contiguous(), product = product_in.contiguous(), total = total_in.contiguous();
   const int64_t batch = stack.size(0), frames = stack.size(1), height = stack.size(3), width = stack.size(4);
-  TORCH_CHECK(product.sizes() == at::IntArrayRef({batch, frames, 1, height, width}) &&
+  const std::vector<int64_t> per_frame{batch, frames, 1, height, width};
+  TORCH_CHECK(weights.sizes() == at::IntArrayRef(per_frame) && product.sizes() == at::IntArrayRef(per_frame) &&
                   total.sizes() == at::IntArrayRef({batch, 1, 1, height, width}) &&
-                  product.scalar_type() == stack.scalar_type() && total.scalar_type() == stack.scalar_type(),
-              "efusion_native: product [B, N, 1, H, W] and total [B, 1, 1, H, W] of the stack's dtype expected (fusion's "
-              "outputs), got ", product.sizes(), " and ", total.sizes());
+                  weights.scalar_type() == stack.scalar_type() && product.scalar_type() == stack.scalar_type() &&
+                  total.scalar_type() == stack.scalar_type(),
+              "efusion_native: weights and product [B, N, 1, H, W] and total [B, 1, 1, H, W] of the stack's dtype "
+              "expected (fusion's outputs), got ", weights.sizes(), ", ", product.sizes(), " and ", total.sizes());
   TORCH_CHECK(grad.dim() == 4 && grad.size(0) == stack.size(0) && grad.size(1) == stack.size(2) &&
                   grad.size(2) == stack.size(3) && grad.size(3) == stack.size(4) &&
                   grad.scalar_type() == stack.scalar_type(),
@@ -1962,10 +1948,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fusion_backward_op(
   const auto [band, residual] = vector_plan(plan);
   const auto cv = conventions_from(codes, reals);
   if (stack.scalar_type() == at::kFloat)
-    return fuse_backward_impl<float>(grad, stack, product, total, p, cv, band, residual, stack_grad, parameter_grad,
-                                     plan_grad);
-  return fuse_backward_impl<double>(grad, stack, product, total, p, cv, band, residual, stack_grad, parameter_grad,
-                                    plan_grad);
+    return fuse_backward_impl<float>(grad, stack, weights, product, total, p, cv, band, residual, stack_grad,
+                                     parameter_grad, plan_grad);
+  return fuse_backward_impl<double>(grad, stack, weights, product, total, p, cv, band, residual, stack_grad,
+                                    parameter_grad, plan_grad);
 }
 
 }  // namespace
@@ -1974,11 +1960,12 @@ TORCH_LIBRARY_FRAGMENT(efusion_native, m) {
   // fuse with the weight parameters as one differentiable vector [contrast, saturation, exposure,
   // mu_0..mu_{C-1}, sigma_0..sigma_{C-1}] and the depth plan as another [band_0..band_{L-1},
   // residual_0..residual_{L-1}] (float64; autograd registered in Python), and its gradient
-  // fusion returns the fused image, then the measures' product and the weights' normaliser, which
-  // its backward reads (not differentiable outputs)
+  // fusion returns the fused image, then the normalised weights, the measures' product and the
+  // weights' normaliser, which its backward reads (not differentiable outputs)
   m.def("fusion(Tensor stack, Tensor parameters, Tensor plan, bool sigma_tensor, float[] reals, int[] conventions) "
-        "-> (Tensor, Tensor, Tensor)");
-  m.def("fusion_backward(Tensor grad, Tensor stack, Tensor product, Tensor total, Tensor parameters, Tensor plan, "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("fusion_backward(Tensor grad, Tensor stack, Tensor weights, Tensor product, Tensor total, Tensor parameters, "
+        "Tensor plan, "
         "bool sigma_tensor, float[] reals, int[] conventions, bool stack_grad, bool parameter_grad, bool plan_grad) "
         "-> (Tensor, Tensor, Tensor)");
 }
