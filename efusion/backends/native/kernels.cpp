@@ -1925,9 +1925,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fusion_op(const at::T
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fusion_backward_op(
     const at::Tensor& grad, const at::Tensor& stack_in, const at::Tensor& weights_in, const at::Tensor& product_in,
-    const at::Tensor& total_in,
-    const at::Tensor& parameters, const at::Tensor& plan, bool sigma_tensor, at::ArrayRef<double> reals,
-    at::IntArrayRef codes, bool stack_grad, bool parameter_grad, bool plan_grad) {
+    const at::Tensor& total_in, const at::Tensor& parameters, const at::Tensor& plan, bool sigma_tensor,
+    at::ArrayRef<double> reals, at::IntArrayRef codes, bool stack_grad, bool parameter_grad, bool plan_grad) {
   CallThreads threads;
   check_stack(stack_in, "stack");
   const at::Tensor stack = stack_in.contiguous();
