@@ -1170,8 +1170,11 @@ TORCH_LIBRARY_IMPL(efusion_native, CPU, m) {
 // parameters, for efusion_native::fusion's registered autograd (efusion/backends/native/__init__.py).
 // The same mathematics as the "cpu" backend's hand-written backward (efusion/backends/cpu/blend.py
 // BlendFunction, weights.py WeightsBackward), with the reference's conventions at the kinks (0
-// where a measure is 0). Gradients need not equal any bits: the pyramid operators and their
-// adjoints are applied as separable sparse 1-D matrices, one at::parallel_for per pass over a level.
+// where a measure is 0). It reads what the forward kept (fusion's extra outputs: the normalised
+// weights, the measures' product and the normaliser) instead of computing the measures again, and
+// recomputes only each frame's Gaussian levels. Gradients need not equal any bits: the pyramid
+// operators and their adjoints are applied as separable sparse 1-D matrices, one at::parallel_for
+// per pass over a level.
 namespace {
 
 // a 1-D linear map as rows: output i = sum over k in [start[i], start[i + 1]) of weight[k] * input[index[k]]
@@ -1414,7 +1417,8 @@ void laplacian_adjoint_row(const T* d, int64_t height, int64_t width, int64_t y,
 
 // the gradient of fuse (weights then blend) for the stack, the parameters (contrast, saturation,
 // exposure, mu_c, sigma_c) and the depth plan's coefficients (band_l then residual_l), the latter
-// two summed in double: d/d band_l = sum g_l B_l, d/d residual_l = sum g_l R_l (the blended levels)
+// two summed in double: d/d band_l = sum g_l B_l, d/d residual_l = sum g_l R_l (the blended levels);
+// `normalised`, `product`, `total`: the forward's w, P = C^c S^s E^e and T (efusion_native::fusion)
 template <typename T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
     const at::Tensor& grad_in, const at::Tensor& stack, const at::Tensor& normalised, const at::Tensor& product,
