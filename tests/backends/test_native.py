@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -562,8 +563,6 @@ class TestBusyMachine:
 
     @pytest.mark.skipif((os.cpu_count() or 1) < 2 or not Path("/proc/loadavg").exists(), reason="needs Linux, 2+ CPUs")
     def test_busy_process_takes_a_core(self):
-        import time
-
         online = os.cpu_count() or 1
         threads = torch.get_num_threads()
         x = torch.rand(1, 3, 3, 48, 64, generator=torch.Generator().manual_seed(2))

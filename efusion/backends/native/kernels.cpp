@@ -1434,7 +1434,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
   at::Tensor grad = grad_in.contiguous();
   const T* x_data = stack.data_ptr<T>();
 
-  // the forward's normalised weights w, measures' product P and normaliser T (fusion's outputs)
   // pyramid geometry and the 1-D maps of each level
   std::vector<Level> levels{{height, width}};
   for (int64_t l = 1; l < top; ++l) levels.push_back({(levels.back().h + 1) / 2, (levels.back().w + 1) / 2});
@@ -1493,15 +1492,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_impl(
       apply_separable<T>(weight_at(l), weight_at(l + 1), batch, down_h[l], down_w[l], T(1), false);
     }
     for (int64_t l = top - 1; l >= 0; --l) {
-      const bool has_band = l + 1 < top && band_coef[l] != 0, has_residual = residual_coef[l] != 0;
+      const bool below = l + 1 < top;  // a coarser level, whose gradients come down to this one
+      const bool has_band = below && band_coef[l] != 0, has_residual = residual_coef[l] != 0;
       const bool upsample = band_term(l) && (weights_grad || plan_grad);
       const T bc = T(band_coef[l]), rc = T(residual_coef[l]);
-      const Level lv = levels[l], cl = l + 1 < top ? levels[l + 1] : Level{0, 0};
+      const Level lv = levels[l], cl = below ? levels[l + 1] : Level{0, 0};
       const Planes<T> image = image_at(l), weight = weight_at(l), hl = h_at(l), ql = q_at(l);
       const Planes<T> gl = contiguous_planes<T>(g[l], channels);
       const T* coarse = upsample ? images[l + 1].data_ptr<T>() : nullptr;
       double* plan_sums = plan_grad ? plan_rows[l].data() : nullptr;
-      const bool below = l + 1 < top;  // a coarser level, whose gradients come down to this one
       if (stack_grad && has_band) {
         // G_{l+1}'s share of the band: q_{l+1} -= U^T (band w g), the band rows computed as U^T reads them
         const Planes<T> coarse_q = q_at(l + 1);
