@@ -7,7 +7,9 @@ timed, interleaved, repeat after repeat, with:
 - ``opencv``: ``cv2.createMergeMertens(1, 1, 1).process(frames)`` on the uint8 ``H x W x 3`` frames;
 - ``eager``: ``efusion.exposure_fusion(stack)`` on the float stack ``[N, 3, H, W]`` (``frames / 255``),
   without autograd;
-- ``stream``: ``efusion.fuse_frames(frames)`` on the uint8 ``[3, H, W]`` frames (converted one by one);
+- ``stream``: ``efusion.fuse_frames(frames)`` on the uint8 ``[3, H, W]`` frames (converted one by one;
+  in float32 measured on their exact values, as ``exposure_fusion`` measures a uint8 stack, which
+  its agreement is checked against);
 - ``compiled``: ``torch.compile(efusion.exposure_fusion, fullgraph=True)`` on the float stack
   (compile time reported apart; on a CPU the compiled graph calls efusion's kernels as operators,
   ``--inductor`` has Inductor compile the reference code instead);
@@ -147,6 +149,18 @@ class Case:
             with torch.no_grad():
                 fused = [efusion.fuse_frames(frames, preset=self.preset, dtype=self._stream_dtype())
                          for frames in self.torch_brackets]
+            return torch.stack(fused) if self.stack.dim() == 5 else fused[0]
+
+        return run
+
+    def integer_eager(self) -> Callable[[], torch.Tensor]:
+        """``eager`` on the uint8 frames themselves (``stream``'s input; float32: measured exactly)."""
+        if self._stream_dtype() != torch.float32:
+            return self.eager()
+
+        def run():
+            with torch.no_grad():
+                fused = [efusion.exposure_fusion(torch.stack(frames), preset=self.preset) for frames in self.torch_brackets]
             return torch.stack(fused) if self.stack.dim() == 5 else fused[0]
 
         return run
@@ -350,7 +364,8 @@ def run_case(height: int, width: int, frames: int, args, log: Callable[[str], No
         eager = outputs["eager"].float()
         for m in ("stream", "compiled"):
             if m in outputs:
-                diffs[f"{m}_vs_eager"] = (outputs[m].float() - eager).abs().max().item()
+                same_input = case.integer_eager()() if m == "stream" else eager
+                diffs[f"{m}_vs_eager"] = (outputs[m].float() - same_input.float()).abs().max().item()
         if "reference" not in skip:
             with efusion.backends.use("reference"):
                 reference = case.eager()()

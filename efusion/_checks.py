@@ -24,10 +24,15 @@ def _is_compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
-def as_stack(stack: Tensor | Sequence[Tensor], name: str = "stack") -> tuple[Tensor, bool]:
+#: integer sample types the fusion ops take, with the value that maps to 1.0
+INTEGER_RANGES = {torch.uint8: 255.0, torch.uint16: 65535.0}
+
+
+def as_stack(stack: Tensor | Sequence[Tensor], name: str = "stack", integers: bool = False) -> tuple[Tensor, bool]:
     """Validate a stack and return it as ``[B, N, C, H, W]`` plus whether it was unbatched.
 
-    A sequence of ``[C, H, W]`` frames is stacked (sizes must agree).
+    A sequence of ``[C, H, W]`` frames is stacked (sizes must agree). ``integers``: uint8 and
+    uint16 stacks are accepted too (returned as they are), else only floating-point ones.
     """
     if isinstance(stack, (list, tuple)):
         if len(stack) == 0:
@@ -44,7 +49,12 @@ def as_stack(stack: Tensor | Sequence[Tensor], name: str = "stack") -> tuple[Ten
         stack = torch.stack(list(stack))
     if not isinstance(stack, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or a list of [C, H, W] tensors, got {type(stack).__name__}")
-    if not stack.is_floating_point():
+    if not stack.is_floating_point() and not (integers and stack.dtype in INTEGER_RANGES):
+        if integers:
+            raise TypeError(
+                f"{name} must be a uint8 or uint16 tensor, or a floating-point one with values in [0, 1], "
+                f"got dtype {stack.dtype}"
+            )
         raise TypeError(
             f"{name} must be a floating-point tensor with values in [0, 1], got dtype {stack.dtype}; "
             "convert 8-bit images with stack.float() / 255 (16-bit: / 65535), or "

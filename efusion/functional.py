@@ -70,7 +70,8 @@ def mertens_weights(
 
     Args:
         stack: frames ``[N, C, H, W]`` or ``[B, N, C, H, W]`` (or a list of ``[C, H, W]``),
-            float in [0, 1]; C = 3 (RGB) or 1 (gray: no saturation measure).
+            float in [0, 1], or uint8 / uint16 (see :func:`exposure_fusion`); C = 3 (RGB) or 1
+            (gray: no saturation measure).
         contrast, saturation, exposure: exponents >= 0 (0 switches a measure off), numbers or
             0-dim tensors (tensors carry gradients); ``None``: the preset's default
             (:attr:`~efusion.Preset.exponent_defaults`). Any finite values give finite weights:
@@ -98,8 +99,9 @@ def mertens_weights(
         >>> torch.allclose(w.sum(0), torch.ones(1, 16, 16))
         True
     """
-    stack5, unbatched = _checks.as_stack(stack)
+    stack5, unbatched = _checks.as_stack(stack, integers=True)
     preset = get_preset(preset)
+    stack5, preset = _integer_stack(stack5, preset, mask is None)
     contrast, saturation, exposure = resolve_exponents(contrast, saturation, exposure, preset)
     mu, sigma = check_params(contrast, saturation, exposure, mu, sigma, stack5.shape[2])
     mask5 = _checks.as_mask(mask, stack5, unbatched)
@@ -164,7 +166,11 @@ def exposure_fusion(
     Args:
         stack: frames ``[N, C, H, W]`` or ``[B, N, C, H, W]`` (or a list of ``[C, H, W]``),
             float in [0, 1]; C = 3 (RGB) or 1 (gray: the saturation measure is off). Frame
-            order does not matter. On CPU tensors outside ``torch.compile``, NaN or inf in an
+            order does not matter. uint8 / uint16 stacks are scaled to [0, 1] as in
+            :func:`fuse_frames` and fused in float32; without a mask (and with a preset that
+            measures exact values, as ``"mertens"``) their contrast and saturation are measured
+            on the exact samples, so the float32 weights agree with float64 ones
+            (:attr:`~efusion.presets.Preset.integer_samples`). On CPU tensors outside ``torch.compile``, NaN or inf in an
             unmasked pixel and values above ``MAX_SAMPLE = 2`` (HDR renders may overshoot 1 a
             little; more is an unscaled 8/16-bit image) raise ``ValueError``; elsewhere they are
             not checked (that would need a host-device sync) and NaN spreads through the pyramid.
@@ -201,8 +207,9 @@ def exposure_fusion(
         >>> exposure_fusion(stack).shape            # [C, H, W]
         torch.Size([3, 32, 48])
     """
-    stack5, unbatched = _checks.as_stack(stack)
+    stack5, unbatched = _checks.as_stack(stack, integers=True)
     preset = get_preset(preset)
+    stack5, preset = _integer_stack(stack5, preset, mask is None)
     contrast, saturation, exposure = resolve_exponents(contrast, saturation, exposure, preset)
     mu, sigma = check_params(contrast, saturation, exposure, mu, sigma, stack5.shape[2])
     check_levels(levels)
@@ -214,8 +221,14 @@ def exposure_fusion(
 
 FrameSource = Sequence[Tensor] | Tensor | Callable[[], Iterable[Tensor]]
 
-#: integer frame dtypes :func:`fuse_frames` converts, with the value that maps to 1.0
-_INTEGER_RANGES = {torch.uint8: 255.0, torch.uint16: 65535.0}
+def _integer_stack(stack: Tensor, preset: Preset, unmasked: bool) -> tuple[Tensor, Preset]:
+    """A uint8 / uint16 stack as float32 in [0, 1] (see :func:`fuse_frames` for the scale) with the
+    preset that measures its exact values where no mask fills pixels with values off the integer
+    grid (:meth:`~efusion.presets.Preset.for_integer_frames`); a float stack as it is."""
+    if stack.is_floating_point():
+        return stack, preset
+    converted = _to_unit_float(stack, torch.float32, preset)
+    return converted, preset.for_integer_frames(torch.float32) if unmasked else preset
 
 
 def fuse_frames(
@@ -251,7 +264,9 @@ def fuse_frames(
             decodes files; it is called twice). Integer frames are scaled to [0, 1]: uint8 by
             1/255, uint16 by 1/65535 (divided, as MATLAB's ``im2double``; with
             ``preset="opencv"`` in float32, multiplied by the float32 reciprocal, as OpenCV's
-            ``convertTo``). Float frames are taken as they are, in [0, 1].
+            ``convertTo``); without ``masks`` they are measured on their exact values, as in
+            :func:`exposure_fusion`. Float frames are taken as they are, in [0, 1]; all frames
+            are integer or all are float.
         contrast, saturation, exposure, mu, sigma, levels, preset: as in :func:`exposure_fusion`.
         masks: optional, one per frame (same container kind as ``frames``), each broadcastable
             to ``[1, H, W]`` (``[B, 1, H, W]`` for batched frames); they multiply the weights
@@ -280,6 +295,8 @@ def fuse_frames(
         dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    if not first.is_floating_point() and masks is None:  # integer frames: measured on their exact values
+        preset = preset.for_integer_frames(dtype)
     unbatched = first.dim() == 3
     shape = (1, *first.shape) if unbatched else tuple(first.shape)
     weight_shape = (shape[0], 1, *shape[-2:])
@@ -347,7 +364,7 @@ def _check_frame(frame, index: int, first: Tensor | None) -> Tensor:
         raise ValueError("frames has no frames: pass at least one [C, H, W] frame")
     if not isinstance(frame, Tensor):
         raise TypeError(f"frames[{index}] must be a torch.Tensor, got {type(frame).__name__}")
-    if frame.dtype not in _INTEGER_RANGES and not frame.is_floating_point():
+    if frame.dtype not in _checks.INTEGER_RANGES and not frame.is_floating_point():
         raise TypeError(
             f"frames[{index}] has dtype {frame.dtype}: pass uint8 or uint16 frames (scaled to [0, 1]) "
             "or floating-point frames with values in [0, 1]"
@@ -360,6 +377,11 @@ def _check_frame(frame, index: int, first: Tensor | None) -> Tensor:
         if frame.shape[-1] == 0 or frame.shape[-2] == 0:
             raise ValueError(f"frames are empty: H x W = {frame.shape[-2]} x {frame.shape[-1]}")
         return frame
+    if frame.is_floating_point() != first.is_floating_point():
+        raise TypeError(
+            f"frames mix integer and floating-point samples: frames[0] is {first.dtype}, frames[{index}] "
+            f"{frame.dtype}; pass all of them as uint8 / uint16 or all as floats in [0, 1]"
+        )
     if frame.shape != first.shape:
         raise ValueError(f"frames differ in size: frames[0] is {tuple(first.shape)} but frames[{index}] is {tuple(frame.shape)}")
     if frame.device != first.device:
@@ -385,7 +407,7 @@ def _to_unit_float(frame: Tensor, dtype: torch.dtype, preset: Preset, out: Tenso
     if out is None:
         out = torch.empty(frame.shape, dtype=dtype, device=frame.device)
     out.copy_(frame)
-    full_scale = _INTEGER_RANGES.get(frame.dtype)
+    full_scale = _checks.INTEGER_RANGES.get(frame.dtype)
     if full_scale is not None:
         if preset.integer_scale == "reciprocal" and dtype == torch.float32:
             out.mul_(float(torch.tensor(1.0 / full_scale, dtype=torch.float32)))  # convertTo(CV_32F, 1/255)

@@ -12,9 +12,14 @@ import math
 import struct
 from dataclasses import dataclass, replace
 
+import torch
+
 from .color import MATLAB_GRAY, OPENCV_GRAY
 
-__all__ = ["PRESETS", "Preset", "get_preset"]
+__all__ = ["INTEGER_GRID", "PRESETS", "Preset", "get_preset"]
+
+#: 8- and 16-bit samples are both multiples of 1/65535 (k / 255 = 257 k / 65535)
+INTEGER_GRID = 65535
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,15 @@ class Preset:
             to 0.97. A float32 Laplacian below ``2**-19`` (an eighth of a 16-bit step) is such
             rounding, not contrast. OpenCV's own float32 arithmetic keeps its residuals (the
             ``"opencv"`` presets reproduce them).
+        integer_samples: 0 (samples are taken as given), or an integer ``M`` such that every sample
+            is exactly ``k / M`` for an integer ``k``, held in float32 as its nearest value. Set by
+            efusion (:meth:`for_integer_frames`) when it converts 8- or 16-bit frames itself, to
+            65535 (which holds both: ``k / 255 = 257 k / 65535``); not meant to be set by hand on
+            float images. Where it is set, float32 computation measures contrast and saturation in
+            float64 on the exact values ``k / M`` (recovered by rounding), so float32 weights of an
+            8- or 16-bit bracket agree with the float64 ones: float32 cannot represent ``k / M``,
+            and its rounding (~3e-8) moves Laplacians that are genuinely ~1e-7, which decide
+            weights against the 1e-12 floor (issue 12). ``flat_contrast`` then has nothing to do.
     """
 
     name: str
@@ -81,6 +95,16 @@ class Preset:
     integer_scale: str = "divide"
     exponent_defaults: tuple[float, float, float] = (1.0, 1.0, 1.0)
     flat_contrast: float = 0.0
+    integer_samples: int = 0
+
+    def for_integer_frames(self, dtype: torch.dtype) -> Preset:
+        """This preset for 8- or 16-bit frames converted to ``dtype`` by efusion: in float32, with
+        :attr:`integer_samples` = 65535 where the reference code measures exact values
+        (``integer_scale="divide"``: MATLAB's ``im2double`` frames); unchanged otherwise (OpenCV
+        measures its float32 samples as they are)."""
+        if self.integer_scale == "divide" and dtype == torch.float32:
+            return replace(self, integer_samples=INTEGER_GRID)
+        return self
 
     @property
     def rgb_index(self) -> tuple[int, int, int]:

@@ -94,7 +94,7 @@ class TestExposureFusion:
         [
             (torch.rand(3, 9, 11), {}, ValueError, "must be \\[N, C, H, W\\] or \\[B, N, C, H, W\\], got 3 dimensions"),
             (torch.rand(1, 1, 3, 3, 9, 11), {}, ValueError, "got 6 dimensions"),
-            (torch.randint(0, 255, (3, 3, 9, 11), dtype=torch.uint8), {}, TypeError, "stack.float\\(\\) / 255"),
+            (torch.randint(0, 255, (3, 3, 9, 11), dtype=torch.int32), {}, TypeError, "uint8 or uint16 tensor, or a floating-point"),
             (torch.rand(0, 3, 9, 11), {}, ValueError, "N = 0"),
             (torch.rand(3, 2, 9, 11), {}, ValueError, "C = 1 \\(gray\\) or 3 \\(RGB\\) channels, got C = 2"),
             (torch.rand(3, 3, 0, 11), {}, ValueError, "frames are empty"),
@@ -286,6 +286,59 @@ class TestDtypes:
         x = scene(dtype=torch.float32)
         out = exposure_fusion(x, contrast=torch.tensor(1.0, dtype=torch.float64), levels=torch.tensor(2.5))
         assert out.dtype == torch.float32
+
+
+class TestIntegerFrames:
+    """uint8 / uint16 stacks: scaled to [0, 1], fused in float32, measured on their exact values."""
+
+    @staticmethod
+    def faint_detail() -> torch.Tensor:
+        # 16-bit frames, gray and flat but for one blue code step in frame 0: a gray Laplacian of
+        # 0.114 / 65535 ~ 1.7e-6 there, which float32 samples (rounded by ~3e-8, luma residuals
+        # below 2**-19 counted as 0) cannot tell from rounding; float64 gives frame 0 almost all the weight
+        x = torch.full((2, 3, 9, 9), 40000, dtype=torch.int32)
+        x[1] = 20000
+        x[0, :, 4, 4] += torch.tensor([0, 0, 1])
+        return x.to(torch.uint16)
+
+    def test_exact_where_float32_samples_are_not(self):
+        codes = self.faint_detail()
+        exact = mertens_weights(codes.double() / 65535, saturation=0.0, exposure=0.0)
+        assert exact[0, 0, 4, 4] > 0.99
+        for backend in (None, "reference"):
+            with backends.use(backend):
+                torch.testing.assert_close(mertens_weights(codes, saturation=0.0, exposure=0.0).double(), exact,
+                                           atol=1e-6, rtol=0)
+                rounded = mertens_weights(codes.float() / 65535, saturation=0.0, exposure=0.0)
+                assert (rounded.double() - exact).abs().max() > 0.4  # what the float32 samples give
+
+    def test_scaled_as_fuse_frames(self):
+        g = torch.Generator().manual_seed(20)
+        eight = torch.randint(0, 256, (3, 3, 13, 17), generator=g, dtype=torch.uint8)
+        fused = exposure_fusion(eight)
+        assert fused.dtype == torch.float32
+        assert torch.equal(fused, exposure_fusion(eight.to(torch.int32).mul(257).to(torch.uint16)))  # k/255 = 257k/65535
+        assert torch.equal(fused, fuse_frames(list(eight)))
+        torch.testing.assert_close(fused, exposure_fusion(eight.float() / 255), atol=1e-4, rtol=0)
+        # a list of frames, batched stacks: the same
+        assert torch.equal(exposure_fusion(list(eight)), fused)
+        assert torch.equal(exposure_fusion(eight.unsqueeze(0).expand(2, -1, -1, -1, -1))[1], fused)
+
+    def test_masked_and_opencv_calls_measure_the_float32_samples(self):
+        # a mask fills masked pixels with values off the integer grid; OpenCV measures its float32 samples
+        g = torch.Generator().manual_seed(21)
+        eight = torch.randint(0, 256, (3, 3, 13, 17), generator=g, dtype=torch.uint8)
+        mask = (torch.rand(3, 1, 13, 17, generator=g) > 0.2).float()
+        assert torch.equal(exposure_fusion(eight, mask=mask), exposure_fusion(eight.float() / 255, mask=mask))
+        reciprocal = eight.float() * float(torch.tensor(1 / 255, dtype=torch.float32))  # convertTo(CV_32F, 1/255)
+        assert torch.equal(exposure_fusion(eight, preset="opencv"), exposure_fusion(reciprocal, preset="opencv"))
+
+    def test_frames_must_not_mix_integer_and_float(self):
+        frames = [torch.zeros(3, 5, 6, dtype=torch.uint8), torch.zeros(3, 5, 6)]
+        with pytest.raises(TypeError, match="frames mix integer and floating-point samples"):
+            fuse_frames(frames)
+        with pytest.raises(TypeError, match="frames mix integer and floating-point samples"):
+            fuse_frames(frames[::-1])
 
 
 @pytest.mark.slow

@@ -44,7 +44,8 @@ class Bracket:
     """Frames of one bracket, read from files.
 
     Attributes:
-        frames: ``[N, C, H, W]`` float, integer samples scaled to [0, 1]; C = 1 (every frame
+        frames: ``[N, C, H, W]`` float, integer samples scaled to [0, 1] (or their 16-bit codes,
+            read with ``dtype=torch.uint16``); C = 1 (every frame
             gray) or 3.
         mask: ``[N, 1, H, W]`` alpha of the frames (1 where a frame has no alpha channel), or
             ``None`` when no frame has one. Pass it as ``mask=`` to the fusion.
@@ -108,7 +109,10 @@ def read_bracket(
 
     Args:
         paths: frame files (at least one); the stack keeps their order.
-        dtype: floating dtype of the stack.
+        dtype: floating dtype of the stack, or ``torch.uint16``: the samples themselves as 16-bit
+            codes (8-bit ones times 257, which keeps them exact: ``k / 255 = 257 k / 65535``), for
+            brackets of 8- and 16-bit files without alpha; the fusion ops take them as they are
+            and measure their exact values (:attr:`efusion.Preset.integer_samples`).
         device: where the stack lives (default CPU).
         max_pixels: refuse frames with more pixels than this (default :data:`MAX_PIXELS`, Pillow's
             decompression-bomb limit, for every format); ``None`` for no limit.
@@ -120,7 +124,6 @@ def read_bracket(
         ImageIOError: a file is missing, unreadable, truncated, of an unsupported format, or
             the frames differ in size, or a frame has more than ``max_pixels`` pixels.
     """
-    _check_float_dtype(dtype)
     return open_bracket(paths, max_pixels=max_pixels).read(dtype=dtype, device=device)
 
 
@@ -184,7 +187,7 @@ class LazyBracket:
 
     def read(self, *, dtype: torch.dtype = torch.float32, device=None) -> Bracket:
         """All frames in one stack (see :func:`read_bracket`)."""
-        _check_float_dtype(dtype)
+        self._check_dtype(dtype)
         count, (_, height, width) = len(self), self.shape
         frames = torch.empty((count, *self.shape), dtype=dtype, device=device)
         mask = torch.ones((count, 1, height, width), dtype=dtype, device=device) if self.has_alpha else None
@@ -198,7 +201,7 @@ class LazyBracket:
         alpha is ones for a frame without an alpha channel in a bracket where another frame has
         one, and ``None`` when no frame has one.
         """
-        _check_float_dtype(dtype)
+        self._check_dtype(dtype)
         index = range(len(self))[index]
         info = self._infos[index]
         frame = torch.empty(self.shape, dtype=dtype, device=device)
@@ -210,7 +213,7 @@ class LazyBracket:
 
     def frames(self, *, dtype: torch.dtype = torch.float32, device=None) -> Sequence[Tensor]:
         """The frames ``[C, H, W]`` as a sequence that decodes a frame each time it is indexed."""
-        _check_float_dtype(dtype)
+        self._check_dtype(dtype)
         return _LazyFrames(self, dtype, device, alpha=False)
 
     def masks(self, *, dtype: torch.dtype = torch.float32, device=None) -> Sequence[Tensor] | None:
@@ -218,6 +221,17 @@ class LazyBracket:
         with the same frame just before), or ``None`` when no frame has an alpha channel."""
         _check_float_dtype(dtype)
         return _LazyFrames(self, dtype, device, alpha=True) if self.has_alpha else None
+
+    def _check_dtype(self, dtype: torch.dtype) -> None:
+        """A floating dtype, or uint16 where every sample is an 8- or 16-bit integer (no alpha)."""
+        if dtype == torch.uint16:
+            if self.bit_depth > 16 or self.has_alpha:
+                raise TypeError(
+                    "dtype torch.uint16 reads 8- and 16-bit frames without alpha; this bracket has "
+                    + ("float samples" if self.bit_depth > 16 else "an alpha channel") + ": read it as a float dtype"
+                )
+            return
+        _check_float_dtype(dtype)
 
     def _alpha(self, index: int, dtype: torch.dtype, device) -> Tensor:
         index = range(len(self))[index]
@@ -385,6 +399,11 @@ def _decode_into(info: _FrameInfo, frame: Tensor, alpha: Tensor | None) -> None:
     with warnings.catch_warnings():  # decoders hand out read-only buffers; we only read them
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         source = torch.from_numpy(array).permute(2, 0, 1)
+    if frame.dtype == torch.uint16:  # 16-bit codes (LazyBracket._check_dtype: no alpha, no float samples)
+        frame.copy_(source[:colour].expand(frame.shape[0], -1, -1) if colour == 1 else source[:colour])
+        if info.bit_depth == 8:
+            frame.mul_(257)  # k / 255 = 257 k / 65535
+        return
     scale = {8: 255.0, 16: 65535.0}.get(info.bit_depth)
     if scale == 65535.0 and frame.dtype not in (torch.float32, torch.float64):
         # half types cannot hold every 16-bit code value (float16 overflows above 65504): scale

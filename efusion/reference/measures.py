@@ -32,6 +32,7 @@ __all__ = [
     "channel_sum",
     "compute_dtype",
     "contrast",
+    "exact_samples",
     "fusion_weights",
     "laplacian",
     "log_normalise",
@@ -53,6 +54,18 @@ __all__ = [
 
 #: Mertens' ``W = W + 1e-12`` (exposure_fusion.m), also OpenCV's ``+ 1e-12f``: avoids 0 / 0.
 WEIGHT_FLOOR = 1e-12
+
+
+def exact_samples(stack: Tensor, preset: Preset) -> Tensor:
+    """The samples contrast and saturation are measured on: ``stack`` itself, or, for a float32
+    stack of integer frames (``preset.integer_samples = M``), the exact values ``k / M`` in float64
+    (``round(x M) / M``; the gradient passes straight through the rounding, as if it were exact).
+    See :attr:`~efusion.presets.Preset.integer_samples`."""
+    grid = preset.integer_samples
+    if not grid or stack.dtype != torch.float32:
+        return stack
+    wide = stack.double()
+    return wide + ((wide * grid).round() / grid - wide).detach()
 
 
 def luma(stack: Tensor, preset: str | Preset = "mertens") -> Tensor:
@@ -213,10 +226,11 @@ def measure_terms(
     (the contrast ``C``, weighed as ``C^c``), ``"squared"`` (``S^2``, weighed as ``(S^2)^(s/2)``)
     and ``"log"`` (``log E``, weighed as ``exp(e log E)``); measures switched off are left out."""
     terms: list[tuple[str, Tensor, ParamLike]] = []
+    exact = exact_samples(stack, preset)
     if not is_zero(contrast_exponent):
-        terms.append(("plain", laplacian(luma(stack, preset), preset).abs(), contrast_exponent))
+        terms.append(("plain", laplacian(luma(exact, preset), preset).abs().to(stack.dtype), contrast_exponent))
     if stack.shape[-3] == 3 and not is_zero(saturation_exponent):
-        terms.append(("squared", saturation_squared(stack, preset), saturation_exponent))
+        terms.append(("squared", saturation_squared(exact, preset).to(stack.dtype), saturation_exponent))
     if not is_zero(exposure_exponent):
         exposure_exponent = exposure_exponent.to(stack.dtype) if isinstance(exposure_exponent, Tensor) else exposure_exponent
         terms.append(("log", log_well_exposedness(stack, mu, sigma), exposure_exponent))

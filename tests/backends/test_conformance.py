@@ -122,6 +122,46 @@ class TestForwardMatchesReference:
             torch.testing.assert_close(banded, exposure_fusion(x, contrast=0.8, levels=2.5), atol=1e-12, rtol=0)
 
 
+class TestIntegerFrames:
+    """uint8 / uint16 stacks: fused in float32, their contrast and saturation measured on the exact
+    samples (``Preset.integer_samples``) by every backend that accepts them."""
+
+    @pytest.mark.parametrize("integer", [torch.uint8, torch.uint16])
+    @pytest.mark.parametrize("size", SIZES)
+    @pytest.mark.parametrize("params", PARAMS, ids=lambda p: ",".join(p) or "defaults")
+    def test_exposure_fusion(self, reference, integer, size, params):
+        top = 255 if integer == torch.uint8 else 65535
+        g = torch.Generator().manual_seed(10)
+        x = torch.randint(0, top + 1, (2, 3, 3, *size), generator=g).to(integer)
+        x[:, :, :, :3] = x[:, :1, :, :3]  # the same samples in every frame: contrasts cancel exactly
+        kwargs = {k: torch.tensor(v) if isinstance(v, list) else v for k, v in params.items()}
+        fast = exposure_fusion(x, **kwargs)
+        assert fast.dtype == torch.float32
+        torch.testing.assert_close(fast, reference(lambda: exposure_fusion(x, **kwargs)),
+                                   atol=TOLERANCES[torch.float32], rtol=0)
+
+    @pytest.mark.parametrize("channels", [1, 3])
+    def test_weights(self, reference, channels):
+        g = torch.Generator().manual_seed(11)
+        x = torch.randint(0, 65536, (2, 4, channels, 19, 23), generator=g).to(torch.uint16)
+        x[:, :, :, 5:9] = x[:, :, :1, 5:9]  # gray where C = 3: saturation exactly 0
+        for params in PARAMS[:3]:
+            kwargs = {k: v for k, v in params.items() if k != "levels"}
+            fast = mertens_weights(x, **kwargs)
+            torch.testing.assert_close(fast, reference(functools.partial(mertens_weights, x, **kwargs)), atol=1e-6, rtol=0)
+
+    def test_parameter_gradients(self, reference):
+        x = torch.randint(0, 256, (1, 3, 3, 11, 13), generator=torch.Generator().manual_seed(12)).to(torch.uint8)
+
+        def gradients():
+            exponents = as_tensors(dict(contrast=0.8, saturation=1.2, exposure=1.0), torch.float32, requires_grad=True)
+            exposure_fusion(x, **exponents).square().sum().backward()
+            return [e.grad for e in exponents.values()]
+
+        for fast, slow in zip(gradients(), reference(gradients)):
+            torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-5)
+
+
 def _skip_unless_differentiated(backend: str, op: str, stack: torch.Tensor, inputs: tuple) -> None:
     """Skip a test whose call, recording gradients, the backend declines (a backend may
     differentiate only some calls: ``"native"`` its ``fuse`` calls with a number depth); the
@@ -305,13 +345,17 @@ class TestFuseFrames:
         else:  # MATLAB's im2double: divided by 255
             stack = frames.to(dtype) / 255
         for kwargs in ({}, dict(levels=2.5, contrast=0.5), dict(levels=torch.tensor(2.2, dtype=dtype))):
-            expected = exposure_fusion(stack, preset=preset, **kwargs)
+            # in float32 exposure_fusion takes the uint8 stack itself (the "mertens" preset then measures
+            # the exact samples, as fuse_frames; OpenCV's the float32 ones: the converted stack's result)
+            expected = exposure_fusion(frames if dtype == torch.float32 else stack, preset=preset, **kwargs)
             assert torch.equal(fuse_frames(list(frames), preset=preset, dtype=dtype, **kwargs), expected)
+            if preset == "opencv":
+                assert torch.equal(exposure_fusion(stack, preset=preset, **kwargs), expected)
 
     def test_sources_and_formats(self):
         g = torch.Generator().manual_seed(9)
         frames = torch.randint(0, 65536, (3, 3, 20, 24), generator=g).to(torch.uint16)
-        expected = exposure_fusion(frames.float() / 65535)
+        expected = exposure_fusion(frames)
         assert torch.equal(fuse_frames(frames), expected)  # a tensor [N, ...]
         assert torch.equal(fuse_frames(lambda: iter(frames)), expected)  # a function returning an iterable
         assert torch.equal(fuse_frames(tuple(frames)), expected)

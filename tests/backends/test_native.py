@@ -89,7 +89,8 @@ class TestOperators:
         # summed in torch's order (cascades of 16 frames) and the blend in the reference's
         images = torch.randint(0, 256, (frames, 2, 3, 21, 30), dtype=torch.uint8, generator=torch.Generator().manual_seed(6))
         for dtype, levels in ((torch.float32, None), (torch.float64, 2.5)):
-            stack = images.transpose(0, 1).to(dtype) / 255
+            # float32: the uint8 stack itself (measured on its exact samples, as the streamed frames)
+            stack = images.transpose(0, 1) if dtype == torch.float32 else images.transpose(0, 1).to(dtype) / 255
             with backends.use("native"):
                 streamed = fuse_frames(list(images), dtype=dtype, levels=levels, contrast=0.5)
             assert torch.equal(streamed, exposure_fusion(stack, levels=levels, contrast=0.5))
@@ -204,12 +205,12 @@ print(json.dumps(peaks))
         codes, reals = conventions(preset)
         threshold = 2.0 ** -19
         fast = torch.ops.efusion_native.weights(x, [1.0, 0.0, 0.0], [0.5] * 3, [0.2] * 3, False,
-                                                reals[:3] + [threshold], codes)
+                                                reals[:3] + [threshold, 0.0], codes)
         response = laplacian(luma(x, preset), preset)
         raw = torch.where(response.abs() < threshold, 0.0, response).abs() + WEIGHT_FLOOR
         assert torch.equal(fast, raw / raw.sum(dim=1, keepdim=True))
         as_float64 = torch.ops.efusion_native.weights(x.double(), [1.0, 0.0, 0.0], [0.5] * 3, [0.2] * 3, False,
-                                                      reals[:3] + [threshold], codes)
+                                                      reals[:3] + [threshold, 0.0], codes)
         assert torch.equal(as_float64, fusion_weights(x.double(), None, 1.0, 0.0, 0.0, 0.5, 0.2, preset))  # float32 only
 
     def test_rejects_bad_arguments(self):

@@ -21,6 +21,12 @@ def as_stack(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
 
 
+def as_codes(frames: np.ndarray) -> torch.Tensor:
+    """uint8 ``[N, H, W, C]`` -> uint8 ``[N, C, H, W]``: the frames as the fusion ops take integer images
+    (measured on their exact values, as the CLI's 8- and 16-bit frames)."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2)
+
+
 def read_tiff(path: Path) -> torch.Tensor:
     array = tifffile.imread(path)
     return torch.from_numpy(array if array.ndim == 3 else array[..., None]).permute(2, 0, 1)

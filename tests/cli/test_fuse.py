@@ -13,7 +13,7 @@ from PIL import Image
 import efusion
 from efusion.io import list_frames, read_bracket, read_image, robust_normalize
 
-from _cli_helpers import as_stack, assert_one_error_line, read_tiff, run
+from _cli_helpers import as_codes, as_stack, assert_one_error_line, read_tiff, run
 from _image_files import leftovers, save_png16, scene, write_frames
 from conftest import BURSTS, burst_frames, load_burst_uint8, requires_shared
 
@@ -27,7 +27,7 @@ class TestFuse:
         code, stdout, err = run(["fuse", *bracket8, "-o", out], capsys)
         assert code == 0 and err == ""
         assert f"wrote {out}" in stdout and "3 frames" in stdout
-        expected = efusion.exposure_fusion(as_stack(frames8)).clamp(0, 1)
+        expected = efusion.exposure_fusion(as_codes(frames8)).clamp(0, 1)
         written = np.asarray(Image.open(out))
         assert written.dtype == np.uint8 and written.shape == (24, 32, 3)
         assert torch.equal(torch.from_numpy(written).permute(2, 0, 1), (expected * 255).round().to(torch.uint8))
@@ -40,7 +40,7 @@ class TestFuse:
         assert code == 0
         warning = "efusion: warning: {} is given twice (frames {}); it counts twice in the fusion"
         assert err.strip() == warning.format(twice, "2 and 4")
-        expected = efusion.exposure_fusion(as_stack(frames8[[0, 1, 2, 1]])).clamp(0, 1)
+        expected = efusion.exposure_fusion(as_codes(frames8[[0, 1, 2, 1]])).clamp(0, 1)
         written = torch.from_numpy(np.asarray(Image.open(out))).permute(2, 0, 1)
         assert torch.equal(written, (expected * 255).round().to(torch.uint8))
         big = write_frames(tmp_path / "big", np.repeat(np.repeat(frames8, 2, axis=1), 2, axis=2))  # MEF-SSIM: >= 44 px
@@ -53,7 +53,7 @@ class TestFuse:
         assert code == 0
         result = read_tiff(out)
         assert result.dtype == torch.float32
-        assert torch.equal(result, efusion.exposure_fusion(as_stack(frames8)))  # unclamped, bit for bit
+        assert torch.equal(result, efusion.exposure_fusion(as_codes(frames8)))  # unclamped, bit for bit
 
     def test_16bit_png_round_trip_keeps_precision(self, tmp_path, capsys):
         # identical frames fuse to themselves (to ~1e-7), so every 16-bit code value must survive
@@ -100,7 +100,7 @@ class TestFuse:
         assert run(["fuse", *paths, "-o", out], capsys)[0] == 0
         with Image.open(out) as image:
             assert image.mode == "L"
-        expected = efusion.exposure_fusion(as_stack(frames8[..., :1])).clamp(0, 1)
+        expected = efusion.exposure_fusion(as_codes(frames8[..., :1])).clamp(0, 1)
         assert np.array_equal(np.asarray(Image.open(out)), (expected[0] * 255).round().to(torch.uint8).numpy())
 
     def test_exif_rotated_jpeg_comes_out_upright(self, tmp_path, capsys, frames8):
@@ -198,7 +198,7 @@ class TestFuse:
     def test_negative_levels_count_from_the_deepest(self, tmp_path, capsys, bracket8, frames8):
         out = tmp_path / "fused.tif"
         assert run(["fuse", *bracket8, "-o", out, "--bit-depth", "32", "--levels", "-2"], capsys)[0] == 0
-        assert torch.equal(read_tiff(out), efusion.exposure_fusion(as_stack(frames8), levels=-2))
+        assert torch.equal(read_tiff(out), efusion.exposure_fusion(as_codes(frames8), levels=-2))
 
     @pytest.mark.parametrize("name", ["tuned.yaml", "tuned.json"])
     def test_params_file_and_flags_override(self, tmp_path, capsys, bracket8, frames8, name):
@@ -207,14 +207,14 @@ class TestFuse:
         code, _, _ = run(["fuse", *bracket8, "-o", out, "--bit-depth", "32", "--params", tmp_path / name,
                           "--saturation", "1.5", "--levels", "auto"], capsys)
         assert code == 0
-        expected = efusion.exposure_fusion(as_stack(frames8), contrast=0.0, saturation=1.5, levels=None)
+        expected = efusion.exposure_fusion(as_codes(frames8), contrast=0.0, saturation=1.5, levels=None)
         assert torch.equal(read_tiff(out), expected)
 
     def test_per_channel_params_file(self, tmp_path, capsys, bracket8, frames8):
         efusion.io.write_params(tmp_path / "tuned.json", {"mu": [0.4, 0.5, 0.6], "sigma": [0.25, 0.2, 0.3]})
         out = tmp_path / "fused.tif"
         assert run(["fuse", *bracket8, "-o", out, "--bit-depth", "32", "--params", tmp_path / "tuned.json"], capsys)[0] == 0
-        expected = efusion.exposure_fusion(as_stack(frames8), mu=[0.4, 0.5, 0.6], sigma=[0.25, 0.2, 0.3])
+        expected = efusion.exposure_fusion(as_codes(frames8), mu=[0.4, 0.5, 0.6], sigma=[0.25, 0.2, 0.3])
         assert torch.equal(read_tiff(out), expected)
 
     def test_robust_range(self, tmp_path, capsys, bracket8, frames8):
@@ -222,7 +222,7 @@ class TestFuse:
         code, _, _ = run(["fuse", *bracket8, "-o", out, "--range", "robust", "--clip-black", "2", "--clip-white", "3",
                           "--bit-depth", "16"], capsys)
         assert code == 0
-        expected = robust_normalize(efusion.exposure_fusion(as_stack(frames8)), black=2, white=3)
+        expected = robust_normalize(efusion.exposure_fusion(as_codes(frames8)), black=2, white=3)
         written, _ = read_image(out)
         assert torch.equal(written, (expected * 65535).round() / 65535)
         assert written.min() == 0 and written.max() == 1
@@ -573,7 +573,7 @@ def test_real_bracket_file_result_equals_in_memory(tmp_path, capsys, burst):
     out = tmp_path / "fused.tif"
     code, _, err = run(["fuse", *burst_frames(folder), "-o", out, "--bit-depth", "32", "--device", "cpu"], capsys)
     assert code == 0, err
-    expected = efusion.exposure_fusion(torch.from_numpy(load_burst_uint8(folder)).permute(0, 3, 1, 2).float() / 255)
+    expected = efusion.exposure_fusion(torch.from_numpy(load_burst_uint8(folder)).permute(0, 3, 1, 2))  # the CLI measures the codes exactly
     assert torch.equal(read_tiff(out), expected)
     assert expected.min() < 0 or expected.max() > 1  # the file really is unclamped
 

@@ -11,7 +11,7 @@ import efusion
 from efusion.cli import build_parser
 from efusion.presets import get_preset
 
-from _cli_helpers import as_stack, assert_one_error_line, run
+from _cli_helpers import as_codes, assert_one_error_line, run
 from _image_files import write_frames
 
 
@@ -102,7 +102,7 @@ def test_per_channel_mu_and_sigma_on_the_command_line(tmp_path, capsys, bracket8
     code, _, err = run(["fuse", *bracket8, "-o", out, "--mu", "0.4,0.5,0.6", "--sigma", "0.2, 0.25,0.3",
                         "--bit-depth", "32"], capsys)
     assert code == 0, err
-    expected = efusion.exposure_fusion(as_stack(frames8), mu=[0.4, 0.5, 0.6], sigma=[0.2, 0.25, 0.3])
+    expected = efusion.exposure_fusion(as_codes(frames8), mu=[0.4, 0.5, 0.6], sigma=[0.2, 0.25, 0.3])
     import tifffile
 
     written = torch.from_numpy(tifffile.imread(out)).permute(2, 0, 1)
@@ -139,7 +139,7 @@ def test_clamped_depth_is_reported_once(tmp_path, capsys, frames8, levels, deepe
     assert (f"using {maximum}" if deepest else "using 1") in warnings[0]
     # and the result is that of the clamped depth
     written = torch.from_numpy(np.asarray(Image.open(tmp_path / "out" / "a.png"))).permute(2, 0, 1).float() / 255
-    expected = efusion.exposure_fusion(as_stack(frames8), levels=maximum if deepest else 1).clamp(0, 1)
+    expected = efusion.exposure_fusion(as_codes(frames8), levels=maximum if deepest else 1).clamp(0, 1)
     assert (written - expected).abs().max() <= 0.5 / 255 + 1e-6
 
 

@@ -164,6 +164,37 @@ class TestReadImage:
             Image.fromarray(frame[..., 0]).save(tmp_path / f"{i}.png")
         assert read_bracket(list_frames(tmp_path)).frames.shape == (3, 1, 24, 32)
 
+    def test_16_bit_codes(self, tmp_path):
+        # dtype=torch.uint16: the samples themselves, 8-bit ones times 257 (k / 255 = 257 k / 65535),
+        # gray frames of a colour bracket repeated, as the float reading does
+        rng = np.random.default_rng(5)
+        eight = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+        sixteen = rng.integers(0, 65536, (24, 32, 3), dtype=np.uint16)
+        Image.fromarray(eight).save(tmp_path / "0.png")
+        save_png16(tmp_path / "1.png", sixteen)
+        Image.fromarray(eight[..., 0]).save(tmp_path / "2.png")
+        paths = [tmp_path / "0.png", tmp_path / "1.png", tmp_path / "2.png"]
+        codes = read_bracket(paths, dtype=torch.uint16).frames
+        assert codes.dtype == torch.uint16 and codes.shape == (3, 3, 24, 32)
+        as_int = codes.to(torch.int64)
+        assert torch.equal(as_int[0], torch.from_numpy(eight.astype(np.int64) * 257).permute(2, 0, 1))
+        assert torch.equal(as_int[1], torch.from_numpy(sixteen.astype(np.int64)).permute(2, 0, 1))
+        assert torch.equal(as_int[2], torch.from_numpy(eight[..., 0].astype(np.int64) * 257).expand(3, -1, -1))
+        # the same values as the float reading, exactly
+        assert torch.equal(as_int.double() / 65535, read_bracket(paths, dtype=torch.float64).frames)
+        lazy = open_bracket(paths).frames(dtype=torch.uint16)
+        assert all(torch.equal(lazy[i], codes[i]) for i in range(3))
+
+    def test_16_bit_codes_refuse_float_samples_and_alpha(self, tmp_path):
+        import tifffile
+
+        tifffile.imwrite(tmp_path / "f.tif", np.zeros((4, 4, 3), np.float32), photometric="rgb")
+        with pytest.raises(TypeError, match="float samples: read it as a float dtype"):
+            read_bracket([tmp_path / "f.tif"], dtype=torch.uint16)
+        Image.new("RGBA", (4, 4)).save(tmp_path / "a.png")
+        with pytest.raises(TypeError, match="an alpha channel: read it as a float dtype"):
+            open_bracket([tmp_path / "a.png"]).frames(dtype=torch.uint16)
+
 
 class TestOpenBracket:
     @pytest.fixture

@@ -50,6 +50,8 @@ class CpuBackend:
         # the reference code
         # (inputs: weights (mask, c, s, e, mu, sigma), fuse (mask, c, s, e, mu, sigma, levels),
         # fuse_frames (c, s, e, mu, sigma, levels) with a number of frames not known in advance)
+        if getattr(preset, "integer_samples", 0):
+            return False  # integer frames' exact samples (Preset.integer_samples): the reference or native code
         if op in ("weights", "fuse", "fuse_frames"):
             exponents = inputs[1:3] if op != "fuse_frames" else inputs[0:2]
             frames = stack.shape[1] if op != "fuse_frames" else _MANY_FRAMES

@@ -82,15 +82,15 @@ _CHANNELS = {"rgb": (0, 1, 2), "bgr": (2, 1, 0)}
 _KNOWN_FIELDS = frozenset({
     "name", "luma_weights", "laplacian_border", "luma_form", "saturation_form", "laplacian_form", "down_border",
     "up_borders", "extra_level", "float32_depth", "channel_order", "flat_contrast", "integer_scale",
-    "exponent_defaults",
+    "exponent_defaults", "integer_samples",
 })
 _FORMS = {"luma_form": ("sum", "opencv_fma"), "laplacian_form": ("differences", "opencv"),
           "saturation_form": ("pairwise", "opencv")}
 
 
 def conventions(preset: Preset) -> tuple[list[int], list[float]]:
-    """A preset as the operators' ``conventions`` codes and ``reals`` (luma weights and flat
-    contrast) (``kernels.cpp``: ``Conventions``). Fields a preset lacks take their neutral value."""
+    """A preset as the operators' ``conventions`` codes and ``reals`` (luma weights, flat contrast
+    and integer grid) (``kernels.cpp``: ``Conventions``). Fields a preset lacks take their neutral value."""
     codes = [
         int(preset.luma_form == "opencv_fma"),
         _BORDERS[preset.laplacian_border],
@@ -101,7 +101,8 @@ def conventions(preset: Preset) -> tuple[list[int], list[float]]:
         _BORDERS[preset.up_borders[1]],
         *_CHANNELS[getattr(preset, "channel_order", "rgb")],
     ]
-    return codes, [*(float(w) for w in preset.luma_weights), float(getattr(preset, "flat_contrast", 0.0))]
+    return codes, [*(float(w) for w in preset.luma_weights), float(getattr(preset, "flat_contrast", 0.0)),
+                   float(getattr(preset, "integer_samples", 0))]
 
 
 def preset_of(codes: list[int], reals: list[float]) -> Preset:
@@ -115,7 +116,7 @@ def preset_of(codes: list[int], reals: list[float]) -> Preset:
         luma_form=_FORMS["luma_form"][codes[0]], saturation_form=_FORMS["saturation_form"][codes[3]],
         laplacian_form=_FORMS["laplacian_form"][codes[2]], down_border=borders[codes[4]],
         up_borders=(borders[codes[5]], borders[codes[6]]), extra_level=False, float32_depth=False, channel_order=orders[(codes[7], codes[8], codes[9])],
-        flat_contrast=reals[3],
+        flat_contrast=reals[3], integer_samples=int(reals[4]),
     )
 
 
@@ -165,6 +166,8 @@ class NativeBackend:
     def accepts(self, op: str, stack: Tensor, inputs: tuple, *, preset: Preset, mask: Tensor | None = None) -> bool:
         if not supported(preset):
             return False
+        if getattr(preset, "integer_samples", 0) and (torch.compiler.is_compiling() or needs_grad(stack, *inputs)):
+            return False  # integer frames' exact samples: measured by the no-grad kernels, not the backward's
         if mask is None and op in ("fuse", "weights") and len(inputs) == _ARITY[op]:
             mask = inputs[0]  # the call's own mask, whether or not the caller named it
         if mask is not None and not self._mask_fits(op, stack, inputs, mask):

@@ -62,15 +62,17 @@ struct Conventions {
   int64_t rgb[3];        // the stack channels the reference calls R, G, B (channel order)
   double luma[3];        // luma_weights (of R, G, B in that sense)
   double flat_contrast;  // float32 |Laplacian| below this counts as 0 (0: none)
+  double integer_samples;  // 0, or M: samples are k / M; float32 measures contrast and saturation on k / M in double
 };
 
 Conventions conventions_from(at::IntArrayRef ints, at::ArrayRef<double> reals) {
   TORCH_CHECK(ints.size() == 10, "efusion_native: 10 convention codes expected, got ", ints.size());
-  TORCH_CHECK(reals.size() == 4, "efusion_native: 3 luma weights and a flat contrast expected, got ", reals.size());
+  TORCH_CHECK(reals.size() == 5, "efusion_native: 3 luma weights, a flat contrast and an integer grid expected, got ",
+              reals.size());
   for (int k = 7; k < 10; ++k)
     TORCH_CHECK(ints[k] >= 0 && ints[k] < 3, "efusion_native: channel index out of range: ", ints[k]);
   return Conventions{ints[0] != 0, ints[1], ints[2] != 0, ints[3] != 0, ints[4], ints[5], ints[6],
-                     {ints[7], ints[8], ints[9]}, {reals[0], reals[1], reals[2]}, reals[3]};
+                     {ints[7], ints[8], ints[9]}, {reals[0], reals[1], reals[2]}, reals[3], reals[4]};
 }
 
 inline int64_t border_index(int64_t i, int64_t n, int64_t mode) {
@@ -179,13 +181,26 @@ struct WeightParams {
   bool sigma_tensor;                      // measures.log_well_exposedness's tensor-sigma form
 };
 
-// gray row (measures.luma) with one sample of the Laplacian's border on each side: out[0..W+1]
-template <typename T>
+// a float32 sample of an integer frame as its exact value k / M in double (measures.exact_samples)
+inline double exact_sample(float x, double grid) { return std::nearbyint(double(x) * grid) / grid; }
+
+// gray row (measures.luma) with one sample of the Laplacian's border on each side: out[0..W+1].
+// G = double for T = float: the gray row of the exact samples (cv.integer_samples), in double.
+template <typename T, typename G = T>
 void gray_row(const T* frame, int64_t channels, int64_t plane, int64_t width, int64_t row, const Conventions& cv,
-              T* out) {
+              G* out) {
   const T* r = frame + row * width;
-  T* g = out + 1;
-  if (channels == 1) {
+  G* g = out + 1;
+  if constexpr (!std::is_same<T, G>::value) {
+    const double grid = cv.integer_samples, wr = cv.luma[0], wg = cv.luma[1], wb = cv.luma[2];
+    if (channels == 1) {
+      for (int64_t x = 0; x < width; ++x) g[x] = exact_sample(r[x], grid);
+    } else {
+      const T *red = r + cv.rgb[0] * plane, *green = r + cv.rgb[1] * plane, *blue = r + cv.rgb[2] * plane;
+      for (int64_t x = 0; x < width; ++x)
+        g[x] = (exact_sample(red[x], grid) * wr + exact_sample(green[x], grid) * wg) + exact_sample(blue[x], grid) * wb;
+    }
+  } else if (channels == 1) {
     std::copy(r, r + width, g);
   } else {
     const T* row_start = r;
@@ -212,15 +227,15 @@ void gray_row(const T* frame, int64_t channels, int64_t plane, int64_t width, in
 // The gray rows row - 1, row, row + 1 of frame n (borders by cv.lap_border), each computed once:
 // slot n * 3 + src % 3 of `gray` holds gray row `src` while cached[slot] == src. Returns pointers
 // to the three rows' first sample (their border samples at [-1] and [width]).
-template <typename T>
-std::array<const T*, 3> gray_rows3(const T* frame, int64_t n, int64_t row, int64_t channels, int64_t plane,
-                                   int64_t height, int64_t width, const Conventions& cv, std::vector<T>& gray,
+template <typename T, typename G = T>
+std::array<const G*, 3> gray_rows3(const T* frame, int64_t n, int64_t row, int64_t channels, int64_t plane,
+                                   int64_t height, int64_t width, const Conventions& cv, std::vector<G>& gray,
                                    std::vector<int64_t>& cached) {
-  std::array<const T*, 3> rows3;
+  std::array<const G*, 3> rows3;
   for (int k = 0; k < 3; ++k) {
     const int64_t src = border_index(row + k - 1, height, cv.lap_border);
     const int64_t slot = n * 3 + src % 3;
-    T* buf = gray.data() + slot * (width + 2);
+    G* buf = gray.data() + slot * (width + 2);
     if (cached[slot] != src) {
       gray_row(frame, channels, plane, width, src, cv, buf);
       cached[slot] = src;
@@ -250,6 +265,25 @@ void laplacian_row(const std::array<const T*, 3>& rows3, int64_t width, const Co
   }
   if (flat > T(0))
     for (int64_t x = 0; x < width; ++x) out[x] = std::abs(out[x]) < flat ? T(0) : out[x];  // a select: vectorises
+}
+
+// saturation's S^2 (measures.saturation_squared) of one row from its exact samples, in double
+// (T = float, cv.integer_samples: measures.exact_samples), rounded to T
+template <typename T>
+void exact_saturation_row(const T* r, const T* g, const T* b, int64_t width, const Conventions& cv, T* out) {
+  const double grid = cv.integer_samples;
+  for (int64_t x = 0; x < width; ++x) {
+    const double rr = exact_sample(float(r[x]), grid), gg = exact_sample(float(g[x]), grid),
+                 bb = exact_sample(float(b[x]), grid);
+    if (!cv.sat_opencv) {
+      const double d1 = rr - gg, d2 = gg - bb, d3 = bb - rr;
+      out[x] = T(((d1 * d1 + d2 * d2) + d3 * d3) / 9.0);
+    } else {
+      const double mean = ((rr + gg) + bb) * (1.0 / 3.0);
+      const double d1 = rr - mean, d2 = gg - mean, d3 = bb - mean;
+      out[x] = T((d1 * d1 + d2 * d2) + d3 * d3);
+    }
+  }
 }
 
 // torch's own sqrt / exp / log on a buffer: torch vectorises them (MKL VML or Sleef) with results
@@ -301,8 +335,12 @@ void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int6
   const int64_t plane = height * width, row_span = frames * width;
   const bool use_contrast = p.contrast != 0, use_saturation = channels == 3 && p.saturation != 0,
              use_exposure = p.exposure != 0;
+  // samples of integer frames measured on their exact values, in double (measures.exact_samples)
+  const bool exact = std::is_same<T, float>::value && cv.integer_samples > 0;
   // three gray rows per frame, keyed by row index (a row's Laplacian reads rows r - 1, r, r + 1)
-  std::vector<T> gray(use_contrast ? static_cast<size_t>(frames * 3 * (width + 2)) : 0);
+  std::vector<T> gray(use_contrast && !exact ? static_cast<size_t>(frames * 3 * (width + 2)) : 0);
+  std::vector<double> exact_gray(use_contrast && exact ? static_cast<size_t>(frames * 3 * (width + 2)) : 0);
+  std::vector<double> exact_contrast(use_contrast && exact ? static_cast<size_t>(width) : 0);
   std::vector<int64_t> cached(static_cast<size_t>(frames * 3), -1);
   // one row of every frame: the measures, staged so that each torch call covers all frames
   std::vector<T> contrast(static_cast<size_t>(use_contrast ? row_span : 0));
@@ -338,13 +376,20 @@ void weights_rows(const T* stack, T* out, int64_t frames, int64_t channels, int6
     for (int64_t n = 0; n < frames; ++n) {
       const T* frame = stack + b * item_stride + n * channels * plane;
       const T* x0 = frame + row * width;
-      if (use_contrast)
+      if (use_contrast && exact) {
+        laplacian_row<true>(gray_rows3(frame, n, row, channels, plane, height, width, cv, exact_gray, cached), width,
+                            cv, 0.0, exact_contrast.data());
+        std::copy(exact_contrast.begin(), exact_contrast.end(), contrast.data() + n * width);  // rounded to T
+      } else if (use_contrast) {
         laplacian_row<true>(gray_rows3(frame, n, row, channels, plane, height, width, cv, gray, cached), width, cv,
                             flat, contrast.data() + n * width);
+      }
       if (use_saturation) {
         const T *r = x0 + cv.rgb[0] * plane, *g = x0 + cv.rgb[1] * plane, *bl = x0 + cv.rgb[2] * plane;
         T* s = saturation.data() + n * width;
-        if (!cv.sat_opencv) {
+        if (exact) {
+          exact_saturation_row(r, g, bl, width, cv, s);
+        } else if (!cv.sat_opencv) {
           for (int64_t x = 0; x < width; ++x) {
             const T a = r[x] - g[x], bb = g[x] - bl[x], c = bl[x] - r[x];
             s[x] = ((a * a + bb * bb) + c * c) / T(9.0);
@@ -1122,7 +1167,7 @@ at::Tensor fill_masked_op(const at::Tensor& stack_in, const at::Tensor& valid_in
 }  // namespace
 
 TORCH_LIBRARY(efusion_native, m) {
-  // conventions: the preset's codes, reals: its luma weights and flat contrast (see conventions() in
+  // conventions: the preset's codes, reals: its luma weights, flat contrast and integer grid (see conventions() in
   // efusion/backends/native/__init__.py)
   m.def("weights(Tensor stack, float[] exponents, float[] mu, float[] sigma, bool sigma_tensor, float[] reals, "
         "int[] conventions) -> Tensor");
@@ -1949,6 +1994,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fusion_backward_op(
   const WeightParams p = vector_params(parameters, sigma_tensor, stack.size(2));
   const auto [band, residual] = vector_plan(plan);
   const auto cv = conventions_from(codes, reals);
+  TORCH_CHECK(cv.integer_samples == 0 || stack.scalar_type() != at::kFloat,
+              "efusion_native: fusion_backward does not measure integer frames' exact samples (the backend declines "
+              "such calls)");
   if (stack.scalar_type() == at::kFloat)
     return fuse_backward_impl<float>(grad, stack, weights, product, total, p, cv, band, residual, stack_grad,
                                      parameter_grad, plan_grad);
