@@ -113,6 +113,16 @@ def warn_clamped_depth(args: argparse.Namespace, params: dict[str, Any], height:
     print(f"{PROG}: warning: {shown} {reason}", file=sys.stderr, flush=True)
 
 
+def exact_codes(params: dict[str, Any], dtype: torch.dtype, bit_depth: int, alpha: bool) -> bool:
+    """Whether a bracket's frames go to the fusion as 16-bit codes: 8- and 16-bit files without alpha,
+    fused in float32 with a preset that measures exact values (``Preset.integer_samples``: then
+    float32 weights are float64's); OpenCV's presets scale frames as OpenCV does."""
+    from ..presets import get_preset
+
+    preset = get_preset(params.get("preset") or "mertens")
+    return bit_depth <= 16 and not alpha and bool(preset.for_integer_frames(dtype).integer_samples)
+
+
 def fusion_settings(args: argparse.Namespace) -> tuple[dict[str, Any], torch.device, torch.dtype]:
     """Parameters, device and dtype of a command that fuses and writes (fuse, demo); checks --clip-*."""
     params = fusion_params(args)

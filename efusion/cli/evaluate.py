@@ -30,6 +30,7 @@ from .common import (
     check_finite,
     choose_device,
     effective_params,
+    exact_codes,
     fusion_params,
     print_error,
     same_file,
@@ -215,7 +216,10 @@ def _eval_bracket(label, source, args, params, device, dtype, fused, reference) 
     if not args.fused_only:
         with torch.inference_mode():
             mask = None if bracket.mask is None else bracket.mask.to(device=device, dtype=dtype)
-            result = efusion.exposure_fusion(bracket.frames.to(device=device, dtype=dtype), mask=mask, **params)
+            stack = bracket.frames.to(device=device, dtype=dtype)
+            if exact_codes(params, dtype, bracket.bit_depth, mask is not None):  # as efusion fuse: measured exactly
+                stack = (bracket.frames * 65535).round_().to(torch.int32).to(device=device, dtype=torch.uint16)
+            result = efusion.exposure_fusion(stack, mask=mask, **params)
         candidates.append(("efusion", None, result.to(torch.float64).clamp(0, 1), None))
         del result, mask
     for path, (image, levels) in fused:

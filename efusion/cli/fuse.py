@@ -37,6 +37,7 @@ from .common import (
     check_writable,
     display,
     effective_params,
+    exact_codes,
     fusion_settings,
     make_folder,
     print_error,
@@ -233,8 +234,6 @@ def _fuse_files(frames: list[Path], out: Path, args, params, device, dtype, prog
     """
     import efusion
 
-    from ..presets import get_preset
-
     bracket = open_bracket(frames, max_pixels=args.max_pixels)
     warn_clamped_depth(args, params, *bracket.shape[1:])
     depth = args.bit_depth if args.bit_depth is not None else default_bit_depth(out, bracket.bit_depth)
@@ -258,8 +257,7 @@ def _fuse_files(frames: list[Path], out: Path, args, params, device, dtype, prog
             # one frame and the blended pyramid, however many frames the bracket has. 8- and 16-bit
             # frames without alpha go in as their 16-bit codes: float32 then measures their exact
             # values, as float64 does (Preset.integer_samples; OpenCV's presets scale as OpenCV)
-            exact = (dtype == torch.float32 and bracket.bit_depth <= 16 and not bracket.has_alpha
-                     and get_preset(params.get("preset") or "mertens").for_integer_frames(dtype).integer_samples)
+            exact = exact_codes(params, dtype, bracket.bit_depth, bracket.has_alpha)
             decoded: Sequence[torch.Tensor] = bracket.frames(dtype=torch.uint16 if exact else dtype, device=device)
             if float_files:
                 decoded = _FiniteFrames(decoded, bracket.paths)

@@ -17,7 +17,7 @@ from efusion import synthetic
 from efusion.metrics import RGB_TO_GRAY_WEIGHTS, mef_ssim
 from efusion.quality import psnr, ssim
 
-from _cli_helpers import assert_one_error_line, run
+from _cli_helpers import as_codes, assert_one_error_line, run
 from conftest import BURSTS, REFERENCE, requires_shared
 
 RESULT_KEYS = {"image", "path", "mef_ssim", "mef_ssim_single_scale", "mef_ssim_per_scale", "psnr", "ssim"}
@@ -110,7 +110,7 @@ class TestEval:
         assert code == 0 and err == ""
         lines = stdout.splitlines()
         assert lines[0].split() == ["bracket", "image", "MEF-SSIM", "single-scale"]
-        multi, single = expected_scores(efusion.exposure_fusion(as_stack(frames8)), frames8)
+        multi, single = expected_scores(efusion.exposure_fusion(as_codes(frames8)), frames8)
         assert lines[1].split() == [str(bracket[0].parent), "efusion", f"{multi:.6f}", f"{single:.6f}"]
         assert lines[2] == ""
         assert "preset mertens, contrast 1, saturation 1, exposure 1, mu 0.5, sigma 0.2, levels auto" in stdout
@@ -149,7 +149,9 @@ class TestEval:
     )
     def test_mef_ssim_equals_in_memory(self, capsys, bracket, frames8, options, params):
         (report,) = eval_json([*bracket, *options], capsys)  # frame files this time
-        multi, single = expected_scores(efusion.exposure_fusion(as_stack(frames8), **params), frames8)
+        # the CLI fuses 8-bit files as their codes (measured exactly); OpenCV's preset takes float samples
+        stack = as_stack(frames8) if params.get("preset") == "opencv" else as_codes(frames8)
+        multi, single = expected_scores(efusion.exposure_fusion(stack, **params), frames8)
         result = by_image(report)["efusion"]
         assert result["mef_ssim"] == pytest.approx(multi, abs=1e-12)
         assert result["mef_ssim_single_scale"] == pytest.approx(single, abs=1e-12)
@@ -167,7 +169,7 @@ class TestEval:
         # mu/sigma with one value per channel, as efusion.Fusion.export() writes them
         efusion.io.write_params(tmp_path / "tuned.yaml", {"mu": [0.4, 0.5, 0.6], "sigma": [0.25, 0.2, 0.3]})
         (report,) = eval_json([bracket[0].parent, "--params", tmp_path / "tuned.yaml"], capsys)
-        fused = efusion.exposure_fusion(as_stack(frames8), mu=[0.4, 0.5, 0.6], sigma=[0.25, 0.2, 0.3])
+        fused = efusion.exposure_fusion(as_codes(frames8), mu=[0.4, 0.5, 0.6], sigma=[0.25, 0.2, 0.3])
         assert by_image(report)["efusion"]["mef_ssim"] == pytest.approx(expected_scores(fused, frames8)[0], abs=1e-12)
         assert report["params"]["mu"] == [0.4, 0.5, 0.6]
         code, out, _ = run(["eval", bracket[0].parent, "--params", tmp_path / "tuned.yaml"], capsys)
@@ -237,7 +239,7 @@ class TestEval:
         results = by_image(report)
         assert results["fused"]["psnr"] is None and results["fused"]["ssim"] == 1.0  # null: infinite PSNR
         truth = as_stack(frames8[1:2], torch.float64)[0]
-        result = efusion.exposure_fusion(as_stack(frames8)).double().clamp(0, 1)
+        result = efusion.exposure_fusion(as_codes(frames8)).double().clamp(0, 1)
         assert results["efusion"]["psnr"] == pytest.approx(psnr(result, truth).item(), abs=1e-9)
         assert results["efusion"]["ssim"] == pytest.approx(ssim(result, truth).item(), abs=1e-12)
         assert 0 < results["efusion"]["ssim"] < 1 and math.isfinite(results["efusion"]["psnr"])
@@ -247,7 +249,7 @@ class TestEval:
         gray8 = frames8[..., 1:2]
         paths = write_frames(tmp_path / "gray", gray8)
         (report,) = eval_json([paths[0].parent, "--reference", paths[0]], capsys)
-        result = efusion.exposure_fusion(as_stack(gray8))
+        result = efusion.exposure_fusion(as_codes(gray8))
         gray_stack = torch.from_numpy(gray8).permute(0, 3, 1, 2).double()
         expected = mef_ssim(result.double().clamp(0, 1) * 255, gray_stack, data_range=255).item()
         assert by_image(report)["efusion"]["mef_ssim"] == pytest.approx(expected, abs=1e-12)
