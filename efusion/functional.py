@@ -41,14 +41,24 @@ def weights_5d(stack: Tensor, mask: Tensor | None, contrast: ParamLike, saturati
 
 
 def fuse_5d(stack: Tensor, mask: Tensor | None, contrast, saturation, exposure, mu, sigma, levels, preset: Preset,
-            relative: bool | None) -> Tensor:
-    """:func:`exposure_fusion` of a validated ``[B, N, C, H, W]`` stack -> ``[B, C, H, W]``, by the selected backend."""
+            relative: bool | None, check: bool = False) -> Tensor:
+    """:func:`exposure_fusion` of a validated ``[B, N, C, H, W]`` stack -> ``[B, C, H, W]``, by the selected
+    backend; ``check``: the samples are checked first (:func:`efusion._checks.check_samples`), by the
+    backend's ``fuse_checked`` where it has one that takes the call (the native kernels' weights pass)."""
     # one frame: its weight is exactly 1 everywhere (a traced graph with a symbolic frame count,
     # which also holds for one frame, blends it: the pyramid round trip, equal to rounding)
     if statically_known_true(stack.shape[1] == 1) and mask is None:
+        if check:
+            _checks.check_samples(stack, mask)
         return stack[:, 0].clone()
     params = (contrast, saturation, exposure, mu, sigma)
     backend = backends.select("fuse", stack, (mask, *params, levels), preset=preset, mask=mask)
+    if check:
+        fuse_checked = getattr(backend, "fuse_checked", None)
+        result = None if fuse_checked is None else fuse_checked(stack, mask, params, levels, preset, relative)
+        if result is not None:
+            return result
+        _checks.check_samples(stack, mask)
     return backend.fuse(stack, mask, params, levels, preset, relative)
 
 
@@ -214,8 +224,7 @@ def exposure_fusion(
     mu, sigma = check_params(contrast, saturation, exposure, mu, sigma, stack5.shape[2])
     check_levels(levels)
     mask5 = _checks.as_mask(mask, stack5, unbatched)
-    _checks.check_samples(stack5, mask5)
-    result = fuse_5d(stack5, mask5, contrast, saturation, exposure, mu, sigma, levels, preset, None)
+    result = fuse_5d(stack5, mask5, contrast, saturation, exposure, mu, sigma, levels, preset, None, check=True)
     return result.squeeze(0) if unbatched else result
 
 

@@ -14,7 +14,9 @@ which one runs; callers choose with :func:`use`, as ``torch.nn.attention.sdpa_ke
 True
 
 A backend is an object with ``accepts(op, stack, inputs, *, preset, mask=None) -> bool`` and
-the ops ``weights``, ``blend``, ``fuse`` and ``fuse_frames`` (see :class:`Backend`);
+the ops ``weights``, ``blend``, ``fuse`` and ``fuse_frames`` (see :class:`Backend`), and optionally
+``fuse_checked`` (``fuse`` that also refuses the samples :func:`efusion._checks.check_samples`
+refuses, with its ``ValueError``, or returns ``None`` to have the caller check and call ``fuse``);
 ``register(name, backend)`` adds one and the conformance tests (``tests/backends``) run it
 against the reference.
 """

@@ -223,6 +223,41 @@ print(json.dumps(peaks))
 
 
 @needs_native
+class TestSampleCheck:
+    """exposure_fusion's refusal of NaN, inf and unscaled samples (efusion._checks.check_samples), made
+    by the kernels' weights pass on the native path instead of a pass of its own."""
+
+    @pytest.mark.parametrize("two_pass", [False, True])
+    @pytest.mark.parametrize("value, message", [
+        (float("nan"), "frame 2 has 1 non-finite value"), (float("inf"), "frame 2 has 1 non-finite value"),
+        (-float("inf"), "frame 2 has 1 non-finite value"), (2.5, "values up to 2.5, above 2"),
+    ])
+    def test_the_same_error(self, value, message, two_pass):
+        x = torch.rand(1, 4, 3, 21, 30, generator=torch.Generator().manual_seed(30))
+        x[0, 2, 1, 7, 9] = value
+        with backends.use("native", weight_bytes=0 if two_pass else 1 << 30):
+            with pytest.raises(ValueError, match=message) as refused:
+                exposure_fusion(x)
+        assert refused.value.__context__ is None and refused.value.__cause__ is None  # one error, not a chain
+        with backends.use("reference"), pytest.raises(ValueError, match=message):
+            exposure_fusion(x)
+
+    def test_accepts_what_check_samples_accepts_without_its_pass(self, monkeypatch):
+        from efusion import _checks
+
+        x = torch.rand(3, 3, 21, 30, generator=torch.Generator().manual_seed(31))
+        x[0, 0, 0, 0], x[1, 1, 1, 1] = -5.0, 2.0  # negative and up to MAX_SAMPLE: accepted
+        expected = exposure_fusion(x)
+        calls = []
+        monkeypatch.setattr(_checks, "check_samples", lambda *args, **kwargs: calls.append(args))
+        with backends.use("native"):
+            assert torch.equal(exposure_fusion(x), expected)
+        assert calls == []  # the weights pass checked them
+        with backends.use("native"):
+            exposure_fusion(x, mask=torch.ones(3, 1, 21, 30))  # masked: check_samples' own pass (masked pixels skipped)
+        assert len(calls) == 1
+
+
 class TestSelection:
     def test_automatic_selection(self):
         x = torch.rand(1, 3, 3, 8, 8)

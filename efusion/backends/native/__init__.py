@@ -52,6 +52,7 @@ import math
 import torch
 from torch import Tensor
 
+from ... import _checks
 from ..._util import WeightParams, needs_grad, present
 from ...depth import depth_plan
 from ...presets import Preset
@@ -75,6 +76,8 @@ _DTYPES = (torch.float32, torch.float64)
 _ARITY = {"fuse": 7, "blend": 2, "weights": 6, "fuse_frames": 6}
 #: the frame count the overflow bound assumes for streamed frames (their number is not known yet)
 _STREAMED_FRAMES = 1 << 16
+#: how the kernels' refusal of a stack's samples begins (kernels.cpp: kBadSamples)
+_BAD_SAMPLES = "efusion_native: bad samples"
 _BORDERS = {"replicate": 0, "reflect101": 1, "symmetric": 2}
 _CHANNELS = {"rgb": (0, 1, 2), "bgr": (2, 1, 0)}
 #: the Preset fields the kernels implement (``integer_scale`` and ``exponent_defaults``, where a
@@ -283,13 +286,35 @@ class NativeBackend:
                               sparse=True)
             return torch.ops.efusion_native.fusion(stack.contiguous(), _parameter_vector(params, stack.shape[2]),
                                                    _plan_vector(plan), isinstance(params[4], Tensor), reals, codes)[0]
+        return self._fuse_numbers(stack, params, levels, preset, 0.0)
+
+    def fuse_checked(self, stack: Tensor, mask: Tensor | None, params: WeightParams, levels, preset: Preset,
+                     relative: bool | None) -> Tensor | None:
+        """:meth:`fuse` with the samples checked as :func:`efusion._checks.check_samples` checks them
+        (the same ``ValueError``), by the weights pass as it reads them instead of a pass of its own;
+        ``None`` where this call does not run that pass (masked, recording gradients, a tensor depth,
+        traced): the caller then checks and calls :meth:`fuse`."""
+        if mask is not None or needs_grad(stack, *params) or isinstance(levels, Tensor) or torch.compiler.is_compiling():
+            return None
+        try:
+            return self._fuse_numbers(stack, params, levels, preset, _checks.MAX_SAMPLE)
+        except RuntimeError as error:
+            if not str(error).startswith(_BAD_SAMPLES):
+                raise
+            refused = error
+        _checks.check_samples(stack)  # raises the ValueError that names the frame (outside the except: no chain)
+        raise refused
+
+    def _fuse_numbers(self, stack: Tensor, params: WeightParams, levels, preset: Preset, max_sample: float) -> Tensor:
+        """No-grad, unmasked ``fuse`` with a number depth, by ``fuse`` or ``fuse_two_pass``."""
+        codes, reals = conventions(preset)
         band, residual = self._plan(levels, stack, preset)
         batch, frames, channels, height, width = stack.shape
         weight_bytes = batch * frames * height * width * stack.element_size()
         budget = current_options().get("weight_bytes", DEFAULT_WEIGHT_BYTES)
         op = torch.ops.efusion_native.fuse if frames <= channels or weight_bytes <= budget else \
             torch.ops.efusion_native.fuse_two_pass
-        return op(stack.contiguous(), *self._weight_arguments(stack, params), reals, band, residual, codes)
+        return op(stack.contiguous(), *self._weight_arguments(stack, params), reals, band, residual, codes, max_sample)
 
     def fuse_frames(self, passes, first_pass, shape, weight_shape, dtype: torch.dtype, device, params: WeightParams,
                     levels, preset: Preset, masked: bool) -> Tensor | None:
@@ -516,11 +541,11 @@ def _register_fakes() -> None:
         return stack.new_empty((stack.shape[0], stack.shape[2], stack.shape[3], stack.shape[4]))
 
     @torch.library.register_fake("efusion_native::fuse")
-    def _fuse_fake(stack, *args):
+    def _fuse_fake(stack, *args, **kwargs):
         return stack.new_empty((stack.shape[0], stack.shape[2], stack.shape[3], stack.shape[4]))
 
     @torch.library.register_fake("efusion_native::fuse_two_pass")
-    def _fuse_two_pass_fake(stack, *args):
+    def _fuse_two_pass_fake(stack, *args, **kwargs):
         return stack.new_empty((stack.shape[0], stack.shape[2], stack.shape[3], stack.shape[4]))
 
     @torch.library.register_fake("efusion_native::fill_masked")
