@@ -32,10 +32,24 @@ def imf_table(gray: Tensor, target: Tensor, valid: Tensor) -> Tensor:
 def cdf(gray: Tensor, valid: Tensor, dims: int = 1) -> Tensor:
     """Cumulative histogram ``[..., K]`` over the last ``dims`` dimensions of ``gray`` (entry k: share <= (k + 1) / K)."""
     lead = gray.shape[: gray.dim() - dims]
-    index = (gray.clamp(0, 1) * BINS).long().clamp_(0, BINS - 1).reshape(*lead, -1)
+    gray, valid = gray.reshape(*lead, -1), valid.expand(gray.shape).reshape(*lead, -1)
     hist = torch.zeros(*lead, BINS, dtype=gray.dtype, device=gray.device)
-    hist.scatter_add_(-1, index, valid.reshape(*lead, -1).to(gray.dtype))
+    for part in chunks(gray.shape[-1], gray[..., :1].numel()):  # small temporaries (counts: the same sums in any order)
+        index = (gray[..., part].clamp(0, 1) * BINS).long().clamp_(0, BINS - 1)
+        hist.scatter_add_(-1, index, valid[..., part].to(gray.dtype))
     return hist.cumsum(-1) / hist.sum(-1, keepdim=True).clamp_min(1.0)
+
+
+#: elements per chunk of a histogram's input (their int64 bin indices: 16 MiB)
+CHUNK_ELEMENTS = 1 << 21
+
+
+def chunks(length: int, rows: int) -> list[slice]:
+    """Slices of a last dimension of ``length`` samples such that ``rows`` rows of one slice hold
+    at most about :data:`CHUNK_ELEMENTS` elements (a whole-frame index tensor of a large frame was
+    beyond what the allocator keeps, and each was faulted in afresh)."""
+    step = max(1, CHUNK_ELEMENTS // max(1, rows))
+    return [slice(start, min(length, start + step)) for start in range(0, length, step)]
 
 
 def inverse_cdf(cumulative: Tensor, q: Tensor) -> Tensor:

@@ -30,12 +30,14 @@ doi:10.1111/cgf.12593.
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from . import _checks
-from ._imf import BINS, imf_table, inverse_cdf, lookup
+from ._imf import BINS, chunks, imf_table, inverse_cdf, lookup
 from .align import reference_index
 
 __all__ = ["deghost"]
@@ -107,15 +109,46 @@ def _deghost5(stack5: Tensor, ref: Tensor, mask5: Tensor | None) -> Tensor:
 
 
 def _frame_weights(x: Tensor, target: Tensor, valid: Tensor) -> Tensor:
-    """Weights of frames ``x [B, M, C, H, W]`` against the reference frames ``target [B, 1, C, H, W]``: ``[B, M, 1, H, W]``."""
+    """Weights of frames ``x [B, M, C, H, W]`` against the reference frames ``target [B, 1, C, H, W]``: ``[B, M, 1, H, W]``.
+
+    The mappings and the robust scales are global (histograms of whole frames; scales at a fixed
+    subsample of pixels); the per-pixel work then runs over bands of rows with a margin of
+    ``_HALO`` rows, so that its temporaries stay small (whole-frame ones of a 3 MP frame were
+    36 MB each, and the allocator handed each one back to the system and faulted it in again:
+    8-10 s for 3 x 3 MP, 4.7 million page faults). Every pixel gets the values the whole-frame
+    computation gives (the margin covers what the neighbourhood operations reach).
+    """
     b, n, _, h, w = x.shape
     target = target.expand_as(x)
     # compared in the exposure that resolves the scene better: the frame mapped to the reference's
     # where the mapping expands (gain >= 1), the reference mapped to the frame's where it compresses
     # (a dark or nearly clipped reference spans too few levels there to show what the frame shows)
-    forward, gain = _disagreement(x, target, valid)
-    backward, _ = _disagreement(target, x, valid)
-    score = torch.where(gain < 1, backward, forward).amax(dim=2)  # [B, M, H, W]
+    rows = max(_HALO, _BAND_ELEMENTS // max(1, b * n * x.shape[2] * w))
+    whole = rows >= h  # one band: the scales from its own disagreement, no sampled pass
+    forward, backward = _Mapping(x, target, valid, whole), _Mapping(target, x, valid, whole)
+    out = torch.empty(b, n, 1, h, w, dtype=x.dtype, device=x.device)
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        lo, hi = max(0, r0 - _HALO), min(h, r1 + _HALO)
+        band = slice(lo, hi)
+        forward_score, gain = forward.disagreement(x[..., band, :], target[..., band, :], valid[..., band, :])
+        backward_score, _ = backward.disagreement(target[..., band, :], x[..., band, :], valid[..., band, :])
+        score = torch.where(gain < 1, backward_score, forward_score).amax(dim=2)  # [B, M, rows, W]
+        out[..., r0:r1, :] = _clean(score)[..., r0 - lo : r1 - lo, :]
+    return out
+
+
+#: rows of margin around a band: what the neighbourhood operations after the reference's 3 x 3
+#: interval reach (1), the 3 x 3 mean (1), the opening (1 + 1), closing (2 + 2) and dilation (2)
+_HALO = 10
+#: elements of a band's [B, M, C, rows, W] temporaries, about (4 MiB in float32)
+_BAND_ELEMENTS = 1 << 20
+
+
+def _clean(score: Tensor) -> Tensor:
+    """Disagreement ``[B, M, H, W]`` (noise units) -> weights ``[B, M, 1, H, W]``: a 3 x 3 mean, a smooth
+    threshold and morphology."""
+    b, n, h, w = score.shape
     # a 3 x 3 mean keeps single noisy pixels from crossing the threshold
     score = F.avg_pool2d(score.reshape(b * n, 1, h, w), 3, stride=1, padding=1, count_include_pad=False)
     t0, t1 = _THRESHOLD
@@ -127,54 +160,106 @@ def _frame_weights(x: Tensor, target: Tensor, valid: Tensor) -> Tensor:
     return (1 - ghost).reshape(b, n, 1, h, w)
 
 
-def _disagreement(x: Tensor, target: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-    """``x`` mapped to ``target``'s exposure against ``target`` (``[B, N, C, H, W]`` each).
+class _Mapping:
+    """``x`` mapped to ``target``'s exposure (``[B, N, C, H, W]`` each): the intensity mapping, its
+    spread and the robust scales of the disagreement, from the whole frames; :meth:`disagreement`
+    then compares any band of rows (``whole``: the first band compared is the whole frame, and the
+    scales are taken from its disagreement rather than from a sampled pass of their own)."""
 
-    Returns the disagreement in noise units (0 where not comparable) and the IMF's gain
-    d target / d x at each pixel, both ``[B, N, C, H, W]``.
-    """
-    b, n, c, h, w = x.shape
-    lo, hi = _CLIP
-    frame_ok = (x > lo) & (x < hi)
-    target_ok = (target > lo) & (target < hi)
-    both = frame_ok & target_ok & valid
+    def __init__(self, x: Tensor, target: Tensor, valid: Tensor, whole: bool = False) -> None:
+        b, n, c, h, w = x.shape
+        lo, hi = _CLIP
+        frame_ok = (x > lo) & (x < hi)
+        target_ok = (target > lo) & (target < hi)
+        both = frame_ok & target_ok & valid
+        m = b * n * c
+        xf, tf = x.reshape(m, -1), target.reshape(m, -1)
+        prior = imf_table(xf, tf, valid.expand(b, n, c, h, w).reshape(m, -1))
+        quartiles = _conditional_quantiles(xf, tf, (frame_ok & valid).reshape(m, -1), prior, (0.25, 0.5, 0.75))
+        self.table = quartiles[..., 1].cummax(dim=1).values  # a camera response is monotone, so is the IMF
+        # how far one global mapping is from the reference at each level of the frame: the narrower
+        # half of the conditional interquartile range (an object inside the bin widens one side)
+        below, above = quartiles[..., 1] - quartiles[..., 0], quartiles[..., 2] - quartiles[..., 1]
+        self.spread = torch.minimum(below, above) / 0.6745
+        self.at_hi = lookup(self.table, torch.full_like(xf[:, :1], hi)).view(b, n, c, 1, 1)
+        self.at_lo = lookup(self.table, torch.full_like(xf[:, :1], lo)).view(b, n, c, 1, 1)
+        # robust scale of the disagreement over well-exposed pixels (moving objects are a minority),
+        # and apart over those where another channel clips: there the camera's colour processing no
+        # longer maps each channel on its own, so one channel's mapping is looser
+        some_clipped = (~(frame_ok & target_ok)).any(dim=2, keepdim=True)
+        partly = both & some_clipped
+        self.enough = partly.flatten(3).sum(3).view(b, n, c, 1, 1) >= _MIN_SHARE * h * w
+        # the scales' pixels: every step-th of each plane (flat index), about _SCALE_SAMPLES of them
+        index = torch.arange(0, h * w, -(-(h * w) // _SCALE_SAMPLES), device=x.device)
+        self.index = index
+        self.scale: Tensor | None = None
+        self.masks: tuple[Tensor, Tensor] | None = (both, partly) if whole else None
+        if not whole:
+            self._sampled_scales(x, target, both, partly, index)
 
-    m = b * n * c
-    xf, tf = x.reshape(m, -1), target.reshape(m, -1)
-    prior = imf_table(xf, tf, valid.expand(b, n, c, h, w).reshape(m, -1))
-    quartiles = _conditional_quantiles(xf, tf, (frame_ok & valid).reshape(m, -1), prior, (0.25, 0.5, 0.75))
-    table = quartiles[..., 1].cummax(dim=1).values  # a camera response is monotone, so is the IMF
-    mapped = lookup(table, xf).view_as(x)
-    slope = (lookup(table, (xf + 0.5 / BINS).clamp(0, 1)) - lookup(table, (xf - 0.5 / BINS).clamp(0, 1))).view_as(x)
-    # how far one global mapping is from the reference at each level of the frame: the narrower
-    # half of the conditional interquartile range (an object inside the bin widens one side)
-    below, above = quartiles[..., 1] - quartiles[..., 0], quartiles[..., 2] - quartiles[..., 1]
-    spread = lookup(torch.minimum(below, above) / 0.6745, xf).view_as(x)
+    def at(self, t: Tensor) -> Tensor:
+        """``[B, N, C', H, W]`` -> ``[B, N, C', 1, S]``: the values at the scales' sampled pixels."""
+        return t.flatten(3)[..., self.index].unsqueeze(3)
 
-    # each value as the interval of scene values it allows (a clipped value only bounds the scene),
-    # the reference's widened to its 3 x 3 neighbourhood (edges a pixel apart, mixed differently
-    # by clipping and resampling, are no motion); the disagreement is the gap between the two
-    frame_high, frame_low = x >= hi, x <= lo
-    at_hi = lookup(table, torch.full_like(xf[:, :1], hi)).view(b, n, c, 1, 1).expand_as(x)
-    at_lo = lookup(table, torch.full_like(xf[:, :1], lo)).view(b, n, c, 1, 1).expand_as(x)
-    below_all, above_all = torch.full_like(x, -1.0), torch.full_like(x, 2.0)
-    frame_min = torch.where(frame_low, below_all, torch.where(frame_high, at_hi, mapped))
-    frame_max = torch.where(frame_high, above_all, torch.where(frame_low, at_lo, mapped))
-    target_min = _erode(torch.where(target <= lo, below_all, target).reshape(m, 1, h, w), 1).view_as(x)
-    target_max = _dilate(torch.where(target >= hi, above_all, target).reshape(m, 1, h, w), 1).view_as(x)
-    difference = torch.maximum(frame_min - target_max, target_min - frame_max).clamp_min(0)
-    comparable = (frame_ok | target_ok) & valid
+    def _sampled_scales(self, x: Tensor, target: Tensor, both: Tensor, partly: Tensor, index: Tensor) -> None:
+        """The robust scales from the disagreement at the sampled pixels only."""
+        h, w = x.shape[-2:]
+        lo, hi = _CLIP
+        at = self.at
+        ys, xs = torch.div(index, w, rounding_mode="floor"), index % w
 
-    # robust scale of the disagreement over well-exposed pixels (moving objects are a minority),
-    # and apart over those where another channel clips: there the camera's colour processing no
-    # longer maps each channel on its own, so one channel's mapping is looser
-    scale = _robust_scale(difference, both).clamp_min(1.0 / 255)
-    some_clipped = (~(frame_ok & target_ok)).any(dim=2, keepdim=True)
-    partly = both & some_clipped
-    enough = partly.flatten(3).sum(3).view(b, n, c, 1, 1) >= _MIN_SHARE * h * w
-    scale = torch.where(some_clipped & enough, torch.maximum(scale, _robust_scale(difference, partly)), scale)
-    noise = torch.sqrt(torch.maximum(scale, spread) ** 2 + (slope.abs() * 0.5) ** 2)
-    return torch.where(comparable, difference / noise, torch.zeros_like(difference)), slope * BINS
+        # the reference's 3 x 3 interval at the sampled pixels: its neighbours' flat indices, clamped
+        # to the frame (a repeated in-frame neighbour changes neither the minimum nor the maximum)
+        neighbours = [(ys + dy).clamp(0, h - 1) * w + (xs + dx).clamp(0, w - 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+        around = torch.stack([target.flatten(3)[..., k] for k in neighbours], dim=-1)  # [B, N, C, S, 9]
+        target_min = torch.where(around <= lo, -1.0, around).amin(-1).unsqueeze(3)
+        target_max = torch.where(around >= hi, 2.0, around).amax(-1).unsqueeze(3)
+        self._scales(self._difference(at(x), target_min, target_max), at(both), at(partly))
+
+    def _scales(self, difference: Tensor, both: Tensor, partly: Tensor) -> None:
+        """The robust scales (well-exposed pixels; those where another channel clips) from the sampled pixels' values."""
+        self.scale = _robust_scale(difference, both).clamp_min(1.0 / 255)
+        self.partly_scale = torch.maximum(self.scale, _robust_scale(difference, partly))
+
+    def _difference(self, x: Tensor, target_min: Tensor, target_max: Tensor) -> Tensor:
+        """The gap between the interval of scene values ``x`` allows, mapped, and the reference's."""
+        b, n, c = x.shape[:3]
+        lo, hi = _CLIP
+        mapped = lookup(self.table, x.reshape(b * n * c, -1)).view_as(x)
+        frame_high, frame_low = x >= hi, x <= lo
+        below_all, above_all = torch.full_like(x, -1.0), torch.full_like(x, 2.0)
+        frame_min = torch.where(frame_low, below_all, torch.where(frame_high, self.at_hi.expand_as(x), mapped))
+        frame_max = torch.where(frame_high, above_all, torch.where(frame_low, self.at_lo.expand_as(x), mapped))
+        return torch.maximum(frame_min - target_max, target_min - frame_max).clamp_min(0)
+
+    def disagreement(self, x: Tensor, target: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        """Disagreement in noise units (0 where not comparable) and the mapping's gain d target / d x
+        of a band of rows (``[B, N, C, rows, W]`` each, as the frames the mapping was made from)."""
+        b, n, c, h, w = x.shape
+        m = b * n * c
+        lo, hi = _CLIP
+        frame_ok = (x > lo) & (x < hi)
+        target_ok = (target > lo) & (target < hi)
+        xf = x.reshape(m, -1)
+        slope = (lookup(self.table, (xf + 0.5 / BINS).clamp(0, 1)) - lookup(self.table, (xf - 0.5 / BINS).clamp(0, 1))).view_as(x)
+        spread = lookup(self.spread, xf).view_as(x)
+        # each value as the interval of scene values it allows (a clipped value only bounds the scene),
+        # the reference's widened to its 3 x 3 neighbourhood (edges a pixel apart, mixed differently
+        # by clipping and resampling, are no motion); the disagreement is the gap between the two
+        below_all, above_all = torch.full_like(x, -1.0), torch.full_like(x, 2.0)
+        target_min = _erode(torch.where(target <= lo, below_all, target).reshape(m, 1, h, w), 1).view_as(x)
+        target_max = _dilate(torch.where(target >= hi, above_all, target).reshape(m, 1, h, w), 1).view_as(x)
+        difference = self._difference(x, target_min, target_max)
+        if self.scale is None:  # the whole frame: its own disagreement at the sampled pixels
+            both, partly = cast(tuple[Tensor, Tensor], self.masks)
+            self._scales(self.at(difference), self.at(both), self.at(partly))
+            self.masks = None
+        assert self.scale is not None
+        comparable = (frame_ok | target_ok) & valid
+        some_clipped = (~(frame_ok & target_ok)).any(dim=2, keepdim=True)
+        scale = torch.where(some_clipped & self.enough, self.partly_scale, self.scale)
+        noise = torch.sqrt(torch.maximum(scale, spread) ** 2 + (slope.abs() * 0.5) ** 2)
+        return torch.where(comparable, difference / noise, torch.zeros_like(difference)), slope * BINS
 
 
 def _conditional_quantiles(frame: Tensor, target: Tensor, weight: Tensor, prior: Tensor, quantiles: tuple[float, ...]) -> Tensor:
@@ -186,10 +271,11 @@ def _conditional_quantiles(frame: Tensor, target: Tensor, weight: Tensor, prior:
     from moving its value.
     """
     m = frame.shape[0]
-    row = (frame.clamp(0, 1) * BINS).long().clamp_(0, BINS - 1)
-    col = (target.clamp(0, 1) * BINS).long().clamp_(0, BINS - 1)
     joint = torch.zeros(m, BINS * BINS, dtype=frame.dtype, device=frame.device)
-    joint.scatter_add_(1, row * BINS + col, weight.to(frame.dtype))
+    for part in chunks(frame.shape[1], m):  # small temporaries (counts: the same sums in any order)
+        row = (frame[:, part].clamp(0, 1) * BINS).long().clamp_(0, BINS - 1)
+        col = (target[:, part].clamp(0, 1) * BINS).long().clamp_(0, BINS - 1)
+        joint.scatter_add_(1, row * BINS + col, weight[:, part].to(frame.dtype))
     prior_col = (prior.clamp(0, 1) * BINS).long().clamp_(0, BINS - 1)
     cells = torch.arange(BINS, device=frame.device).view(1, BINS) * BINS + prior_col
     joint.scatter_add_(1, cells, torch.full_like(prior, _PRIOR))
@@ -200,12 +286,9 @@ def _conditional_quantiles(frame: Tensor, target: Tensor, weight: Tensor, prior:
 
 
 def _robust_scale(difference: Tensor, where: Tensor) -> Tensor:
-    """1.4826 x the median of ``|difference|`` over ``where``, per frame and channel: ``[B, N, C, 1, 1]`` (0 where empty).
-
-    Over at most about ``_SCALE_SAMPLES`` pixels, evenly spaced (a median needs no more).
-    """
+    """1.4826 x the median of ``|difference|`` over ``where`` (``[B, N, C, 1, S]``: the sampled pixels), per
+    frame and channel: ``[B, N, C, 1, 1]`` (0 where empty)."""
     masked = torch.where(where, difference.abs(), torch.nan).flatten(3)
-    masked = masked[..., :: -(-masked.shape[-1] // _SCALE_SAMPLES)]
     return 1.4826 * masked.nanmedian(dim=3).values.nan_to_num(0.0)[..., None, None]
 
 

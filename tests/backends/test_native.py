@@ -235,9 +235,8 @@ class TestSampleCheck:
     def test_the_same_error(self, value, message, two_pass):
         x = torch.rand(1, 4, 3, 21, 30, generator=torch.Generator().manual_seed(30))
         x[0, 2, 1, 7, 9] = value
-        with backends.use("native", weight_bytes=0 if two_pass else 1 << 30):
-            with pytest.raises(ValueError, match=message) as refused:
-                exposure_fusion(x)
+        with backends.use("native", weight_bytes=0 if two_pass else 1 << 30), pytest.raises(ValueError, match=message) as refused:
+            exposure_fusion(x)
         assert refused.value.__context__ is None and refused.value.__cause__ is None  # one error, not a chain
         with backends.use("reference"), pytest.raises(ValueError, match=message):
             exposure_fusion(x)
