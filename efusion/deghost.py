@@ -30,8 +30,6 @@ doi:10.1111/cgf.12593.
 """
 from __future__ import annotations
 
-from typing import cast
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -120,9 +118,6 @@ def _frame_weights(x: Tensor, target: Tensor, valid: Tensor) -> Tensor:
     """
     b, n, _, h, w = x.shape
     target = target.expand_as(x)
-    # compared in the exposure that resolves the scene better: the frame mapped to the reference's
-    # where the mapping expands (gain >= 1), the reference mapped to the frame's where it compresses
-    # (a dark or nearly clipped reference spans too few levels there to show what the frame shows)
     rows = max(_HALO, _BAND_ELEMENTS // max(1, b * n * x.shape[2] * w))
     whole = rows >= h  # one band: the scales from its own disagreement, no sampled pass
     forward, backward = _Mapping(x, target, valid, whole), _Mapping(target, x, valid, whole)
@@ -133,6 +128,9 @@ def _frame_weights(x: Tensor, target: Tensor, valid: Tensor) -> Tensor:
         band = slice(lo, hi)
         forward_score, gain = forward.disagreement(x[..., band, :], target[..., band, :], valid[..., band, :])
         backward_score, _ = backward.disagreement(target[..., band, :], x[..., band, :], valid[..., band, :])
+        # compared in the exposure that resolves the scene better: the frame mapped to the reference's
+        # where the mapping expands (gain >= 1), the reference mapped to the frame's where it compresses
+        # (a dark or nearly clipped reference spans too few levels there to show what the frame shows)
         score = torch.where(gain < 1, backward_score, forward_score).amax(dim=2)  # [B, M, rows, W]
         out[..., r0:r1, :] = _clean(score)[..., r0 - lo : r1 - lo, :]
     return out
@@ -190,23 +188,23 @@ class _Mapping:
         partly = both & some_clipped
         self.enough = partly.flatten(3).sum(3).view(b, n, c, 1, 1) >= _MIN_SHARE * h * w
         # the scales' pixels: every step-th of each plane (flat index), about _SCALE_SAMPLES of them
-        index = torch.arange(0, h * w, -(-(h * w) // _SCALE_SAMPLES), device=x.device)
-        self.index = index
-        self.scale: Tensor | None = None
-        self.masks: tuple[Tensor, Tensor] | None = (both, partly) if whole else None
+        self.index = torch.arange(0, h * w, -(-(h * w) // _SCALE_SAMPLES), device=x.device)
+        self.scale = self.partly_scale = x.new_empty(0)
+        # whole: the masks the scales need wait for the whole frame's disagreement
+        self.pending: tuple[Tensor, Tensor] | None = (both, partly) if whole else None
         if not whole:
-            self._sampled_scales(x, target, both, partly, index)
+            self._sampled_scales(x, target, both, partly)
 
     def at(self, t: Tensor) -> Tensor:
         """``[B, N, C', H, W]`` -> ``[B, N, C', 1, S]``: the values at the scales' sampled pixels."""
         return t.flatten(3)[..., self.index].unsqueeze(3)
 
-    def _sampled_scales(self, x: Tensor, target: Tensor, both: Tensor, partly: Tensor, index: Tensor) -> None:
+    def _sampled_scales(self, x: Tensor, target: Tensor, both: Tensor, partly: Tensor) -> None:
         """The robust scales from the disagreement at the sampled pixels only."""
         h, w = x.shape[-2:]
         lo, hi = _CLIP
         at = self.at
-        ys, xs = torch.div(index, w, rounding_mode="floor"), index % w
+        ys, xs = torch.div(self.index, w, rounding_mode="floor"), self.index % w
 
         # the reference's 3 x 3 interval at the sampled pixels: its neighbours' flat indices, clamped
         # to the frame (a repeated in-frame neighbour changes neither the minimum nor the maximum)
@@ -250,11 +248,10 @@ class _Mapping:
         target_min = _erode(torch.where(target <= lo, below_all, target).reshape(m, 1, h, w), 1).view_as(x)
         target_max = _dilate(torch.where(target >= hi, above_all, target).reshape(m, 1, h, w), 1).view_as(x)
         difference = self._difference(x, target_min, target_max)
-        if self.scale is None:  # the whole frame: its own disagreement at the sampled pixels
-            both, partly = cast(tuple[Tensor, Tensor], self.masks)
+        if self.pending is not None:  # the whole frame: the scales from its own disagreement
+            both, partly = self.pending
             self._scales(self.at(difference), self.at(both), self.at(partly))
-            self.masks = None
-        assert self.scale is not None
+            self.pending = None
         comparable = (frame_ok | target_ok) & valid
         some_clipped = (~(frame_ok & target_ok)).any(dim=2, keepdim=True)
         scale = torch.where(some_clipped & self.enough, self.partly_scale, self.scale)

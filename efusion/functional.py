@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
-from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from . import _checks, backends
 from ._util import ParamLike
@@ -40,6 +39,16 @@ def weights_5d(stack: Tensor, mask: Tensor | None, contrast: ParamLike, saturati
     return backend.weights(stack, mask, params, preset)
 
 
+def _known_one(size) -> bool:
+    """Whether a size is 1 for sure: an int, or a symbolic size a traced graph knows to be 1 (the
+    symbolic-shapes module is imported only then: with sympy it is ~0.35 s of a CLI start-up)."""
+    if isinstance(size, int):
+        return size == 1
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+    return statically_known_true(size == 1)
+
+
 def fuse_5d(stack: Tensor, mask: Tensor | None, contrast, saturation, exposure, mu, sigma, levels, preset: Preset,
             relative: bool | None, check: bool = False) -> Tensor:
     """:func:`exposure_fusion` of a validated ``[B, N, C, H, W]`` stack -> ``[B, C, H, W]``, by the selected
@@ -47,7 +56,7 @@ def fuse_5d(stack: Tensor, mask: Tensor | None, contrast, saturation, exposure, 
     backend's ``fuse_checked`` where it has one that takes the call (the native kernels' weights pass)."""
     # one frame: its weight is exactly 1 everywhere (a traced graph with a symbolic frame count,
     # which also holds for one frame, blends it: the pyramid round trip, equal to rounding)
-    if statically_known_true(stack.shape[1] == 1) and mask is None:
+    if _known_one(stack.shape[1]) and mask is None:
         if check:
             _checks.check_samples(stack, mask)
         return stack[:, 0].clone()
